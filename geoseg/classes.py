@@ -1,0 +1,171 @@
+"""Class schema: ids, names and colours of the output classes, and the output nodata value.
+
+Torch-free. The schema travels inside checkpoints (as JSON) and is written into
+class rasters (colour table, band description, tags) and polygon attributes.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from geoseg.errors import UsageError
+
+#: Output nodata of class rasters. Never a class id.
+DEFAULT_NODATA = 255
+
+# A qualitative palette (Tableau 10) for the first classes; further colours are
+# spread around the hue circle.
+_PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]
+
+
+def default_colour(index: int) -> tuple[int, int, int]:
+    """Colour for the ``index``-th class: Tableau 10, then evenly spread hues."""
+    if index < len(_PALETTE):
+        return _PALETTE[index]
+    h = (index * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.9)
+    return (int(r * 255), int(g * 255), int(b * 255))
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class.
+
+    Attributes:
+        id: value written in the class raster (0..254).
+        name: human-readable name.
+        colour: RGB triple, 0-255 each.
+    """
+
+    id: int
+    name: str
+    colour: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ClassSchema:
+    """The ordered classes a model predicts, plus the output nodata value.
+
+    The model's output channel ``i`` is class ``classes[i]``; its raster value is
+    ``classes[i].id``. Ids are unique, in 0..254, and never equal to ``nodata``.
+    """
+
+    classes: tuple[ClassInfo, ...]
+    nodata: int = DEFAULT_NODATA
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise UsageError("a class schema needs at least one class")
+        ids = [c.id for c in self.classes]
+        if len(set(ids)) != len(ids):
+            raise UsageError(f"class ids must be unique, got {ids}")
+        for c in self.classes:
+            if not 0 <= c.id <= 254:
+                raise UsageError(f"class id {c.id} ({c.name!r}) is outside 0..254")
+            if c.id == self.nodata:
+                raise UsageError(f"class id {c.id} equals the output nodata value {self.nodata}")
+        if not 0 <= self.nodata <= 255:
+            raise UsageError(f"nodata {self.nodata} is outside 0..255")
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_names(cls, names: Sequence[str], ids: Sequence[int] | None = None,
+                   nodata: int = DEFAULT_NODATA) -> "ClassSchema":
+        """Schema with ids ``0..n-1`` (or ``ids``) and default colours."""
+        ids = list(range(len(names))) if ids is None else list(ids)
+        if len(ids) != len(names):
+            raise UsageError(f"{len(names)} class names but {len(ids)} class ids")
+        return cls(tuple(ClassInfo(int(i), str(n), default_colour(k))
+                         for k, (i, n) in enumerate(zip(ids, names))), nodata)
+
+    @classmethod
+    def default(cls, num_classes: int) -> "ClassSchema":
+        """Schema named ``class_0 .. class_{n-1}``."""
+        return cls.from_names([f"class_{i}" for i in range(num_classes)])
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ids(self) -> list[int]:
+        return [c.id for c in self.classes]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def name_of(self, class_id: int) -> str:
+        for c in self.classes:
+            if c.id == class_id:
+                return c.name
+        return f"class_{class_id}"
+
+    def lookup_table(self) -> "Any":
+        """uint8 array mapping model channel index -> raster class id."""
+        import numpy as np
+
+        return np.asarray(self.ids, dtype=np.uint8)
+
+    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        """GDAL colour table: class colours, nodata transparent black."""
+        cmap = {c.id: (*c.colour, 255) for c in self.classes}
+        cmap[self.nodata] = (0, 0, 0, 0)
+        return cmap
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodata": self.nodata,
+            "classes": [{"id": c.id, "name": c.name, "colour": list(c.colour)} for c in self.classes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClassSchema":
+        try:
+            classes = tuple(
+                ClassInfo(int(c["id"]), str(c["name"]),
+                          tuple(int(v) for v in c.get("colour", default_colour(k)))[:3])  # type: ignore[arg-type]
+                for k, c in enumerate(d["classes"])
+            )
+            return cls(classes, int(d.get("nodata", DEFAULT_NODATA)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"malformed class schema: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "ClassSchema":
+        return cls.from_dict(json.loads(text))
+
+
+def parse_class_names(items: Iterable[str] | None) -> dict[int, str] | None:
+    """Parse ``["1=corn", "5=soy"]`` or ``["corn,soy"]`` into ``{id: name}``.
+
+    A plain comma list gives ids 0, 1, 2...
+    """
+    if not items:
+        return None
+    out: dict[int, str] = {}
+    flat: list[str] = []
+    for it in items:
+        flat.extend(p.strip() for p in it.split(",") if p.strip())
+    if all("=" in p for p in flat):
+        for p in flat:
+            k, v = p.split("=", 1)
+            try:
+                out[int(k)] = v.strip()
+            except ValueError:
+                raise UsageError(f"class name entry {p!r} must look like ID=NAME") from None
+        return out
+    if any("=" in p for p in flat):
+        raise UsageError("mix of ID=NAME and plain names in class names; use one form")
+    return {i: n for i, n in enumerate(flat)}

@@ -1,0 +1,92 @@
+"""The ``geoseg`` command line. Only this package imports typer and rich.
+
+Modules here import torch, torchgeo, geopandas only inside command bodies, so
+``geoseg --help`` stays fast. Errors are handled once, in :func:`main`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import typer
+
+from geoseg import __version__
+from geoseg.errors import GeosegError, Interrupted
+
+app = typer.Typer(
+    name="geoseg",
+    help="Segment large satellite and aerial GeoTIFFs into crop and land-cover maps and polygons.\n\n"
+         "Add --debug anywhere (or set GEOSEG_DEBUG=1) to see full tracebacks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"geoseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Segment large satellite and aerial GeoTIFFs into crop and land-cover maps and polygons."""
+
+
+# Each command module adds its commands to ``app`` on import.
+from geoseg.cli import model as _model  # noqa: E402,F401
+from geoseg.cli import infer as _infer  # noqa: E402,F401
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted("terminated (SIGTERM)")
+
+
+def _err(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}", markup=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turn known errors into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("GEOSEG_DEBUG", "") not in ("", "0")
+    if "--debug" in args:
+        debug = True
+        args = [a for a in args if a != "--debug"]
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not in the main thread
+        pass
+    try:
+        app(args=args, prog_name="geoseg", standalone_mode=False)
+    except GeosegError as e:
+        if debug:
+            raise
+        _err(str(e).replace("[", r"\["))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _err("interrupted; partial outputs were removed")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # usage errors from typer/click carry exit codes
+        code = getattr(e, "exit_code", None)
+        if code is not None and hasattr(e, "show"):
+            e.show()  # click-style usage error: already one clear line
+            sys.exit(code)
+        if debug:
+            raise
+        _err(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+             "(rerun with --debug for the traceback and report it)")
+        sys.exit(1)
+    # standalone_mode=False returns exit codes from typer.Exit instead of raising

@@ -1,0 +1,76 @@
+"""``geoseg infer``: class raster (+ probabilities, polygons) from a GeoTIFF."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
+from geoseg.cli import app
+from geoseg.cli._options import OverwriteOpt
+
+Blend = Enum("Blend", {k: k for k in BLEND_WINDOWS}, type=str)  # type: ignore[misc]
+
+
+class ProbDtype(str, Enum):
+    uint8 = "uint8"
+    float32 = "float32"
+
+
+class Tta(str, Enum):
+    none = "none"
+    flips = "flips"
+    d4 = "d4"
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "sample_data" / "demo_model.pt"
+
+
+@app.command()
+def infer(
+    image: Annotated[Path, typer.Argument(help="Input GeoTIFF (any size, any number of bands).")],
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Checkpoint (.pt). Default: the demo model in sample_data/.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside the input).")] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
+    probability_dtype: Annotated[ProbDtype, typer.Option(help="Probability raster type: uint8 (0-255) or float32 (0-1).")] = ProbDtype.uint8,
+    bands: Annotated[Optional[str], typer.Option(help="Input bands in model order, 1-based, e.g. 4,3,2,8.")] = None,
+    tile_size: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's).", min=16)] = None,
+    overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (default: the model's).", min=0)] = None,
+    blend: Annotated[Blend, typer.Option(help="Blend window for overlapping tiles.")] = Blend(DEFAULT_BLEND),  # type: ignore[call-arg]
+    batch_size: Annotated[int, typer.Option(help="Tiles per model call.", min=1)] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
+    max_strip_width: Annotated[int, typer.Option(help="Widest column strip held in memory, pixels (bounds memory for very wide rasters).", min=256)] = 8192,
+    overwrite: OverwriteOpt = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Segment IMAGE: write <stem>_classes.tif (a COG with colour table) and optionally probabilities."""
+    from geoseg.cli._console import err, out
+    from geoseg.cli._progress import progress_bar
+    from geoseg.errors import UsageError
+    from geoseg.io.raster import parse_bands
+    from geoseg.pipeline import default_output_paths, predict_raster
+
+    model_path = model or DEFAULT_MODEL
+    if model is None and not model_path.exists():
+        raise UsageError("no model given and the demo model is missing; pass -m model.pt "
+                         "(create one with 'geoseg model init' or 'geoseg train')")
+    if out_dir is not None and not out_dir.exists():
+        raise UsageError(f"{out_dir}: output directory does not exist; create it first")
+    paths = default_output_paths(image, out_dir)
+    with progress_bar(quiet) as on_progress:
+        report = predict_raster(
+            image, model_path, paths["classes"],
+            probabilities=paths["probabilities"] if probabilities else None,
+            probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
+            overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
+            overwrite=overwrite, max_strip_width=max_strip_width, on_progress=on_progress)
+    out.print(f"classes: {report.classes_path}")
+    if report.probabilities_path:
+        out.print(f"probabilities: {report.probabilities_path}")
+    err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
+              f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
+              f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")

@@ -1,0 +1,69 @@
+"""Exceptions and warnings raised by geoseg.
+
+Every error a user can cause (a bad file, a wrong option) is a :class:`GeosegError`
+whose message is one line saying what is wrong and what to do. The CLI prints that
+line and exits non-zero; anything else is a bug and shows a traceback.
+
+Stdlib only: this module is imported everywhere, torch-free.
+"""
+
+from __future__ import annotations
+
+
+class GeosegError(Exception):
+    """Base class of every user-facing geoseg error."""
+
+    #: exit code used by the CLI
+    exit_code = 1
+
+
+class UsageError(GeosegError, ValueError):
+    """An option or combination of options is invalid."""
+
+    exit_code = 2
+
+
+class RasterReadError(GeosegError, OSError):
+    """An input raster is missing, unreadable, corrupt or unsupported."""
+
+
+class RasterWriteError(GeosegError, OSError):
+    """An output cannot be written (permissions, disk space, existing file)."""
+
+
+class OutputExistsError(RasterWriteError, FileExistsError):
+    """An output exists and ``overwrite`` was not asked for."""
+
+
+class BandMismatchError(GeosegError, ValueError):
+    """The input bands do not match what the model expects."""
+
+
+class CheckpointError(GeosegError, ValueError):
+    """A model checkpoint is missing, damaged, unsafe or of an unknown format."""
+
+
+class TilingError(GeosegError, ValueError):
+    """Tile size and overlap do not fit the model or each other."""
+
+
+class VectorError(GeosegError, ValueError):
+    """A vector input or output problem (missing CRS, unknown format, bad field)."""
+
+
+class LabelError(GeosegError, ValueError):
+    """Training labels are empty, do not overlap the image, or are malformed."""
+
+
+class Interrupted(GeosegError):
+    """The run was interrupted by SIGINT or SIGTERM."""
+
+    exit_code = 130
+
+
+class NodataWarning(UserWarning):
+    """Input nodata was detected or assumed; the user should know."""
+
+
+class GeoreferenceWarning(UserWarning):
+    """The input has no or an unusual georeference."""

@@ -1,0 +1,1 @@
+"""Raster and file I/O (torch-free)."""

@@ -1,0 +1,106 @@
+"""Atomic outputs: write to a temporary file beside the destination, rename when complete.
+
+A crash, a kill or an exception never leaves a truncated file under the final name,
+and an existing file is never replaced unless ``overwrite`` is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from geoseg.errors import OutputExistsError, RasterWriteError
+
+#: Marker in every temporary name, so leftovers are recognisable (``*.geoseg-tmp*``).
+TMP_MARKER = ".geoseg-tmp"
+
+
+def check_destination(path: str | os.PathLike[str], *, overwrite: bool,
+                      inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """Check that ``path`` may be written: parent writable, not an input, not existing.
+
+    Raises:
+        OutputExistsError: the file exists and ``overwrite`` is False.
+        RasterWriteError: the directory is missing or not writable, or the output is an input.
+    """
+    p = Path(path)
+    for i in inputs:
+        try:
+            if Path(i).resolve() == p.resolve():
+                raise RasterWriteError(f"{p}: output path is the same as an input; choose another output")
+        except OSError:
+            pass
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{p}: file exists; pass --overwrite to replace it")
+    if p.is_dir():
+        raise RasterWriteError(f"{p}: is a directory, expected a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise RasterWriteError(f"{parent}: output directory does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RasterWriteError(f"{parent}: output directory is not writable; choose another with -o")
+    return p
+
+
+def temp_path_for(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
+    """A unique temporary path beside ``path`` with the same extension."""
+    p = Path(path)
+    ext = p.suffix if suffix is None else suffix
+    return p.with_name(f".{p.stem}{TMP_MARKER}-{uuid.uuid4().hex[:8]}{ext}")
+
+
+def sidecars(path: Path) -> list[Path]:
+    """Files that travel with ``path`` (Shapefile parts, GDAL .aux.xml)."""
+    if path.suffix.lower() == ".shp":
+        return [path.with_suffix(e) for e in (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")]
+    return [Path(str(path) + ".aux.xml"), Path(str(path) + ".msk")]
+
+
+def remove_quietly(path: Path) -> None:
+    for q in [path, *sidecars(path)]:
+        with contextlib.suppress(OSError):
+            q.unlink()
+
+
+def commit(tmp: Path, dest: Path) -> None:
+    """Flush ``tmp`` (and sidecars) to disk and rename it over ``dest``."""
+    pairs = [(tmp, dest)] + [(s, d) for s, d in zip(sidecars(tmp), sidecars(dest)) if s.exists()]
+    for src, _ in pairs:
+        with contextlib.suppress(OSError):
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    # stale sidecars of an older dest would mismatch the new file
+    for s, d in zip(sidecars(tmp), sidecars(dest)):
+        if not s.exists():
+            with contextlib.suppress(OSError):
+                d.unlink()
+    for src, dst in pairs[1:]:
+        os.replace(src, dst)
+    os.replace(tmp, dest)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False,
+                  inputs: Sequence[str | os.PathLike[str]] = (), checked: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``path``, on any error remove it.
+
+    Example:
+        >>> with atomic_output("out.tif", overwrite=True) as tmp:  # doctest: +SKIP
+        ...     write_something(tmp)
+    """
+    dest = Path(path) if checked else check_destination(path, overwrite=overwrite, inputs=inputs)
+    tmp = temp_path_for(dest)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RasterWriteError(f"{dest}: nothing was written")
+        commit(tmp, dest)
+    except BaseException:
+        remove_quietly(tmp)
+        raise

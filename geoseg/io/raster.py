@@ -1,0 +1,135 @@
+"""Reading input rasters by windows, with nodata masks, and clear errors. Torch-free."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from geoseg.errors import BandMismatchError, GeoreferenceWarning, RasterReadError, UsageError
+
+_SUPPORTED_KINDS = "uifb"  # unsigned, signed, float, bool
+
+
+def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
+    """Open a raster for reading; any failure becomes one clear :class:`RasterReadError`."""
+    p = Path(path)
+    if not p.exists():
+        raise RasterReadError(f"{p}: file not found")
+    if p.is_dir():
+        raise RasterReadError(f"{p}: is a directory, expected a raster file")
+    if p.stat().st_size == 0:
+        raise RasterReadError(f"{p}: file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(p)
+    except RasterioIOError as e:
+        msg = str(e).splitlines()[0] if str(e) else "unreadable"
+        if "not recognized as being in a supported file format" in msg or "not recognised" in msg:
+            msg = "not a raster GDAL can read (wrong or damaged file)"
+        raise RasterReadError(f"{p}: cannot open as a raster: {msg[:200]}") from None
+    return ds
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the pipeline needs to know about an input raster."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    crs: Any
+    transform: Any
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+
+def inspect(ds: rasterio.io.DatasetReader) -> RasterInfo:
+    """Check that ``ds`` is usable as model input and summarise it."""
+    name = ds.name
+    if ds.count < 1:
+        raise RasterReadError(f"{name}: raster has no bands")
+    for dt in ds.dtypes:
+        if np.dtype(dt).kind not in _SUPPORTED_KINDS:
+            raise RasterReadError(f"{name}: band data type {dt} is not supported; convert to a real-valued type "
+                                  "(e.g. gdal_translate -ot Float32)")
+    if ds.crs is None:
+        warnings.warn(f"{name}: no CRS; outputs will not be georeferenced", GeoreferenceWarning, stacklevel=2)
+    t = ds.transform
+    if t.b != 0 or t.d != 0:
+        warnings.warn(f"{name}: rotated or sheared geotransform; outputs keep it, polygon areas follow it",
+                      GeoreferenceWarning, stacklevel=2)
+    return RasterInfo(name, ds.width, ds.height, ds.count, tuple(ds.dtypes), ds.crs, ds.transform,
+                      ds.nodata, tuple(ds.descriptions))
+
+
+def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, expected: int,
+                  band_names: Sequence[str] = ()) -> list[int]:
+    """1-based band indexes to feed the model; check their count against the model.
+
+    Args:
+        ds: the input raster.
+        bands: user selection (1-based, in model order), or None for all bands.
+        expected: the number of bands the model takes.
+        band_names: the model's band names, for the error message.
+    """
+    alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == rasterio.enums.ColorInterp.alpha]
+    if bands is None:
+        idx = [b for b in range(1, ds.count + 1) if b not in alpha]
+        if len(idx) != expected:
+            names = f" ({', '.join(band_names)})" if band_names else ""
+            extra = f" plus {len(alpha)} alpha" if alpha else ""
+            raise BandMismatchError(
+                f"{ds.name}: raster has {len(idx)} bands{extra} but the model expects {expected}{names}; "
+                f"select {expected} bands in model order with --bands, e.g. --bands "
+                f"{','.join(str(i) for i in range(1, expected + 1))}")
+        return idx
+    idx = list(bands)
+    for b in idx:
+        if not 1 <= b <= ds.count:
+            raise UsageError(f"{ds.name}: band {b} does not exist; the raster has bands 1..{ds.count}")
+    if len(idx) != expected:
+        raise BandMismatchError(f"--bands selects {len(idx)} bands but the model expects {expected}")
+    return idx
+
+
+def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` in ``window`` as float32 with a per-band validity mask.
+
+    Returns:
+        ``(data, valid)``: data (bands, h, w) float32; valid (bands, h, w) bool, False where
+        the band is nodata (declared nodata, internal mask, alpha) or not finite.
+    """
+    try:
+        data = ds.read(list(bands), window=window, out_dtype="float32")
+        masks = ds.read_masks(list(bands), window=window)
+    except RasterioIOError as e:
+        raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
+                              f"(file truncated or damaged?): {str(e).splitlines()[0][:160]}") from None
+    valid = masks > 0
+    valid &= np.isfinite(data)
+    return data, valid
+
+
+def parse_bands(text: str | None) -> list[int] | None:
+    """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        out = [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"--bands {text!r}: expected comma-separated 1-based band numbers like 4,3,2") from None
+    if not out:
+        return None
+    return out

@@ -1,0 +1,157 @@
+"""Streaming GeoTIFF output: windowed writes to a temporary file, then a Cloud Optimized GeoTIFF.
+
+Rows are written as soon as they are final, so nothing holds the whole output.
+On :meth:`GeoTiffSink.commit` the temporary tiled GeoTIFF is converted by GDAL's
+COG driver (which builds overviews in its own streaming way) into a second
+temporary file beside the destination, which is then renamed over it. On
+:meth:`GeoTiffSink.abort` (or any exception inside ``with``) every temporary file
+is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from geoseg.errors import RasterWriteError
+from geoseg.io.atomic import TMP_MARKER, commit, remove_quietly, temp_path_for
+
+#: Creation options of the intermediate file: tiled, fast compression, GDAL threads.
+STAGING_PROFILE = {
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": 512,
+    "blockysize": 512,
+    "compress": "zstd",
+    "zstd_level": 1,
+    "num_threads": "all_cpus",
+    "bigtiff": "if_safer",
+    "interleave": "band",
+}
+
+#: Creation options of the final COG.
+COG_OPTIONS = {
+    "COMPRESS": "DEFLATE",
+    "BLOCKSIZE": "512",
+    "NUM_THREADS": "ALL_CPUS",
+    "BIGTIFF": "IF_SAFER",
+}
+
+
+class GeoTiffSink:
+    """A georeferenced output written by windows and committed atomically as a COG.
+
+    Args:
+        dest: final path.
+        width, height, count, dtype: raster shape and type.
+        crs, transform: georeferencing (copied from the input).
+        nodata: nodata value of every band.
+        colormap: colour table for band 1 (class rasters).
+        descriptions: band descriptions.
+        tags: dataset tags (e.g. class names as JSON).
+        band_tags: per-band tags.
+        resampling: overview resampling (``nearest`` for classes, ``average`` for probabilities).
+        staging: path of the intermediate file (default: a unique temporary name beside ``dest``).
+    """
+
+    def __init__(self, dest: str | os.PathLike[str], *, width: int, height: int, count: int, dtype: str,
+                 crs: Any, transform: Any, nodata: float | None = None,
+                 colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+                 descriptions: list[str] | None = None, tags: Mapping[str, str] | None = None,
+                 band_tags: list[Mapping[str, str]] | None = None, resampling: str = "nearest",
+                 staging: Path | None = None, resume: bool = False, mask: bool = False) -> None:
+        self.dest = Path(dest)
+        self.resampling = resampling
+        self.staging = staging or temp_path_for(self.dest)
+        self.count = count
+        profile = dict(STAGING_PROFILE, width=width, height=height, count=count, dtype=dtype,
+                       crs=crs, transform=transform, nodata=nodata)
+        if width < 512 or height < 512:
+            # GDAL needs tile sizes that are multiples of 16; small rasters stay striped
+            profile.update(tiled=False)
+            profile.pop("blockxsize")
+            profile.pop("blockysize")
+        self.has_mask = mask
+        try:
+            if resume and self.staging.exists():
+                self._ds = rasterio.open(self.staging, "r+")
+            else:
+                self._ds = rasterio.open(self.staging, "w", **profile)
+                if colormap:
+                    self._ds.write_colormap(1, dict(colormap))
+                if descriptions:
+                    for i, d in enumerate(descriptions[:count], start=1):
+                        self._ds.set_band_description(i, d)
+                if tags:
+                    self._ds.update_tags(**tags)
+                if band_tags:
+                    for i, bt in enumerate(band_tags[:count], start=1):
+                        self._ds.update_tags(i, **bt)
+        except (RasterioIOError, OSError) as e:
+            remove_quietly(self.staging)
+            raise RasterWriteError(f"{self.dest}: cannot create output: {str(e).splitlines()[0][:200]}") from None
+
+    def write(self, data: np.ndarray, row: int, col: int) -> None:
+        """Write ``data`` (count, h, w) with its top-left at (row, col)."""
+        _, h, w = data.shape
+        try:
+            self._ds.write(data, window=Window(col, row, w, h))
+        except (RasterioIOError, OSError) as e:
+            raise RasterWriteError(f"{self.dest}: write failed (disk full?): {str(e).splitlines()[0][:200]}") from None
+
+    def write_mask(self, mask: np.ndarray, row: int, col: int) -> None:
+        """Write the dataset mask (h, w) uint8, 255 valid / 0 nodata, with its top-left at (row, col)."""
+        h, w = mask.shape
+        try:
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                self._ds.write_mask(mask, window=Window(col, row, w, h))
+        except (RasterioIOError, OSError) as e:
+            raise RasterWriteError(f"{self.dest}: write failed (disk full?): {str(e).splitlines()[0][:200]}") from None
+
+    def flush(self) -> None:
+        """Push written blocks to disk (used by resume checkpoints)."""
+        # rasterio has no explicit flush; closing/reopening is the reliable way
+        path = self.staging
+        self._ds.close()
+        self._ds = rasterio.open(path, "r+")
+
+    def commit(self) -> Path:
+        """Close, convert to COG beside ``dest``, rename over ``dest``, delete the staging file."""
+        self._ds.close()
+        final_tmp = temp_path_for(self.dest)
+        try:
+            rasterio.shutil.copy(self.staging, final_tmp, driver="COG",
+                                 OVERVIEW_RESAMPLING=self.resampling.upper(), **COG_OPTIONS)
+            commit(final_tmp, self.dest)
+        except (RasterioIOError, OSError) as e:
+            remove_quietly(final_tmp)
+            raise RasterWriteError(f"{self.dest}: cannot finish output: {str(e).splitlines()[0][:200]}") from None
+        finally:
+            remove_quietly(self.staging)
+        return self.dest
+
+    def abort(self, keep_staging: bool = False) -> None:
+        """Close and remove temporary files (keep the staging file for resuming if asked)."""
+        with contextlib.suppress(Exception):
+            self._ds.close()
+        if not keep_staging:
+            remove_quietly(self.staging)
+
+    def __enter__(self) -> "GeoTiffSink":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def is_temporary(path: str | os.PathLike[str]) -> bool:
+    return TMP_MARKER in Path(path).name

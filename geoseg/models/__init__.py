@@ -1,0 +1,8 @@
+"""Models and checkpoints (imports torch)."""
+
+from geoseg.modelmeta import ModelMeta
+from geoseg.models.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from geoseg.models.registry import MODELS, arch_defaults, build_model, size_multiple
+
+__all__ = ["MODELS", "ModelMeta", "arch_defaults", "build_model", "load_checkpoint", "read_meta",
+           "save_checkpoint", "size_multiple"]

@@ -1,0 +1,182 @@
+"""Run a segmentation model on batches of normalised tiles: numpy in, probabilities out.
+
+CPU: float32 on all cores. CUDA: bf16 autocast (fp16 where bf16 is unsupported),
+channels_last, pinned host buffers with non-blocking copies, and :meth:`submit`
+returns before the GPU finishes, so the caller can blend the previous batch while
+the next one runs. Tensors never leak out: results are numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from geoseg.errors import UsageError
+from geoseg.modelmeta import ModelMeta
+
+#: Test-time augmentation sets: name -> list of (forward, inverse) on (N, C, H, W) tensors.
+_T = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _rot(k: int) -> tuple[_T, _T]:
+    return (lambda x: torch.rot90(x, k, dims=(2, 3))), (lambda x: torch.rot90(x, -k, dims=(2, 3)))
+
+
+def _flip(dims: tuple[int, ...]) -> tuple[_T, _T]:
+    return (lambda x: torch.flip(x, dims)), (lambda x: torch.flip(x, dims))
+
+
+def _compose(a: tuple[_T, _T], b: tuple[_T, _T]) -> tuple[_T, _T]:
+    return (lambda x: b[0](a[0](x))), (lambda x: a[1](b[1](x)))
+
+
+_ID: tuple[_T, _T] = ((lambda x: x), (lambda x: x))
+TTA: dict[str, list[tuple[_T, _T]]] = {
+    "none": [_ID],
+    "flips": [_ID, _flip((3,)), _flip((2,)), _flip((2, 3))],
+    "d4": [_ID, _rot(1), _rot(2), _rot(3), _flip((3,)), _compose(_flip((3,)), _rot(1)),
+           _compose(_flip((3,)), _rot(2)), _compose(_flip((3,)), _rot(3))],
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> first CUDA device if any, else CPU; ``cuda[:N]`` must exist."""
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type != "cpu":
+        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda[:N]")
+    return dev
+
+
+class _Pending:
+    """Result of :meth:`TorchPredictor.submit`; :meth:`result` waits and returns numpy."""
+
+    def __init__(self, out: torch.Tensor, host: torch.Tensor | None, event: Any) -> None:
+        self._out = out
+        self._host = host
+        self._event = event
+
+    def result(self) -> np.ndarray:
+        if self._host is not None:
+            self._event.synchronize()
+            return self._host.numpy()
+        return self._out.numpy()
+
+
+class TorchPredictor:
+    """Predict class probabilities for batches of normalised tiles.
+
+    Args:
+        model: a network mapping (N, bands, H, W) to (N, classes, H, W) logits.
+        meta: the model's metadata (bands, normalization, classes).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        tta: ``none``, ``flips`` (4 flips) or ``d4`` (8 rotations/flips), averaged as probabilities.
+        precision: ``auto`` (bf16/fp16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        threads: CPU threads for torch (default: all cores).
+    """
+
+    def __init__(self, model: nn.Module, meta: ModelMeta, *, device: str = "auto", tta: str = "none",
+                 precision: str = "auto", threads: int | None = None) -> None:
+        if tta not in TTA:
+            raise UsageError(f"--tta {tta!r}: choose one of {', '.join(TTA)}")
+        self.meta = meta
+        self.device = resolve_device(device)
+        self.tta = tta
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.dtype = self._pick_precision(precision)
+        model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.model = model
+        self._pinned: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        self._turn = 0
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> "TorchPredictor":
+        from geoseg.models import load_checkpoint
+
+        model, meta = load_checkpoint(path)
+        return cls(model, meta, **kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.num_classes
+
+    @property
+    def precision(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def _pick_precision(self, precision: str) -> torch.dtype:
+        if precision == "fp32" or (precision == "auto" and self.device.type == "cpu"):
+            return torch.float32
+        if self.device.type == "cpu":
+            if precision == "bf16":
+                return torch.bfloat16
+            raise UsageError(f"precision {precision} is not supported on CPU; use fp32 or bf16")
+        if precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def _host_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+        # two pinned buffers per shape, used alternately, so a copy never overwrites one in flight
+        bufs = self._pinned.get(shape)
+        if bufs is None:
+            bufs = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in range(2)]
+            self._pinned[shape] = bufs
+        self._turn ^= 1
+        return bufs[self._turn]
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc: torch.Tensor | None = None
+        for fwd, inv in TTA[self.tta]:
+            xi = fwd(x)
+            if self.device.type == "cuda":
+                xi = xi.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                logits = self.model(xi)
+            p = torch.softmax(logits.float(), dim=1)
+            p = inv(p)
+            acc = p if acc is None else acc + p
+        assert acc is not None
+        if len(TTA[self.tta]) > 1:
+            acc = acc / len(TTA[self.tta])
+        return acc
+
+    def submit(self, batch: np.ndarray) -> _Pending:
+        """Start predicting ``batch`` (N, bands, H, W) float32; returns a handle with ``result()``."""
+        if batch.ndim != 4 or batch.shape[1] != self.meta.num_bands:
+            raise ValueError(f"expected (N, {self.meta.num_bands}, H, W), got {batch.shape}")
+        if self.device.type == "cpu":
+            out = self._forward(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+            return _Pending(out.contiguous(), None, None)
+        pinned = self._host_buffer(batch.shape)
+        pinned.numpy()[...] = batch
+        x = pinned.to(self.device, non_blocking=True)
+        out = self._forward(x)
+        host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return _Pending(out, host, event)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, classes, H, W) float32 for ``batch`` (N, bands, H, W) float32."""
+        return self.submit(batch).result()
