@@ -38,7 +38,7 @@ from geoseg.io.atomic import check_destination
 from geoseg.io.raster import inspect, open_raster, read_window, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
-from geoseg.tiling import TileGrid, axis_starts, check_tile_params, column_strips, tiles_touching
+from geoseg.tiling import TileGrid, column_strips, tiles_touching
 
 
 class Predictor(Protocol):
@@ -106,39 +106,43 @@ class _TileItem:
 _END = object()
 
 
-def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
-    """Reflect-pad the last two axes of ``a`` to ``size`` (edge-pad where reflection is impossible)."""
-    ph, pw = size - a.shape[-2], size - a.shape[-1]
+def _pad_to(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad the last two axes of ``a`` at their ends to ``height`` x ``width``."""
+    ph, pw = height - a.shape[-2], width - a.shape[-1]
     if ph <= 0 and pw <= 0:
         return a
     pads = [(0, 0)] * (a.ndim - 2) + [(0, max(ph, 0)), (0, max(pw, 0))]
-    mode = "reflect" if min(a.shape[-2:]) > 1 else "edge"
-    return np.pad(a, pads, mode=mode)
+    return np.pad(a, pads, mode="reflect")
 
 
 def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, int]],
                 mean: np.ndarray, std: np.ndarray) -> Iterator[list[_TileItem]]:
-    """Yield the tiles of each tile row (strip by strip, top to bottom), reading each row band once."""
+    """Yield the tiles of each tile row (strip by strip, top to bottom), reading each row band once.
+
+    Parts of a tile beyond the raster (small rasters, aligned last tiles) are filled by reflection.
+    """
     size = grid.size
-    th, tw = grid.tile_height, grid.tile_width
     rows = grid.row_starts
     cols_all = grid.col_starts
-    for s_i, (a, b) in enumerate(strips):
-        cols = tiles_touching(cols_all, tw, a, b)
-        c_lo, c_hi = cols[0], cols[-1] + tw
+    for a, b in strips:
+        cols = tiles_touching(cols_all, size, a, b)
+        c_lo, c_hi = cols[0], cols[-1] + size
+        c_end = min(c_hi, grid.width)
         for i, r in enumerate(rows):
-            data, valid = read_window(ds, band_idx, Window(c_lo, r, c_hi - c_lo, th))
+            h = min(size, grid.height - r)
+            data, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h))
             anyvalid = valid.any(axis=0)
             norm = (data - mean[:, None, None]) / std[:, None, None]
             norm[~valid] = 0.0  # masked values become the band mean
+            norm = _pad_to(norm, size, c_hi - c_lo)
             nxt = rows[i + 1] if i + 1 < len(rows) else grid.height
             row_items = []
             for j, c in enumerate(cols):
-                sl = (slice(None), slice(0, th), slice(c - c_lo, c - c_lo + tw))
-                v = anyvalid[sl[1:]]
-                tile = _pad_to(norm[sl], size) if v.any() else None
-                row_items.append(_TileItem(r, c, None if tile is None else np.ascontiguousarray(tile), v, th,
-                                           tw, j == len(cols) - 1, i, nxt, (a, b), i == 0 and j == 0))
+                w = min(size, grid.width - c)
+                v = anyvalid[:, c - c_lo: c - c_lo + w]
+                tile = np.ascontiguousarray(norm[:, :, c - c_lo: c - c_lo + size]) if v.any() else None
+                row_items.append(_TileItem(r, c, tile, v, h, w, j == len(cols) - 1, i, nxt, (a, b),
+                                           i == 0 and j == 0))
             yield row_items
 
 
@@ -300,10 +304,9 @@ def predict_raster(
         meta: ModelMeta = predictor.meta
         size = tile_size or meta.tile_size
         ov = meta.overlap if overlap is None else overlap
-        check_tile_params(size, ov, meta.size_multiple)
         band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
-        grid = TileGrid(info.height, info.width, size, ov)
-        strips = column_strips(info.width, size, ov, max_strip_width)
+        grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
+        strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
         schema = meta.schema
         lut = schema.lookup_table()
         k = meta.num_classes
@@ -341,7 +344,7 @@ def predict_raster(
         tiles_skipped=stats["skipped"], seconds=time.perf_counter() - t0,
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
-        accumulator_bytes=4 * (k + 2) * grid.tile_height * (widest + size),
+        accumulator_bytes=4 * (k + 2) * grid.band_height * widest,
         class_pixel_counts=stats["counts"])
 
 
@@ -355,7 +358,7 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
     weights = WeightCache(blend, grid.overlap)
     cols_all = grid.col_starts
     n_rows = len(grid.row_starts)
-    total = sum(n_rows * len(tiles_touching(cols_all, grid.tile_width, a, b)) for a, b in strips)
+    total = sum(n_rows * len(tiles_touching(cols_all, grid.size, a, b)) for a, b in strips)
     counts = np.zeros(256, dtype=np.int64)
     done = run = skipped = 0
     pixels_done = 0
@@ -387,14 +390,15 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
         nonlocal acc, done
         a, b = item.strip
         if item.strip_first:
-            acc = RowBandAccumulator(k, grid.tile_height, b - a, col0=a)
+            acc = RowBandAccumulator(k, grid.band_height, b - a, col0=a)
         assert acc is not None
         if acc.base != item.row:
             flush(item, item.row)
         if probs is not None:
-            w = weights.get(item.height, item.width, item.row == 0, item.row + item.height == grid.height,
-                            item.col == 0, item.col + item.width == grid.width)
-            acc.add(probs[:, : item.height, : item.width], w, item.row, item.col, item.valid)
+            w = weights.get(grid.size, grid.size, item.row == 0, item.row + grid.size >= grid.height,
+                            item.col == 0, item.col + grid.size >= grid.width)
+            acc.add(probs[:, : item.height, : item.width], w[: item.height, : item.width], item.row, item.col,
+                    item.valid)
         done += 1
         if item.last_in_row and item.row_index == n_rows - 1:
             flush(item, grid.height)

@@ -1,0 +1,183 @@
+"""predict_raster: exact blending, agreement with a whole-image pass, nodata, outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from geoseg.classes import ClassSchema
+from geoseg.modelmeta import ModelMeta
+from geoseg.pipeline import predict_raster
+
+from conftest import shared_file
+
+
+class PointwiseModel:
+    """A fixed per-pixel function (softmax of a linear map): its whole-image result is known exactly."""
+
+    def __init__(self, bands: int, classes: int, depth: int = 0, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.w = rng.normal(size=(classes, bands)).astype(np.float64)
+        self.b = rng.normal(size=classes)
+        self.meta = ModelMeta(arch="unet" if depth else "pointwise", arch_args={"depth": depth} if depth else {},
+                              bands=[f"b{i}" for i in range(bands)], mean=[0.0] * bands, std=[1.0] * bands,
+                              schema=ClassSchema.default(classes), tile_size=16, overlap=4)
+        self.calls = 0
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        """x (bands, h, w) -> (classes, h, w)."""
+        z = np.einsum("kb,bhw->khw", self.w, x.astype(np.float64)) + self.b[:, None, None]
+        z -= z.max(axis=0, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=0, keepdims=True)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += len(batch)
+        return np.stack([self.probs(x) for x in batch]).astype(np.float32)
+
+
+@st.composite
+def layout(draw):
+    depth = draw(st.sampled_from([0, 1, 3]))
+    align = 2 ** depth
+    size = align * draw(st.integers(max(1, 4 // align), 48 // align))
+    overlap = draw(st.integers(0, size - align))
+    h = draw(st.integers(1, 90))
+    w = draw(st.integers(1, 90))
+    blend = draw(st.sampled_from(["hann", "triangular", "uniform", "crop"]))
+    strip = draw(st.sampled_from([256, 24]))
+    batch = draw(st.integers(1, 5))
+    return depth, size, overlap, h, w, blend, strip, batch
+
+
+@given(layout())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_blending_reproduces_fixed_function_exactly(make_raster, tmp_path_factory, case):
+    depth, size, overlap, h, w, blend, strip, batch = case
+    rng = np.random.default_rng(h * 1000 + w)
+    data = rng.normal(size=(3, h, w)).astype(np.float32)
+    src = make_raster(data, name=f"in_{h}_{w}.tif")
+    out = tmp_path_factory.mktemp("o")
+    model = PointwiseModel(3, 4, depth)
+    predict_raster(src, model, out / "c.tif", probabilities=out / "p.tif", probability_dtype="float32",
+                   tile_size=size, overlap=overlap, blend=blend, batch_size=batch, max_strip_width=strip)
+    expected = model.probs(data)
+    with rasterio.open(out / "p.tif") as ds:
+        got = ds.read()
+    np.testing.assert_allclose(got[:4], expected, atol=1e-6)
+    np.testing.assert_allclose(got[4], expected.max(axis=0), atol=1e-6)
+    with rasterio.open(out / "c.tif") as ds:
+        cls = ds.read(1)
+    assert (cls == expected.argmax(axis=0)).mean() > 0.999  # argmax ties at float precision aside
+
+
+def test_unet_tiled_matches_whole_image(tmp_path):
+    """A real fully-convolutional U-Net on a real Sentinel-2 scene: tiled+blended vs one forward pass."""
+    torch = pytest.importorskip("torch")
+    from geoseg.models import build_model, save_checkpoint
+
+    src = shared_file("ftw_baselines/inference-img.tif")
+    from geoseg.io.stats import band_stats
+
+    mean, std = band_stats([src])
+    torch.manual_seed(0)
+    net = build_model("unet", 8, 3, base_channels=16, depth=3).eval()
+    meta = ModelMeta("unet", {"base_channels": 16, "depth": 3}, [f"b{i}" for i in range(8)], mean, std,
+                     ClassSchema.default(3))
+    ckpt = save_checkpoint(net, meta, tmp_path / "m.pt")
+    with rasterio.open(src) as ds:
+        x = (ds.read().astype("float32") - np.array(mean, "float32")[:, None, None]) / np.array(std, "float32")[:, None, None]
+    h, w = x.shape[1:]
+    xp = np.pad(x, ((0, 0), (0, (-h) % 8), (0, (-w) % 8)), mode="reflect")
+    with torch.inference_mode():
+        whole = net(torch.from_numpy(xp)[None])[0, :, :h, :w].argmax(0).numpy()
+    rep = predict_raster(src, ckpt, tmp_path / "c.tif", device="cpu")  # default tile 256, overlap 64, hann
+    assert rep.tiles_run == 6
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        tiled = ds.read(1)
+    agreement = (tiled == whole).mean()
+    assert agreement >= 0.999, agreement
+
+
+def test_outputs_georeferenced_cog_with_schema(tmp_path):
+    from rio_cogeo.cogeo import cog_validate
+
+    src = shared_file("ftw_baselines/inference-img.tif")
+    model = PointwiseModel(8, 3, depth=3)
+    model.meta = ModelMeta("unet", {"depth": 3}, model.meta.bands, [1000.0] * 8, [1000.0] * 8,
+                           ClassSchema.from_names(["background", "field", "boundary"]), 64, 16)
+    rep = predict_raster(src, model, tmp_path / "c.tif", probabilities=tmp_path / "p.tif")
+    with rasterio.open(src) as s, rasterio.open(rep.classes_path) as c, rasterio.open(tmp_path / "p.tif") as p:
+        for o in (c, p):
+            assert o.crs == s.crs and o.transform == s.transform and (o.width, o.height) == (s.width, s.height)
+        assert c.dtypes[0] == "uint8" and c.nodata == 255
+        assert c.colormap(1)[1][:3] == tuple(model.meta.schema.classes[1].colour)
+        assert "field" in c.tags()["geoseg_classes"]
+        assert p.count == 4 and p.descriptions[-1] == "confidence"
+        assert p.dtypes[0] == "uint8"
+    for path in (tmp_path / "c.tif", tmp_path / "p.tif"):
+        valid, errors, _ = cog_validate(str(path))
+        assert valid, errors
+    assert not list(tmp_path.glob(".*geoseg-tmp*"))
+
+
+def test_nodata_collar_is_nodata_and_skipped(tmp_path):
+    """RGB.byte.tif has a nodata-0 collar around a rotated footprint."""
+    src = shared_file("rasterio_testdata/RGB.byte.tif")
+    model = PointwiseModel(3, 2, depth=0)
+    rep = predict_raster(src, model, tmp_path / "c.tif", probabilities=tmp_path / "p.tif", tile_size=64,
+                         overlap=16)
+    with rasterio.open(src) as s:
+        valid = s.dataset_mask() > 0
+    with rasterio.open(rep.classes_path) as c:
+        cls = c.read(1)
+    assert (cls[~valid] == 255).all()
+    assert (cls[valid] != 255).all()
+    assert rep.tiles_skipped > 0 and rep.tiles_run + rep.tiles_skipped == rep.tiles_total
+    assert model.calls == rep.tiles_run
+    with rasterio.open(tmp_path / "p.tif") as p:
+        m = p.dataset_mask()
+    assert ((m > 0) == valid).all()
+
+
+def test_nan_and_declared_nodata_inputs(make_raster, tmp_path):
+    data = np.random.default_rng(1).normal(size=(2, 40, 50)).astype(np.float32)
+    data[:, 5:9, 5:9] = np.nan
+    data[0, 20:22, 30:33] = -9999  # declared nodata in one band only: pixel still valid
+    data[:, 30:35, 0:4] = -9999  # all bands nodata -> nodata
+    src = make_raster(data, nodata=-9999)
+    rep = predict_raster(src, PointwiseModel(2, 3), tmp_path / "c.tif", tile_size=16, overlap=4)
+    with rasterio.open(rep.classes_path) as c:
+        cls = c.read(1)
+    assert (cls[5:9, 5:9] == 255).all() and (cls[30:35, 0:4] == 255).all()
+    assert (cls[20:22, 30:33] != 255).all()
+    assert (cls != 255).sum() == 40 * 50 - 16 - 20
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 37), (5, 3), (300, 7)])
+def test_tiny_and_thin_rasters(make_raster, tmp_path, h, w):
+    data = np.random.default_rng(0).normal(size=(3, h, w)).astype(np.float32)
+    model = PointwiseModel(3, 4, depth=3)
+    rep = predict_raster(make_raster(data), model, tmp_path / "c.tif", tile_size=64, overlap=16)
+    with rasterio.open(rep.classes_path) as c:
+        assert (c.read(1) == model.probs(data).argmax(0)).all()
+
+
+def test_deterministic_across_batch_sizes_and_strips(tmp_path):
+    torch = pytest.importorskip("torch")
+    from geoseg.models import build_model, save_checkpoint
+
+    src = shared_file("ftw_baselines/inference-img.tif")
+    torch.manual_seed(1)
+    net = build_model("unet", 8, 3, base_channels=8, depth=2)
+    meta = ModelMeta("unet", {"base_channels": 8, "depth": 2}, [f"b{i}" for i in range(8)], [1500.0] * 8,
+                     [1000.0] * 8, ClassSchema.default(3), 128, 32)
+    ckpt = save_checkpoint(net, meta, tmp_path / "m.pt")
+    outs = []
+    for i, (bs, strip) in enumerate([(1, 8192), (7, 8192), (3, 256)]):
+        predict_raster(src, ckpt, tmp_path / f"c{i}.tif", batch_size=bs, max_strip_width=strip, device="cpu")
+        outs.append((tmp_path / f"c{i}.tif").read_bytes())
+    assert outs[0] == outs[1] == outs[2]
