@@ -135,7 +135,6 @@ class RowBandAccumulator:
         self.sums[(slice(None), *dst)] += probs[:, :, lo:hi] * wt
         self.weights[dst] += wt
         self.valid[dst] |= True if valid is None else valid[:, lo:hi]
-        self.valid[dst] |= True if valid is None else valid[:, lo:hi]
 
     def pop_rows(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
         """Finish rows ``[base, upto)``: return ``(probs, valid)`` and slide the band down.
@@ -150,7 +149,6 @@ class RowBandAccumulator:
         wsum = self.weights[:n]
         covered = wsum > 0
         probs = self.sums[:, :n] / np.where(covered, wsum, 1.0)
-        valid = covered & self.valid[:n]
         valid = covered & self.valid[:n]
         # slide
         if n:
