@@ -1,0 +1,278 @@
+"""Training configuration: one dataclass, loadable from YAML or TOML, saved in the checkpoint. Torch-free.
+
+Every ``geoseg train`` option has a field here with the same name (dashes become
+underscores), so a config file can set anything the command line can. Command-line
+values given explicitly override the file; the merged config is stored in the
+checkpoint's ``training.config`` so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from geoseg.errors import UsageError
+
+#: Value of the label tensors where a pixel is not used by the loss or the metrics.
+IGNORE_INDEX = 255
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Attributes:
+        images: input rasters. One multi-band file, or several files whose bands are
+            stacked in the given order (e.g. one file per band). All must share a grid.
+        labels: label raster (class values per pixel), or None.
+        vector_labels: polygon file (GPKG, GeoJSON, Shapefile...), or None.
+        class_field: attribute of ``vector_labels`` holding the class (name or number).
+        output: best-checkpoint path (``.pt``); ``<stem>.last.pt``, ``<stem>.metrics.csv``
+            and ``<stem>.curves.png`` are written beside it.
+        arch: ``unet`` or ``smp-unet``.
+        base_channels: unet channels of the first level.
+        depth: unet number of poolings.
+        encoder: smp-unet encoder name (random init; no weights are downloaded).
+        encoder_depth: smp-unet encoder depth.
+        epochs: maximum number of epochs.
+        samples_per_epoch: training chips per epoch (default: about the number of
+            non-overlapping chips in the training regions, at least 4 batches).
+        batch_size: chips per step.
+        tile_size: chip side in pixels (a multiple of ``2**depth``).
+        lr: AdamW learning rate (cosine-decayed over ``epochs``).
+        weight_decay: AdamW weight decay.
+        class_weights: ``none`` or ``auto`` (inverse square root of training label
+            frequencies, normalised to mean 1).
+        dice: add a soft Dice loss (over labelled pixels) to the cross entropy.
+        augment: ``d4`` (random flips and 90-degree rotations) or ``none``.
+        jitter: photometric jitter amplitude (per-band gain and offset in normalised
+            units, uniform in ``±jitter``); 0 disables it.
+        val_split: fraction of polygons (vector labels) or spatial blocks (raster
+            labels) held out for validation; 0 disables validation.
+        val_block: side of the spatial blocks in pixels (raster labels; default
+            ``max(2 * tile_size, 64)``).
+        class_map: ``{source: target}``: rename or merge label values or class-field
+            names (``"3": "grass", "4": "grass"``); a target of ``""`` or ``"ignore"`` drops
+            the source class (its pixels become unlabelled).
+        ignore_values: label-raster values meaning "unlabelled" (the raster's nodata is
+            always unlabelled too).
+        patience: stop after this many epochs without a better validation macro IoU.
+        seed: seed of every random choice (split, sampling, augmentation, weights).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        devices: number of GPUs (more than 1 uses Lightning Fabric's DDP).
+        num_workers: DataLoader worker processes.
+        resume: continue from ``<stem>.last.pt``.
+        overwrite: replace existing outputs.
+    """
+
+    images: list[str] = field(default_factory=list)
+    labels: str | None = None
+    vector_labels: str | None = None
+    class_field: str | None = None
+    output: str = "model.pt"
+    arch: str = "unet"
+    base_channels: int = 16
+    depth: int = 3
+    encoder: str = "resnet18"
+    encoder_depth: int = 5
+    epochs: int = 20
+    samples_per_epoch: int | None = None
+    batch_size: int = 8
+    tile_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_weights: str = "none"
+    dice: bool = False
+    augment: str = "d4"
+    jitter: float = 0.0
+    val_split: float = 0.2
+    val_block: int | None = None
+    class_map: dict[str, str] = field(default_factory=dict)
+    ignore_values: list[int] = field(default_factory=lambda: [0])
+    patience: int = 10
+    seed: int = 0
+    device: str = "auto"
+    devices: int = 1
+    num_workers: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`UsageError` on the first invalid value; return self."""
+        if not self.images:
+            raise UsageError("no input image; pass --image (repeat it to stack single-band files)")
+        if (self.labels is None) == (self.vector_labels is None):
+            raise UsageError("give exactly one of --labels (a label raster) or --vector-labels (polygons)")
+        if self.vector_labels is not None and not self.class_field:
+            raise UsageError("--vector-labels needs --class-field, the attribute holding each polygon's class")
+        if self.arch not in ("unet", "smp-unet"):
+            raise UsageError(f"--arch {self.arch!r}: choose unet or smp-unet")
+        checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
+                  ("tile-size", self.tile_size >= 16), ("lr", self.lr > 0), ("patience", self.patience >= 1),
+                  ("devices", self.devices >= 1), ("num-workers", self.num_workers >= 0),
+                  ("depth", 1 <= self.depth <= 8), ("base-channels", self.base_channels >= 1),
+                  ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0)]
+        for name, ok in checks:
+            if not ok:
+                raise UsageError(f"--{name} {getattr(self, name.replace('-', '_'))!r} is out of range")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise UsageError("--samples-per-epoch must be >= 1")
+        if not 0 <= self.val_split < 1:
+            raise UsageError(f"--val-split {self.val_split}: use a fraction in [0, 1), e.g. 0.2")
+        if self.val_block is not None and self.val_block < self.tile_size:
+            raise UsageError(f"--val-block {self.val_block} is smaller than --tile-size {self.tile_size}")
+        if self.class_weights not in ("none", "auto"):
+            raise UsageError(f"--class-weights {self.class_weights!r}: choose none or auto")
+        if self.augment not in ("none", "d4"):
+            raise UsageError(f"--augment {self.augment!r}: choose d4 or none")
+        mult = 2 ** (self.depth if self.arch == "unet" else self.encoder_depth)
+        if self.tile_size % mult:
+            raise UsageError(f"--tile-size {self.tile_size} must be a multiple of {mult} for {self.arch}; "
+                             f"use {max(mult, self.tile_size // mult * mult)}")
+        return self
+
+    @property
+    def arch_args(self) -> dict[str, Any]:
+        if self.arch == "unet":
+            return {"base_channels": self.base_channels, "depth": self.depth}
+        return {"encoder": self.encoder, "encoder_weights": None, "encoder_depth": self.encoder_depth}
+
+    @property
+    def block_size(self) -> int:
+        return self.val_block or max(2 * self.tile_size, 64)
+
+    # ------------------------------------------------------------------ paths beside the model
+    def sidecar(self, kind: str) -> Path:
+        """``last`` -> ``model.last.pt``, ``metrics`` -> ``model.metrics.csv``, ``curves`` -> ``model.curves.png``."""
+        p = Path(self.output)
+        ext = {"last": ".last.pt", "metrics": ".metrics.csv", "curves": ".curves.png"}[kind]
+        return p.with_name(p.stem + ext)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "config") -> "TrainConfig":
+        """Build from a mapping; unknown keys and wrong types raise :class:`UsageError`."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            k = str(key).replace("-", "_")
+            if k == "image":
+                k = "images"
+            if k not in names:
+                raise UsageError(f"{source}: unknown option {key!r}; valid options are "
+                                 f"{', '.join(sorted(names))}")
+            kwargs[k] = _coerce(k, value, source)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a plain dict of options.
+
+        A TOML file may put the options at top level or under a ``[train]`` table.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"{p}: config file not found")
+        text = p.read_text(encoding="utf-8")
+        try:
+            if p.suffix.lower() == ".toml":
+                import tomllib
+
+                data: Any = tomllib.loads(text)
+            elif p.suffix.lower() in (".yaml", ".yml", ".json"):
+                import yaml
+
+                data = yaml.safe_load(text) if text.strip() else {}
+            else:
+                raise UsageError(f"{p}: config must be .yaml, .yml or .toml")
+        except UsageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - parser errors of two libraries
+            raise UsageError(f"{p}: cannot parse config: {str(e).splitlines()[0][:160]}") from None
+        if isinstance(data, dict) and set(data) == {"train"} and isinstance(data["train"], dict):
+            data = data["train"]
+        if not isinstance(data, dict):
+            raise UsageError(f"{p}: config must be a mapping of option names to values")
+        cls.from_dict(data, source=str(p))  # type check early
+        return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+    @classmethod
+    def merge(cls, file_options: Mapping[str, Any] | None, cli_options: Mapping[str, Any]) -> "TrainConfig":
+        """File options overridden by command-line options that are not None; validated."""
+        d = dict(file_options or {})
+        if "image" in d:
+            d["images"] = d.pop("image")
+        for k, v in cli_options.items():
+            if v is None or (k in ("images", "class_map", "ignore_values") and not v):
+                continue
+            d[k] = v
+        return cls.from_dict(d).validate()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    t = str(f.type)
+    try:
+        if name == "images":
+            vals = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+            return [str(v) for v in vals]
+        if name == "class_map":
+            if isinstance(value, str):
+                return parse_class_map([value])
+            if isinstance(value, (list, tuple)):
+                return parse_class_map([str(v) for v in value])
+            return {str(k): ("" if v is None else str(v)) for k, v in dict(value).items()}
+        if name == "ignore_values":
+            vals = [value] if isinstance(value, (int, str)) else list(value)
+            return [int(v) for v in vals]
+        if value is None:
+            if "None" in t:
+                return None
+            raise TypeError("null")
+        if t.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1", "on"):
+                    return True
+                if value.lower() in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if t.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if t.startswith("float"):
+            return float(value)
+        if t.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{source}: option {name!r} has an invalid value {value!r} (expected {t})") from None
+    return value
+
+
+def parse_class_map(items: list[str] | None) -> dict[str, str]:
+    """``["3=grass", "4=grass", "0=ignore"]`` or ``["a=b,c=d"]`` -> ``{"3": "grass", ...}``."""
+    out: dict[str, str] = {}
+    for it in items or []:
+        for part in str(it).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise UsageError(f"--class-map entry {part!r} must look like SOURCE=TARGET (e.g. 4=grass)")
+            k, v = part.split("=", 1)
+            if not k.strip():
+                raise UsageError(f"--class-map entry {part!r} has an empty source")
+            out[k.strip()] = v.strip()
+    return out

@@ -1,0 +1,633 @@
+"""Training data: class schema, spatial split, samplers, normalization, batches (imports torch).
+
+Pipeline::
+
+    images (torchgeo RasterDataset, bands stacked) & labels (RasterDataset or VectorDataset)
+      -> IntersectionDataset on the first image's grid
+      -> RandomGeoSampler over the training regions / GridGeoSampler over the validation region
+      -> stack_samples -> :class:`BatchMaker` (class lookup, ignore mask, normalization, augmentation)
+
+Spatial validation split (never random pixels, so neighbouring pixels of one field
+cannot sit on both sides and inflate the scores):
+
+* **Vector labels: by polygon.** Within each class the polygons are shuffled (``seed``)
+  and ``round(val_split * n)`` of them (at least one, at most ``n - 1``) are held out.
+  Training masks contain only training polygons and validation masks only validation
+  polygons; a class with a single polygon is kept for training only.
+* **Raster labels: by spatial blocks.** The image grid is cut into square blocks of
+  ``val_block`` pixels (a remainder narrower than a block joins its neighbour). Blocks
+  holding labels are shuffled and about ``val_split`` of them are held out, skipping a
+  block when holding it out would leave a class without training pixels. Training chips
+  lie inside training blocks; validation chips are masked to their own block.
+
+Unlabelled pixels (no polygon, label values in ``ignore_values``, the label raster's
+nodata, classes dropped by ``class_map``) and pixels where any image band is nodata or
+not finite get :data:`~geoseg.train.config.IGNORE_INDEX` and count neither in the loss
+nor in the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from affine import Affine
+from rasterio.windows import Window
+
+from geoseg.classes import ClassInfo, ClassSchema, default_colour
+from geoseg.errors import LabelError, RasterReadError, UsageError, VectorError
+from geoseg.io.raster import open_raster
+from geoseg.train.config import IGNORE_INDEX, TrainConfig
+from geoseg.train.datasets import class_key
+
+Box = tuple[float, float, float, float]
+
+
+# ---------------------------------------------------------------------- image grid
+@dataclass(frozen=True)
+class ImageGrid:
+    """The grid every dataset is put on: the first image's CRS, transform and size."""
+
+    paths: tuple[str, ...]
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+    band_names: tuple[str, ...]
+    #: nodata per stacked band (NaN where the file declares none)
+    nodata: tuple[float, ...]
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def bounds(self) -> Box:
+        left, top = self.transform.c, self.transform.f
+        return (left, top - self.height * self.res[1], left + self.width * self.res[0], top)
+
+    def snap(self, box: Box, min_size_px: int) -> Box:
+        """Grow ``box`` to at least ``min_size_px`` pixels a side, snap it to pixel edges, keep it inside the image."""
+        rx, ry = self.res
+        left, bottom, right, top = self.bounds
+        out = []
+        for lo, hi, r, a, b in ((box[0], box[2], rx, left, right), (box[1], box[3], ry, bottom, top)):
+            lo_px = math.floor((lo - a) / r + 1e-6)
+            hi_px = math.ceil((hi - a) / r - 1e-6)
+            n = int(round((b - a) / r))
+            if hi_px - lo_px < min_size_px:
+                grow = min_size_px - (hi_px - lo_px)
+                lo_px -= grow // 2
+                hi_px = lo_px + min_size_px
+            lo_px, hi_px = max(lo_px, 0), min(hi_px, n)
+            if hi_px - lo_px < min_size_px:  # clipped at an edge: shift inward
+                if lo_px == 0:
+                    hi_px = min(min_size_px, n)
+                else:
+                    lo_px = max(n - min_size_px, 0)
+            out.append((a + lo_px * r, a + hi_px * r))
+        return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+def image_grid(paths: Sequence[str | os.PathLike[str]]) -> ImageGrid:
+    """Open the images, check they share one grid, collect band names and nodata values."""
+    names: list[str] = []
+    nodata: list[float] = []
+    ref = None
+    for p in paths:
+        with open_raster(p) as ds:
+            if ds.crs is None:
+                raise RasterReadError(f"{p}: image has no CRS; training needs georeferenced images")
+            if ds.transform.b != 0 or ds.transform.d != 0:
+                raise RasterReadError(f"{p}: rotated geotransforms are not supported for training; warp it first "
+                                      "(gdalwarp)")
+            for dt in ds.dtypes:
+                if np.dtype(dt).kind not in "uif":
+                    raise RasterReadError(f"{p}: band type {dt} is not supported")
+            g = (ds.crs, ds.transform, ds.width, ds.height)
+            if ref is None:
+                ref = g
+            elif (g[0] != ref[0] or g[2:] != ref[2:]
+                  or not np.allclose(tuple(g[1])[:6], tuple(ref[1])[:6], rtol=0, atol=1e-6 * abs(ref[1].a))):
+                raise UsageError(f"{p}: is not on the grid of {paths[0]} (CRS, transform and size must match "
+                                 "to stack bands); align it first, e.g. with gdalwarp -tap or gdalbuildvrt")
+            stem = Path(p).stem
+            for i in range(ds.count):
+                d = ds.descriptions[i]
+                names.append(d if d and len(paths) == 1 else (f"{stem}:{d}" if d else
+                                                              (f"band_{i + 1}" if len(paths) == 1 else
+                                                               (stem if ds.count == 1 else f"{stem}:{i + 1}"))))
+                nodata.append(float(ds.nodata) if ds.nodata is not None else math.nan)
+    assert ref is not None
+    return ImageGrid(tuple(str(p) for p in paths), ref[0], ref[1], ref[2], ref[3], tuple(names), tuple(nodata))
+
+
+def normalization_stats(grid: ImageGrid) -> tuple[list[float], list[float]]:
+    """Per-band mean and std of the training images, nodata and non-finite values excluded."""
+    from geoseg.io.stats import band_stats
+
+    mean: list[float] = []
+    std: list[float] = []
+    for p in grid.paths:
+        m, s = band_stats([p])
+        mean += m
+        std += s
+    return mean, std
+
+
+# ---------------------------------------------------------------------- classes
+def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids: bool,
+                 colours: dict[int, tuple[int, int, int]] | None = None
+                 ) -> tuple[ClassSchema, dict[str, int]]:
+    """Class schema and ``{source key: class index}`` from the label keys found.
+
+    Args:
+        keys: label values (as strings) present in the training data.
+        class_map: ``{source: target}`` renames/merges; target ``""``/``"ignore"`` drops.
+        numeric_ids: raster labels: a class keeps its label value as its id (the
+            smallest value when several are merged), so predictions use the same codes
+            as the labels. Otherwise ids are ``0..n-1`` in class-name order, unless all
+            keys are integers in 0..254, in which case the same rule as rasters applies.
+        colours: optional ``{label value: rgb}`` (a label raster's colour table).
+
+    Returns:
+        ``(schema, lut)``. Classes are ordered by id (stable: sorted, never by frequency).
+    """
+    unknown = sorted(set(class_map) - set(keys))
+    if unknown:
+        raise UsageError(f"--class-map source(s) {', '.join(unknown)} are not among the label values "
+                         f"({', '.join(keys[:20])}); check the spelling")
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        target = class_map.get(k, k)
+        if target.strip().lower() in ("", "ignore"):
+            continue
+        groups.setdefault(target, []).append(k)
+    if not groups:
+        raise LabelError("no classes left after --class-map (every class was dropped)")
+
+    def as_int(s: str) -> int | None:
+        try:
+            v = int(s)
+        except ValueError:
+            return None
+        return v if 0 <= v <= 254 else None
+
+    all_int = all(as_int(k) is not None for ks in groups.values() for k in ks)
+    if numeric_ids and not all_int:
+        bad = [k for ks in groups.values() for k in ks if as_int(k) is None]
+        raise LabelError(f"label values {', '.join(bad[:5])} are outside 0..254; recode the label raster to "
+                         "small non-negative integers")
+    if all_int:
+        entries = sorted(((min(as_int(k) for k in ks), name, ks) for name, ks in groups.items()),  # type: ignore[type-var]
+                         key=lambda e: e[0])
+    else:
+        entries = [(i, name, groups[name]) for i, name in enumerate(sorted(groups))]
+    classes = []
+    lut: dict[str, int] = {}
+    for idx, (cid, name, ks) in enumerate(entries):
+        nice = f"class_{name}" if as_int(name) is not None and all_int else name
+        col = (colours or {}).get(int(cid)) or default_colour(idx)
+        classes.append(ClassInfo(int(cid), nice, tuple(int(c) for c in col[:3])))  # type: ignore[arg-type]
+        for k in ks:
+            lut[k] = idx
+    return ClassSchema(tuple(classes)), lut
+
+
+# ---------------------------------------------------------------------- plans
+@dataclass
+class LabelPlan:
+    """What the training loop needs about the labels: classes, split, regions, counts."""
+
+    kind: str  # "raster" or "vector"
+    schema: ClassSchema
+    #: mask value -> class index (a dense lookup; other values are ignored)
+    lut: np.ndarray
+    #: training regions (boxes in the image CRS, snapped to the grid, >= one chip)
+    train_regions: list[Box]
+    #: validation regions (GridGeoSampler), empty when there is no validation
+    val_regions: list[Box]
+    #: training pixels (or pixel-equivalent polygon area) per class index
+    train_counts: np.ndarray
+    #: restrict training chips to their own region (blocks) or not (polygons)
+    clip_train: bool
+    #: human-readable description of the split, stored in the checkpoint
+    split: dict[str, Any]
+    #: label files for the training and validation datasets (vector: subsets)
+    train_source: str
+    val_source: str | None
+    _tmp: Any = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def plan_labels(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
+    """Read the labels once: classes, spatial split and regions. Raises on unusable labels."""
+    if cfg.vector_labels is not None:
+        return _plan_vector(cfg, grid)
+    assert cfg.labels is not None
+    return _plan_raster(cfg, grid)
+
+
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """Cut ``0..n`` into spans of ``size``; a last span shorter than ``size`` joins the previous one."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] < size:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
+def _plan_raster(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import transform_bounds
+
+    path = cfg.labels
+    assert path is not None
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise LabelError(f"{path}: label raster has no CRS; assign one (gdal_edit.py -a_srs) so it can be "
+                             "aligned with the image")
+        if np.dtype(src.dtypes[0]).kind not in "ui":
+            raise LabelError(f"{path}: label raster must hold integer class values, not {src.dtypes[0]}")
+        lb = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
+        ib = grid.bounds
+        if lb[0] >= ib[2] or lb[2] <= ib[0] or lb[1] >= ib[3] or lb[3] <= ib[1]:
+            raise LabelError(f"{path}: the labels do not overlap the image {grid.paths[0]}; check that they "
+                             "cover the same area (and that the CRS is right)")
+        colours: dict[int, tuple[int, int, int]] = {}
+        try:
+            colours = {k: v[:3] for k, v in src.colormap(1).items()}
+        except ValueError:
+            pass
+        nodata = src.nodata
+        ignore = set(int(v) for v in cfg.ignore_values)
+        bs = cfg.block_size
+        rows, cols = _blocks(grid.height, bs), _blocks(grid.width, bs)
+        counts: dict[tuple[int, int], dict[int, int]] = {}
+        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                       resampling=Resampling.nearest, nodata=nodata) as vrt:
+            for bi, (r0, r1) in enumerate(rows):
+                a = vrt.read(1, window=Window(0, r0, grid.width, r1 - r0), masked=True)
+                valid = ~np.ma.getmaskarray(a)
+                data = np.asarray(a.data).astype(np.int64)
+                for v in ignore:
+                    valid &= data != v
+                for bj, (c0, c1) in enumerate(cols):
+                    sub = data[:, c0:c1][valid[:, c0:c1]]
+                    if sub.size:
+                        vals, cnt = np.unique(sub, return_counts=True)
+                        counts[(bi, bj)] = {int(v): int(c) for v, c in zip(vals, cnt)}
+    if not counts:
+        raise LabelError(f"{path}: no labelled pixels inside the image (all nodata or in --ignore-value "
+                         f"{sorted(ignore)}); check the label file")
+    keys_int = sorted({v for c in counts.values() for v in c})
+    schema, lut_map = build_schema([str(v) for v in keys_int], cfg.class_map, numeric_ids=True, colours=colours)
+    lut = _dense_lut({int(k): i for k, i in lut_map.items()})
+    n = len(schema)
+
+    def cls_counts(c: dict[int, int]) -> np.ndarray:
+        out = np.zeros(n, dtype=np.int64)
+        for v, k in c.items():
+            if str(v) in lut_map:
+                out[lut_map[str(v)]] += k
+        return out
+
+    per_block = {b: cls_counts(c) for b, c in counts.items()}
+    per_block = {b: c for b, c in per_block.items() if c.sum() > 0}
+    if not per_block:
+        raise LabelError(f"{path}: every labelled class was dropped by --class-map")
+    blocks = sorted(per_block)
+    rng = np.random.default_rng(cfg.seed)
+    order = [blocks[i] for i in rng.permutation(len(blocks))]
+    val: list[tuple[int, int]] = []
+    if cfg.val_split > 0:
+        if len(blocks) < 2:
+            raise UsageError(f"the labels lie in a single {bs}-pixel block, so no spatial validation split is "
+                             f"possible; use a smaller --val-block (>= --tile-size) or --val-split 0")
+        target = max(1, int(round(cfg.val_split * len(blocks))))
+        train_tot = sum(per_block.values())
+        for b in order:
+            if len(val) >= target or len(val) >= len(blocks) - 1:
+                break
+            left = train_tot - per_block[b]
+            if np.any((train_tot > 0) & (left <= 0)):
+                continue  # holding it out would leave a class without training pixels
+            val.append(b)
+            train_tot = left
+    train = [b for b in blocks if b not in val]
+    _check_fits(cfg, grid)
+
+    def box(b: tuple[int, int]) -> Box:
+        (r0, r1), (c0, c1) = rows[b[0]], cols[b[1]]
+        t = grid.transform
+        return (t.c + c0 * t.a, t.f + r1 * t.e, t.c + c1 * t.a, t.f + r0 * t.e)
+
+    train_counts = sum((per_block[b] for b in train), np.zeros(n, dtype=np.int64))
+    return LabelPlan(
+        kind="raster", schema=schema, lut=lut, train_regions=[box(b) for b in train],
+        val_regions=[box(b) for b in val], train_counts=train_counts, clip_train=True,
+        split={"method": "spatial blocks", "block_pixels": bs, "train_blocks": len(train), "val_blocks": len(val),
+               "val_block_ids": [list(b) for b in sorted(val)], "seed": cfg.seed,
+               "ignore_values": sorted(ignore), "label_nodata": nodata},
+        train_source=str(path), val_source=str(path) if val else None)
+
+
+def _dense_lut(mapping: dict[int, int]) -> np.ndarray:
+    size = max(mapping) + 1
+    lut = np.full(size, IGNORE_INDEX, dtype=np.int64)
+    for k, v in mapping.items():
+        lut[k] = v
+    return lut
+
+
+def _check_fits(cfg: TrainConfig, grid: ImageGrid) -> None:
+    if cfg.tile_size > min(grid.width, grid.height):
+        m = 2 ** (cfg.depth if cfg.arch == "unet" else cfg.encoder_depth)
+        fit = min(grid.width, grid.height) // m * m
+        raise UsageError(f"--tile-size {cfg.tile_size} exceeds the image ({grid.width}x{grid.height} px); "
+                         f"use --tile-size <= {fit}")
+
+
+def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
+    """Read training polygons; refuse missing CRS, missing field, empty files, non-polygons."""
+    import geopandas as gpd
+
+    p = Path(path)
+    if not p.exists():
+        raise VectorError(f"{p}: vector label file not found")
+    if p.is_file() and p.stat().st_size == 0:
+        raise LabelError(f"{p}: vector label file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gdf = gpd.read_file(p)
+    except Exception as e:  # noqa: BLE001 - pyogrio/GDAL raise many types
+        raise VectorError(f"{p}: cannot read as vector data: {str(e).splitlines()[0][:160]}") from None
+    if len(gdf) == 0:
+        raise LabelError(f"{p}: holds no features; draw some training polygons first")
+    if gdf.crs is None:
+        raise VectorError(f"{p}: has no CRS (a Shapefile without .prj?); assign the right one first, e.g. "
+                          "ogr2ogr -a_srs EPSG:XXXX fixed.gpkg input.shp")
+    if class_field not in gdf.columns:
+        fields = [c for c in gdf.columns if c != gdf.geometry.name]
+        raise VectorError(f"{p}: has no field {class_field!r}; available fields: {', '.join(fields) or 'none'}")
+    gdf = gdf[~gdf.geometry.isna() & ~gdf.geometry.is_empty]
+    kinds = set(gdf.geom_type.unique())
+    if not kinds <= {"Polygon", "MultiPolygon"}:
+        raise LabelError(f"{p}: training labels must be polygons, found {', '.join(sorted(kinds))}; buffer "
+                         "points into small polygons if that is what you mean")
+    gdf = gdf[~gdf[class_field].isna()]
+    if len(gdf) == 0:
+        raise LabelError(f"{p}: every feature has an empty {class_field!r}")
+    return gdf
+
+
+def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
+    import shapely
+
+    assert cfg.vector_labels is not None and cfg.class_field is not None
+    path = cfg.vector_labels
+    gdf = read_polygons(path, cfg.class_field)
+    proj = gdf.to_crs(grid.crs)
+    img_box = shapely.box(*grid.bounds)
+    inside = proj.geometry.intersects(img_box).to_numpy()
+    if not inside.any():
+        raise LabelError(f"{path}: the polygons do not overlap the image {grid.paths[0]}; check that they cover "
+                         "the same area (and that their CRS is right)")
+    gdf, proj = gdf[inside], proj[inside]
+    keys = [class_key(v) for v in gdf[cfg.class_field]]
+    schema, lut_map = build_schema(sorted(set(keys)), cfg.class_map, numeric_ids=False)
+    cls = np.array([lut_map.get(k, -1) for k in keys])
+    keep = cls >= 0
+    gdf, proj, cls = gdf[keep], proj[keep], cls[keep]
+    n = len(schema)
+    rng = np.random.default_rng(cfg.seed)
+    is_val = np.zeros(len(gdf), dtype=bool)
+    single: list[str] = []
+    if cfg.val_split > 0:
+        for c in range(n):
+            idx = np.flatnonzero(cls == c)
+            if len(idx) < 2:
+                single.append(schema.classes[c].name)
+                continue
+            k = min(max(1, int(round(cfg.val_split * len(idx)))), len(idx) - 1)
+            is_val[rng.permutation(idx)[:k]] = True
+    _check_fits(cfg, grid)
+    tmp = tempfile.TemporaryDirectory(prefix="geoseg-labels-")
+    codes = {}
+    # subsets keep the file's own CRS: torchgeo's VectorDataset reprojects them to the image grid
+    out = gdf[[cfg.class_field, gdf.geometry.name]].copy()
+    train_path = Path(tmp.name) / "train.gpkg"
+    out[~is_val].to_file(train_path, driver="GPKG")
+    val_path = None
+    if is_val.any():
+        val_path = Path(tmp.name) / "val.gpkg"
+        out[is_val].to_file(val_path, driver="GPKG")
+    for k, i in lut_map.items():
+        codes[k] = i + 1
+    rx, ry = grid.res
+    clipped = proj.geometry.intersection(img_box)
+    area_px = clipped.area.to_numpy() / (rx * ry)
+    train_counts = np.bincount(cls[~is_val], weights=area_px[~is_val], minlength=n).round().astype(np.int64)
+    train_regions = [grid.snap(tuple(g.bounds), cfg.tile_size) for g in clipped[~is_val]]  # type: ignore[arg-type]
+    val_regions: list[Box] = []
+    if is_val.any():
+        ub = shapely.union_all(clipped[is_val].to_numpy()).bounds
+        val_regions = [grid.snap(tuple(ub), cfg.tile_size)]  # type: ignore[arg-type]
+    plan = LabelPlan(
+        kind="vector", schema=schema, lut=np.array([IGNORE_INDEX] + list(range(n)), dtype=np.int64),
+        train_regions=train_regions, val_regions=val_regions, train_counts=train_counts, clip_train=False,
+        split={"method": "by polygon, stratified per class", "train_polygons": int((~is_val).sum()),
+               "val_polygons": int(is_val.sum()), "train_only_classes": single, "seed": cfg.seed,
+               "val_polygon_rows": [int(i) for i in np.flatnonzero(is_val)]},
+        train_source=str(train_path), val_source=str(val_path) if val_path else None, _tmp=tmp)
+    plan.split["codes"] = codes
+    return plan
+
+
+def class_weights(counts: np.ndarray) -> np.ndarray:
+    """``auto`` weights: inverse square root of label frequency, mean 1 over present classes.
+
+    Square root rather than plain inverse frequency: it corrects imbalance without
+    letting a class of a few pixels dominate the loss.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    w = np.zeros_like(c)
+    present = c > 0
+    w[present] = 1.0 / np.sqrt(c[present] / c[present].sum())
+    w[present] /= w[present].mean()
+    w[~present] = 1.0
+    return w
+
+
+# ---------------------------------------------------------------------- datasets and samplers
+def build_dataset(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig, split: str) -> Any:
+    """torchgeo IntersectionDataset of the stacked images and the ``split``'s labels."""
+    from geoseg.train.datasets import LabelRaster, PolygonLabels, image_with_labels, stack_images
+
+    images = stack_images(list(grid.paths))
+    src = plan.train_source if split == "train" else plan.val_source
+    assert src is not None
+    if plan.kind == "vector":
+        assert cfg.class_field is not None
+        labels: Any = PolygonLabels(src, cfg.class_field, plan.split["codes"], crs=images.crs, res=images.res)
+    else:
+        labels = LabelRaster(src, crs=images.crs, res=images.res)
+    return image_with_labels(images, labels)
+
+
+def train_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig, generator: torch.Generator) -> Any:
+    """RandomGeoSampler of ``tile_size`` chips over the training regions (area-weighted)."""
+    from torchgeo.samplers import RandomGeoSampler
+
+    from geoseg.train.datasets import Regions
+
+    regions = Regions(plan.train_regions, grid.crs, grid.res)
+    n = cfg.samples_per_epoch
+    sampler = RandomGeoSampler(regions, size=cfg.tile_size, length=n, generator=generator)
+    if len(sampler) == 0 and n is None:
+        raise LabelError("no training region is as large as one chip; lower --tile-size")
+    if n is None:
+        sampler.length = max(len(sampler), 4 * cfg.batch_size)
+    return sampler
+
+
+def val_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig) -> Any:
+    """GridGeoSampler of non-overlapping ``tile_size`` chips over the validation regions.
+
+    torchgeo 0.8's grid does not clamp the last chip, which may hang past a region;
+    :class:`BatchMaker` masks every chip to the region it starts in, so each labelled
+    validation pixel is counted exactly once.
+    """
+    from torchgeo.samplers import GridGeoSampler
+
+    from geoseg.train.datasets import Regions
+
+    return GridGeoSampler(Regions(plan.val_regions, grid.crs, grid.res), size=cfg.tile_size,
+                          stride=cfg.tile_size)
+
+
+# ---------------------------------------------------------------------- batches
+D4 = [(k, f) for f in (False, True) for k in range(4)]
+
+
+class BatchMaker:
+    """Collate function: torchgeo samples -> ``{"image": float (B,C,H,W), "mask": long (B,H,W)}``.
+
+    Steps: stack the samples; look mask values up as class indexes (unknown -> ignore);
+    ignore pixels where any band is nodata or not finite, and pixels outside the
+    chip's own region when ``clip`` is set; normalize with the training mean/std (nodata
+    becomes 0, the band mean, as in inference); augment (D4, photometric jitter).
+    """
+
+    def __init__(self, grid: ImageGrid, lut: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
+                 regions: Sequence[Box] = (), clip: bool = False, augment: str = "none", jitter: float = 0.0,
+                 seed: int = 0) -> None:
+        self.grid = grid
+        self.lut = torch.as_tensor(lut, dtype=torch.long)
+        self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+        nd = np.asarray(grid.nodata, dtype=np.float64)
+        self.nodata = torch.tensor(nd, dtype=torch.float32)[None, :, None, None]
+        self.has_nodata = torch.tensor(~np.isnan(nd))[None, :, None, None]
+        self.regions = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
+        self.clip = clip
+        self.augment = augment
+        self.jitter = jitter
+        self.seed = seed
+        self.epoch = 0
+        self._rng: np.random.Generator | None = None
+        self._rng_key: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed augmentation for ``epoch`` (resumed runs repeat the same draws)."""
+        self.epoch = epoch
+        self._rng = None
+
+    def _generator(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else -1
+        key = (self.epoch, wid)
+        if self._rng is None or self._rng_key != key:
+            self._rng = np.random.default_rng([self.seed, self.epoch, wid + 1, 7])
+            self._rng_key = key
+        return self._rng
+
+    def _region_mask(self, bounds: Any, h: int, w: int) -> torch.Tensor:
+        x, y = bounds[0], bounds[1]
+        rx, ry = (x.stop - x.start) / w, (y.stop - y.start) / h
+        xs = x.start + (np.arange(w) + 0.5) * rx
+        ys = y.stop - (np.arange(h) + 0.5) * ry  # row 0 is the top
+        cx, cy = x.start + 0.5 * rx, y.start + 0.5 * ry
+        r = self.regions
+        own = np.flatnonzero((r[:, 0] <= cx) & (cx < r[:, 2]) & (r[:, 1] <= cy) & (cy < r[:, 3]))
+        if own.size == 0:
+            return torch.zeros(h, w, dtype=torch.bool)
+        b = r[own[0]]
+        m = ((ys >= b[1]) & (ys < b[3]))[:, None] & ((xs >= b[0]) & (xs < b[2]))[None, :]
+        return torch.from_numpy(m)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from torchgeo.datasets import stack_samples
+
+        batch = stack_samples(samples)
+        return self.process(batch["image"], batch["mask"], batch.get("bounds"))
+
+    def process(self, image: torch.Tensor, mask: torch.Tensor, bounds: Sequence[Any] | None = None
+                ) -> dict[str, torch.Tensor]:
+        x = image.float()
+        if mask.ndim == 4:
+            mask = mask[:, 0]
+        m = mask.long()
+        lut = self.lut
+        y = torch.full_like(m, IGNORE_INDEX)
+        inr = (m >= 0) & (m < len(lut))
+        y[inr] = lut[m[inr]]
+        invalid = (~torch.isfinite(x)) | (self.has_nodata & (x == self.nodata))
+        invalid = invalid.any(dim=1)
+        y[invalid] = IGNORE_INDEX
+        if self.clip and bounds is not None:
+            h, w = y.shape[-2:]
+            for i, b in enumerate(bounds):
+                y[i][~self._region_mask(b, h, w)] = IGNORE_INDEX
+        x = (x - self.mean) / self.std
+        x = torch.where(invalid[:, None], torch.zeros((), dtype=x.dtype), x)
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.augment == "d4" or self.jitter > 0:
+            rng = self._generator()
+            xs, ys = [], []
+            for i in range(x.shape[0]):
+                xi, yi = x[i], y[i]
+                if self.augment == "d4":
+                    k, flip = D4[int(rng.integers(8))]
+                    if flip:
+                        xi, yi = xi.flip(-1), yi.flip(-1)
+                    if k:
+                        xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
+                if self.jitter > 0:
+                    c = xi.shape[0]
+                    gain = torch.from_numpy(rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32))
+                    off = torch.from_numpy(rng.uniform(-self.jitter, self.jitter, c).astype(np.float32))
+                    xi = xi * gain[:, None, None] + off[:, None, None]
+                xs.append(xi)
+                ys.append(yi)
+            x, y = torch.stack(xs), torch.stack(ys)
+        return {"image": x.contiguous(), "mask": y.contiguous()}
+
+
+def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: TrainConfig) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                      num_workers=cfg.num_workers, persistent_workers=False)

@@ -1,0 +1,123 @@
+"""torchgeo datasets for training: imagery, label rasters and rasterized polygons (imports torch).
+
+All datasets are put on the grid of the first image (its CRS and resolution): torchgeo
+warps other rasters with ``WarpedVRT`` (nearest resampling for labels) and reprojects
+polygons with ``GeoDataFrame.to_crs`` before rasterizing, so labels in another CRS
+than the image are reprojected, not rejected. Several image files are stacked
+band-wise with :class:`torchgeo.datasets.IntersectionDataset` (``concat_samples``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import shapely
+from geopandas import GeoDataFrame
+from pyproj import CRS
+from torchgeo.datasets import GeoDataset, IntersectionDataset, RasterDataset, VectorDataset
+
+from geoseg.errors import LabelError
+
+
+class ImageFile(RasterDataset):
+    """One input raster file, all of its bands (model input, ``image`` key).
+
+    Values are returned as float32; the file's nodata value is kept as is (the batch
+    code turns it into a validity mask).
+    """
+
+    #: model input
+    is_image = True
+    #: one file holds all the bands we read from it
+    separate_files = False
+
+    def __init__(self, path: str | os.PathLike[str], crs: CRS | None = None,
+                 res: tuple[float, float] | None = None) -> None:
+        super().__init__(paths=[str(path)], crs=crs, res=res, cache=True)
+
+
+class LabelRaster(RasterDataset):
+    """A label raster (``mask`` key, int64): class values per pixel.
+
+    Resampled with nearest neighbour onto the image grid (``dtype`` long implies
+    :attr:`rasterio.enums.Resampling.nearest` in torchgeo), outside its extent the
+    raster's nodata (or 0) is returned.
+    """
+
+    is_image = False
+    separate_files = False
+
+    def __init__(self, path: str | os.PathLike[str], crs: CRS, res: tuple[float, float]) -> None:
+        super().__init__(paths=[str(path)], crs=crs, res=res, cache=True)
+
+
+class PolygonLabels(VectorDataset):
+    """Polygons rasterized on the fly into a ``mask``: ``code[value of class_field]``, 0 elsewhere.
+
+    ``codes`` maps each class-field value (as a string) to the value burnt in the mask;
+    the training code uses ``class index + 1`` so that 0 means "no polygon" (unlabelled).
+    Polygons are reprojected to ``crs`` by torchgeo before rasterizing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], class_field: str, codes: Mapping[str, int],
+                 crs: CRS, res: tuple[float, float], layer: str | int | None = None) -> None:
+        self.codes = dict(codes)
+        self.class_field = class_field
+        super().__init__(paths=[str(path)], crs=crs, res=res, label_name=class_field,
+                         task="semantic_segmentation", layer=layer)
+
+    def get_label(self, feature: pd.Series) -> int:
+        """Mask value of one polygon (0 = not burnt in)."""
+        return int(self.codes.get(class_key(feature[self.class_field]), 0))
+
+
+def class_key(value: Any) -> str:
+    """Canonical string of a class-field value: ``3.0`` -> ``"3"``, ``"forest"`` -> ``"forest"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+class Regions(GeoDataset):
+    """Index-only dataset: the boxes a sampler may draw chips from.
+
+    torchgeo samplers only read ``index``, ``res`` and ``bounds`` of a dataset, so
+    giving them one row per training region (a polygon's neighbourhood, a spatial
+    block) restricts :class:`~torchgeo.samplers.RandomGeoSampler` to those regions and
+    weights them by area. Chips are then read from the real dataset.
+    """
+
+    def __init__(self, boxes: Iterable[tuple[float, float, float, float]], crs: CRS,
+                 res: tuple[float, float]) -> None:
+        geoms = [shapely.box(*b) for b in boxes]
+        n = len(geoms)
+        index = pd.IntervalIndex.from_tuples([(pd.Timestamp.min, pd.Timestamp.max)] * n, closed="both",
+                                             name="datetime")
+        self.index = GeoDataFrame({"filepath": [""] * n}, index=index, geometry=geoms, crs=crs)
+        self._res = res
+
+    def __getitem__(self, query: Any) -> dict[str, Any]:  # pragma: no cover - never read
+        raise NotImplementedError("Regions is an index for samplers; read chips from the data dataset")
+
+
+def stack_images(paths: list[str]) -> GeoDataset:
+    """One dataset returning the bands of all ``paths`` concatenated, on the first file's grid."""
+    first = ImageFile(paths[0])
+    ds: GeoDataset = first
+    for p in paths[1:]:
+        ds = IntersectionDataset(ds, ImageFile(p, crs=first.crs, res=first.res), spatial_only=True)
+    return ds
+
+
+def image_with_labels(images: GeoDataset, labels: GeoDataset) -> IntersectionDataset:
+    """Pair images and labels; raise :class:`LabelError` when they do not overlap."""
+    try:
+        return IntersectionDataset(images, labels, spatial_only=True)
+    except RuntimeError as e:
+        if "intersection" in str(e):
+            raise LabelError("the labels do not overlap the image; check that they cover the same area "
+                             "(and that the label CRS is right)") from None
+        raise
