@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not in the main thread
         pass
     try:
-        app(args=args, prog_name="geoseg", standalone_mode=False)
+        rc = app(args=args, prog_name="geoseg", standalone_mode=False)
     except GeosegError as e:
         if debug:
             raise
@@ -89,4 +89,6 @@ def main(argv: list[str] | None = None) -> None:
         _err(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
              "(rerun with --debug for the traceback and report it)")
         sys.exit(1)
-    # standalone_mode=False returns exit codes from typer.Exit instead of raising
+    # standalone_mode=False returns the code of typer.Exit instead of raising it
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)

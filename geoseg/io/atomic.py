@@ -29,10 +29,11 @@ def check_destination(path: str | os.PathLike[str], *, overwrite: bool,
     p = Path(path)
     for i in inputs:
         try:
-            if Path(i).resolve() == p.resolve():
-                raise RasterWriteError(f"{p}: output path is the same as an input; choose another output")
+            same = Path(i).resolve() == p.resolve()
         except OSError:
-            pass
+            same = False
+        if same:
+            raise RasterWriteError(f"{p}: output path is the same as an input; choose another output")
     if p.exists() and not overwrite:
         raise OutputExistsError(f"{p}: file exists; pass --overwrite to replace it")
     if p.is_dir():

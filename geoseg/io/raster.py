@@ -89,10 +89,13 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, ex
         if len(idx) != expected:
             names = f" ({', '.join(band_names)})" if band_names else ""
             extra = f" plus {len(alpha)} alpha" if alpha else ""
+            if len(idx) > expected:
+                todo = (f"select {expected} bands in model order with --bands, e.g. --bands "
+                        f"{','.join(str(i) for i in range(1, expected + 1))}")
+            else:
+                todo = "use a raster with those bands (stack them first) or a model trained for this one"
             raise BandMismatchError(
-                f"{ds.name}: raster has {len(idx)} bands{extra} but the model expects {expected}{names}; "
-                f"select {expected} bands in model order with --bands, e.g. --bands "
-                f"{','.join(str(i) for i in range(1, expected + 1))}")
+                f"{ds.name}: raster has {len(idx)} bands{extra} but the model expects {expected}{names}; {todo}")
         return idx
     idx = list(bands)
     for b in idx:

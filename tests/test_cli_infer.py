@@ -1,0 +1,172 @@
+"""The infer and model commands: outputs, one-line errors, nothing left at destinations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import ROOT, shared_file
+from geoseg.cli import main
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def model8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 8-band, 3-class checkpoint normalised for the FTW Sentinel-2 scene."""
+    p = tmp_path_factory.mktemp("m") / "m.pt"
+    src = shared_file("ftw_baselines/inference-img.tif")
+    main(["model", "init", "--bands", "8", "--classes", "3", "--class-names", "background,field,boundary",
+          "--base-channels", "8", "--depth", "2", "--tile-size", "128", "--overlap", "32",
+          "--stats-from", str(src), "-o", str(p)])
+    assert p.exists()
+    return p
+
+
+def leftovers(d: Path) -> list[Path]:
+    return [p for p in d.rglob("*") if "geoseg-tmp" in p.name]
+
+
+def test_infer_writes_outputs(tmp_path, capsys, model8):
+    src = shared_file("ftw_baselines/inference-img.tif")
+    code, out, err = run_cli(["infer", src, "-m", model8, "-o", tmp_path, "--probabilities", "--tta", "flips",
+                              "--no-vector", "-q"] if _has_vector_opts() else
+                             ["infer", src, "-m", model8, "-o", tmp_path, "--probabilities", "--tta", "flips", "-q"],
+                             capsys)
+    assert code == 0, err
+    cls = tmp_path / "inference-img_classes.tif"
+    prob = tmp_path / "inference-img_probabilities.tif"
+    assert cls.exists() and prob.exists()
+    with rasterio.open(cls) as c, rasterio.open(src) as s:
+        assert c.crs == s.crs and c.transform == s.transform
+        assert set(np.unique(c.read(1))) <= {0, 1, 2}
+    assert not leftovers(tmp_path)
+    # existing outputs are not replaced without --overwrite
+    before = cls.stat().st_mtime_ns
+    code, out, err = run_cli(["infer", src, "-m", model8, "-o", tmp_path, "-q"], capsys)
+    assert code == 1 and "--overwrite" in err and "Traceback" not in err
+    assert cls.stat().st_mtime_ns == before
+    code, out, err = run_cli(["infer", src, "-m", model8, "-o", tmp_path, "-q", "--overwrite", "--no-vector"]
+                             if _has_vector_opts() else ["infer", src, "-m", model8, "-o", tmp_path, "-q",
+                                                         "--overwrite"], capsys)
+    assert code == 0, err
+
+
+def _has_vector_opts() -> bool:
+    return "--no-vector" in (ROOT / "geoseg" / "cli" / "infer.py").read_text()
+
+
+def _crafted_pickle(path: Path, marker: Path) -> None:
+    import torch
+
+    class Evil:
+        def __reduce__(self):  # noqa: D105
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"geoseg_meta": "{}", "state_dict": {}, "x": Evil()}, path)
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "empty", "bands", "trunc_model", "pickle", "arch",
+                                  "outdir", "readonly_dir", "tile"])
+def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
+    src = shared_file("ftw_baselines/inference-img.tif")
+    model = model8
+    out = tmp_path / "out"
+    out.mkdir()
+    args: list[str] = []
+    if case == "missing":
+        args = ["infer", tmp_path / "nope.tif", "-m", model, "-o", out]
+    elif case == "text":
+        (tmp_path / "t.tif").write_text("<html>not a raster</html>")
+        args = ["infer", tmp_path / "t.tif", "-m", model, "-o", out]
+    elif case == "empty":
+        (tmp_path / "e.tif").write_bytes(b"")
+        args = ["infer", tmp_path / "e.tif", "-m", model, "-o", out]
+    elif case == "bands":
+        args = ["infer", shared_file("rasterio_testdata/RGB.byte.tif"), "-m", model, "-o", out]
+    elif case == "trunc_model":
+        data = model8.read_bytes()
+        (tmp_path / "t.pt").write_bytes(data[: len(data) // 2])
+        args = ["infer", src, "-m", tmp_path / "t.pt", "-o", out]
+    elif case == "pickle":
+        marker = tmp_path / "pwned"
+        _crafted_pickle(tmp_path / "evil.pt", marker)
+        args = ["infer", src, "-m", tmp_path / "evil.pt", "-o", out]
+    elif case == "arch":
+        import torch
+
+        payload = torch.load(model8, weights_only=True)
+        payload["geoseg_meta"] = payload["geoseg_meta"].replace('"depth": 2', '"depth": 3')
+        torch.save(payload, tmp_path / "other.pt")
+        args = ["infer", src, "-m", tmp_path / "other.pt", "-o", out]
+    elif case == "outdir":
+        args = ["infer", src, "-m", model, "-o", tmp_path / "does" / "not" / "exist"]
+    elif case == "readonly_dir":
+        if os.geteuid() == 0:  # root ignores permission bits; /proc refuses new files even to root
+            args = ["infer", src, "-m", model, "-o", "/proc"]
+        else:
+            out.chmod(0o500)
+            args = ["infer", src, "-m", model, "-o", out]
+    elif case == "tile":
+        args = ["infer", src, "-m", model, "-o", out, "--tile-size", "102"]
+    before = sorted(p.name for p in out.iterdir())
+    code, stdout, err = run_cli([*args, "-q"], capsys)
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:")
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written
+    if case == "pickle":
+        assert not (tmp_path / "pwned").exists()
+        assert "refused" in err
+    if case == "bands":
+        assert "expects 8" in err
+    if case == "arch":
+        assert "do not match" in err
+
+
+def test_output_equal_to_input_is_refused(tmp_path, model8):
+    import shutil
+
+    from geoseg.errors import RasterWriteError
+    from geoseg.pipeline import predict_raster
+
+    src = tmp_path / "in.tif"
+    shutil.copy(shared_file("ftw_baselines/inference-img.tif"), src)
+    data = src.read_bytes()
+    with pytest.raises(RasterWriteError, match="same as an input"):
+        predict_raster(src, model8, src, overwrite=True)
+    assert src.read_bytes() == data
+
+
+def test_model_info_and_help_do_not_import_torch(model8):
+    code = ("import sys; from geoseg.cli import app, main;\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "geoseg", "model", "info", str(model8), "--json"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert '"arch": "unet"' in r.stdout and "boundary" in r.stdout
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "geoseg", "infer", str(tmp_path / "nope.tif"), "--debug", "-m",
+                        str(tmp_path / "m.pt")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "Traceback" in r.stderr
