@@ -15,7 +15,7 @@ Conventions:
 * ``.shp`` gets ``.prj`` and ``.cpg`` (UTF-8) and 10-character field names
   (:data:`SHAPEFILE_FIELDS`);
 * ``.parquet`` is GeoParquet 1.1.0 (WKB encoding, ``geo`` metadata with ``version``,
-  ``primary_column``, ``columns.geometry.encoding``/``geometry_types``/``crs``/``bbox``).
+  ``primary_column``, ``columns.geometry.encoding``/``geometry_types``/``crs``).
 """
 
 from __future__ import annotations
@@ -201,30 +201,19 @@ def geo_metadata(crs: Any, geometry_types: Sequence[str], bbox: Sequence[float] 
 
 
 def _write_parquet(tmp: Path, schema: Any, batches: Iterable[Any], crs: Any, geometry_type: str) -> int:
-    import numpy as np
     import pyarrow.parquet as pq
-    import shapely
 
-    bbox = [np.inf, np.inf, -np.inf, -np.inf]
-    count = 0
-    # geo metadata is in the schema from the start (readers need it even if we die later,
-    # but the file is only renamed into place when complete) and refreshed with the bbox at the end
-    base = geo_metadata(crs, [geometry_type], None)
+    # the optional ``bbox`` is left out: it would need every geometry decoded, and the
+    # metadata has to be in the schema before the first batch is written
     meta = dict(schema.metadata or {})
-    meta[b"geo"] = json.dumps(base).encode()
+    meta[b"geo"] = json.dumps(geo_metadata(crs, [geometry_type], None)).encode()
     schema = schema.with_metadata(meta)
+    count = 0
     with pq.ParquetWriter(str(tmp), schema, compression="zstd") as w:
         for b in batches:
-            if b.num_rows == 0:
-                continue
-            g = shapely.from_wkb(np.asarray(b.column(b.schema.get_field_index("geometry")).to_pylist(),
-                                            dtype=object))
-            bx = shapely.total_bounds(g)
-            bbox = [min(bbox[0], bx[0]), min(bbox[1], bx[1]), max(bbox[2], bx[2]), max(bbox[3], bx[3])]
-            w.write_batch(b.replace_schema_metadata(meta))
-            count += b.num_rows
-        if count:
-            w.add_key_value_metadata({"geo": json.dumps(geo_metadata(crs, [geometry_type], bbox))})
+            if b.num_rows:
+                w.write_batch(b)
+                count += b.num_rows
     return count
 
 
