@@ -29,6 +29,15 @@ class Tta(str, Enum):
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "sample_data" / "demo_model.pt"
 
 
+# polygon formats for --vector-format (geoseg.vector; helpers at the end of this file)
+class VectorFormat(str, Enum):
+    gpkg = "gpkg"
+    shp = "shp"
+    geojson = "geojson"
+    parquet = "parquet"
+    fgb = "fgb"
+
+
 @app.command()
 def infer(
     image: Annotated[Path, typer.Argument(help="Input GeoTIFF (any size, any number of bands).")],
@@ -46,6 +55,10 @@ def infer(
     max_strip_width: Annotated[int, typer.Option(help="Widest column strip held in memory, pixels (bounds memory for very wide rasters).", min=256)] = 8192,
     overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    # --- polygons (geoseg.vector) ---
+    vector_format: Annotated[VectorFormat, typer.Option(help="Polygon format written after inference (ignored with --vector-out, whose extension decides).")] = VectorFormat.gpkg,
+    vector_out: Annotated[Optional[Path], typer.Option(help="Polygon output path (default: <stem>_polygons.<format> beside the class raster).")] = None,
+    no_vector: Annotated[bool, typer.Option("--no-vector", help="Do not write polygons.")] = False,
 ) -> None:
     """Segment IMAGE: write <stem>_classes.tif (a COG with colour table) and optionally probabilities."""
     from geoseg.cli._console import err, out
@@ -61,6 +74,7 @@ def infer(
     if out_dir is not None and not out_dir.exists():
         raise UsageError(f"{out_dir}: output directory does not exist; create it first")
     paths = default_output_paths(image, out_dir)
+    vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
     with progress_bar(quiet) as on_progress:
         report = predict_raster(
             image, model_path, paths["classes"],
@@ -74,3 +88,44 @@ def infer(
     err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
               f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
               f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
+    if vector_path is not None:
+        _write_polygons(report, vector_path, overwrite, quiet)
+
+
+# --- polygons after inference (geoseg.vector); kept apart from the inference code above ---
+def _vector_destination(paths: dict[str, Path], fmt: "VectorFormat", vector_out: Path | None, no_vector: bool,
+                        overwrite: bool, image: Path) -> Path | None:
+    """The polygon path, checked before the long inference starts (None with --no-vector)."""
+    if no_vector:
+        return None
+    from geoseg.export import EXTENSIONS, check_output
+
+    path = vector_out or paths["polygons"].with_suffix(EXTENSIONS[fmt.value])
+    check_output(path, overwrite=overwrite, inputs=[image, paths["classes"]])
+    return path
+
+
+def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool) -> None:
+    from geoseg.cli._console import err, out, warn_line
+    from geoseg.cli._progress import progress_bar
+    from geoseg.vector import vectorize
+
+    with progress_bar(quiet, description="polygons") as on_progress:
+        vrep = vectorize(report.classes_path, path, probabilities=report.probabilities_path,  # type: ignore[attr-defined]
+                         overwrite=overwrite, on_progress=on_progress)
+    for w in vrep.warnings:
+        warn_line(w)
+    out.print(f"polygons: {vrep.path}")
+    err.print(f"{vrep.polygons} polygons in {vrep.seconds:.1f} s")
+
+
+@contextlib.contextmanager
+def _resumable() -> Iterator[None]:
+    """Turn Ctrl-C / SIGTERM during inference into one line that says how to continue."""
+    from geoseg.errors import Interrupted
+
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted("interrupted; finished rows are kept: run the same command with --resume to continue, "
+                          "or without it to start over") from None
