@@ -30,14 +30,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 from geoseg.blend import DEFAULT_BLEND, BLEND_WINDOWS, RowBandAccumulator, WeightCache
-from geoseg.errors import GeosegError, TilingError, UsageError
+from geoseg.errors import Interrupted, UsageError
 from geoseg.io.atomic import check_destination
 from geoseg.io.raster import inspect, open_raster, read_window, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
+from geoseg.resume import RunState, clear_state, file_fingerprint, find_resume_state, staging_path, state_path
 from geoseg.tiling import TileGrid, column_strips, tiles_touching
 
 
@@ -82,6 +84,7 @@ class PredictionReport:
     strips: int
     accumulator_bytes: int
     class_pixel_counts: dict[int, int] = field(default_factory=dict)
+    resumed_from: tuple[int, int] | None = None
 
     @property
     def megapixels_per_second(self) -> float:
@@ -98,9 +101,10 @@ class _TileItem:
     width: int
     last_in_row: bool
     row_index: int
-    next_row_start: int  # raster row where the next tile row starts (height at the end)
     strip: tuple[int, int]
+    strip_index: int
     strip_first: bool
+    skip_until: int  # (first tile of a strip) rows of the strip already written by an earlier run
 
 
 _END = object()
@@ -115,7 +119,8 @@ def _pad_to(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(a, pads, mode="reflect")
 
 
-def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, int]],
+def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
+                plan: list[tuple[int, tuple[int, int], list[int], list[int], int]],
                 mean: np.ndarray, std: np.ndarray) -> Iterator[list[_TileItem]]:
     """Yield the tiles of each tile row (strip by strip, top to bottom), reading each row band once.
 
@@ -123,26 +128,25 @@ def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple
     """
     size = grid.size
     rows = grid.row_starts
-    cols_all = grid.col_starts
-    for a, b in strips:
-        cols = tiles_touching(cols_all, size, a, b)
+    for s_i, (a, b), row_idx, cols, skip in plan:
         c_lo, c_hi = cols[0], cols[-1] + size
         c_end = min(c_hi, grid.width)
-        for i, r in enumerate(rows):
+        for n, i in enumerate(row_idx):
+            r = rows[i]
             h = min(size, grid.height - r)
             data, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h))
             anyvalid = valid.any(axis=0)
-            norm = (data - mean[:, None, None]) / std[:, None, None]
-            norm[~valid] = 0.0  # masked values become the band mean
-            norm = _pad_to(norm, size, c_hi - c_lo)
-            nxt = rows[i + 1] if i + 1 < len(rows) else grid.height
+            data -= mean[:, None, None]  # normalise in place: no extra copy of the row band
+            data /= std[:, None, None]
+            data[~valid] = 0.0  # masked values become the band mean
+            norm = _pad_to(data, size, c_hi - c_lo)
             row_items = []
             for j, c in enumerate(cols):
                 w = min(size, grid.width - c)
                 v = anyvalid[:, c - c_lo: c - c_lo + w]
                 tile = np.ascontiguousarray(norm[:, :, c - c_lo: c - c_lo + size]) if v.any() else None
-                row_items.append(_TileItem(r, c, tile, v, h, w, j == len(cols) - 1, i, nxt, (a, b),
-                                           i == 0 and j == 0))
+                row_items.append(_TileItem(r, c, tile, v, h, w, j == len(cols) - 1, i, (a, b), s_i,
+                                           n == 0 and j == 0, skip))
             yield row_items
 
 
@@ -181,10 +185,20 @@ def _threaded(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
 
 
 class _Writer:
-    """Background writer of finished row bands (keeps the main thread on the model)."""
+    """Background writer of finished row bands (keeps the main thread on the model).
 
-    def __init__(self, sinks: list[GeoTiffSink], maxsize: int = 4) -> None:
+    Every ``checkpoint_seconds`` it flushes the staging files and records the rows
+    that are final in the run state, so an interrupted run can resume.
+    """
+
+    def __init__(self, sinks: list[GeoTiffSink], state: RunState, state_file: Path, checkpoint_seconds: float,
+                 height: int, maxsize: int = 4) -> None:
         self.sinks = sinks
+        self.state = state
+        self.state_file = state_file
+        self.every = checkpoint_seconds
+        self.height = height
+        self.last = time.monotonic()
         self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, name="geoseg-writer", daemon=True)
@@ -197,24 +211,37 @@ class _Writer:
                 return
             if self.error is not None:
                 continue
+            row, col, arrays, strip_i, upto = item
             try:
-                for sink, (arr, mask) in zip(self.sinks, item[2]):
-                    sink.write(arr, item[0], item[1])
+                for sink, (arr, mask) in zip(self.sinks, arrays):
+                    sink.write(arr, row, col)
                     if mask is not None:
-                        sink.write_mask(mask, item[0], item[1])
-            except BaseException as e:  # noqa: BLE001
+                        sink.write_mask(mask, row, col)
+                self.state.strip, self.state.rows_done = strip_i, upto
+                if time.monotonic() - self.last >= self.every:
+                    self.checkpoint()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 self.error = e
 
-    def put(self, row: int, col: int, arrays: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+    def checkpoint(self) -> None:
+        for s in self.sinks:
+            s.flush()
+        self.state.save(self.state_file)
+        self.last = time.monotonic()
+
+    def put(self, row: int, col: int, arrays: list[tuple[np.ndarray, np.ndarray | None]], strip_i: int,
+            upto: int) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put((row, col, arrays))
+        self.q.put((row, col, arrays, strip_i, upto))
 
     def close(self) -> None:
+        """Drain the queue, record the final checkpoint, re-raise any write error."""
         self.q.put(_END)
         self.t.join()
         if self.error is not None:
             raise self.error
+        self.checkpoint()
 
 
 def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
@@ -246,8 +273,11 @@ def predict_raster(
     tta: str = "none",
     precision: str = "auto",
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_seconds: float = 30.0,
     max_strip_width: int = 8192,
     prefetch: int = 2,
+    gdal_cache_mb: int = 64,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> PredictionReport:
     """Segment ``source`` with ``model`` and write a class raster (and optionally probabilities).
@@ -267,15 +297,20 @@ def predict_raster(
         tta: test-time augmentation ``none``, ``flips``, ``d4`` (checkpoint paths only).
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (checkpoint paths only).
         overwrite: replace existing outputs.
+        resume: continue an interrupted run of the same input, model and options (see :mod:`geoseg.resume`).
+        checkpoint_seconds: how often finished rows are flushed and recorded for resuming.
         max_strip_width: widest column strip held in memory (pixels).
         prefetch: row bands read ahead.
+        gdal_cache_mb: GDAL block cache for this run, in MB.
         on_progress: called after each batch with a :class:`Progress`.
 
     Returns:
         A :class:`PredictionReport`.
 
     Raises:
-        GeosegError: bad input, model or output; nothing is left at the destinations.
+        GeosegError: bad input, model or output. Nothing is left at the destinations; after an
+            interruption (KeyboardInterrupt, :class:`~geoseg.errors.Interrupted`) the staging
+            files and state stay so that ``resume=True`` can continue.
     """
     t0 = time.perf_counter()
     if blend not in BLEND_WINDOWS:
@@ -284,16 +319,16 @@ def predict_raster(
         raise UsageError("--batch-size must be >= 1")
     if probability_dtype not in ("uint8", "float32"):
         raise UsageError("probability dtype must be uint8 or float32")
-    outputs = default_output_paths(source, None)
-    out_path = Path(output) if output is not None else outputs["classes"]
+    out_path = Path(output) if output is not None else default_output_paths(source, None)["classes"]
     check_destination(out_path, overwrite=overwrite, inputs=[source])
-    if probabilities is not None:
-        check_destination(probabilities, overwrite=overwrite, inputs=[source])
-        if Path(probabilities).resolve() == out_path.resolve():
+    prob_path = Path(probabilities) if probabilities is not None else None
+    if prob_path is not None:
+        check_destination(prob_path, overwrite=overwrite, inputs=[source])
+        if prob_path.resolve() == out_path.resolve():
             raise UsageError("class and probability outputs must be different files")
 
-    ds = open_raster(source)
-    with ds:
+    # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb), open_raster(source) as ds:
         info = inspect(ds)
         if isinstance(model, (str, os.PathLike)):
             from geoseg.predict import TorchPredictor
@@ -308,68 +343,101 @@ def predict_raster(
         grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
         strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
         schema = meta.schema
-        lut = schema.lookup_table()
         k = meta.num_classes
+
+        staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
+        key = {
+            "source": file_fingerprint(source),
+            "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
+                      else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
+            "options": {"bands": band_idx, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
+                        "precision": getattr(predictor, "precision", precision),
+                        "probabilities": str(prob_path) if prob_path else None,
+                        "probability_dtype": probability_dtype, "strips": strips},
+        }
+        key = json.loads(json.dumps(key))  # the form it takes once saved (tuples become lists)
+        state = find_resume_state(out_path, key, staged) if resume else RunState(key)
+        if not resume:
+            clear_state(out_path, staged)
+        start = (state.strip, state.rows_done)
 
         tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
                 "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
-        common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
+        common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform,
+                      resume=resume)
         sinks: list[GeoTiffSink] = []
+        interrupted = ok = False
         try:
             sinks.append(GeoTiffSink(out_path, count=1, dtype="uint8", nodata=schema.nodata,
                                      colormap=schema.colormap(), descriptions=["class"], tags=tags,
-                                     resampling="nearest", **common))
-            if probabilities is not None:
+                                     resampling="nearest", staging=staged[0], **common))
+            if prob_path is not None:
                 fdt = probability_dtype == "float32"
-                sinks.append(GeoTiffSink(probabilities, count=k + 1, dtype=probability_dtype,
+                sinks.append(GeoTiffSink(prob_path, count=k + 1, dtype=probability_dtype,
                                          nodata=float("nan") if fdt else None,
                                          descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
                                          tags={**tags, "scale": "1" if fdt else "1/255"},
-                                         resampling="average", mask=not fdt, **common))
-            writer = _Writer(sinks)
-            stats = _run(ds, band_idx, grid, strips, meta, predictor, blend, batch_size, lut, schema.nodata,
-                         writer, probabilities is not None, probability_dtype, prefetch, on_progress, t0)
-            writer.close()
+                                         resampling="average", mask=not fdt, staging=staged[1], **common))
+            writer = _Writer(sinks, state, state_path(out_path), checkpoint_seconds, info.height)
+            try:
+                stats = _run(ds, band_idx, grid, strips, meta, predictor, blend, batch_size, schema.lookup_table(),
+                             schema.nodata, writer, prob_path is not None, probability_dtype, prefetch,
+                             on_progress, t0, start)
+            finally:
+                writer.close()
             for s in sinks:
                 s.commit()
-        except BaseException:
-            for s in sinks:
-                s.abort()
+            clear_state(out_path, staged)
+            ok = True
+        except (KeyboardInterrupt, Interrupted):
+            interrupted = True
             raise
+        finally:
+            if not ok:
+                for s in sinks:
+                    s.abort(keep_staging=interrupted)
+                if not interrupted:
+                    clear_state(out_path, staged)
 
     widest = max(b - a for a, b in strips)
     return PredictionReport(
-        classes_path=out_path, probabilities_path=Path(probabilities) if probabilities else None,
+        classes_path=out_path, probabilities_path=prob_path,
         width=info.width, height=info.height, tiles_total=stats["total"], tiles_run=stats["run"],
         tiles_skipped=stats["skipped"], seconds=time.perf_counter() - t0,
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
         accumulator_bytes=4 * (k + 2) * grid.band_height * widest,
-        class_pixel_counts=stats["counts"])
+        class_pixel_counts=stats["counts"], resumed_from=start if resume else None)
 
 
 def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, int]], meta: ModelMeta,
          predictor: Any, blend: str, batch_size: int, lut: np.ndarray, nodata: int, writer: _Writer,
          want_probs: bool, prob_dtype: str, prefetch: int, on_progress: Callable[[Progress], None] | None,
-         t0: float) -> dict[str, Any]:
+         t0: float, start: tuple[int, int]) -> dict[str, Any]:
+    """Predict, blend and hand finished rows to ``writer``, from ``start`` = (strip, rows already written)."""
     mean = np.asarray(meta.mean, dtype=np.float32)
     std = np.asarray(meta.std, dtype=np.float32)
     k = meta.num_classes
     weights = WeightCache(blend, grid.overlap)
-    cols_all = grid.col_starts
-    n_rows = len(grid.row_starts)
-    total = sum(n_rows * len(tiles_touching(cols_all, grid.size, a, b)) for a, b in strips)
+    rows = grid.row_starts
+    plan = _plan(grid, strips, start)
+    total = sum(len(plan_rows) * len(cols) for _, _, plan_rows, cols, _ in plan)
     counts = np.zeros(256, dtype=np.int64)
     done = run = skipped = 0
     pixels_done = 0
     acc: RowBandAccumulator | None = None
+    skip_until = 0  # rows of the current strip already in the output (resume)
     submit = getattr(predictor, "submit", None)
 
-    def flush(item: _TileItem, upto: int) -> None:
+    def flush(strip_i: int, upto: int) -> None:
         nonlocal pixels_done
         assert acc is not None
         r0 = acc.base
         probs, valid = acc.pop_rows(upto)
+        if upto <= skip_until:
+            return
+        cut = max(0, skip_until - r0)
+        probs, valid = probs[:, cut:], valid[cut:]
         cls = lut[np.argmax(probs, axis=0)]
         cls[~valid] = nodata
         counts[:] += np.bincount(cls.ravel(), minlength=256)
@@ -383,82 +451,93 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
                 stack = stack.astype(np.float32)
                 stack[:, ~valid] = np.nan
                 arrays.append((stack, None))
-        writer.put(r0, acc.col0, arrays)
+        writer.put(r0 + cut, acc.col0, arrays, strip_i, upto)
         pixels_done += cls.size
 
     def add(item: _TileItem, probs: np.ndarray | None) -> None:
-        nonlocal acc, done
+        nonlocal acc, done, skip_until
         a, b = item.strip
         if item.strip_first:
             acc = RowBandAccumulator(k, grid.band_height, b - a, col0=a)
+            acc.base = item.row
+            skip_until = item.skip_until
         assert acc is not None
         if acc.base != item.row:
-            flush(item, item.row)
+            flush(item.strip_index, item.row)
         if probs is not None:
             w = weights.get(grid.size, grid.size, item.row == 0, item.row + grid.size >= grid.height,
                             item.col == 0, item.col + grid.size >= grid.width)
             acc.add(probs[:, : item.height, : item.width], w[: item.height, : item.width], item.row, item.col,
                     item.valid)
         done += 1
-        if item.last_in_row and item.row_index == n_rows - 1:
-            flush(item, grid.height)
+        if item.last_in_row and item.row_index == len(rows) - 1:
+            flush(item.strip_index, grid.height)
 
-    def emit(pending: list[tuple[_TileItem, Any]]) -> None:
-        nonlocal run, skipped
-        for item, res in pending:
-            if res is None:
+    def finish(batch: list[_TileItem], handle: Any) -> None:
+        nonlocal skipped
+        probs = handle.result() if handle is not None else None
+        j = 0
+        for it in batch:
+            if it.data is None:
                 skipped += 1
-                add(item, None)
+                add(it, None)
             else:
-                batch_probs, idx = res
-                add(item, batch_probs[idx])
+                add(it, probs[j])  # type: ignore[index]
+                j += 1
         if on_progress is not None:
             on_progress(Progress(done, total, pixels_done, grid.height * grid.width, time.perf_counter() - t0))
 
-    def run_batch(items: list[tuple[_TileItem, Any]]) -> Any:
+    def submit_batch(items: list[_TileItem]) -> Any:
         nonlocal run
-        tiles = [it for it, _ in items if it.data is not None]
+        tiles = [it.data for it in items if it.data is not None]
         if not tiles:
             return None
-        x = np.stack([t.data for t in tiles])  # type: ignore[misc]
         run += len(tiles)
+        x = np.stack(tiles)  # type: ignore[arg-type]
         return submit(x) if submit is not None else _Done(predictor.predict(x))
 
     # Pipelined: batch n+1 is submitted before batch n is blended (overlaps GPU work with blending).
-    in_flight: tuple[list[tuple[_TileItem, Any]], Any] | None = None
-    current: list[tuple[_TileItem, Any]] = []
+    in_flight: tuple[list[_TileItem], Any] | None = None
+    current: list[_TileItem] = []
     n_data = 0
-
-    def finish(batch: list[tuple[_TileItem, Any]], handle: Any) -> None:
-        probs = handle.result() if handle is not None else None
-        j = 0
-        resolved = []
-        for it, _ in batch:
-            if it.data is None:
-                resolved.append((it, None))
-            else:
-                resolved.append((it, (probs, j)))
-                j += 1
-        emit(resolved)
-
-    for row_items in _threaded(_iter_tiles(ds, band_idx, grid, strips, mean, std), maxsize=max(prefetch, 1)):
+    for row_items in _threaded(_iter_tiles(ds, band_idx, grid, plan, mean, std), maxsize=max(prefetch, 1)):
         for item in row_items:
-            current.append((item, None))
-            if item.data is not None:
-                n_data += 1
+            current.append(item)
+            n_data += item.data is not None
             if n_data >= batch_size:
-                handle = run_batch(current)
+                handle = submit_batch(current)
                 if in_flight is not None:
                     finish(*in_flight)
                 in_flight = (current, handle)
                 current, n_data = [], 0
-    handle = run_batch(current) if current else None
+    handle = submit_batch(current) if current else None
     if in_flight is not None:
         finish(*in_flight)
     if current:
         finish(current, handle)
-    class_counts = {int(i): int(c) for i, c in enumerate(counts) if c}
-    return {"total": total, "run": run, "skipped": skipped, "counts": class_counts}
+    return {"total": total, "run": run, "skipped": skipped,
+            "counts": {int(i): int(c) for i, c in enumerate(counts) if c}}
+
+
+def _plan(grid: TileGrid, strips: list[tuple[int, int]], start: tuple[int, int]
+          ) -> list[tuple[int, tuple[int, int], list[int], list[int], int]]:
+    """(strip index, strip, tile row indexes, tile columns, rows written) still to run, from ``start``.
+
+    Within the resumed strip, rows ``[0, rows_done)`` are already written; the first tile row
+    to run is the first that reaches past ``rows_done`` (it still adds to unwritten rows).
+    """
+    s0, rows_done = start
+    if rows_done >= grid.height:
+        s0, rows_done = s0 + 1, 0
+    plan = []
+    for s_i, (a, b) in enumerate(strips):
+        if s_i < s0:
+            continue
+        cols = tiles_touching(grid.col_starts, grid.size, a, b)
+        skip = rows_done if s_i == s0 else 0
+        row_idx = [i for i, r in enumerate(grid.row_starts) if r + grid.size > skip or skip == 0]
+        plan.append((s_i, (a, b), row_idx, cols, skip))
+    return plan
 
 
 class _Done:

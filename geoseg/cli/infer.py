@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -54,6 +55,8 @@ def infer(
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
     max_strip_width: Annotated[int, typer.Option(help="Widest column strip held in memory, pixels (bounds memory for very wide rasters).", min=256)] = 8192,
     overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same input, model and options (rows already written are kept).")] = False,
+    checkpoint_seconds: Annotated[float, typer.Option(help="How often finished rows are flushed and recorded for --resume, seconds.", min=0)] = 30.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     # --- polygons (geoseg.vector) ---
     vector_format: Annotated[VectorFormat, typer.Option(help="Polygon format written after inference (ignored with --vector-out, whose extension decides).")] = VectorFormat.gpkg,
@@ -75,13 +78,16 @@ def infer(
         raise UsageError(f"{out_dir}: output directory does not exist; create it first")
     paths = default_output_paths(image, out_dir)
     vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
-    with progress_bar(quiet) as on_progress:
+    with progress_bar(quiet) as on_progress, _resumable():
         report = predict_raster(
             image, model_path, paths["classes"],
             probabilities=paths["probabilities"] if probabilities else None,
             probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
             overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
-            overwrite=overwrite, max_strip_width=max_strip_width, on_progress=on_progress)
+            overwrite=overwrite, resume=resume, checkpoint_seconds=checkpoint_seconds,
+            max_strip_width=max_strip_width, on_progress=on_progress)
+    if report.resumed_from is not None:
+        err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} were already done")
     out.print(f"classes: {report.classes_path}")
     if report.probabilities_path:
         out.print(f"probabilities: {report.probabilities_path}")

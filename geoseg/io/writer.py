@@ -24,17 +24,19 @@ from rasterio.windows import Window
 from geoseg.errors import RasterWriteError
 from geoseg.io.atomic import TMP_MARKER, commit, remove_quietly, temp_path_for
 
-#: Creation options of the intermediate file: tiled, fast compression, GDAL threads.
+#: Creation options of the intermediate file: tiled and uncompressed, so blocks are
+#: rewritten in place (a kill can never leave a half-written compressed block behind
+#: a valid index: what a resumed run reads back is exactly what was flushed) and
+#: writing costs no compression time on the hot path; the COG step compresses.
 STAGING_PROFILE = {
     "driver": "GTiff",
     "tiled": True,
     "blockxsize": 512,
     "blockysize": 512,
-    "compress": "zstd",
-    "zstd_level": 1,
-    "num_threads": "all_cpus",
+    "compress": "none",
     "bigtiff": "if_safer",
     "interleave": "band",
+    "sparse_ok": True,
 }
 
 #: Creation options of the final COG.
@@ -117,11 +119,15 @@ class GeoTiffSink:
             raise RasterWriteError(f"{self.dest}: write failed (disk full?): {str(e).splitlines()[0][:200]}") from None
 
     def flush(self) -> None:
-        """Push written blocks to disk (used by resume checkpoints)."""
-        # rasterio has no explicit flush; closing/reopening is the reliable way
-        path = self.staging
+        """Push written blocks and the file index to disk (resume checkpoints)."""
+        # rasterio exposes no FlushCache; closing and reopening writes everything out
         self._ds.close()
-        self._ds = rasterio.open(path, "r+")
+        fd = os.open(self.staging, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._ds = rasterio.open(self.staging, "r+")
 
     def commit(self) -> Path:
         """Close, convert to COG beside ``dest``, rename over ``dest``, delete the staging file."""

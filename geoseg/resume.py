@@ -1,0 +1,100 @@
+"""Resumable runs: the on-disk record of how far an inference got. Torch-free.
+
+While ``predict_raster`` runs, its outputs grow in staging files with fixed names
+beside the destinations, and every ``checkpoint_seconds`` the staging files are
+flushed to disk and a small JSON state is written atomically saying which rows are
+final. A run that is interrupted (Ctrl-C, SIGTERM, even SIGKILL or a power cut)
+leaves both behind; ``--resume`` checks that the state matches the same input, model
+and options, reopens the staging files and continues from the first tile row that
+still contributes to unwritten rows. Rows already written are not recomputed into
+the file, and the rows after them receive exactly the same floating-point sums in
+the same order as in an uninterrupted run, so the outputs are identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import UsageError
+from geoseg.io.atomic import TMP_MARKER
+
+STATE_VERSION = 1
+
+
+def staging_path(dest: str | os.PathLike[str]) -> Path:
+    """Fixed staging name for ``dest`` (so a later run can find it)."""
+    p = Path(dest)
+    return p.with_name(f".{p.name}{TMP_MARKER}-partial.tif")
+
+
+def state_path(dest: str | os.PathLike[str]) -> Path:
+    p = Path(dest)
+    return p.with_name(f".{p.name}{TMP_MARKER}-state.json")
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size, mtime and (for files up to 2 GB) a SHA-256 of a file."""
+    p = Path(path)
+    st = p.stat()
+    fp: dict[str, Any] = {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if st.st_size <= 2**31:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        fp["sha256"] = h.hexdigest()
+    return fp
+
+
+@dataclass
+class RunState:
+    """Progress of one run: strips before ``strip`` are done, and rows ``[0, rows_done)`` of it."""
+
+    key: dict[str, Any]
+    strip: int = 0
+    rows_done: int = 0
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".new")
+        with open(tmp, "w") as f:
+            json.dump({"version": STATE_VERSION, "key": self.key, "strip": self.strip,
+                       "rows_done": self.rows_done}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunState | None":
+        try:
+            d = json.loads(path.read_text())
+            if d.get("version") != STATE_VERSION:
+                return None
+            return cls(d["key"], int(d["strip"]), int(d["rows_done"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> RunState:
+    """The saved state for ``dest`` if it matches ``key``; raise a clear error otherwise."""
+    sp = state_path(dest)
+    st = RunState.load(sp)
+    if st is None or not all(p.exists() for p in staged):
+        raise UsageError(f"{dest}: no interrupted run to resume here; run without --resume")
+    if st.key != key:
+        old, new = {**st.key, **st.key.get("options", {})}, {**key, **key.get("options", {})}
+        diff = sorted(k for k in set(old) | set(new) if k != "options" and old.get(k) != new.get(k))
+        raise UsageError(f"{dest}: the interrupted run used a different {', '.join(diff)}; rerun with the same "
+                         "input, model and options, or without --resume to start over")
+    return st
+
+
+def clear_state(dest: Path, staged: list[Path]) -> None:
+    for p in [state_path(dest), *staged]:
+        with contextlib.suppress(OSError):
+            p.unlink()

@@ -1,0 +1,127 @@
+"""Interrupted inference resumes to byte-identical outputs; SIGKILL included."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, shared_file
+from geoseg.classes import ClassSchema
+from geoseg.errors import UsageError
+from geoseg.modelmeta import ModelMeta
+from geoseg.pipeline import predict_raster
+
+
+class ConvModel:
+    """A neighbourhood (not pointwise) function, so blending really matters; fails after `fail_after` batches."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.meta = ModelMeta("unet", {"depth": 2}, ["a", "b", "c"], [0, 0, 0], [1, 1, 1],
+                              ClassSchema.default(3), 32, 8)
+        self.fail_after = fail_after
+        self.batches = 0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.batches += 1
+        if self.fail_after is not None and self.batches > self.fail_after:
+            raise KeyboardInterrupt
+        z = batch + np.roll(batch, 1, axis=2) * 0.5 + np.roll(batch, -1, axis=3) * 0.25
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def raster(make_raster):
+    rng = np.random.default_rng(3)
+    return make_raster(rng.normal(size=(3, 150, 130)).astype(np.float32))
+
+
+def run(raster, out: Path, model, **kw):
+    return predict_raster(raster, model, out / "c.tif", probabilities=out / "p.tif", tile_size=32, overlap=8,
+                          batch_size=3, checkpoint_seconds=0, **kw)
+
+
+@pytest.mark.parametrize("fail_after", [1, 4, 7, 10])
+@pytest.mark.parametrize("strip", [8192, 64])
+def test_resume_after_interrupt_is_identical(raster, tmp_path, fail_after, strip):
+    ref, part = tmp_path / "ref", tmp_path / "part"
+    ref.mkdir(), part.mkdir()
+    run(raster, ref, ConvModel(), max_strip_width=strip)
+    with pytest.raises(KeyboardInterrupt):
+        run(raster, part, ConvModel(fail_after), max_strip_width=strip)
+    assert not (part / "c.tif").exists()  # nothing at the destination
+    assert list(part.glob(".*geoseg-tmp*"))  # staging kept for resuming
+    model = ConvModel()
+    rep = run(raster, part, model, max_strip_width=strip, resume=True)
+    assert rep.resumed_from is not None
+    full = ConvModel()
+    run(raster, tmp_path / "ref", full, max_strip_width=strip, overwrite=True)
+    assert model.batches <= full.batches
+    if fail_after >= 7:
+        assert rep.resumed_from != (0, 0)  # rows were recorded before the interrupt
+        assert model.batches < full.batches, rep.resumed_from  # finished rows were not recomputed
+    for name in ("c.tif", "p.tif"):
+        assert (part / name).read_bytes() == (ref / name).read_bytes()
+    assert not list(part.glob(".*geoseg-tmp*"))
+
+
+def test_resume_refuses_other_options_or_nothing(raster, tmp_path):
+    with pytest.raises(UsageError, match="no interrupted run"):
+        run(raster, tmp_path, ConvModel(), resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        run(raster, tmp_path, ConvModel(3))
+    with pytest.raises(UsageError, match="different overlap"):
+        predict_raster(raster, ConvModel(), tmp_path / "c.tif", probabilities=tmp_path / "p.tif", tile_size=32,
+                       overlap=16, resume=True)
+    # without --resume a new run starts over and cleans up
+    run(raster, tmp_path, ConvModel())
+    assert not list(tmp_path.glob(".*geoseg-tmp*"))
+
+
+def _infer_cmd(src: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "geoseg", "infer", str(src), "-m", str(model), "-o", str(out), "-q",
+            "--tile-size", "64", "--overlap", "16", "--batch-size", "1", "--checkpoint-seconds", "0",
+            "--device", "cpu", *(["--no-vector"] if _has_vector_opts() else []), *extra]
+
+
+def _has_vector_opts() -> bool:
+    return "--no-vector" in (ROOT / "geoseg" / "cli" / "infer.py").read_text()
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_sigkill_then_resume_is_identical(tmp_path, trial):
+    """Kill `geoseg infer` with SIGKILL at a random point, resume, compare with an uninterrupted run."""
+    from geoseg.modelinit import init_checkpoint
+
+    src = shared_file("ftw_baselines/inference-img.tif")
+    model = tmp_path / "m.pt"
+    init_checkpoint(model, bands=8, classes=3, base_channels=4, depth=2, tile_size=64, overlap=16,
+                    mean=[1500.0] * 8, std=[1000.0] * 8)
+    ref, part = tmp_path / "ref", tmp_path / "part"
+    ref.mkdir(), part.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(_infer_cmd(src, model, ref), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.Popen(_infer_cmd(src, model, part), cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    state = part / ".inference-img_classes.tif.geoseg-tmp-state.json"
+    deadline = time.time() + 120
+    while not state.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(trial).uniform(0.0, 0.8))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    if p.returncode == 0:
+        pytest.skip("run finished before the kill")
+    assert not (part / "inference-img_classes.tif").exists()
+    r = subprocess.run(_infer_cmd(src, model, part, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (part / "inference-img_classes.tif").read_bytes() == (ref / "inference-img_classes.tif").read_bytes()
+    assert not list(part.glob(".*geoseg-tmp*"))
