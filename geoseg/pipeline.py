@@ -252,7 +252,7 @@ def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathL
     return {
         "classes": d / f"{src.stem}_classes.tif",
         "probabilities": d / f"{src.stem}_probabilities.tif",
-        "vector": d / f"{src.stem}_polygons.gpkg",
+        "polygons": d / f"{src.stem}_polygons.gpkg",
         "preview": d / f"{src.stem}_preview.png",
     }
 
