@@ -20,6 +20,7 @@ from pyproj import CRS
 from torchgeo.datasets import GeoDataset, IntersectionDataset, RasterDataset, VectorDataset
 
 from geoseg.errors import LabelError
+from geoseg.train.labels import class_key
 
 
 class ImageFile(RasterDataset):
@@ -72,13 +73,6 @@ class PolygonLabels(VectorDataset):
     def get_label(self, feature: pd.Series) -> int:
         """Mask value of one polygon (0 = not burnt in)."""
         return int(self.codes.get(class_key(feature[self.class_field]), 0))
-
-
-def class_key(value: Any) -> str:
-    """Canonical string of a class-field value: ``3.0`` -> ``"3"``, ``"forest"`` -> ``"forest"``."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 class Regions(GeoDataset):

@@ -1,0 +1,178 @@
+"""Accuracy benchmark (not a test): geoseg's U-Net against a scikit-learn random forest.
+
+Both classifiers see exactly the same training pixels in every fold and are scored on
+the same held-out pixels; scores are computed from the confusion matrix pooled over
+all folds (``geoseg.metrics``).
+
+* **rstoolbox_brazil** (Landsat-5 TM, 7 bands, 36 polygons, 4 classes): polygon-wise
+  spatial cross-validation. Folds: ``StratifiedKFold(n_splits=3, shuffle=True,
+  random_state=0)`` over the polygons with their class as the stratum, so every
+  class has polygons in every training and every test fold and no polygon is split
+  between train and test. geoseg trains on the training polygons (vector labels,
+  ``--val-split 0``) and predicts the whole scene with ``predict_raster``; the RF is
+  fitted on the pixels of the rasterized training polygons.
+* **eolearn_slovenia** (68-date NDVI stack, dense LULC labels, 100x101 px): leave-one-
+  block-out over 2x2 spatial blocks (rows 0-47/48-100, columns 0-47/48-99). geoseg
+  trains on a label raster in which the test block is blanked (0 = unlabelled).
+
+Run: ``python benchmarks/bench_accuracy.py [--quick]`` (about 10 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.features import rasterize
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+
+from geoseg.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
+
+
+def _rf(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.ensemble import RandomForestClassifier
+
+    rf = RandomForestClassifier(n_estimators=300, n_jobs=2, random_state=seed)
+    rf.fit(x_train, y_train)
+    return rf.predict(x_test)
+
+
+def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
+    from geoseg.pipeline import predict_raster
+    from geoseg.train import TrainConfig, train
+
+    cfg = TrainConfig(images=[str(image)], output=str(tmp / f"{name}.pt"), overwrite=True, **cfg_kwargs)
+    train(cfg)
+    out = tmp / f"{name}_classes.tif"
+    predict_raster(image, cfg.output, out, overwrite=True, batch_size=4)
+    with rasterio.open(out) as ds:
+        return ds.read(1)
+
+
+def _line(name: str, m_geo, m_rf, secs: tuple[float, float]) -> str:
+    return (f"{name:<18} geoseg OA {m_geo.overall_accuracy:.3f} macroF1 {m_geo.macro_f1:.3f} mIoU {m_geo.miou:.3f}"
+            f" ({secs[0]:.0f} s) | RF OA {m_rf.overall_accuracy:.3f} macroF1 {m_rf.macro_f1:.3f} "
+            f"mIoU {m_rf.miou:.3f} ({secs[1]:.0f} s)")
+
+
+def brazil(quick: bool) -> str:
+    import geopandas as gpd
+    from sklearn.model_selection import StratifiedKFold
+
+    img = DATA / "rstoolbox_brazil" / "lsat_tm_1988.tif"
+    polys = gpd.read_file(DATA / "rstoolbox_brazil" / "trainingPolygons_lsat.gpkg")
+    names = sorted(polys["class"].unique())
+    cls = np.array([names.index(c) for c in polys["class"]])
+    with rasterio.open(img) as ds:
+        x = ds.read().astype(np.float32)
+        tr, shape = ds.transform, (ds.height, ds.width)
+        valid = (x != ds.nodata).all(axis=0)
+    # polygon id per pixel (1-based), the same rasterization rule as training (pixel centres)
+    pid = rasterize(((g, i + 1) for i, g in enumerate(polys.geometry)), out_shape=shape, transform=tr,
+                    fill=0, dtype="int32")
+    feats = x.reshape(x.shape[0], -1).T
+    n = len(names)
+    cm_geo = np.zeros((n, n), dtype=np.int64)
+    cm_rf = np.zeros((n, n), dtype=np.int64)
+    t_geo = t_rf = 0.0
+    skf = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for k, (tr_idx, te_idx) in enumerate(skf.split(np.zeros(len(cls)), cls)):
+            train_px = np.isin(pid, tr_idx + 1) & valid
+            test_px = np.isin(pid, te_idx + 1) & valid
+            y_px = np.where(pid > 0, cls[np.maximum(pid - 1, 0)], -1)
+            t0 = time.perf_counter()
+            pred_rf = _rf(feats[train_px.ravel()], y_px[train_px], feats[test_px.ravel()], seed=k)
+            t_rf += time.perf_counter() - t0
+            cm_rf += confusion_matrix(y_px[test_px], pred_rf, n)
+            sub = tmp / f"train_{k}.gpkg"
+            polys.iloc[tr_idx].to_file(sub)
+            t0 = time.perf_counter()
+            pred = _geoseg(dict(vector_labels=str(sub), class_field="class", val_split=0.0, tile_size=32,
+                                depth=3, base_channels=16, epochs=8 if quick else 30, samples_per_epoch=64,
+                                batch_size=16, lr=3e-3, class_weights="auto", seed=k), img, tmp, f"br{k}")
+            t_geo += time.perf_counter() - t0
+            # the model's class ids are 0..3 in name order, the same as ``names``
+            cm_geo += confusion_matrix(y_px[test_px], pred[test_px], n)
+            print(f"  brazil fold {k}: geoseg OA {np.trace(cm_geo) / cm_geo.sum():.3f} "
+                  f"RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
+    return _line("rstoolbox_brazil", metrics_from_confusion(cm_geo, names), metrics_from_confusion(cm_rf, names),
+                 (t_geo, t_rf))
+
+
+def slovenia(quick: bool) -> str:
+    img = DATA / "eolearn_slovenia" / "NDVI_timeseries_68dates.tif"
+    lab = DATA / "eolearn_slovenia" / "LULC_label.tif"
+    with rasterio.open(img) as ds:
+        x = ds.read().astype(np.float32)
+    with rasterio.open(lab) as ds:
+        y = ds.read(1)
+        prof = ds.profile
+    ids = [1, 2, 3, 4, 8]
+    names = ["cultivated", "forest", "grassland", "shrubland", "artificial"]
+    lut = np.full(256, -1)
+    lut[ids] = range(len(ids))
+    yi = lut[y]
+    H, W = y.shape
+    blocks = [(r, c) for r in ((0, 48), (48, H)) for c in ((0, 48), (48, W))]
+    feats = x.reshape(x.shape[0], -1).T
+    n = len(ids)
+    cm_geo = np.zeros((n, n), dtype=np.int64)
+    cm_rf = np.zeros((n, n), dtype=np.int64)
+    t_geo = t_rf = 0.0
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for k, ((r0, r1), (c0, c1)) in enumerate(blocks):
+            test = np.zeros_like(y, dtype=bool)
+            test[r0:r1, c0:c1] = True
+            test &= yi >= 0
+            train_m = (~test) & (yi >= 0)
+            train_m[r0:r1, c0:c1] = False
+            t0 = time.perf_counter()
+            pred_rf = _rf(feats[train_m.ravel()], yi[train_m], feats[test.ravel()], seed=k)
+            t_rf += time.perf_counter() - t0
+            cm_rf += confusion_matrix(yi[test], pred_rf, n)
+            blanked = y.copy()
+            blanked[r0:r1, c0:c1] = 0
+            lp = tmp / f"labels_{k}.tif"
+            with rasterio.open(lp, "w", **prof) as ds:
+                ds.write(blanked, 1)
+            t0 = time.perf_counter()
+            pred = _geoseg(dict(labels=str(lp), val_split=0.0, tile_size=32, depth=2, base_channels=32,
+                                epochs=10 if quick else 60, samples_per_epoch=64, batch_size=16, lr=3e-3,
+                                class_weights="auto", seed=k), img, tmp, f"slo{k}")
+            t_geo += time.perf_counter() - t0
+            cm_geo += confusion_matrix(yi[test], lut[pred][test], n)
+            print(f"  slovenia fold {k}: geoseg OA {np.trace(cm_geo) / cm_geo.sum():.3f} "
+                  f"RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
+    return _line("eolearn_slovenia", metrics_from_confusion(cm_geo, names), metrics_from_confusion(cm_rf, names),
+                 (t_geo, t_rf))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="few epochs (smoke run)")
+    ap.add_argument("--only", choices=["brazil", "slovenia"])
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    lines = []
+    if a.only in (None, "brazil"):
+        lines.append(brazil(a.quick))
+    if a.only in (None, "slovenia"):
+        lines.append(slovenia(a.quick))
+    print("\n".join(["", "pooled over folds (held-out pixels only):", *lines]))
+
+
+if __name__ == "__main__":
+    main()

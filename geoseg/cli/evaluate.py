@@ -1,0 +1,76 @@
+"""``geoseg evaluate``: per-class and object-level scores of a class raster against truth."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from geoseg.cli import app
+
+if TYPE_CHECKING:
+    from geoseg.metrics import SegmentationMetrics
+
+
+def _f(v: float) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def metrics_table(m: "SegmentationMetrics", title: str = "per-class scores") -> Any:
+    """A rich table of per-class IoU/precision/recall/F1/support plus the macro row."""
+    from rich.table import Table
+
+    t = Table("class", "IoU", "precision", "recall", "F1", "support", title=title)
+    for row in m.per_class():
+        t.add_row(str(row["class"]), _f(row["iou"]), _f(row["precision"]), _f(row["recall"]),  # type: ignore[arg-type]
+                  _f(row["f1"]), str(row["support"]))  # type: ignore[arg-type]
+    t.add_row("[bold]macro[/]", _f(m.miou), _f(m.macro_precision), _f(m.macro_recall), _f(m.macro_f1),
+              str(m.total), end_section=True)
+    t.add_row("[bold]overall accuracy[/]", "", "", "", _f(m.overall_accuracy), "")
+    return t
+
+
+def confusion_table(m: "SegmentationMetrics") -> Any:
+    from rich.table import Table
+
+    t = Table("truth \\ prediction", *m.names, title="confusion matrix (pixels)")
+    for name, row in zip(m.names, m.matrix):
+        t.add_row(name, *(f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row)
+                          for i in [list(m.names).index(name)]))
+    return t
+
+
+@app.command()
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(help="Predicted class raster (e.g. from 'geoseg infer').")],
+    truth: Annotated[Path, typer.Argument(help="Truth: a label raster, or polygons (GPKG, GeoJSON, Shapefile...).")],
+    class_field: Annotated[Optional[str], typer.Option(help="Polygon attribute holding the class name or id.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Write <stem>_metrics.csv, _confusion.csv, _confusion.png here (default: beside the prediction).")] = None,
+    ignore_value: Annotated[Optional[list[int]], typer.Option(help="Truth raster value meaning unlabelled; repeatable [0 unless 0 is a class].")] = None,
+    objects: Annotated[bool, typer.Option("--objects/--no-objects", help="Object-level precision/recall/F1 (one-to-one matching at IoU > 0.5).")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+) -> None:
+    """Score PREDICTION against TRUTH: per-class IoU, precision, recall, F1, macro mIoU, accuracy, confusion matrix."""
+    from rich.table import Table
+
+    from geoseg.cli._console import err, out
+    from geoseg.evaluate import evaluate as run
+
+    r = run(prediction, truth, class_field=class_field, out_dir=out_dir or prediction.parent,
+            ignore_values=ignore_value or None, object_level=objects, overwrite=overwrite)
+    out.print(metrics_table(r.metrics))
+    out.print(confusion_table(r.metrics))
+    if r.objects:
+        t = Table("class", "truth objects", "predicted", "matched", "precision", "recall", "F1",
+                  title="objects (one-to-one, IoU > 0.5)")
+        for o in r.objects:
+            t.add_row(o.name, str(o.truth_objects), str(o.predicted_objects), str(o.matched), _f(o.precision),
+                      _f(o.recall), _f(o.f1))
+        out.print(t)
+    if r.note:
+        err.print(r.note)
+    if r.pred_nodata_pixels:
+        err.print(f"{r.pred_nodata_pixels} labelled pixels were skipped because the prediction is nodata there")
+    out.print(f"metrics: {r.metrics_csv}\nconfusion: {r.confusion_csv}\nplot: {r.confusion_png}")

@@ -1,0 +1,149 @@
+"""``geoseg train``: a model from imagery plus a label raster or training polygons."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from geoseg.cli import app
+
+
+class Arch(str, Enum):
+    unet = "unet"
+    smp_unet = "smp-unet"
+
+
+class Weights(str, Enum):
+    none = "none"
+    auto = "auto"
+
+
+class Augment(str, Enum):
+    d4 = "d4"
+    none = "none"
+
+
+@app.command()
+def train(
+    image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Input raster; repeat to stack single-band files in order.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Label raster (integer class values; 0 = unlabelled by default).")] = None,
+    vector_labels: Annotated[Optional[Path], typer.Option(help="Training polygons (GPKG, GeoJSON, Shapefile...), any CRS.")] = None,
+    class_field: Annotated[Optional[str], typer.Option(help="Attribute of the polygons holding the class (name or number).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
+    arch: Annotated[Optional[Arch], typer.Option(help="Architecture.")] = None,
+    base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
+    depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="smp-unet: encoder (random init, nothing downloaded) [resnet18].")] = None,
+    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-unet: encoder depth [5].", min=3, max=5)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [20].", min=1)] = None,
+    samples_per_epoch: Annotated[Optional[int], typer.Option(help="Training chips per epoch [about the non-overlapping chips of the training regions].", min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Chips per step [8].", min=1)] = None,
+    tile_size: Annotated[Optional[int], typer.Option(help="Chip side in pixels [64].", min=16)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate, cosine-decayed [1e-3].")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay [1e-4].")] = None,
+    class_weights: Annotated[Optional[Weights], typer.Option(help="auto: weight classes by inverse sqrt frequency [none].")] = None,
+    dice: Annotated[Optional[bool], typer.Option("--dice/--no-dice", help="Add a soft Dice loss [no].")] = None,
+    augment: Annotated[Optional[Augment], typer.Option(help="d4: random flips and 90° rotations [d4].")] = None,
+    jitter: Annotated[Optional[float], typer.Option(help="Photometric jitter amplitude, normalised units [0 = off].")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Fraction of polygons / spatial blocks held out for validation [0.2].")] = None,
+    val_block: Annotated[Optional[int], typer.Option(help="Raster labels: spatial block side in pixels [max(2*tile, 64)].", min=16)] = None,
+    class_map: Annotated[Optional[list[str]], typer.Option(help="SOURCE=TARGET to rename or merge classes, TARGET 'ignore' drops; repeatable.")] = None,
+    ignore_value: Annotated[Optional[list[int]], typer.Option(help="Label-raster value meaning unlabelled; repeatable [0].")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without a better val macro IoU [10].", min=1)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice [0].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [0].", min=0)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <output stem>.last.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a model on IMAGE(s) with a label raster or polygons; the result works with 'geoseg infer'."""
+    from geoseg.cli._console import err, out
+    from geoseg.train.config import TrainConfig, parse_class_map
+
+    cli = {
+        "images": [str(p) for p in image] if image else None,
+        "labels": str(labels) if labels else None,
+        "vector_labels": str(vector_labels) if vector_labels else None,
+        "class_field": class_field, "output": str(output) if output else None,
+        "arch": arch.value if arch else None, "base_channels": base_channels, "depth": depth, "encoder": encoder,
+        "encoder_depth": encoder_depth, "epochs": epochs, "samples_per_epoch": samples_per_epoch,
+        "batch_size": batch_size, "tile_size": tile_size, "lr": lr, "weight_decay": weight_decay,
+        "class_weights": class_weights.value if class_weights else None, "dice": dice,
+        "augment": augment.value if augment else None, "jitter": jitter, "val_split": val_split,
+        "val_block": val_block, "class_map": parse_class_map(class_map) if class_map else None,
+        "ignore_values": list(ignore_value) if ignore_value else None, "patience": patience, "seed": seed,
+        "device": device, "devices": devices, "num_workers": num_workers,
+        "resume": True if resume else None, "overwrite": True if overwrite else None,
+    }
+    file_opts = TrainConfig.from_file(config) if config else None
+    if output is None and not (file_opts or {}).get("output"):
+        from geoseg.errors import UsageError
+
+        raise UsageError("no output; pass -o model.pt (or set output in --config)")
+    cfg = TrainConfig.merge(file_opts, cli)
+
+    from geoseg.train.loop import train as run_train
+
+    with _TrainBar(quiet) as cb:
+        report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]])
+    out.print(f"best model: {report.output} (epoch {report.best_epoch + 1}"
+              + (f", val macro IoU {report.best_miou:.3f})" if report.best_miou == report.best_miou else ")"))
+    out.print(f"last checkpoint: {report.last}")
+    out.print(f"metrics: {report.metrics_csv}, curves: {report.curves_png}")
+    if report.val_metrics is not None:
+        from geoseg.cli.evaluate import metrics_table
+
+        out.print(metrics_table(report.val_metrics, title="validation (best epoch)"))
+    err.print(f"{report.epochs_run} epochs on {report.device} {report.precision} in {report.seconds:.1f} s"
+              + (" (stopped early)" if report.stopped_early else ""))
+
+
+class _TrainBar:
+    """Rich progress bar: one bar per epoch with the running loss and the last validation scores."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.prog = None
+        self.task = None
+        self.last = ""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if self.quiet:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from geoseg.cli._console import err
+
+        self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err)
+        self.prog.__enter__()
+        return self
+
+    def __call__(self, p) -> None:  # type: ignore[no-untyped-def]
+        prog = self.prog
+        assert prog is not None
+        desc = f"epoch {p.epoch}/{p.epochs} {p.phase}"
+        if p.phase == "epoch":
+            r = p.record
+            self.last = (f"val mIoU {r.val_miou:.3f} F1 {r.val_macro_f1:.3f} OA {r.val_overall_accuracy:.3f}"
+                         if r.val_miou == r.val_miou else "")
+            info = f"loss {r.train_loss:.4f} {self.last}" + (" *best" if r.best else "")
+            if self.task is not None:
+                prog.update(self.task, completed=p.steps, total=p.steps, info=info, description=f"epoch {p.epoch}/{p.epochs}")
+            self.task = None
+            return
+        if self.task is None:
+            self.task = prog.add_task(desc, total=p.steps, info="")
+        info = f"loss {p.loss:.4f} {self.last}" if p.phase == "train" else self.last
+        prog.update(self.task, completed=p.step, total=p.steps, info=info, description=desc)
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        if self.prog is not None:
+            self.prog.__exit__(*exc)

@@ -1,0 +1,53 @@
+"""Reading training and truth polygons; class-field values as keys. Torch-free."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import LabelError, VectorError
+
+
+def class_key(value: Any) -> str:
+    """Canonical string of a class-field value: ``3.0`` -> ``"3"``, ``"forest"`` -> ``"forest"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
+    """Read training polygons; refuse missing CRS, missing field, empty files, non-polygons."""
+    import geopandas as gpd
+
+    p = Path(path)
+    if not p.exists():
+        raise VectorError(f"{p}: vector label file not found")
+    if p.is_file() and p.stat().st_size == 0:
+        raise LabelError(f"{p}: vector label file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gdf = gpd.read_file(p)
+    except Exception as e:  # noqa: BLE001 - pyogrio/GDAL raise many types
+        raise VectorError(f"{p}: cannot read as vector data: {str(e).splitlines()[0][:160]}") from None
+    if len(gdf) == 0:
+        raise LabelError(f"{p}: holds no features; draw some training polygons first")
+    if gdf.crs is None:
+        raise VectorError(f"{p}: has no CRS (a Shapefile without .prj?); assign the right one first, e.g. "
+                          "ogr2ogr -a_srs EPSG:XXXX fixed.gpkg input.shp")
+    if class_field not in gdf.columns:
+        fields = [c for c in gdf.columns if c != gdf.geometry.name]
+        raise VectorError(f"{p}: has no field {class_field!r}; available fields: {', '.join(fields) or 'none'}")
+    gdf = gdf[~gdf.geometry.isna() & ~gdf.geometry.is_empty]
+    kinds = set(gdf.geom_type.unique())
+    if not kinds <= {"Polygon", "MultiPolygon"}:
+        raise LabelError(f"{p}: training labels must be polygons, found {', '.join(sorted(kinds))}; buffer "
+                         "points into small polygons if that is what you mean")
+    gdf = gdf[~gdf[class_field].isna()]
+    if len(gdf) == 0:
+        raise LabelError(f"{p}: every feature has an empty {class_field!r}")
+    return gdf
+
+

@@ -1,0 +1,194 @@
+"""Training on real shared rasters: raster labels, polygons in another CRS, resume, round trip into infer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+
+from tests.conftest import shared_file
+
+torch = pytest.importorskip("torch")
+
+SLO_IMG = "eolearn_slovenia/NDVI_timeseries_68dates.tif"
+SLO_LAB = "eolearn_slovenia/LULC_label.tif"
+BR_IMG = "rstoolbox_brazil/lsat_tm_1988.tif"
+BR_POLY = "rstoolbox_brazil/trainingPolygons_lsat.gpkg"
+
+TINY = dict(tile_size=32, depth=2, base_channels=4, batch_size=4, samples_per_epoch=8)
+
+
+def _cfg(tmp_path: Path, name: str = "m.pt", **kw: Any) -> Any:
+    from geoseg.train import TrainConfig
+
+    base: dict[str, Any] = dict(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)),
+                                output=str(tmp_path / name), val_block=48, epochs=2, **TINY)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def brazil_4326(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import geopandas as gpd
+
+    p = tmp_path_factory.mktemp("poly") / "polys_4326.gpkg"
+    g = gpd.read_file(shared_file(BR_POLY))
+    assert g.crs.to_epsg() == 32622
+    g.to_crs(4326).to_file(p)
+    return p
+
+
+# ---------------------------------------------------------------------- raster labels
+def test_raster_labels_train_outputs_and_checkpoint(tmp_path: Path) -> None:
+    from geoseg.models import load_checkpoint
+    from geoseg.train import train
+
+    cfg = _cfg(tmp_path)
+    rep = train(cfg, command=["geoseg", "train", "..."])
+    model, meta = load_checkpoint(rep.output)
+    assert meta.schema.ids == [1, 2, 3, 4, 8]  # label values kept as class ids
+    assert meta.num_bands == 68 and meta.bands[0].startswith("NDVI_2015")
+    assert meta.training["config"]["labels"] == cfg.labels
+    assert meta.training["command"] == ["geoseg", "train", "..."]
+    assert meta.training["split"]["method"] == "spatial blocks"
+    assert "val_per_class" in meta.training
+    # normalization from the training image (no nodata in this file)
+    with rasterio.open(cfg.images[0]) as ds:
+        a = ds.read().astype(np.float64)
+    np.testing.assert_allclose(meta.mean, a.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(meta.std, a.std(axis=(1, 2)), rtol=1e-4)
+    rows = rep.metrics_csv.read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_loss,val_miou") and len(rows) == 3
+    assert rep.curves_png.read_bytes()[:4] == b"\x89PNG"
+    assert rep.last.exists() and len(rep.history) == 2
+    payload = torch.load(rep.last, map_location="cpu", weights_only=True)  # resumable state is weights-only safe
+    assert payload["extra"]["epoch"] == 1
+
+
+def test_block_split_counts_each_validation_pixel_once(tmp_path: Path) -> None:
+    from geoseg.train import data as D
+
+    cfg = _cfg(tmp_path).validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    assert plan.split["val_blocks"] == 1 and plan.split["train_blocks"] == 3
+    (bi, bj), = plan.split["val_block_ids"]
+    rows, cols = D._blocks(grid.height, 48), D._blocks(grid.width, 48)
+    with rasterio.open(cfg.labels) as ds:
+        lab = ds.read(1)
+    blk = lab[rows[bi][0]:rows[bi][1], cols[bj][0]:cols[bj][1]]
+    expected = np.bincount(blk[blk > 0], minlength=9)
+    mean, std = D.normalization_stats(grid)
+    ds_val = D.build_dataset(grid, plan, cfg, "val")
+    bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.val_regions, clip=True)
+    got = np.zeros(len(plan.schema), dtype=np.int64)
+    for b in D.make_loader(ds_val, D.val_sampler(grid, plan, cfg), bm, cfg):
+        y = b["mask"].numpy()
+        got += np.bincount(y[y != 255], minlength=len(plan.schema))
+    np.testing.assert_array_equal(got, expected[[1, 2, 3, 4, 8]])
+    # training counts are the labels of the other three blocks
+    np.testing.assert_array_equal(plan.train_counts + got, np.bincount(lab[lab > 0], minlength=9)[[1, 2, 3, 4, 8]])
+
+
+def test_same_seed_same_weights_and_exact_resume(tmp_path: Path) -> None:
+    from geoseg.train import train
+
+    a = train(_cfg(tmp_path, "a.pt", val_split=0.0))
+    b = train(_cfg(tmp_path, "b.pt", val_split=0.0, epochs=1))
+    b2 = train(_cfg(tmp_path, "b.pt", val_split=0.0, epochs=2, resume=True))
+    assert [h.epoch for h in b2.history] == [0, 1]
+    sa, sb = _state(a.last), _state(b2.last)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = train(_cfg(tmp_path, "c.pt", val_split=0.0, epochs=1, seed=1))
+    sc = _state(c.last)
+    assert any(not torch.equal(_state(b.last)[k], sc[k]) for k in sc)  # a different seed differs
+
+
+def test_resume_refuses_changed_data_options(tmp_path: Path) -> None:
+    from geoseg.errors import UsageError
+    from geoseg.train import train
+
+    train(_cfg(tmp_path, epochs=1, val_split=0.0))
+    with pytest.raises(UsageError, match="depth"):
+        train(_cfg(tmp_path, epochs=2, val_split=0.0, resume=True, depth=1))
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path: Path) -> None:
+    from geoseg.errors import OutputExistsError
+    from geoseg.train import train
+
+    (tmp_path / "m.pt").write_bytes(b"keep")
+    with pytest.raises(OutputExistsError):
+        train(_cfg(tmp_path, epochs=1))
+    assert (tmp_path / "m.pt").read_bytes() == b"keep"
+
+
+# ---------------------------------------------------------------------- vector labels
+def test_polygons_in_another_crs_train_and_round_trip_into_infer(tmp_path: Path, brazil_4326: Path) -> None:
+    from geoseg import predict_raster
+    from geoseg.models import read_meta
+    from geoseg.train import train
+
+    img = shared_file(BR_IMG)
+    cfg = _cfg(tmp_path, images=[str(img)], labels=None, vector_labels=str(brazil_4326), class_field="class",
+               epochs=1, class_weights="auto", dice=True, jitter=0.1, samples_per_epoch=4)
+    rep = train(cfg)
+    meta = read_meta(rep.output)
+    assert meta.schema.names == ["cleared", "fallen_dry", "forest", "water"]
+    assert meta.schema.ids == [0, 1, 2, 3]
+    split = meta.training["split"]
+    assert split["method"].startswith("by polygon")
+    assert split["train_polygons"] + split["val_polygons"] == 36 and split["val_polygons"] >= 4
+    assert len(meta.training["class_weights"]) == 4
+    # the validation pass saw labelled pixels of every class (polygons reprojected from EPSG:4326)
+    conf = np.array(meta.training["val_confusion"])
+    assert (conf.sum(axis=1) > 0).all()
+    out = tmp_path / "pred.tif"
+    r = predict_raster(img, rep.output, out)
+    assert r.classes_path == out
+    with rasterio.open(out) as ds, rasterio.open(img) as src:
+        a = ds.read(1)
+        assert ds.crs == src.crs and ds.transform == src.transform
+        nod = (src.read() == 255).all(axis=0)
+    assert set(np.unique(a[~nod])) <= {0, 1, 2, 3}
+
+
+def test_polygon_split_keeps_train_and_val_polygons_apart(tmp_path: Path, brazil_4326: Path) -> None:
+    import geopandas as gpd
+
+    from geoseg.train import data as D
+
+    cfg = _cfg(tmp_path, images=[str(shared_file(BR_IMG))], labels=None, vector_labels=str(brazil_4326),
+               class_field="class", class_map={"fallen_dry": "cleared"}).validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    try:
+        assert plan.schema.names == ["cleared", "forest", "water"]  # merged by --class-map
+        tr = gpd.read_file(plan.train_source)
+        va = gpd.read_file(plan.val_source)
+        assert tr.crs.to_epsg() == 4326  # torchgeo does the reprojection
+        assert len(tr) + len(va) == 36
+        assert not tr.geometry.apply(lambda g: va.geometry.geom_equals(g).any()).any()
+        assert set(va["class"]) == {"cleared", "fallen_dry", "forest", "water"}
+    finally:
+        plan.close()
+
+
+@pytest.mark.slow
+def test_stacked_single_band_files(tmp_path: Path) -> None:
+    from geoseg.models import read_meta
+    from geoseg.train import train
+
+    d = shared_file("rstoolbox_brazil/landsat_LT5_original_bands")
+    bands = [str(d / f"LT52240631988227CUB02_B{i}.TIF") for i in (1, 2, 3, 4, 5, 7)]
+    cfg = _cfg(tmp_path, images=bands, labels=None, vector_labels=str(shared_file(BR_POLY)),
+               class_field="class", epochs=1, samples_per_epoch=4, val_split=0.0)
+    meta = read_meta(train(cfg).output)
+    assert meta.num_bands == 6 and meta.bands[0] == "LT52240631988227CUB02_B1"

@@ -1,0 +1,73 @@
+"""TrainConfig: files, precedence, validation (torch-free)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from geoseg.errors import UsageError
+from geoseg.train.config import TrainConfig, parse_class_map
+
+
+def test_yaml_and_toml_give_the_same_config(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("image: [a.tif, b.tif]\nlabels: l.tif\noutput: m.pt\ntile-size: 32\ndepth: 2\n"
+                 "class_map: {'3': grass, '4': grass}\ndice: true\nignore_values: [0, 9]\n")
+    t = tmp_path / "c.toml"
+    t.write_text('[train]\nimages = ["a.tif", "b.tif"]\nlabels = "l.tif"\noutput = "m.pt"\ntile_size = 32\n'
+                 'depth = 2\ndice = true\nignore_values = [0, 9]\n[train.class_map]\n"3" = "grass"\n"4" = "grass"\n')
+    a = TrainConfig.merge(TrainConfig.from_file(y), {})
+    b = TrainConfig.merge(TrainConfig.from_file(t), {})
+    assert a == b
+    assert a.images == ["a.tif", "b.tif"] and a.tile_size == 32 and a.class_map == {"3": "grass", "4": "grass"}
+    assert a.dice is True and a.ignore_values == [0, 9]
+
+
+def test_command_line_overrides_file(tmp_path: Path) -> None:
+    y = tmp_path / "c.yml"
+    y.write_text("images: a.tif\nlabels: l.tif\nepochs: 5\nlr: 0.01\n")
+    cfg = TrainConfig.merge(TrainConfig.from_file(y), {"epochs": 7, "lr": None, "output": "x.pt"})
+    assert cfg.epochs == 7 and cfg.lr == 0.01 and cfg.output == "x.pt"
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # round trip through the checkpoint dict
+
+
+@pytest.mark.parametrize("text,match", [
+    ("images: a.tif\nlabels: l.tif\nepochz: 3\n", "unknown option 'epochz'"),
+    ("images: a.tif\nlabels: l.tif\nepochs: many\n", "invalid value"),
+    ("images: a.tif\n", "exactly one of --labels"),
+    ("images: a.tif\nvector_labels: p.gpkg\n", "needs --class-field"),
+    ("images: a.tif\nlabels: l.tif\ntile_size: 60\ndepth: 3\n", "multiple of 8"),
+    ("images: a.tif\nlabels: l.tif\nval_split: 1.5\n", "val-split"),
+    ("- a\n- b\n", "mapping"),
+])
+def test_bad_configs_are_one_clear_error(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(UsageError, match=match):
+        TrainConfig.merge(TrainConfig.from_file(p), {})
+
+
+def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.ini"
+    p.write_text("x=1")
+    with pytest.raises(UsageError, match="yaml"):
+        TrainConfig.from_file(p)
+    with pytest.raises(UsageError, match="not found"):
+        TrainConfig.from_file(tmp_path / "nope.yaml")
+
+
+def test_parse_class_map() -> None:
+    assert parse_class_map(["3=grass,4=grass", "0=ignore"]) == {"3": "grass", "4": "grass", "0": "ignore"}
+    with pytest.raises(UsageError):
+        parse_class_map(["grass"])
+
+
+def test_config_module_is_torch_free() -> None:
+    import subprocess
+
+    code = "import sys, geoseg.train, geoseg.train.config, geoseg.evaluate, geoseg.metrics, geoseg.cli; " \
+           "print('torch' in sys.modules, 'torchgeo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
