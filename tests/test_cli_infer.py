@@ -113,8 +113,9 @@ def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
         payload["geoseg_meta"] = payload["geoseg_meta"].replace('"depth": 2', '"depth": 3')
         torch.save(payload, tmp_path / "other.pt")
         args = ["infer", src, "-m", tmp_path / "other.pt", "-o", out]
-    elif case == "outdir":
-        args = ["infer", src, "-m", model, "-o", tmp_path / "does" / "not" / "exist"]
+    elif case == "outdir":  # a file where the output directory should be
+        (tmp_path / "afile").write_text("x")
+        args = ["infer", src, "-m", model, "-o", tmp_path / "afile" / "sub"]
     elif case == "readonly_dir":
         if os.geteuid() == 0:  # root ignores permission bits; /proc refuses new files even to root
             args = ["infer", src, "-m", model, "-o", "/proc"]

@@ -118,6 +118,9 @@ def test_outputs_georeferenced_cog_with_schema(tmp_path):
         assert "field" in c.tags()["geoseg_classes"]
         assert p.count == 4 and p.descriptions[-1] == "confidence"
         assert p.dtypes[0] == "uint8"
+        probs = p.read().astype(np.int32)
+        assert np.abs(probs[:3].sum(0) - 255).max() <= 2  # scaled probabilities sum to 255
+        assert (probs[3] == probs[:3].max(0)).all()  # confidence is the top probability
     for path in (tmp_path / "c.tif", tmp_path / "p.tif"):
         valid, errors, _ = cog_validate(str(path))
         assert valid, errors

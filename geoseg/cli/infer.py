@@ -74,8 +74,14 @@ def infer(
     if model is None and not model_path.exists():
         raise UsageError("no model given and the demo model is missing; pass -m model.pt "
                          "(create one with 'geoseg model init' or 'geoseg train')")
-    if out_dir is not None and not out_dir.exists():
-        raise UsageError(f"{out_dir}: output directory does not exist; create it first")
+    if out_dir is not None and not out_dir.is_dir():
+        from geoseg.errors import RasterWriteError
+
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RasterWriteError(f"{out_dir}: cannot create the output directory ({e.strerror}); "
+                                   "choose another with -o") from None
     paths = default_output_paths(image, out_dir)
     vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
     with progress_bar(quiet) as on_progress, _resumable():
@@ -121,8 +127,8 @@ def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool) ->
                          overwrite=overwrite, on_progress=on_progress)
     for w in vrep.warnings:
         warn_line(w)
-    out.print(f"polygons: {vrep.path}")
-    err.print(f"{vrep.polygons} polygons in {vrep.seconds:.1f} s")
+    out.print(f"polygons: {vrep.path}", soft_wrap=True)
+    err.print(f"{vrep.polygons} polygons in {vrep.seconds:.1f} s", soft_wrap=True)
 
 
 @contextlib.contextmanager
