@@ -34,7 +34,7 @@ def vectorize(
     simplify: Annotated[Optional[str], typer.Option(help="Coverage simplification tolerance: CRS units (15) or pixels (1.5px). Default: none.")] = None,
     boundary_class: Annotated[Optional[str], typer.Option(help="Field-boundary class of 3-class field models (id or name): not a polygon, separates fields.")] = None,
     probabilities: Annotated[Optional[Path], typer.Option(help="Probability raster from 'geoseg infer --probabilities': adds confidence_mean.")] = None,
-    band_rows: Annotated[Optional[int], typer.Option(help="Rows per band (default: about 4 M pixels per band).", min=1)] = None,
+    band_rows: Annotated[Optional[int], typer.Option(help="Rows per band (default: about 1 M pixels per band).", min=1)] = None,
     overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
 ) -> None:
@@ -54,7 +54,7 @@ def vectorize(
                      band_rows=band_rows, on_progress=on_progress)
     for w in report.warnings:
         warn_line(w)
-    out.print(f"polygons: {report.path}")
+    out.print(f"polygons: {report.path}", soft_wrap=True)
     extra = []
     if report.dropped_small:
         extra.append(f"{report.dropped_small} below --min-area dropped")
@@ -62,4 +62,4 @@ def vectorize(
         extra.append(f"{report.holes_filled} holes filled")
     err.print(f"{report.polygons} polygons ({report.format}, simplify {report.simplify}) from "
               f"{report.width}x{report.height} px in {report.seconds:.1f} s"
-              + (f"; {', '.join(extra)}" if extra else ""))
+              + (f"; {', '.join(extra)}" if extra else ""), soft_wrap=True)

@@ -17,6 +17,11 @@ from geoseg.vector.post import EmitMaskStore, coverage_simplify, fill_holes as _
 from geoseg.vector.seams import Chunk, SeamMerger
 from geoseg.vector.source import DEFAULT_BAND_PIXELS, ClassSource, ConfidenceSource, parse_names
 
+#: with ``simplify``, final polygons are collected up to this many vertices before one
+#: ``coverage_simplify`` call (its memory bound); edges between polygons of different
+#: collections are kept exactly as they are
+SIMPLIFY_CHUNK_VERTICES = 1 << 21
+
 #: attribute columns, in order (``confidence_mean`` only with a probability raster)
 COLUMNS = ("id", "class_id", "class_name", "area_m2", "perimeter_m", "confidence_mean")
 
@@ -104,6 +109,8 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
     merger = SeamMerger(src.width, src.height, want_confidence=conf_src is not None)
     store = EmitMaskStore(src.width, src.height) if plan.fill_holes > 0 else None
     next_id = 1
+    pending: list[Chunk] = []
+    pending_vertices = 0
     try:
         for band in src.bands(plan.band_rows, sieve=plan.sieve, keep=plan.keep, boundary=plan.boundary):
             if store is not None:
@@ -111,6 +118,16 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
             conf = conf_src.read(band.r0, band.r1) if conf_src is not None else None
             chunk = merger.feed(band, conf)
             report.max_open_groups = merger.max_open
+            last = band.r1 >= src.height
+            if plan.simplify_px > 0:
+                # coverage simplification keeps each chunk's outer boundary, so simplify
+                # bigger chunks: fewer kept (unsimplified) edges, memory still bounded
+                pending.append(chunk)
+                pending_vertices += len(chunk.rag.coords)
+                if pending_vertices < SIMPLIFY_CHUNK_VERTICES and not last:
+                    continue
+                chunk = Chunk.concat(pending)
+                pending, pending_vertices = [], 0
             batch, next_id = _to_batch(plan, chunk, store, report, next_id, conf_src is not None)
             if on_progress is not None:
                 on_progress(VectorProgress(band.r1, src.height, next_id - 1, time.perf_counter() - t0))
@@ -256,7 +273,7 @@ def vectorize(
     seams are merged exactly, so the result equals one whole-raster polygonization. Memory
     is one band plus the polygons still open across the current seam (plus, when writing,
     the polygons of one band); it does not grow with the raster height, and with the default
-    ``band_rows`` a band holds about 4 M pixels whatever the width.
+    ``band_rows`` a band holds about 1 M pixels whatever the width.
 
     Args:
         source: class raster (band 1; integer class ids; nodata/mask pixels are skipped).
@@ -276,7 +293,7 @@ def vectorize(
         probabilities: probability raster from ``geoseg infer`` (last band ``confidence``);
             adds ``confidence_mean`` (0-1).
         overwrite: replace an existing ``output``.
-        band_rows: rows per band (default: about 4 M pixels per band, at least 16 rows).
+        band_rows: rows per band (default: about 1 M pixels per band, at least 16 rows).
         on_progress: called after each band with a :class:`VectorProgress`.
 
     Returns:
@@ -292,7 +309,7 @@ def vectorize(
     dest = None
     if output is not None:
         dest = check_output(output, overwrite=overwrite, inputs=[source] + ([probabilities] if probabilities else []))
-    with ClassSource(source, names) as src:
+    with ClassSource(source, names) as src, _bounded_block_cache(src):
         plan = _Plan(src, classes=classes, boundary_class=boundary_class, min_area=min_area,
                      fill_holes=fill_holes, simplify=simplify, sieve=sieve, band_rows=band_rows)
         conf_src = ConfidenceSource(probabilities, src) if probabilities is not None else None
@@ -317,6 +334,19 @@ def vectorize(
         report.warnings.append("no polygons: no pixels of the selected classes; wrote an empty layer")
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _bounded_block_cache(src: ClassSource) -> Any:
+    """Cap GDAL's block cache at two rows of blocks (>= 64 MiB).
+
+    GDAL's default cache (5 % of RAM) would keep every decompressed block of the raster,
+    so memory would grow with the raster's size even though each block is read once.
+    """
+    import rasterio
+
+    bh = src.ds.block_shapes[0][0] if src.ds.block_shapes else 256
+    need = 2 * src.width * max(bh, 1) * np.dtype(src.ds.dtypes[0]).itemsize
+    return rasterio.Env(GDAL_CACHEMAX=int(max(need, 64 << 20)))
 
 
 def _to_geodataframe(batches: list[Any], schema: Any, crs: Any) -> Any:

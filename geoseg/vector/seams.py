@@ -39,6 +39,15 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.rag)
 
+    @staticmethod
+    def concat(chunks: list["Chunk"]) -> "Chunk":
+        if len(chunks) == 1:
+            return chunks[0]
+        conf = chunks[0].conf_sum is not None
+        return Chunk(Ragged.concat([c.rag for c in chunks]), np.concatenate([c.class_id for c in chunks]),
+                     np.concatenate([c.conf_sum for c in chunks]) if conf else None,  # type: ignore[misc]
+                     np.concatenate([c.conf_n for c in chunks]) if conf else None)  # type: ignore[misc]
+
 
 @dataclass
 class _Group:

@@ -17,8 +17,10 @@ from geoseg.errors import RasterReadError, UsageError
 from geoseg.io.raster import open_raster
 
 #: pixels per band when ``band_rows`` is not given: memory per band stays constant
-#: whatever the raster width (rows = max(16, DEFAULT_BAND_PIXELS // width)).
-DEFAULT_BAND_PIXELS = 1 << 22
+#: whatever the raster width (rows = max(16, DEFAULT_BAND_PIXELS // width)). ``shapes``
+#: returns Python objects (~100 bytes per vertex), so a 1 M pixel band of a dense crop map
+#: costs ~100 MB while it is collected.
+DEFAULT_BAND_PIXELS = 1 << 20
 
 
 @dataclass

@@ -1,0 +1,163 @@
+"""``geoseg vectorize`` and the polygon options of ``geoseg infer`` from the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, shared_file
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geoseg", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_vectorize_cdl_with_class_names(tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    src = shared_file("usda_cdl_kansas/2021_30m_cdls.tif")
+    out = tmp_path / "crops.gpkg"
+    r = run("vectorize", str(src), "-o", str(out), "--class-names", "1=corn,5=soybeans,24=winter wheat",
+            "--classes", "corn,soybeans,24", "--min-area", "9000", "-q")
+    assert r.returncode == 0, r.stderr
+    assert str(out) in r.stdout
+    got = gpd.read_file(out)
+    assert set(got.class_name) == {"corn", "soybeans", "winter wheat"}
+    assert got.area_m2.min() >= 9000
+    assert "below --min-area dropped" in " ".join(r.stderr.split())
+
+
+def test_vectorize_simplify_keeps_a_coverage(tmp_path: Path) -> None:
+    import geopandas as gpd
+    import shapely
+
+    src = shared_file("sits_classified_maps/SENTINEL2_MSI_20LNR_2020-06-04_2021-08-26_class_v1.tif")
+    out = tmp_path / "s.parquet"
+    r = run("vectorize", str(src), "-o", str(out), "--simplify", "1.5px", "--band-rows", "100", "-q")
+    assert r.returncode == 0, r.stderr
+    got = gpd.read_parquet(out)
+    g = got.geometry.values
+    assert shapely.is_valid(g).all()
+    # no overlaps between neighbours
+    a, b = shapely.STRtree(g).query(g, predicate="intersects")
+    sel = a < b
+    assert shapely.area(shapely.intersection(g[a[sel]], g[b[sel]])).max(initial=0) < 1e-6
+    # no gaps: the simplified coverage covers exactly the same area as the pixels
+    assert shapely.area(shapely.union_all(g)) == pytest.approx(shapely.area(g).sum(), rel=1e-9)
+    import rasterio
+
+    with rasterio.open(src) as ds:
+        valid = int((ds.read_masks(1) > 0).sum())
+    assert shapely.area(g).sum() == pytest.approx(valid * 400.0, rel=1e-9)
+    # and it did simplify: fewer vertices than the pixel-exact polygons
+    exact = run("vectorize", str(src), "-o", str(tmp_path / "e.parquet"), "-q")
+    assert exact.returncode == 0
+    e = gpd.read_parquet(tmp_path / "e.parquet").geometry.values
+    assert shapely.get_num_coordinates(g).sum() < 0.8 * shapely.get_num_coordinates(e).sum()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["missing.tif", "-o", "{tmp}/o.gpkg"], "file not found"),
+    (["{mask}", "-o", "{tmp}/o.kml"], "unknown vector format"),
+    (["{mask}", "-o", "{tmp}/nodir/o.gpkg"], "does not exist"),
+    (["{mask}", "-o", "{tmp}/o.gpkg", "--simplify", "lots"], "--simplify"),
+    (["{mask}", "-o", "{tmp}/o.gpkg", "--classes", "maize"], "no class of that name"),
+    (["{mask}", "-o", "{tmp}/o.gpkg", "--class-names", "1=a,b"], "ID=NAME"),
+])
+def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    mask = shared_file("ftw_baselines/mask.tif")
+    argv = [a.format(tmp=tmp_path, mask=mask) for a in args]
+    line = one_line_error(run("vectorize", *argv))
+    assert needle in line
+    assert not list(tmp_path.rglob("o.*")) and not list(tmp_path.rglob("*geoseg-tmp*"))
+
+
+def test_cli_refuses_to_overwrite(tmp_path: Path) -> None:
+    mask = shared_file("ftw_baselines/mask.tif")
+    out = tmp_path / "f.geojson"
+    out.write_text("keep me")
+    line = one_line_error(run("vectorize", str(mask), "-o", str(out), "-q"))
+    assert "--overwrite" in line
+    assert out.read_text() == "keep me"
+    r = run("vectorize", str(mask), "-o", str(out), "--overwrite", "--boundary-class", "2", "-q")
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().startswith("{")
+
+
+def test_cli_empty_result_says_so(tmp_path: Path, make_raster) -> None:
+    src = make_raster(np.zeros((5, 5), np.uint8))
+    r = run("vectorize", str(src), "-o", str(tmp_path / "e.fgb"), "--classes", "3", "-q")
+    assert r.returncode == 0, r.stderr
+    msg = " ".join(r.stderr.split())
+    assert "empty layer" in msg and "0 polygons" in msg
+
+
+def test_cli_help_lists_units() -> None:
+    r = run("vectorize", "--help")
+    assert r.returncode == 0
+    for opt in ("--min-area", "--sieve", "--fill-holes", "--simplify", "--boundary-class", "--class-names"):
+        assert opt in r.stdout
+
+
+# ----------------------------------------------------------------- infer wiring
+@pytest.fixture(scope="module")
+def model8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 8-band, 3-class checkpoint for the FTW Sentinel-2 scene."""
+    p = tmp_path_factory.mktemp("m") / "m.pt"
+    src = shared_file("ftw_baselines/inference-img.tif")
+    r = run("model", "init", "--bands", "8", "--classes", "3", "--class-names", "background,field,boundary",
+            "--base-channels", "8", "--depth", "2", "--tile-size", "128", "--overlap", "32",
+            "--stats-from", str(src), "-o", str(p))
+    assert r.returncode == 0, r.stderr
+    return p
+
+
+def test_infer_checks_vector_destination_first(tmp_path: Path, model8: Path) -> None:
+    img = shared_file("ftw_baselines/inference-img.tif")
+    out = tmp_path / "o"
+    out.mkdir()
+    stem = img.stem
+    (out / f"{stem}_polygons.fgb").write_text("old")
+    r = run("infer", str(img), "-m", str(model8), "-o", str(out), "--vector-format", "fgb", "-q")
+    line = one_line_error(r)
+    assert "_polygons.fgb" in line and "--overwrite" in line
+    assert not (out / f"{stem}_classes.tif").exists()  # refused before any inference
+    line = one_line_error(run("infer", str(img), "-m", str(model8), "-o", str(out), "--vector-out",
+                              str(out / "x.kml"), "-q"))
+    assert "unknown vector format" in line
+
+
+def test_infer_writes_polygons_with_confidence(tmp_path: Path, model8: Path) -> None:
+    import geopandas as gpd
+
+    img = shared_file("ftw_baselines/inference-img.tif")
+    r = run("infer", str(img), "-m", str(model8), "-o", str(tmp_path), "--probabilities", "--device", "cpu", "-q",
+            "--vector-format", "parquet")
+    assert r.returncode == 0, r.stderr
+    polys = tmp_path / f"{img.stem}_polygons.parquet"
+    assert f"polygons: {polys}" in r.stdout.replace("\n", "")
+    got = gpd.read_parquet(polys)
+    assert len(got) > 0
+    assert got.confidence_mean.between(0, 1).all()
+    import rasterio
+
+    with rasterio.open(tmp_path / f"{img.stem}_classes.tif") as ds:
+        a = ds.read(1)
+        px = abs(ds.transform.a * ds.transform.e)
+    assert got.area_m2.sum() == pytest.approx((a != 255).sum() * px)
+    (tmp_path / "x").mkdir()
+    r = run("infer", str(img), "-m", str(model8), "-o", str(tmp_path / "x"), "--no-vector", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "polygons:" not in r.stdout and not list((tmp_path / "x").glob("*_polygons.*"))

@@ -1,0 +1,205 @@
+"""Export formats: round trips through geopandas and GDAL's ogrinfo, conventions, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+
+from geoseg.errors import OutputExistsError, VectorError
+from geoseg.export import FORMATS, GEOPARQUET_VERSION, format_for, write_geodataframe
+from geoseg.vector import vectorize
+from tests.conftest import shared_file
+
+EXTS = [".gpkg", ".shp", ".geojson", ".parquet", ".fgb"]
+HAVE_OGRINFO = shutil.which("ogrinfo") is not None
+needs_ogrinfo = pytest.mark.skipif(not HAVE_OGRINFO and not os.environ.get("CI"),
+                                   reason="ogrinfo not installed (apt-get install gdal-bin)")
+
+
+def read(path: Path):
+    import geopandas as gpd
+
+    return gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+
+
+@pytest.fixture(scope="module")
+def mask_polys(tmp_path_factory):
+    """The real FTW field mask vectorized once to every format."""
+    src = shared_file("ftw_baselines/mask.tif")
+    d = tmp_path_factory.mktemp("export")
+    ref = vectorize(src, band_rows=50)
+    outs = {}
+    for ext in EXTS:
+        rep = vectorize(src, d / f"fields{ext}", band_rows=50)
+        assert rep.polygons == len(ref) and not rep.empty
+        outs[ext] = d / f"fields{ext}"
+    return src, ref, outs
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_round_trip_geopandas(mask_polys, ext: str) -> None:
+    src, ref, outs = mask_polys
+    got = read(outs[ext])
+    assert len(got) == len(ref)
+    cols = {"perimeter_m": "perim_m"} if ext == ".shp" else {}
+    for c in ["id", "class_id", "class_name", "area_m2", "perimeter_m"]:
+        assert cols.get(c, c) in got.columns
+    got = got.sort_values("id").reset_index(drop=True)
+    np.testing.assert_allclose(got["area_m2"], ref["area_m2"])
+    if ext == ".geojson":
+        assert got.crs.to_epsg() == 4326
+        back = got.to_crs(ref.crs)
+        # RFC 7946 writes 7 decimals (~1 cm): areas agree to a centimetre strip around each polygon
+        np.testing.assert_allclose(back.area, ref.area, atol=0.02 * ref.length.max())
+    else:
+        assert got.crs.to_epsg() == 32633
+        assert shapely.equals(shapely.normalize(got.geometry.values), shapely.normalize(ref.geometry.values)).all()
+    assert shapely.is_valid(got.geometry.values).all()
+
+
+@needs_ogrinfo
+@pytest.mark.parametrize("ext", EXTS)
+def test_round_trip_ogrinfo(mask_polys, ext: str) -> None:
+    src, ref, outs = mask_polys
+    if ext == ".parquet":
+        formats = subprocess.run(["ogrinfo", "--formats"], capture_output=True, text=True).stdout
+        if "Parquet" not in formats:
+            pytest.skip("this GDAL build has no (Geo)Parquet driver; GeoParquet is checked against the spec "
+                        "in test_geoparquet_metadata")
+    r = subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(outs[ext])], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"Feature Count: {len(ref)}" in out
+    assert "Polygon" in out
+    if ext == ".geojson":
+        assert "WGS 84" in out or "4326" in out
+    else:
+        assert "UTM zone 33N" in out
+    for field in ["class_id", "class_name", "area_m2"]:
+        assert field in out
+
+
+def test_shapefile_sidecars_and_field_names(mask_polys) -> None:
+    _, _, outs = mask_polys
+    shp = outs[".shp"]
+    for ext in (".shx", ".dbf", ".prj", ".cpg"):
+        assert shp.with_suffix(ext).exists(), ext
+    assert shp.with_suffix(".cpg").read_text().strip().upper().replace("-", "") == "UTF8"
+    names = read(shp).columns
+    assert all(len(n) <= 10 for n in names)
+    assert not list(shp.parent.glob("*geoseg-tmp*"))  # no temporary leftovers
+
+
+def test_geojson_is_rfc7946(mask_polys) -> None:
+    _, _, outs = mask_polys
+    doc = json.loads(outs[".geojson"].read_text())
+    assert "crs" not in doc
+    for feat in doc["features"]:
+        rings = feat["geometry"]["coordinates"]
+        ext = shapely.LinearRing(rings[0])
+        assert ext.is_ccw
+        for hole in rings[1:]:
+            assert not shapely.LinearRing(hole).is_ccw
+        lon, lat = np.asarray(rings[0]).T
+        assert (np.abs(lon) <= 180).all() and (np.abs(lat) <= 90).all()
+        assert 12 < lon.mean() < 18 and 45 < lat.mean() < 50  # Austria
+
+
+def test_geoparquet_metadata(mask_polys) -> None:
+    import pyarrow.parquet as pq
+    import pyproj
+
+    _, ref, outs = mask_polys
+    meta = pq.read_schema(outs[".parquet"]).metadata
+    geo = json.loads(meta[b"geo"])
+    # required keys of the GeoParquet spec (file level and column level)
+    assert geo["version"] == GEOPARQUET_VERSION
+    assert geo["primary_column"] == "geometry"
+    col = geo["columns"]["geometry"]
+    assert col["encoding"] == "WKB"
+    assert col["geometry_types"] == ["Polygon"]
+    assert pyproj.CRS.from_json_dict(col["crs"]).to_epsg() == 32633
+    t = pq.read_table(outs[".parquet"])
+    assert t.schema.field("geometry").type in ("binary", "large_binary")
+    wkb = t.column("geometry").to_pylist()
+    assert shapely.equals(shapely.normalize(shapely.from_wkb(wkb)),
+                          shapely.normalize(ref.sort_values("id").geometry.values)).all()
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_empty_result_writes_valid_empty_layer(make_raster, tmp_path: Path, ext: str) -> None:
+    path = make_raster(np.zeros((10, 10), np.uint8), crs="EPSG:32633")
+    out = tmp_path / f"none{ext}"
+    rep = vectorize(path, out, classes=[5])
+    assert rep.empty and rep.polygons == 0
+    assert any("empty" in w for w in rep.warnings)
+    got = read(out)
+    assert len(got) == 0
+    assert got.crs is not None
+    assert got.crs.to_epsg() == (4326 if ext == ".geojson" else 32633)
+    if ext != ".geojson":  # GeoJSON has no schema without features
+        assert {"class_id", "class_name", "area_m2"} <= set(got.columns)
+    if HAVE_OGRINFO and ext != ".parquet":
+        r = subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0 and "Feature Count: 0" in r.stdout
+
+
+def test_overwrite_policy_and_atomicity(make_raster, tmp_path: Path) -> None:
+    path = make_raster(np.array([[1, 2], [2, 1]], np.uint8))
+    out = tmp_path / "p.shp"
+    vectorize(path, out)
+    before = out.stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        vectorize(path, out)
+    assert out.stat().st_mtime_ns == before
+    vectorize(path, out, overwrite=True, classes=[1])
+    assert len(read(out)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("p.")) == \
+        ["p.cpg", "p.dbf", "p.prj", "p.shp", "p.shx"]
+
+
+def test_failure_leaves_nothing(make_raster, tmp_path: Path) -> None:
+    path = make_raster(np.array([[1, 2], [2, 1]], np.uint8))
+    out = tmp_path / "p.gpkg"
+
+    def boom(p):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        vectorize(path, out, on_progress=boom)
+    assert list(tmp_path.glob("p*")) == [] and not list(tmp_path.glob(".*geoseg-tmp*"))
+
+
+def test_unknown_extension() -> None:
+    with pytest.raises(VectorError, match="unknown vector format"):
+        format_for("x.kml")
+    assert set(FORMATS) == set(EXTS)
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_write_geodataframe(tmp_path: Path, ext: str) -> None:
+    import geopandas as gpd
+
+    gdf = gpd.GeoDataFrame({"class_id": [1, 2], "class_name": ["a", "b"]},
+                           geometry=[shapely.box(0, 0, 10, 10), shapely.box(10, 0, 20, 10)], crs="EPSG:3857")
+    out = tmp_path / f"g{ext}"
+    assert write_geodataframe(gdf, out) == 2
+    got = read(out)
+    assert len(got) == 2 and sorted(got.class_name) == ["a", "b"]  # FlatGeobuf's index reorders features
+
+
+def test_geographic_raster_keeps_crs(tmp_path: Path) -> None:
+    src = shared_file("sits_classified_maps/PRODES_LANDSAT_AMZ_2000-08-01_2020-07-31_class_v20220606.tif")
+    out = tmp_path / "p.fgb"
+    vectorize(src, out, classes=[1, 2, 3])
+    got = read(out)
+    with rasterio.open(src) as ds:
+        assert got.crs == ds.crs
