@@ -58,6 +58,8 @@ def infer(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same input, model and options (rows already written are kept).")] = False,
     checkpoint_seconds: Annotated[float, typer.Option(help="How often finished rows are flushed and recorded for --resume, seconds.", min=0)] = 30.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Also write <stem>_preview.png: the image, the classes as an overlay with a legend, polygon outlines.")] = False,
+    rgb: Annotated[Optional[str], typer.Option(help="Preview bands for red,green,blue, 1-based (default: from band names/colour interpretation).")] = None,
     # --- polygons (geoseg.vector) ---
     vector_format: Annotated[VectorFormat, typer.Option(help="Polygon format written after inference (ignored with --vector-out, whose extension decides).")] = VectorFormat.gpkg,
     vector_out: Annotated[Optional[Path], typer.Option(help="Polygon output path (default: <stem>_polygons.<format> beside the class raster).")] = None,
@@ -83,6 +85,10 @@ def infer(
             raise RasterWriteError(f"{out_dir}: cannot create the output directory ({e.strerror}); "
                                    "choose another with -o") from None
     paths = default_output_paths(image, out_dir)
+    if preview:
+        from geoseg.io.atomic import check_destination
+
+        check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
     vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
     with progress_bar(quiet) as on_progress, _resumable():
         report = predict_raster(
@@ -102,6 +108,12 @@ def infer(
               f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
     if vector_path is not None:
         _write_polygons(report, vector_path, overwrite, quiet)
+    if preview:
+        from geoseg.preview import write_preview
+
+        write_preview(report.classes_path, paths["preview"], image=image, rgb=parse_bands(rgb),
+                      polygons=vector_path, overwrite=overwrite)
+        out.print(f"preview: {paths['preview']}")
 
 
 # --- polygons after inference (geoseg.vector); kept apart from the inference code above ---

@@ -1,0 +1,64 @@
+"""PNG quicklooks and the default RGB band choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import shared_file
+from geoseg.cli import main
+from geoseg.errors import UsageError
+from geoseg.preview import default_rgb, write_preview
+
+
+@pytest.mark.parametrize("names,expected", [
+    (("B1_dn", "B2_dn", "B3_dn", "B4_dn", "B5_dn", "B6_dn", "B7_dn"), [3, 2, 1]),  # Landsat TM
+    (("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12"), [4, 3, 2]),  # Sentinel-2
+    (("nir", "Red", "green", "blue"), [2, 3, 4]),
+    ((None, None, None, None), [1, 2, 3]),
+])
+def test_default_rgb(make_raster, names, expected):
+    p = make_raster(np.zeros((len(names), 4, 4), np.uint8))
+    with rasterio.open(p, "r+") as ds:
+        for i, n in enumerate(names, start=1):
+            if n:
+                ds.set_band_description(i, n)
+    with rasterio.open(p) as ds:
+        assert default_rgb(ds) == expected
+
+
+def test_preview_of_real_scene(tmp_path):
+    from geoseg.classes import ClassSchema
+
+    img = shared_file("rstoolbox_brazil/lsat_tm_1988.tif")
+    with rasterio.open(img) as ds:
+        data = ds.read()
+        prof = ds.profile
+    # a class raster derived from the image itself: water / forest / other by simple thresholds
+    cls = np.where(data[3] < 40, 0, np.where(data[2] < 30, 1, 2)).astype(np.uint8)
+    cls[data[0] == 255] = 255
+    schema = ClassSchema.from_names(["water", "forest", "other"])
+    prof.update(count=1, dtype="uint8", nodata=255)
+    cpath = tmp_path / "c.tif"
+    with rasterio.open(cpath, "w", **prof) as ds:
+        ds.write(cls, 1)
+        ds.update_tags(geoseg_classes=schema.to_json())
+    out = write_preview(cpath, tmp_path / "p.png", image=img, max_side=300)
+    from matplotlib.image import imread
+
+    pic = imread(out)
+    assert pic.ndim == 3 and pic.shape[0] > 100 and pic.shape[1] > 100
+    assert pic[..., :3].std() > 0.05  # not blank
+    with pytest.raises(Exception, match="exists"):
+        write_preview(cpath, out, image=img)
+    with pytest.raises(UsageError, match="--rgb band 9"):
+        write_preview(cpath, tmp_path / "q.png", image=img, rgb=[9, 2, 1])
+    assert not (tmp_path / "q.png").exists()
+
+
+def test_preview_cli(tmp_path, capsys):
+    src = shared_file("usda_cdl_kansas/2021_30m_cdls.tif")
+    main(["preview", str(src), "-o", str(tmp_path / "cdl.png"), "--max-side", "256"])
+    assert (tmp_path / "cdl.png").stat().st_size > 1000
+    assert "preview:" in capsys.readouterr().out
