@@ -192,3 +192,36 @@ def test_stacked_single_band_files(tmp_path: Path) -> None:
                class_field="class", epochs=1, samples_per_epoch=4, val_split=0.0)
     meta = read_meta(train(cfg).output)
     assert meta.num_bands == 6 and meta.bands[0] == "LT52240631988227CUB02_B1"
+
+
+def test_label_raster_in_another_crs_is_warped(tmp_path: Path) -> None:
+    from rasterio.enums import Resampling
+    from rasterio.warp import calculate_default_transform, reproject
+
+    from geoseg.train import data as D
+
+    src = shared_file(SLO_LAB)
+    with rasterio.open(src) as ds:
+        tr, w, h = calculate_default_transform(ds.crs, "EPSG:4326", ds.width, ds.height, *ds.bounds)
+        dst = np.zeros((h, w), dtype=np.uint8)
+        reproject(ds.read(1), dst, src_transform=ds.transform, src_crs=ds.crs, dst_transform=tr,
+                  dst_crs="EPSG:4326", resampling=Resampling.nearest)
+        orig = ds.read(1)
+        prof = dict(ds.profile, crs="EPSG:4326", transform=tr, width=w, height=h)
+    p = tmp_path / "labels_4326.tif"
+    with rasterio.open(p, "w", **prof) as out:
+        out.write(dst, 1)
+    cfg = _cfg(tmp_path, labels=str(p), val_split=0.0).validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    assert plan.schema.ids == [1, 2, 3, 4, 8]
+    expected = np.bincount(orig[orig > 0], minlength=9)[[2, 3]]
+    got = plan.train_counts[[1, 2]]  # forest, grassland: the big classes survive two warps nearly unchanged
+    np.testing.assert_allclose(got, expected, rtol=0.05)
+    mean, std = D.normalization_stats(grid)
+    ds_train = D.build_dataset(grid, plan, cfg, "train")
+    bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train)
+    batch = next(iter(D.make_loader(ds_train, D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)),
+                                    bm, cfg)))
+    assert batch["image"].shape == (4, 68, 32, 32)
+    assert (batch["mask"] != 255).float().mean() > 0.5  # the warped labels land on the image chips
