@@ -46,7 +46,10 @@ _RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "ba
 
 @dataclass
 class EpochRecord:
-    """Scores of one epoch (validation fields are NaN without validation)."""
+    """Scores of one epoch (validation fields are NaN without validation).
+
+    ``epoch`` counts from 0 here; the CSV, the plot and the CLI count from 1.
+    """
 
     epoch: int
     train_loss: float
@@ -60,7 +63,7 @@ class EpochRecord:
     best: bool = False
 
     def row(self) -> dict[str, Any]:
-        r: dict[str, Any] = {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
+        r: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": self.train_loss, "val_loss": self.val_loss,
                              "val_miou": self.val_miou, "val_macro_f1": self.val_macro_f1,
                              "val_overall_accuracy": self.val_overall_accuracy}
         r.update({f"val_iou_{k}": v for k, v in self.val_iou.items()})
@@ -151,7 +154,7 @@ def write_curves_png(path: Path, history: list[EpochRecord]) -> None:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    ep = [h.epoch for h in history]
+    ep = [h.epoch + 1 for h in history]
     fig = Figure(figsize=(9, 3.6), dpi=100)
     a1, a2 = fig.subplots(1, 2)
     a1.plot(ep, [h.train_loss for h in history], "o-", label="train loss")
@@ -317,7 +320,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         mult = 2 ** (cfg.depth if cfg.arch == "unet" else cfg.encoder_depth)
         tile = max(256, cfg.tile_size) // mult * mult
         training: dict[str, Any] = {
-            "config": cfg.to_dict(), "command": command or [], "epoch": record.epoch if record else -1,
+            "config": cfg.to_dict(), "command": command or [], "epoch": record.epoch + 1 if record else 0,
             "split": {k: v for k, v in plan.split.items() if k != "codes"},
             "train_pixels_per_class": {schema.classes[i].name: int(c) for i, c in enumerate(plan.train_counts)},
             "label_kind": plan.kind, "ignore_index": IGNORE_INDEX, "normalization": "training images, nodata excluded",
