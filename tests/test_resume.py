@@ -125,3 +125,31 @@ def test_sigkill_then_resume_is_identical(tmp_path, trial):
     assert r.returncode == 0, r.stderr
     assert (part / "inference-img_classes.tif").read_bytes() == (ref / "inference-img_classes.tif").read_bytes()
     assert not list(part.glob(".*geoseg-tmp*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_sigterm_stop_cleanly_then_resume(tmp_path, sig):
+    from geoseg.modelinit import init_checkpoint
+
+    src = shared_file("ftw_baselines/inference-img.tif")
+    model = tmp_path / "m.pt"
+    init_checkpoint(model, bands=8, classes=3, base_channels=4, depth=2, tile_size=64, overlap=16,
+                    mean=[1500.0] * 8, std=[1000.0] * 8)
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen(_infer_cmd(src, model, out), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    state = out / ".inference-img_classes.tif.geoseg-tmp-state.json"
+    deadline = time.time() + 120
+    while not state.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("run finished before the signal")
+    assert p.returncode == 130, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err
+    assert not (out / "inference-img_classes.tif").exists()
+    r = subprocess.run(_infer_cmd(src, model, out, "--resume"), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (out / "inference-img_classes.tif").exists() and not list(out.glob(".*geoseg-tmp*"))
