@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -34,7 +35,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geoseg.blend import DEFAULT_BLEND, BLEND_WINDOWS, RowBandAccumulator, WeightCache
-from geoseg.errors import Interrupted, UsageError
+from geoseg.errors import Interrupted, NodataWarning, RasterWriteError, UsageError
 from geoseg.io.atomic import check_destination
 from geoseg.io.raster import inspect, open_raster, read_window, resolve_bands
 from geoseg.io.writer import GeoTiffSink
@@ -244,6 +245,59 @@ class _Writer:
         self.checkpoint()
 
 
+def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: int, prefetch: int,
+                 gdal_cache_mb: float) -> int:
+    """Upper estimate of the buffers one run holds (see docs/memory.md), in bytes.
+
+    Accumulator ``(4*(K+1)+1)*T*S``; row bands in flight ``(prefetch+2)*(9*B*T*S)`` (float32
+    data and padded copy, validity, tiles cut from it); finished rows waiting for the writer
+    ``4*T*S*(K+3)``; two batches in and out ``2*4*N*T*T*(B+K)``; the GDAL block cache.
+    """
+    s, t = strip_width + tile, tile
+    acc = (4 * (classes + 1) + 1) * t * s
+    rows = (prefetch + 2) * 9 * bands * t * s
+    writes = 4 * t * s * (classes + 3)
+    batches = 2 * 4 * batch * t * t * (bands + classes)
+    return int(acc + rows + writes + batches + gdal_cache_mb * 2**20)
+
+
+def strip_width_for_budget(max_memory_mb: float, tile: int, bands: int, classes: int, batch: int,
+                           prefetch: int, gdal_cache_mb: float, align: int = 1) -> int:
+    """Widest column strip whose :func:`buffer_bytes` fit in ``max_memory_mb``."""
+    budget = max_memory_mb * 2**20
+    per_col = buffer_bytes(1, tile, bands, classes, batch, prefetch, 0) - buffer_bytes(0, tile, bands, classes,
+                                                                                          batch, prefetch, 0)
+    fixed = buffer_bytes(0, tile, bands, classes, batch, prefetch, gdal_cache_mb)
+    width = int((budget - fixed) // max(per_col, 1))
+    if width < tile:
+        need = buffer_bytes(tile, tile, bands, classes, batch, prefetch, gdal_cache_mb) / 2**20
+        raise UsageError(f"--max-memory {max_memory_mb:g} MB is too small for tile {tile} and batch {batch} "
+                         f"(needs about {need:.0f} MB); raise it or lower --tile-size/--batch-size")
+    return max(tile, width)
+
+
+def _check_disk(out_path: Path, prob_path: Path | None, width: int, height: int, classes: int, prob_dtype: str,
+                resume: bool) -> None:
+    """Refuse to start when the output directories lack space for staging files and outputs."""
+    import shutil
+
+    px = width * height
+    needs: dict[Path, float] = {}
+    # staging (uncompressed) plus the COG written beside it (at most the same size again)
+    needs[out_path.parent] = needs.get(out_path.parent, 0) + 2 * px
+    if prob_path is not None:
+        per = (classes + 1) * (4 if prob_dtype == "float32" else 1)
+        needs[prob_path.parent] = needs.get(prob_path.parent, 0) + 2 * px * per
+    for d, need in needs.items():
+        if resume:
+            need /= 2  # staging files already exist
+        free = shutil.disk_usage(d if str(d) else ".").free
+        if need > free:
+            raise RasterWriteError(f"{d}: needs about {need / 1e9:.1f} GB free for this run's outputs and "
+                                   f"staging files but only {free / 1e9:.1f} GB are free; free space or "
+                                   "choose another output directory")
+
+
 def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
                          ) -> dict[str, Path]:
     """``<out_dir>/<stem>_classes.tif``, ``_probabilities.tif``, ``_polygons.gpkg``, ``_preview.png``."""
@@ -276,6 +330,7 @@ def predict_raster(
     resume: bool = False,
     checkpoint_seconds: float = 30.0,
     max_strip_width: int = 8192,
+    max_memory_mb: float | None = None,
     prefetch: int = 2,
     gdal_cache_mb: int = 64,
     on_progress: Callable[[Progress], None] | None = None,
@@ -300,6 +355,8 @@ def predict_raster(
         resume: continue an interrupted run of the same input, model and options (see :mod:`geoseg.resume`).
         checkpoint_seconds: how often finished rows are flushed and recorded for resuming.
         max_strip_width: widest column strip held in memory (pixels).
+        max_memory_mb: bound the run's buffers (accumulator, row bands, batches, GDAL cache) to about
+            this many MB by narrowing the column strips (:func:`buffer_bytes`); the model itself is extra.
         prefetch: row bands read ahead.
         gdal_cache_mb: GDAL block cache for this run, in MB.
         on_progress: called after each batch with a :class:`Progress`.
@@ -341,7 +398,12 @@ def predict_raster(
         ov = meta.overlap if overlap is None else overlap
         band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
         grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
+        if max_memory_mb is not None:
+            max_strip_width = min(max_strip_width, strip_width_for_budget(
+                max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb,
+                meta.size_multiple))
         strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
+        _check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
         schema = meta.schema
         k = meta.num_classes
 
@@ -515,6 +577,9 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
         finish(*in_flight)
     if current:
         finish(current, handle)
+    if total and run == 0:
+        warnings.warn(f"{ds.name}: no valid pixels (all nodata); the outputs are entirely nodata", NodataWarning,
+                      stacklevel=3)
     return {"total": total, "run": run, "skipped": skipped,
             "counts": {int(i): int(c) for i, c in enumerate(counts) if c}}
 

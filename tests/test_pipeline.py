@@ -184,3 +184,47 @@ def test_deterministic_across_batch_sizes_and_strips(tmp_path):
         predict_raster(src, ckpt, tmp_path / f"c{i}.tif", batch_size=bs, max_strip_width=strip, device="cpu")
         outs.append((tmp_path / f"c{i}.tif").read_bytes())
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_all_nodata_raster_warns_and_writes_nodata(make_raster, tmp_path):
+    from geoseg.errors import NodataWarning
+
+    src = make_raster(np.full((3, 40, 30), -1.0, np.float32), nodata=-1.0)
+    model = PointwiseModel(3, 2)
+    with pytest.warns(NodataWarning, match="no valid pixels"):
+        rep = predict_raster(src, model, tmp_path / "c.tif", tile_size=16, overlap=4)
+    assert rep.tiles_run == 0 and model.calls == 0
+    with rasterio.open(rep.classes_path) as c:
+        assert (c.read(1) == 255).all()
+
+
+def test_max_memory_narrows_strips_same_result(make_raster, tmp_path):
+    from geoseg.errors import UsageError
+    from geoseg.pipeline import buffer_bytes, strip_width_for_budget
+
+    data = np.random.default_rng(2).normal(size=(3, 50, 700)).astype(np.float32)
+    src = make_raster(data)
+    a = predict_raster(src, PointwiseModel(3, 4), tmp_path / "a.tif", tile_size=32, overlap=8)
+    width = strip_width_for_budget(80, 32, 3, 4, 8, 2, 64)
+    assert buffer_bytes(width, 32, 3, 4, 8, 2, 64) <= 80 * 2**20 < buffer_bytes(width + 64, 32, 3, 4, 8, 2, 64)
+    b = predict_raster(src, PointwiseModel(3, 4), tmp_path / "b.tif", tile_size=32, overlap=8,
+                       max_memory_mb=buffer_bytes(200, 32, 3, 4, 8, 2, 64) / 2**20)
+    assert a.strips == 1 and b.strips > 1
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    with pytest.raises(UsageError, match="too small"):
+        predict_raster(src, PointwiseModel(3, 4), tmp_path / "c.tif", tile_size=32, overlap=8, max_memory_mb=10)
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_refuses_when_disk_is_too_small(make_raster, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from geoseg.errors import RasterWriteError
+
+    src = make_raster(np.zeros((3, 64, 64), np.float32))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(RasterWriteError, match="GB free"):
+        predict_raster(src, PointwiseModel(3, 2), tmp_path / "c.tif", tile_size=32, overlap=8)
+    assert not [p for p in tmp_path.iterdir() if p.name != "r.tif"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -52,6 +53,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Interrupted("terminated (SIGTERM)")
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one 'warning: ...' line on stderr (no file/line noise unless --debug)."""
+    from rich.console import Console
+
+    if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+        return
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[yellow]warning:[/] {str(message).replace('[', chr(92) + '[')}", markup=True)
+
+
 def _err(msg: str) -> None:
     from rich.console import Console
 
@@ -65,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in args:
         debug = True
         args = [a for a in args if a != "--debug"]
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not in the main thread
