@@ -39,7 +39,7 @@ def train(
     base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
     depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
     encoder: Annotated[Optional[str], typer.Option(help="smp-unet: encoder (random init, nothing downloaded) [resnet18].")] = None,
-    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-unet: encoder depth [5].", min=3, max=5)] = None,
+    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-unet: encoder depth (only 5 is supported by the model registry) [5].", min=3, max=5)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [20].", min=1)] = None,
     samples_per_epoch: Annotated[Optional[int], typer.Option(help="Training chips per epoch [about the non-overlapping chips of the training regions].", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Chips per step [8].", min=1)] = None,

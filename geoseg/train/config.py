@@ -130,6 +130,9 @@ class TrainConfig:
             raise UsageError(f"--class-weights {self.class_weights!r}: choose none or auto")
         if self.augment not in ("none", "d4"):
             raise UsageError(f"--augment {self.augment!r}: choose d4 or none")
+        if self.arch == "smp-unet" and self.encoder_depth != 5:
+            # geoseg.models builds smp.Unet with its default 5-block decoder
+            raise UsageError("smp-unet supports only --encoder-depth 5 in this version")
         mult = 2 ** (self.depth if self.arch == "unet" else self.encoder_depth)
         if self.tile_size % mult:
             raise UsageError(f"--tile-size {self.tile_size} must be a multiple of {mult} for {self.arch}; "
