@@ -1,0 +1,115 @@
+"""The documentation's examples run, and the CLI reference matches --help."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SAMPLE
+from geoseg.cli import main
+
+DEMO = SAMPLE / "demo_model.pt"
+needs_demo = pytest.mark.skipif(not DEMO.exists(), reason="sample_data/demo_model.pt is missing")
+
+
+def blocks(path: Path, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("docs")
+    shutil.copytree(SAMPLE, d / "sample_data")
+    return d
+
+
+def run_geoseg_lines(text: str, cwd: Path) -> list[str]:
+    ran = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("geoseg "):
+            continue
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            main(shlex.split(line)[1:] + ["-q"] if line.split()[1] in ("infer", "vectorize", "train") else
+                 shlex.split(line)[1:])
+        except SystemExit as e:
+            assert not e.code, f"{line!r} exited {e.code}"
+        finally:
+            os.chdir(old)
+        ran.append(line)
+    return ran
+
+
+@needs_demo
+def test_quickstart_commands(scratch):
+    ran = []
+    for b in blocks(ROOT / "docs" / "quickstart.md", "bash"):
+        ran += run_geoseg_lines(b, scratch)
+    assert len(ran) >= 5
+    out = scratch / "out"
+    for name in ("field_classes.tif", "field_probabilities.tif", "field_polygons.gpkg", "field_preview.png",
+                 "field.geojson", "my_model.pt"):
+        assert (out / name).exists(), name
+
+
+@needs_demo
+def test_readme_first_command_and_python(scratch):
+    readme = (ROOT / "README.md").read_text()
+    first = blocks(ROOT / "README.md", "bash")[0]
+    cmd = first.split("&&")[-1].strip().replace(".venv/bin/geoseg", "geoseg")
+    d = scratch / "readme"
+    shutil.copytree(SAMPLE, d / "sample_data")
+    run_geoseg_lines(cmd, d)
+    assert (d / "out" / "field_classes.tif").exists() and (d / "out" / "field_preview.png").exists()
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        for code in blocks(ROOT / "README.md", "python"):
+            exec(compile(code, "README.md", "exec"), {})
+    finally:
+        os.chdir(old)
+    assert "pytest" in readme
+
+
+@needs_demo
+def test_python_api_examples(scratch):
+    d = scratch / "py"
+    shutil.copytree(SAMPLE, d / "sample_data")
+    (d / "out").mkdir()
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        codes = blocks(ROOT / "docs" / "python.md", "python")
+        assert len(codes) >= 5
+        for i, code in enumerate(codes):
+            exec(compile(code, f"docs/python.md block {i}", "exec"), {})
+    finally:
+        os.chdir(old)
+    assert (d / "out" / "field_polygons.gpkg").exists() and (d / "out" / "field_preview.png").exists()
+
+
+def test_cli_reference_matches_help():
+    sys.path.insert(0, str(ROOT / "docs"))
+    from make_cli_docs import render
+
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), \
+        "docs/cli.md is stale: run python docs/make_cli_docs.py"
+
+
+def test_help_is_fast_and_torch_free():
+    code = ("import sys, time; t = time.perf_counter(); from geoseg.cli import main\n"
+            "for cmd in (['--help'], ['infer', '--help'], ['train', '--help'], ['vectorize', '--help']):\n"
+            "    try:\n        main(cmd)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules and 'torchgeo' not in sys.modules\n"
+            "print(time.perf_counter() - t)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
