@@ -113,3 +113,13 @@ def test_help_is_fast_and_torch_free():
             "print(time.perf_counter() - t)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_troubleshooting_messages_exist_in_code():
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    rows = [ln for ln in page.splitlines() if ln.startswith("| `")]
+    fragments = [f for ln in rows for f in re.findall(r"`([^`]+)`", ln.split("|")[1])]
+    assert len(fragments) >= 40
+    source = "\n".join(p.read_text() for p in (ROOT / "geoseg").rglob("*.py"))
+    missing = [f for f in fragments if f not in source]
+    assert not missing, f"documented messages not found in the code: {missing}"
