@@ -58,7 +58,8 @@ def assert_same(gdf, ref_geoms: np.ndarray, ref_cls: np.ndarray) -> None:
     assert key(got, gdf.class_id.values) == key(ref_geoms, ref_cls)
 
 
-@pytest.mark.parametrize("band_rows", [64, 97, 1000])
+@pytest.mark.parametrize("band_rows", [64, pytest.param(97, marks=pytest.mark.slow),
+                                       pytest.param(1000, marks=pytest.mark.slow)])
 def test_cdl_equals_whole_raster_shapes(band_rows: int) -> None:
     path = shared_file(CDL)
     gdf = vectorize(path, band_rows=band_rows)
@@ -293,7 +294,7 @@ def test_never_imports_torch(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("gdal_polygonize.py") is None and not os.environ.get("CI"),
                     reason="gdal_polygonize.py not installed (apt-get install gdal-bin python3-gdal)")
-@pytest.mark.parametrize("rel", [CDL, MASK, SITS_GEO])
+@pytest.mark.parametrize("rel", [pytest.param(CDL, marks=pytest.mark.slow), MASK, SITS_UTM, SITS_GEO])
 def test_agrees_with_gdal_polygonize(rel: str, tmp_path: Path) -> None:
     import geopandas as gpd
 
