@@ -3,9 +3,11 @@
 The raster is split into column strips (only very wide rasters have more than one)
 and each strip is processed top to bottom, one row of tiles at a time:
 
-* a reader thread reads the row band of each tile row once, normalises it, and
-  cuts it into tiles (tiles with no valid pixel are marked to skip);
-* the main thread batches tiles across rows, runs the predictor, and adds each
+* a reader thread reads the row band of each tile row once, in the raster's own data
+  type, with per-band validity, and cuts it into tiles (views; tiles with no valid
+  pixel are marked to skip);
+* the main thread stacks a batch of tiles across rows, normalises it (masked band
+  values become the band mean), runs the predictor, and adds each
   tile's probabilities times its blend window to a :class:`RowBandAccumulator`
   that covers only the rows the current tile row touches;
 * when a tile row is complete, the rows that no later tile touches are final:
@@ -13,9 +15,9 @@ and each strip is processed top to bottom, one row of tiles at a time:
   writes them into the output GeoTIFFs.
 
 Peak memory is about ``4 * (classes + 2) * tile * strip_width`` bytes for the
-accumulator plus ``prefetch`` row bands of input (``4 * bands * tile * strip_width``
-each) plus one batch, independent of raster height; ``max_strip_width`` bounds it
-for very wide rasters. See docs/memory.md.
+accumulator plus ``prefetch + 2`` row bands of input (``(itemsize + 1) * bands * tile *
+strip_width`` each) plus two batches, independent of raster height; ``max_strip_width``
+bounds it for very wide rasters (:func:`buffer_bytes`). See docs/memory.md.
 """
 
 from __future__ import annotations
@@ -96,8 +98,9 @@ class PredictionReport:
 class _TileItem:
     row: int
     col: int
-    data: np.ndarray | None  # (bands, size, size) normalised, None when skipped
-    valid: np.ndarray  # (h, w) bool, the part inside the raster
+    data: np.ndarray | None  # (bands, size, size) raw values (a view), None when skipped
+    band_valid: np.ndarray | None  # (bands, size, size) bool per-band validity (a view)
+    valid: np.ndarray  # (h, w) bool: any band valid, the part inside the raster
     height: int
     width: int
     last_in_row: bool
@@ -121,8 +124,7 @@ def _pad_to(a: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
-                plan: list[tuple[int, tuple[int, int], list[int], list[int], int]],
-                mean: np.ndarray, std: np.ndarray) -> Iterator[list[_TileItem]]:
+                plan: list[tuple[int, tuple[int, int], list[int], list[int], int]]) -> Iterator[list[_TileItem]]:
     """Yield the tiles of each tile row (strip by strip, top to bottom), reading each row band once.
 
     Parts of a tile beyond the raster (small rasters, aligned last tiles) are filled by reflection.
@@ -135,19 +137,19 @@ def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
         for n, i in enumerate(row_idx):
             r = rows[i]
             h = min(size, grid.height - r)
-            data, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h))
+            # raw values in the raster's own type: the row bands in flight are the reader's main memory
+            data, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h), native=True)
             anyvalid = valid.any(axis=0)
-            data -= mean[:, None, None]  # normalise in place: no extra copy of the row band
-            data /= std[:, None, None]
-            data[~valid] = 0.0  # masked values become the band mean
-            norm = _pad_to(data, size, c_hi - c_lo)
+            data = _pad_to(data, size, c_hi - c_lo)
+            valid = _pad_to(valid, size, c_hi - c_lo)
             row_items = []
             for j, c in enumerate(cols):
                 w = min(size, grid.width - c)
                 v = anyvalid[:, c - c_lo: c - c_lo + w]
-                tile = np.ascontiguousarray(norm[:, :, c - c_lo: c - c_lo + size]) if v.any() else None
-                row_items.append(_TileItem(r, c, tile, v, h, w, j == len(cols) - 1, i, (a, b), s_i,
-                                           n == 0 and j == 0, skip))
+                cs = slice(c - c_lo, c - c_lo + size)
+                has = bool(v.any())
+                row_items.append(_TileItem(r, c, data[:, :, cs] if has else None, valid[:, :, cs] if has else None,
+                                           v, h, w, j == len(cols) - 1, i, (a, b), s_i, n == 0 and j == 0, skip))
             yield row_items
 
 
@@ -551,18 +553,21 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
 
     def submit_batch(items: list[_TileItem]) -> Any:
         nonlocal run
-        tiles = [it.data for it in items if it.data is not None]
-        if not tiles:
+        todo = [it for it in items if it.data is not None]
+        if not todo:
             return None
-        run += len(tiles)
-        x = np.stack(tiles)  # type: ignore[arg-type]
+        run += len(todo)
+        x = np.stack([it.data for it in todo]).astype(np.float32, copy=False)  # type: ignore[misc]
+        x -= mean[:, None, None]
+        x /= std[:, None, None]
+        x[~np.stack([it.band_valid for it in todo])] = 0.0  # masked values become the band mean
         return submit(x) if submit is not None else _Done(predictor.predict(x))
 
     # Pipelined: batch n+1 is submitted before batch n is blended (overlaps GPU work with blending).
     in_flight: tuple[list[_TileItem], Any] | None = None
     current: list[_TileItem] = []
     n_data = 0
-    for row_items in _threaded(_iter_tiles(ds, band_idx, grid, plan, mean, std), maxsize=max(prefetch, 1)):
+    for row_items in _threaded(_iter_tiles(ds, band_idx, grid, plan), maxsize=max(prefetch, 1)):
         for item in row_items:
             current.append(item)
             n_data += item.data is not None

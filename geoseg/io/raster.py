@@ -106,22 +106,27 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, ex
     return idx
 
 
-def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``bands`` in ``window`` as float32 with a per-band validity mask.
+def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, *,
+                native: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` in ``window`` with a per-band validity mask.
+
+    Args:
+        native: keep the raster's own data type (e.g. uint16: half the memory of float32)
+            instead of converting to float32.
 
     Returns:
-        ``(data, valid)``: data (bands, h, w) float32; valid (bands, h, w) bool, False where
-        the band is nodata (declared nodata, internal mask, alpha) or not finite.
+        ``(data, valid)``: data (bands, h, w) float32 (or native); valid (bands, h, w) bool,
+        False where the band is nodata (declared nodata, internal mask, alpha) or not finite.
     """
     try:
-        data = ds.read(list(bands), window=window, out_dtype="float32")
+        data = ds.read(list(bands), window=window, out_dtype=None if native else "float32")
         masks = ds.read_masks(list(bands), window=window)
     except RasterioIOError as e:
         raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
                               f"(file truncated or damaged?): {str(e).splitlines()[0][:160]}") from None
     valid = masks > 0
-    valid &= np.isfinite(data)
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data)
     return data, valid
 
 
