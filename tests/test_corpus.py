@@ -68,7 +68,7 @@ CASES: dict[str, tuple[list[str], str, str]] = {
                             "--class-field", "class", "-o", "{out}/m.pt", *TRAIN], "error", "labels_empty"),
     "train_invalid_and_empty_geometries": (["train", "--image", "{good}", "--vector-labels", "{labels_invalid}",
                                             "--class-field", "class", "-o", "{out}/m.pt", "--val-split", "0",
-                                            *TRAIN], "ok", ""),
+                                            *TRAIN], "ok", "repaired 1 invalid polygon"),
     "train_labels_in_other_crs": (["train", "--image", "{good}", "--vector-labels", "{labels_other_crs}",
                                    "--class-field", "class", "-o", "{out}/m.pt", "--val-split", "0", *TRAIN],
                                   "ok", ""),

@@ -41,6 +41,19 @@ def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
         fields = [c for c in gdf.columns if c != gdf.geometry.name]
         raise VectorError(f"{p}: has no field {class_field!r}; available fields: {', '.join(fields) or 'none'}")
     gdf = gdf[~gdf.geometry.isna() & ~gdf.geometry.is_empty]
+    invalid = ~gdf.geometry.is_valid
+    if invalid.any():
+        # self-intersections (bow-ties) and the like: repair, keep the polygonal parts, say so
+        import shapely
+
+        fixed = shapely.make_valid(gdf.geometry[invalid].values)
+        polys = [shapely.union_all([g for g in shapely.get_parts(f) if g.geom_type in ("Polygon", "MultiPolygon")])
+                 if f.geom_type == "GeometryCollection" else f for f in fixed]
+        gdf = gdf.copy()
+        gdf.loc[invalid, gdf.geometry.name] = polys
+        gdf = gdf[~gdf.geometry.is_empty]
+        warnings.warn(f"{p}: repaired {int(invalid.sum())} invalid polygon(s) (self-intersections); check them "
+                      "in a GIS", UserWarning, stacklevel=2)
     kinds = set(gdf.geom_type.unique())
     if not kinds <= {"Polygon", "MultiPolygon"}:
         raise LabelError(f"{p}: training labels must be polygons, found {', '.join(sorted(kinds))}; buffer "
