@@ -3,11 +3,12 @@
 Not a test. Builds 8192² and 16384² class rasters by mirror-tiling the real USDA Cropland
 Data Layer (../shared/data/usda_cdl_kansas/2021_30m_cdls.tif), written in windows so the
 large raster is never in memory, then times each tool in its own subprocess and reports
-wall time and peak RSS (``resource.getrusage(RUSAGE_CHILDREN)`` of a fresh wrapper per run).
+wall time and peak RSS (sum over the process tree, sampled from /proc; a fresh wrapper per run).
 
     .venv/bin/python benchmarks/bench_vectorize.py [--sizes 8192 16384] [--workdir /tmp/geoseg-bench]
 
-* geoseg: ``geoseg.vectorize(raster, out.gpkg)`` with default options (no simplification).
+* geoseg: ``geoseg.vectorize(raster, out.gpkg, workers=0)``: the CLI's defaults (no
+  simplification, automatic worker processes: one per CPU up to 4 above 16 M pixels).
 * floor: read the whole raster, iterate ``rasterio.features.shapes`` once (no merging, no
   attributes, nothing written, whole raster in memory).
 * gdal: ``gdal_polygonize.py raster -f GPKG out.gpkg`` (4-connected, like geoseg).
@@ -64,16 +65,48 @@ def build(size: int, path: Path) -> None:
 
 
 def measure(cmd: list[str]) -> dict[str, float]:
-    """Run ``cmd`` under a fresh wrapper; return wall seconds and the child's peak RSS (MiB)."""
+    """Run ``cmd`` under a fresh wrapper; return wall seconds and peak RSS (MiB).
+
+    ``rss_mib`` is the peak of the *sum* of RSS over the command's whole process tree
+    (sampled from /proc every 50 ms), so worker processes count; ``rss_max_mib`` is
+    ``getrusage(RUSAGE_CHILDREN).ru_maxrss``, the largest single process.
+    """
     wrapper = textwrap.dedent("""
-        import json, resource, subprocess, sys, time
+        import json, os, resource, subprocess, sys, time
+
+        def tree_rss(root):
+            kids, rss = {}, {}
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    with open(f"/proc/{d}/statm") as f:
+                        rss[int(d)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                    kids.setdefault(ppid, []).append(int(d))
+                except (OSError, ValueError, IndexError):
+                    pass
+            todo, total = [root], 0
+            while todo:
+                p = todo.pop()
+                total += rss.get(p, 0)
+                todo.extend(kids.get(p, []))
+            return total
+
         t = time.perf_counter()
-        r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak = 0
+        while p.poll() is None:
+            peak = max(peak, tree_rss(p.pid))
+            time.sleep(0.05)
         dt = time.perf_counter() - t
-        if r.returncode:
-            sys.stderr.write(r.stderr[-2000:])
-            sys.exit(r.returncode)
-        print(json.dumps({"seconds": dt, "rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+        err = p.stderr.read()
+        if p.returncode:
+            sys.stderr.write(err[-2000:])
+            sys.exit(p.returncode)
+        print(json.dumps({"seconds": dt, "rss_mib": peak / 2**20,
+                          "rss_max_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
     """)
     out = subprocess.run([PY, "-c", wrapper, *cmd], capture_output=True, text=True)
     if out.returncode:
@@ -85,7 +118,8 @@ GEOSEG = """
 import sys
 sys.path.insert(0, {root!r})
 from geoseg.vectorize import vectorize
-r = vectorize(sys.argv[1], sys.argv[2], overwrite=True, simplify=sys.argv[3] if len(sys.argv) > 3 else None)
+r = vectorize(sys.argv[1], sys.argv[2], overwrite=True, workers=0,
+              simplify=sys.argv[3] if len(sys.argv) > 3 else None)
 print(r.polygons, r.max_open_groups, r.band_rows)
 """
 
@@ -106,6 +140,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-bench"))
+    ap.add_argument("--gdal-sizes", type=int, nargs="*", default=None,
+                    help="sizes at which to run gdal_polygonize.py (default: all; it is the slowest by far)")
     ap.add_argument("--simplify-size", type=int, default=8192,
                     help="size at which to also write with --simplify 1px for the file-size line")
     args = ap.parse_args()
@@ -113,7 +149,8 @@ def main() -> None:
         raise SystemExit(f"{CDL} is missing (../shared/data)")
     gdal = shutil.which("gdal_polygonize.py")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+          f"load average at start {os.getloadavg()[0]:.1f}")
     rows = []
     for size in args.sizes:
         ras = args.workdir / f"cdl_mirror_{size}.tif"
@@ -123,18 +160,21 @@ def main() -> None:
               f"(built in {time.perf_counter() - t:.0f} s)", flush=True)
         out = args.workdir / f"geoseg_{size}.gpkg"
         g = measure([PY, "-c", GEOSEG.format(root=str(ROOT)), str(ras), str(out)])
-        print(f"geoseg vectorize -> gpkg : {g['seconds']:8.1f} s  peak RSS {g['rss_mib']:7.0f} MiB", flush=True)
+        print(f"geoseg vectorize -> gpkg : {g['seconds']:8.1f} s  peak RSS {g['rss_mib']:7.0f} MiB "
+              f"(largest process {g['rss_max_mib']:.0f} MiB)", flush=True)
         f = measure([PY, "-c", FLOOR, str(ras)])
         print(f"single shapes pass (floor): {f['seconds']:8.1f} s  peak RSS {f['rss_mib']:7.0f} MiB", flush=True)
         d = None
-        if gdal:
+        if gdal and (args.gdal_sizes is None or size in args.gdal_sizes):
             gout = args.workdir / f"gdal_{size}.gpkg"
             if gout.exists():
                 gout.unlink()
             d = measure([gdal, "-q", str(ras), "-f", "GPKG", str(gout)])
             print(f"gdal_polygonize.py -> gpkg: {d['seconds']:8.1f} s  peak RSS {d['rss_mib']:7.0f} MiB", flush=True)
-        else:
+        elif not gdal:
             print("gdal_polygonize.py: not installed (apt-get install gdal-bin python3-gdal)")
+        else:
+            print("gdal_polygonize.py: skipped at this size (--gdal-sizes)")
         raw = size * size
         print(f"geoseg/floor time {g['seconds'] / f['seconds']:.2f}x"
               + (f"; geoseg/gdal time {g['seconds'] / d['seconds']:.2f}x" if d else ""))
@@ -146,6 +186,7 @@ def main() -> None:
             print(f"with --simplify 1px: {s['seconds']:.1f} s, peak RSS {s['rss_mib']:.0f} MiB, output "
                   f"{sout.stat().st_size / 2**20:.1f} MiB = {sout.stat().st_size / ras.stat().st_size:.2f}x the GeoTIFF")
         rows.append((size, g, f, d))
+    print(f"load average at end {os.getloadavg()[0]:.1f} (other work on the machine slows every tool)")
     if len(rows) >= 2:
         (s0, g0, f0, _), (s1, g1, f1, _) = rows[0], rows[-1]
         print(f"\npeak RSS ratio {s1} vs {s0}: geoseg {g1['rss_mib'] / g0['rss_mib']:.2f}x "

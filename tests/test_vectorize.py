@@ -75,6 +75,12 @@ def test_cdl_equals_whole_raster_shapes(band_rows: int) -> None:
     assert list(gdf.id) == list(range(1, len(gdf) + 1))
 
 
+def test_worker_processes_give_the_same_result() -> None:
+    path = shared_file(CDL)
+    gdf = vectorize(path, band_rows=64, workers=2)
+    assert_same(gdf, *reference(path))
+
+
 @pytest.mark.parametrize("rel,band_rows", [(MASK, 7), (SITS_UTM, 50), (SITS_GEO, 33)])
 def test_real_maps_equal_whole_raster_shapes(rel: str, band_rows: int) -> None:
     path = shared_file(rel)

@@ -137,7 +137,7 @@ def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool) ->
 
     with progress_bar(quiet, description="polygons") as on_progress:
         vrep = vectorize(report.classes_path, path, probabilities=report.probabilities_path,  # type: ignore[attr-defined]
-                         overwrite=overwrite, on_progress=on_progress)
+                         overwrite=overwrite, workers=0, on_progress=on_progress)
     for w in vrep.warnings:
         warn_line(w)
     out.print(f"polygons: {vrep.path}", soft_wrap=True)

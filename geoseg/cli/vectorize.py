@@ -35,6 +35,7 @@ def vectorize(
     boundary_class: Annotated[Optional[str], typer.Option(help="Field-boundary class of 3-class field models (id or name): not a polygon, separates fields.")] = None,
     probabilities: Annotated[Optional[Path], typer.Option(help="Probability raster from 'geoseg infer --probabilities': adds confidence_mean.")] = None,
     band_rows: Annotated[Optional[int], typer.Option(help="Rows per band (default: about 1 M pixels per band).", min=1)] = None,
+    workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU up to 4).", min=0)] = 0,
     overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
 ) -> None:
@@ -51,7 +52,7 @@ def vectorize(
         report = run(raster, output, classes=_ints_or_names(classes), class_names=class_names,
                      min_area=min_area, sieve=sieve, fill_holes=fill_holes, simplify=simplify,
                      boundary_class=boundary, probabilities=probabilities, overwrite=overwrite,
-                     band_rows=band_rows, on_progress=on_progress)
+                     band_rows=band_rows, workers=workers, on_progress=on_progress)
     for w in report.warnings:
         warn_line(w)
     out.print(f"polygons: {report.path}", soft_wrap=True)

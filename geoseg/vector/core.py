@@ -14,6 +14,7 @@ import numpy as np
 from geoseg.errors import UsageError
 from geoseg.vector.measure import Measurer
 from geoseg.vector.post import EmitMaskStore, coverage_simplify, fill_holes as _fill_holes, parse_tolerance
+from geoseg.vector.parallel import auto_workers, band_polygons
 from geoseg.vector.seams import Chunk, SeamMerger
 from geoseg.vector.source import DEFAULT_BAND_PIXELS, ClassSource, ConfidenceSource, parse_names
 
@@ -76,8 +77,12 @@ class _Plan:
 
     def __init__(self, src: ClassSource, *, classes: Sequence[int | str] | None, boundary_class: int | str | None,
                  min_area: float | None, fill_holes: float | None, simplify: Any, sieve: int | None,
-                 band_rows: int | None) -> None:
+                 band_rows: int | None, workers: int | None = None) -> None:
         self.src = src
+        if workers is not None and workers < 0:
+            raise UsageError(f"--workers must be >= 0 (0: automatic), got {workers}")
+        self.workers = 1 if workers is None else auto_workers(src.width, src.height) if workers == 0 else int(workers)
+        self.cache_bytes = _cache_bytes(src)
         self.keep = None if classes is None else [src.resolve_class(c, "--classes") for c in classes]
         self.boundary = None if boundary_class is None else src.resolve_class(boundary_class, "--boundary-class")
         if self.keep is not None and self.boundary is not None and self.boundary in self.keep:
@@ -112,12 +117,14 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
     pending: list[Chunk] = []
     pending_vertices = 0
     try:
-        for band in src.bands(plan.band_rows, sieve=plan.sieve, keep=plan.keep, boundary=plan.boundary):
+        for bp in band_polygons(src, plan.band_rows, sieve=plan.sieve, keep=plan.keep, boundary=plan.boundary,
+                                conf=conf_src, keep_emit=store is not None, workers=plan.workers,
+                                cache_bytes=plan.cache_bytes):
             if store is not None:
-                store.write(band.r0, band.emit)
-            conf = conf_src.read(band.r0, band.r1) if conf_src is not None else None
-            chunk = merger.feed(band, conf)
+                store.write_bits(bp.r0, bp.emit_bits)
+            chunk = merger.merge(bp)
             report.max_open_groups = merger.max_open
+            band = bp
             last = band.r1 >= src.height
             if plan.simplify_px > 0:
                 # coverage simplification keeps each chunk's outer boundary, so simplify
@@ -264,6 +271,7 @@ def vectorize(
     probabilities: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     band_rows: int | None = None,
+    workers: int | None = None,
     on_progress: Callable[[VectorProgress], None] | None = None,
 ) -> Any:
     """Polygonize a class raster of any size into valid, non-overlapping polygons.
@@ -294,7 +302,11 @@ def vectorize(
             adds ``confidence_mean`` (0-1).
         overwrite: replace an existing ``output``.
         band_rows: rows per band (default: about 1 M pixels per band, at least 16 rows).
-        on_progress: called after each band with a :class:`VectorProgress`.
+        workers: processes polygonizing bands in parallel (``spawn``ed; call from under
+            ``if __name__ == "__main__":`` in scripts). Default 1 (in-process); 0 picks 1 below
+            16 M pixels, else one per CPU up to 4 (what the CLI does). The seam merge and the
+            writing stay in this process; results are identical whatever the count.
+        on_progress: called after each band with a :class:`VectorProgress` (from a worker thread).
 
     Returns:
         A GeoDataFrame when ``output`` is None, else a :class:`VectorizeReport`.
@@ -311,7 +323,7 @@ def vectorize(
         dest = check_output(output, overwrite=overwrite, inputs=[source] + ([probabilities] if probabilities else []))
     with ClassSource(source, names) as src, _bounded_block_cache(src):
         plan = _Plan(src, classes=classes, boundary_class=boundary_class, min_area=min_area,
-                     fill_holes=fill_holes, simplify=simplify, sieve=sieve, band_rows=band_rows)
+                     fill_holes=fill_holes, simplify=simplify, sieve=sieve, band_rows=band_rows, workers=workers)
         conf_src = ConfidenceSource(probabilities, src) if probabilities is not None else None
         crs_wkt = src.crs.to_wkt() if src.crs is not None else None
         report = VectorizeReport(path=Path(output) if output is not None else None,
@@ -344,9 +356,13 @@ def _bounded_block_cache(src: ClassSource) -> Any:
     """
     import rasterio
 
+    return rasterio.Env(GDAL_CACHEMAX=_cache_bytes(src))
+
+
+def _cache_bytes(src: ClassSource) -> int:
     bh = src.ds.block_shapes[0][0] if src.ds.block_shapes else 256
     need = 2 * src.width * max(bh, 1) * np.dtype(src.ds.dtypes[0]).itemsize
-    return rasterio.Env(GDAL_CACHEMAX=int(max(need, 64 << 20)))
+    return int(max(need, 64 << 20))
 
 
 def _to_geodataframe(batches: list[Any], schema: Any, crs: Any) -> Any:

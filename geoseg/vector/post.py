@@ -32,7 +32,11 @@ class EmitMaskStore:
         self.mm = np.memmap(self.path, dtype=np.uint8, mode="w+", shape=(max(height, 1), self.row_bytes))
 
     def write(self, r0: int, emit: np.ndarray) -> None:
-        self.mm[r0:r0 + emit.shape[0]] = np.packbits(emit, axis=1)
+        self.write_bits(r0, np.packbits(emit, axis=1))
+
+    def write_bits(self, r0: int, bits: np.ndarray) -> None:
+        """Rows from ``r0`` as ``np.packbits(emit, axis=1)``."""
+        self.mm[r0:r0 + bits.shape[0]] = bits
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         bits = np.unpackbits(self.mm[y0:y1], axis=1)[:, :self.width]

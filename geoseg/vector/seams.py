@@ -15,6 +15,7 @@ band plus the open groups, never the whole raster or all polygons.
 from __future__ import annotations
 
 import gc
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,45 +91,17 @@ class SeamMerger:
         self.next_row = 0
 
     def feed(self, band: Band, conf: np.ndarray | None = None) -> Chunk:
-        r0, r1 = band.r0, band.r1
+        """Polygonize ``band`` here and merge it (see :func:`polygonize_band`, :meth:`merge`)."""
+        return self.merge(polygonize_band(band, conf if self.want_conf else None))
+
+    def merge(self, bp: "BandPolygons") -> Chunk:
+        """Merge one polygonized band (bands in order, top to bottom); return the final polygons."""
+        r0, r1 = bp.r0, bp.r1
         if r0 != self.next_row:
             raise ValueError(f"bands must be fed in order: expected row {self.next_row}, got {r0}")
         self.next_row = r1
-        rings: list[Any] = []
-        counts: list[int] = []
-        vals: list[float] = []
-        gj: list[Any] = []
-        tr = Affine.translation(0, r0)
-        # shapes builds one dict/list/tuple per vertex; none of them forms a cycle, so the
-        # cyclic GC only burns time here (it doubles the cost of collecting the band)
-        gc_was_on = gc.isenabled()
-        gc.disable()
-        try:
-            for geom, v in shapes(band.data, mask=band.emit, connectivity=4, transform=tr):
-                cc = geom["coordinates"]
-                rings.extend(cc)
-                counts.append(len(cc))
-                vals.append(v)
-                if conf is not None:
-                    gj.append(geom)
-            rag = Ragged.from_geojson_rings(rings, counts)
-        finally:
-            if gc_was_on:
-                gc.enable()
-        del rings
-        n = len(counts)
-        cls = np.asarray(vals, dtype=np.float64).astype(np.int64)
-        csum = cn = None
-        if conf is not None and self.want_conf:
-            csum, cn = np.zeros(n), np.zeros(n)
-            if n:
-                labels = rasterize(((g, i + 1) for i, g in enumerate(gj)), out_shape=band.data.shape,
-                                   transform=tr, fill=0, dtype="int32")
-                ok = np.isfinite(conf)
-                lab = labels[ok]
-                csum = np.bincount(lab, weights=conf[ok], minlength=n + 1)[1:]
-                cn = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
-        del gj
+        rag, cls, csum, cn = bp.rag, bp.cls, bp.conf_sum, bp.conf_n
+        n = len(rag)
 
         ymin, ymax = rag.y_range()
         top = (ymin == r0) & (r0 > 0)
@@ -220,6 +193,57 @@ class SeamMerger:
     @property
     def open_pieces(self) -> int:
         return sum(len(g.pieces) for g in self.groups.values())
+
+
+@dataclass
+class BandPolygons:
+    """The ``shapes`` polygons of one band in global pixel coordinates (picklable, numpy only)."""
+
+    r0: int
+    r1: int
+    rag: Ragged
+    cls: np.ndarray
+    conf_sum: np.ndarray | None = None
+    conf_n: np.ndarray | None = None
+    emit_bits: np.ndarray | None = None  #: ``np.packbits(emit, axis=1)`` when asked for
+
+
+def polygonize_band(band: Band, conf: np.ndarray | None = None, keep_emit: bool = False) -> BandPolygons:
+    """``rasterio.features.shapes`` (4-connected, masked) of one band, flattened to numpy arrays.
+
+    With ``conf`` (the confidence rows of the band), also the per-polygon sum and count of
+    confidence over the polygon's pixels.
+    """
+    r0 = band.r0
+    tr = Affine.translation(0, r0)
+    # shapes builds one dict/list/tuple per vertex; none of them forms a cycle, so the
+    # cyclic GC only burns time here (it doubles the cost of collecting the band)
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        pairs = list(shapes(band.data, mask=band.emit, connectivity=4, transform=tr))
+        coords = [g["coordinates"] for g, _ in pairs]
+        counts = list(map(len, coords))
+        rag = Ragged.from_geojson_rings(list(itertools.chain.from_iterable(coords)), counts)
+        del coords
+        cls = np.fromiter((v for _, v in pairs), dtype=np.float64, count=len(pairs)).astype(np.int64)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    n = len(cls)
+    csum = cn = None
+    if conf is not None:
+        csum, cn = np.zeros(n), np.zeros(n)
+        if n:
+            labels = rasterize(((g, i + 1) for i, (g, _) in enumerate(pairs)), out_shape=band.data.shape,
+                               transform=tr, fill=0, dtype="int32")
+            ok = np.isfinite(conf)
+            lab = labels[ok]
+            csum = np.bincount(lab, weights=conf[ok], minlength=n + 1)[1:]
+            cn = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    del pairs
+    bits = np.packbits(band.emit, axis=1) if keep_emit else None
+    return BandPolygons(band.r0, band.r1, rag, cls, csum, cn, bits)
 
 
 def _union(pieces: list[Any]) -> Any:

@@ -134,27 +134,30 @@ class ClassSource:
         a halo of ``sieve`` rows above and below, so every region smaller than ``sieve`` pixels
         is seen whole; only the band's own rows are kept.
         """
+        for r0 in range(0, self.height, band_rows):
+            yield self.band(r0, min(self.height, r0 + band_rows), sieve=sieve, keep=keep, boundary=boundary)
+
+    def band(self, r0: int, r1: int, *, sieve: int | None = None, keep: Sequence[int] | None = None,
+             boundary: int | None = None) -> Band:
+        """Rows ``r0:r1`` as a :class:`Band` (see :meth:`bands`)."""
         from rasterio.features import sieve as _sieve
 
         halo = int(sieve) if sieve and sieve > 1 else 0
-        keep_arr = np.asarray(sorted(set(keep)), dtype=np.int64) if keep is not None else None
-        for r0 in range(0, self.height, band_rows):
-            r1 = min(self.height, r0 + band_rows)
-            if halo:
-                a0, a1 = max(0, r0 - halo), min(self.height, r1 + halo)
-                data, valid = self._read(a0, a1)
-                sieve_dt = data.dtype if data.dtype != np.uint16 else np.dtype(np.int32)
-                data = _sieve(data.astype(sieve_dt, copy=False), int(sieve), mask=valid, connectivity=4)
-                data = data.astype(self.dtype, copy=False)[r0 - a0:r1 - a0]
-                valid = valid[r0 - a0:r1 - a0]
-            else:
-                data, valid = self._read(r0, r1)
-            emit = valid
-            if keep_arr is not None:
-                emit = emit & np.isin(data, keep_arr)
-            if boundary is not None:
-                emit = emit & (data != boundary)
-            yield Band(r0, r1, np.ascontiguousarray(data), np.ascontiguousarray(emit))
+        if halo:
+            a0, a1 = max(0, r0 - halo), min(self.height, r1 + halo)
+            data, valid = self._read(a0, a1)
+            sieve_dt = data.dtype if data.dtype != np.uint16 else np.dtype(np.int32)
+            data = _sieve(data.astype(sieve_dt, copy=False), int(sieve), mask=valid, connectivity=4)
+            data = data.astype(self.dtype, copy=False)[r0 - a0:r1 - a0]
+            valid = valid[r0 - a0:r1 - a0]
+        else:
+            data, valid = self._read(r0, r1)
+        emit = valid
+        if keep is not None:
+            emit = emit & np.isin(data, np.asarray(sorted(set(keep)), dtype=np.int64))
+        if boundary is not None:
+            emit = emit & (data != boundary)
+        return Band(r0, r1, np.ascontiguousarray(data), np.ascontiguousarray(emit))
 
 
 class ConfidenceSource:

@@ -1,0 +1,88 @@
+"""Band polygonization in worker processes (the ``shapes`` pass is the cost). Torch-free.
+
+``rasterio.features.shapes`` spends most of its time building Python objects, so threads
+do not help; processes do. Workers read and polygonize bands and return flat numpy arrays
+(:class:`~geoseg.vector.seams.BandPolygons`); the parent merges them in row order. At most
+``2 * workers`` bands are in flight, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+from geoseg.vector.seams import BandPolygons, polygonize_band
+from geoseg.vector.source import ClassSource, ConfidenceSource
+
+#: rasters smaller than this many pixels are polygonized in-process with ``workers=None``
+#: (starting worker processes costs about a second)
+AUTO_WORKERS_MIN_PIXELS = 16 << 20
+
+_OPEN: dict[str, Any] = {}
+
+
+def auto_workers(width: int, height: int) -> int:
+    """Worker count for ``workers=0``: 1 for small rasters, else one per CPU up to 4."""
+    if width * height < AUTO_WORKERS_MIN_PIXELS:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _init(cache_bytes: int) -> None:
+    os.environ["GDAL_CACHEMAX"] = str(int(cache_bytes))
+
+
+def _job(path: str, r0: int, r1: int, sieve: int | None, keep: Sequence[int] | None, boundary: int | None,
+         conf_path: str | None, keep_emit: bool) -> BandPolygons:
+    src = _OPEN.get(path)
+    if src is None:
+        src = _OPEN[path] = ClassSource(path)
+    band = src.band(r0, r1, sieve=sieve, keep=keep, boundary=boundary)
+    conf = None
+    if conf_path is not None:
+        cs = _OPEN.get(conf_path)
+        if cs is None:
+            cs = _OPEN[conf_path] = ConfidenceSource(conf_path, src)
+        conf = cs.read(r0, r1)
+    return polygonize_band(band, conf, keep_emit)
+
+
+def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: Sequence[int] | None,
+                  boundary: int | None, conf: ConfidenceSource | None, keep_emit: bool, workers: int,
+                  cache_bytes: int) -> Iterator[BandPolygons]:
+    """Polygonized bands of ``src`` in row order, from ``workers`` processes (1: in-process)."""
+    starts = list(range(0, src.height, band_rows))
+    if workers <= 1 or len(starts) < 2:
+        for r0 in starts:
+            r1 = min(src.height, r0 + band_rows)
+            band = src.band(r0, r1, sieve=sieve, keep=keep, boundary=boundary)
+            yield polygonize_band(band, conf.read(r0, r1) if conf is not None else None, keep_emit)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    conf_path = conf.ds.name if conf is not None else None
+    keep_l = list(keep) if keep is not None else None
+    from concurrent.futures.process import BrokenProcessPool
+
+    from geoseg.errors import GeosegError
+
+    # "spawn": forking a process that runs GDAL writer threads (or torch) is not safe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init,
+                             initargs=(cache_bytes,)) as ex:
+        pending: deque[Any] = deque()
+        try:
+            for r0 in starts:
+                pending.append(ex.submit(_job, src.ds.name, r0, min(src.height, r0 + band_rows), sieve, keep_l,
+                                         boundary, conf_path, keep_emit))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise GeosegError("vectorize worker processes died (out of memory, or a script without "
+                              "`if __name__ == '__main__':`); use workers=1 / --workers 1") from None
+        finally:
+            for f in pending:
+                f.cancel()
