@@ -72,19 +72,23 @@ def test_raster_labels_train_outputs_and_checkpoint(tmp_path: Path) -> None:
     assert payload["extra"]["epoch"] == 1
 
 
-def test_block_split_counts_each_validation_pixel_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [48, 32])
+def test_block_split_counts_each_validation_pixel_once(tmp_path: Path, block: int) -> None:
     from geoseg.train import data as D
 
-    cfg = _cfg(tmp_path).validate()
+    # block 32 = chip size: regions exactly one chip wide must not be dropped by float rounding
+    cfg = _cfg(tmp_path, val_block=block, val_split=0.25).validate()
     grid = D.image_grid(cfg.images)
     plan = D.plan_labels(cfg, grid)
-    assert plan.split["val_blocks"] == 1 and plan.split["train_blocks"] == 3
-    (bi, bj), = plan.split["val_block_ids"]
-    rows, cols = D._blocks(grid.height, 48), D._blocks(grid.width, 48)
+    val_ids = plan.split["val_block_ids"]
+    assert plan.split["val_blocks"] == len(val_ids) >= 1 and plan.split["train_blocks"] >= 3
+    rows, cols = D._blocks(grid.height, block), D._blocks(grid.width, block)
     with rasterio.open(cfg.labels) as ds:
         lab = ds.read(1)
-    blk = lab[rows[bi][0]:rows[bi][1], cols[bj][0]:cols[bj][1]]
-    expected = np.bincount(blk[blk > 0], minlength=9)
+    expected = np.zeros(9, dtype=np.int64)
+    for bi, bj in val_ids:
+        blk = lab[rows[bi][0]:rows[bi][1], cols[bj][0]:cols[bj][1]]
+        expected += np.bincount(blk[blk > 0], minlength=9)
     mean, std = D.normalization_stats(grid)
     ds_val = D.build_dataset(grid, plan, cfg, "val")
     bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.val_regions, clip=True)
@@ -93,8 +97,11 @@ def test_block_split_counts_each_validation_pixel_once(tmp_path: Path) -> None:
         y = b["mask"].numpy()
         got += np.bincount(y[y != 255], minlength=len(plan.schema))
     np.testing.assert_array_equal(got, expected[[1, 2, 3, 4, 8]])
-    # training counts are the labels of the other three blocks
+    # training counts are the labels of the other blocks
     np.testing.assert_array_equal(plan.train_counts + got, np.bincount(lab[lab > 0], minlength=9)[[1, 2, 3, 4, 8]])
+    # every training block, even one exactly a chip wide, can be sampled
+    sampler = D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0))
+    assert len(sampler.bounds) == plan.split["train_blocks"]
 
 
 def test_same_seed_same_weights_and_exact_resume(tmp_path: Path) -> None:

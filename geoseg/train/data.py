@@ -468,19 +468,42 @@ def train_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig, generator:
     return sampler
 
 
-def val_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig) -> Any:
-    """GridGeoSampler of non-overlapping ``tile_size`` chips over the validation regions.
+def val_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig) -> "GridChips":
+    """GridGeoSampler chips (stride = chip size) over each validation region in turn.
 
     torchgeo 0.8's grid does not clamp the last chip, which may hang past a region;
     :class:`BatchMaker` masks every chip to the region it starts in, so each labelled
     validation pixel is counted exactly once.
     """
-    from torchgeo.samplers import GridGeoSampler
+    return GridChips(grid, plan.val_regions, cfg.tile_size)
 
-    from geoseg.train.datasets import Regions
 
-    return GridGeoSampler(Regions(plan.val_regions, grid.crs, grid.res), size=cfg.tile_size,
-                          stride=cfg.tile_size)
+class GridChips:
+    """One torchgeo ``GridGeoSampler`` per region, chained; keeps chips that start inside their region.
+
+    Regions are grown by a thousandth of a pixel (see :class:`~geoseg.train.datasets.Regions`),
+    which can make torchgeo's ceiling formula add a chip starting exactly at the region's
+    end; that chip belongs to no pixel of the region and is dropped here.
+    """
+
+    def __init__(self, grid: ImageGrid, regions: Sequence[Box], size: int) -> None:
+        from torchgeo.samplers import GridGeoSampler
+
+        from geoseg.train.datasets import Regions
+
+        rx, ry = grid.res
+        self.chips: list[Any] = []
+        for r in regions:
+            for q in GridGeoSampler(Regions([r], grid.crs, grid.res), size=size, stride=size):
+                cx, cy = q[0].start + 0.5 * rx, q[1].start + 0.5 * ry
+                if r[0] <= cx < r[2] and r[1] <= cy < r[3]:
+                    self.chips.append(q)
+
+    def __iter__(self) -> Any:
+        return iter(self.chips)
+
+    def __len__(self) -> int:
+        return len(self.chips)
 
 
 # ---------------------------------------------------------------------- batches

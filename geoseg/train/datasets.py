@@ -86,7 +86,11 @@ class Regions(GeoDataset):
 
     def __init__(self, boxes: Iterable[tuple[float, float, float, float]], crs: CRS,
                  res: tuple[float, float]) -> None:
-        geoms = [shapely.box(*b) for b in boxes]
+        # Grow each box by a thousandth of a pixel: torchgeo compares a region's width with
+        # the chip size in CRS units, and float rounding would otherwise drop regions that
+        # are exactly one chip wide.
+        ex, ey = res[0] * 1e-3, res[1] * 1e-3
+        geoms = [shapely.box(b[0], b[1], b[2] + ex, b[3] + ey) for b in boxes]
         n = len(geoms)
         index = pd.IntervalIndex.from_tuples([(pd.Timestamp.min, pd.Timestamp.max)] * n, closed="both",
                                              name="datetime")

@@ -389,7 +389,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             val = metrics_from_confusion(cm.cpu().numpy(), schema.names)
             val_loss = vl / vn if vn else math.nan
         score = val.miou if val is not None else -train_loss
-        improved = not math.isnan(score) and score > best_miou + 1e-9
+        # the first epoch is always kept, so a best checkpoint exists even if the score is undefined
+        improved = (not math.isnan(score) and score > best_miou + 1e-9) or best_epoch < 0
         rec = EpochRecord(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
                           val_miou=val.miou if val else math.nan, val_macro_f1=val.macro_f1 if val else math.nan,
                           val_overall_accuracy=val.overall_accuracy if val else math.nan,
@@ -397,7 +398,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
                           lr=float(opt.param_groups[0]["lr"]), seconds=time.perf_counter() - t0, best=improved)
         history.append(rec)
         if improved:
-            best_miou, best_epoch, bad_epochs, best_val = score, epoch, 0, val
+            best_miou = score if not math.isnan(score) else best_miou
+            best_epoch, bad_epochs, best_val = epoch, 0, val
         else:
             bad_epochs += 1
         if fabric.is_global_zero:
