@@ -251,9 +251,10 @@ def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: i
                  gdal_cache_mb: float) -> int:
     """Upper estimate of the buffers one run holds (see docs/memory.md), in bytes.
 
-    Accumulator ``(4*(K+1)+1)*T*S``; row bands in flight ``(prefetch+2)*(9*B*T*S)`` (float32
-    data and padded copy, validity, tiles cut from it); finished rows waiting for the writer
-    ``4*T*S*(K+3)``; two batches in and out ``2*4*N*T*T*(B+K)``; the GDAL block cache.
+    Accumulator ``(4*(K+1)+1)*T*S``; row bands in flight ``(prefetch+2)*(itemsize+1)*B*T*S``
+    with the largest itemsize, 8 (raw values plus per-band validity; tiles are views); finished
+    rows waiting for the writer ``4*T*S*(K+3)``; two batches in and out ``2*4*N*T*T*(B+K)``;
+    the GDAL block cache.
     """
     s, t = strip_width + tile, tile
     acc = (4 * (classes + 1) + 1) * t * s
@@ -264,7 +265,7 @@ def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: i
 
 
 def strip_width_for_budget(max_memory_mb: float, tile: int, bands: int, classes: int, batch: int,
-                           prefetch: int, gdal_cache_mb: float, align: int = 1) -> int:
+                           prefetch: int, gdal_cache_mb: float) -> int:
     """Widest column strip whose :func:`buffer_bytes` fit in ``max_memory_mb``."""
     budget = max_memory_mb * 2**20
     per_col = buffer_bytes(1, tile, bands, classes, batch, prefetch, 0) - buffer_bytes(0, tile, bands, classes,
@@ -284,9 +285,8 @@ def _check_disk(out_path: Path, prob_path: Path | None, width: int, height: int,
     import shutil
 
     px = width * height
-    needs: dict[Path, float] = {}
     # staging (uncompressed) plus the COG written beside it (at most the same size again)
-    needs[out_path.parent] = needs.get(out_path.parent, 0) + 2 * px
+    needs: dict[Path, float] = {out_path.parent: 2 * px}
     if prob_path is not None:
         per = (classes + 1) * (4 if prob_dtype == "float32" else 1)
         needs[prob_path.parent] = needs.get(prob_path.parent, 0) + 2 * px * per
@@ -402,8 +402,7 @@ def predict_raster(
         grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
         if max_memory_mb is not None:
             max_strip_width = min(max_strip_width, strip_width_for_budget(
-                max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb,
-                meta.size_multiple))
+                max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb))
         strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
         _check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
         schema = meta.schema
