@@ -105,8 +105,8 @@ class TorchPredictor:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.model = model
-        self._pinned: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        self._turn = 0
+        self._pinned: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
+        self._turn = {"in": 0, "out": 0}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> "TorchPredictor":
@@ -134,14 +134,20 @@ class TorchPredictor:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
-    def _host_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
-        # two pinned buffers per shape, used alternately, so a copy never overwrites one in flight
-        bufs = self._pinned.get(shape)
+    def _host_buffer(self, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """One of two pinned buffers per direction and shape, used alternately.
+
+        Allocating pinned memory is slow, so buffers are reused. With at most two batches in
+        flight (the pipeline submits batch n+1, then takes batch n's result), a buffer is never
+        overwritten while a copy into or out of it is pending or its result is still in use.
+        """
+        key = (kind, tuple(shape))
+        bufs = self._pinned.get(key)
         if bufs is None:
             bufs = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in range(2)]
-            self._pinned[shape] = bufs
-        self._turn ^= 1
-        return bufs[self._turn]
+            self._pinned[key] = bufs
+        self._turn[kind] ^= 1
+        return bufs[self._turn[kind]]
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,22 +167,30 @@ class TorchPredictor:
         return acc
 
     def submit(self, batch: np.ndarray) -> _Pending:
-        """Start predicting ``batch`` (N, bands, H, W) float32; returns a handle with ``result()``."""
+        """Start predicting ``batch`` (N, bands, H, W) float32; returns a handle with ``result()``.
+
+        On CUDA the result is a view of a reused pinned buffer: use it before submitting two more
+        batches (the pipeline does), or copy it.
+        """
         if batch.ndim != 4 or batch.shape[1] != self.meta.num_bands:
             raise ValueError(f"expected (N, {self.meta.num_bands}, H, W), got {batch.shape}")
         if self.device.type == "cpu":
             out = self._forward(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
             return _Pending(out.contiguous(), None, None)
-        pinned = self._host_buffer(batch.shape)
+        pinned = self._host_buffer("in", batch.shape)
         pinned.numpy()[...] = batch
         x = pinned.to(self.device, non_blocking=True)
         out = self._forward(x)
-        host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+        host = self._host_buffer("out", tuple(out.shape))
         host.copy_(out, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         return _Pending(out, host, event)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes, H, W) float32 for ``batch`` (N, bands, H, W) float32."""
-        return self.submit(batch).result()
+        """Probabilities (N, classes, H, W) float32 for ``batch`` (N, bands, H, W) float32.
+
+        The array is the caller's own (on CUDA a copy out of the reused pinned buffer).
+        """
+        res = self.submit(batch).result()
+        return res.copy() if self.device.type == "cuda" else res
