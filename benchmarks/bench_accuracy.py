@@ -98,7 +98,7 @@ def brazil(quick: bool) -> str:
             polys.iloc[tr_idx].to_file(sub)
             t0 = time.perf_counter()
             pred = _geoseg(dict(vector_labels=str(sub), class_field="class", val_split=0.0, tile_size=32,
-                                depth=3, base_channels=16, epochs=8 if quick else 30, samples_per_epoch=64,
+                                depth=3, base_channels=16, epochs=6 if quick else 20, samples_per_epoch=64,
                                 batch_size=16, lr=3e-3, class_weights="auto", seed=k), img, tmp, f"br{k}")
             t_geo += time.perf_counter() - t0
             # the model's class ids are 0..3 in name order, the same as ``names``
@@ -148,8 +148,8 @@ def slovenia(quick: bool) -> str:
                 ds.write(blanked, 1)
             t0 = time.perf_counter()
             pred = _geoseg(dict(labels=str(lp), val_split=0.0, tile_size=32, depth=2, base_channels=32,
-                                epochs=10 if quick else 60, samples_per_epoch=64, batch_size=16, lr=3e-3,
-                                class_weights="auto", seed=k), img, tmp, f"slo{k}")
+                                epochs=6 if quick else 20, samples_per_epoch=64, batch_size=16, lr=3e-3,
+                                seed=k), img, tmp, f"slo{k}")
             t_geo += time.perf_counter() - t0
             cm_geo += confusion_matrix(yi[test], lut[pred][test], n)
             print(f"  slovenia fold {k}: geoseg OA {np.trace(cm_geo) / cm_geo.sum():.3f} "
