@@ -188,7 +188,6 @@ def test_polygon_split_keeps_train_and_val_polygons_apart(tmp_path: Path, brazil
         plan.close()
 
 
-@pytest.mark.slow
 def test_stacked_single_band_files(tmp_path: Path) -> None:
     from geoseg.models import read_meta
     from geoseg.train import train

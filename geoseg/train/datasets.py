@@ -106,14 +106,28 @@ def stack_images(paths: list[str]) -> GeoDataset:
     first = ImageFile(paths[0])
     ds: GeoDataset = first
     for p in paths[1:]:
-        ds = IntersectionDataset(ds, ImageFile(p, crs=first.crs, res=first.res), spatial_only=True)
+        ds = _flat_index(IntersectionDataset(ds, ImageFile(p, crs=first.crs, res=first.res), spatial_only=True))
+    return ds
+
+
+def _flat_index(ds: IntersectionDataset) -> IntersectionDataset:
+    """Give an intersection a plain one-interval index (geometry, filepath, datetime).
+
+    ``IntersectionDataset(spatial_only=True)`` keeps the overlay's ``*_1``/``*_2`` columns,
+    so intersecting it again (a third stacked file) fails in ``geopandas.overlay``. Reads
+    do not use the index (each member dataset is queried), only samplers and ``bounds`` do.
+    """
+    idx = ds.index
+    n = len(idx)
+    times = pd.IntervalIndex.from_tuples([(pd.Timestamp.min, pd.Timestamp.max)] * n, closed="both", name="datetime")
+    ds.index = GeoDataFrame({"filepath": [""] * n}, index=times, geometry=list(idx.geometry), crs=idx.crs)
     return ds
 
 
 def image_with_labels(images: GeoDataset, labels: GeoDataset) -> IntersectionDataset:
     """Pair images and labels; raise :class:`LabelError` when they do not overlap."""
     try:
-        return IntersectionDataset(images, labels, spatial_only=True)
+        return _flat_index(IntersectionDataset(images, labels, spatial_only=True))
     except RuntimeError as e:
         if "intersection" in str(e):
             raise LabelError("the labels do not overlap the image; check that they cover the same area "
