@@ -24,8 +24,34 @@ _PALETTE = [
 ]
 
 
-def default_colour(index: int) -> tuple[int, int, int]:
-    """Colour for the ``index``-th class: Tableau 10, then evenly spread hues."""
+# Conventional land-cover colours for common class names (first matching keyword wins).
+_NAMED = [
+    (("water", "river", "lake", "sea", "reservoir", "ocean"), (31, 120, 220)),
+    (("wetland", "marsh", "swamp", "mangrove"), (90, 170, 170)),
+    (("forest", "tree", "wood"), (30, 110, 45)),
+    (("shrub", "bush", "scrub"), (120, 150, 60)),
+    (("grass", "pasture", "meadow", "herb"), (150, 205, 90)),
+    (("fallow", "fallen", "dry"), (215, 130, 50)),
+    (("cleared", "bare", "soil", "sand", "rock", "barren"), (225, 200, 150)),
+    (("crop", "cultivat", "agri", "field", "corn", "maize", "soy", "wheat", "rice", "cotton"), (235, 200, 40)),
+    (("urban", "built", "building", "artificial", "village", "developed", "settlement", "road"), (200, 50, 50)),
+    (("cloud", "snow", "ice"), (235, 235, 245)),
+    (("boundary", "edge"), (40, 40, 40)),
+    (("background", "other", "unknown"), (170, 170, 170)),
+]
+
+
+def default_colour(index: int, name: str | None = None) -> tuple[int, int, int]:
+    """Colour for the ``index``-th class named ``name``.
+
+    Common land-cover names get their conventional colour (water blue, forest green,
+    crops yellow, built-up red...); others get Tableau 10, then evenly spread hues.
+    """
+    if name:
+        low = name.lower()
+        for keys, colour in _NAMED:
+            if any(k in low for k in keys):
+                return colour
     if index < len(_PALETTE):
         return _PALETTE[index]
     h = (index * 0.618033988749895) % 1.0
@@ -82,7 +108,7 @@ class ClassSchema:
         ids = list(range(len(names))) if ids is None else list(ids)
         if len(ids) != len(names):
             raise UsageError(f"{len(names)} class names but {len(ids)} class ids")
-        return cls(tuple(ClassInfo(int(i), str(n), default_colour(k))
+        return cls(tuple(ClassInfo(int(i), str(n), default_colour(k, str(n)))
                          for k, (i, n) in enumerate(zip(ids, names))), nodata)
 
     @classmethod
@@ -132,7 +158,7 @@ class ClassSchema:
         try:
             classes = tuple(
                 ClassInfo(int(c["id"]), str(c["name"]),
-                          tuple(int(v) for v in c.get("colour", default_colour(k)))[:3])  # type: ignore[arg-type]
+                          tuple(int(v) for v in c.get("colour", default_colour(k, str(c["name"]))))[:3])  # type: ignore[arg-type]
                 for k, c in enumerate(d["classes"])
             )
             return cls(classes, int(d.get("nodata", DEFAULT_NODATA)))

@@ -193,7 +193,7 @@ def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids:
     lut: dict[str, int] = {}
     for idx, (cid, name, ks) in enumerate(entries):
         nice = f"class_{name}" if as_int(name) is not None and all_int else name
-        col = (colours or {}).get(int(cid)) or default_colour(idx)
+        col = (colours or {}).get(int(cid)) or default_colour(idx, nice)
         classes.append(ClassInfo(int(cid), nice, tuple(int(c) for c in col[:3])))  # type: ignore[arg-type]
         for k in ks:
             lut[k] = idx
