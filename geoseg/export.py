@@ -138,9 +138,6 @@ def write_batches(path: str | os.PathLike[str], schema: Any, batches: Iterable[A
 
 def _write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: Any, geometry_type: str,
                layer: str) -> int:
-    import pyarrow as pa
-    import pyogrio
-
     transform = None
     layer_options: dict[str, str] = {}
     out_crs = crs.to_wkt() if crs is not None and hasattr(crs, "to_wkt") else crs
@@ -157,21 +154,197 @@ def _write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs:
             if len(n.encode()) > 10:
                 raise VectorError(f"field {n!r} is longer than 10 characters, which Shapefiles cannot store; "
                                   "write .gpkg instead")
+    if fmt.name == "gpkg":
+        # no R-tree while streaming: GDAL's GeoPackage writer would keep every feature's
+        # bounding box in memory until the end (memory growing with the feature count);
+        # the writer process builds the index once the layer is complete (_gpkg_rtree)
+        layer_options["SPATIAL_INDEX"] = "NO"
     cap = _Capture(batches, transform)
-    reader = pa.RecordBatchReader.from_batches(schema, iter(cap))
-    try:
-        pyogrio.write_arrow(reader, str(tmp), layer=layer, driver=fmt.driver, geometry_name="geometry",
-                            geometry_type=geometry_type, crs=out_crs, layer_options=layer_options or None)
-    except BaseException as e:
-        if cap.error is not None:
-            raise cap.error from None
-        if isinstance(e, GeosegError):
-            raise
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise RasterWriteError(f"{tmp.name}: writing {fmt.driver} failed: {msg}") from None
+    job = {"path": str(tmp), "layer": layer, "driver": fmt.driver, "geometry_type": geometry_type,
+           "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg"}
+    _run_writer(job, schema, cap, f"{tmp.name}: writing {fmt.driver}")
     if cap.error is not None:
         raise cap.error
     return cap.count
+
+
+#: a writer process gets Arrow IPC batches through a pipe (so GDAL's writing, which holds
+#: the GIL in pyogrio, runs beside the polygonizing and merging); what is in flight is
+#: bounded by the pipe buffer plus the batch being written
+_WRITER_CODE = "import sys; sys.path.insert(0, sys.argv[2]); from geoseg.export import _writer_main; _writer_main()"
+
+
+def _run_writer(job: dict[str, Any], schema: Any, cap: "_Capture", what: str) -> None:
+    """Stream ``cap``'s batches to a writer process running :func:`_writer_main`.
+
+    Errors from the batches are kept in ``cap.error`` (re-raised by the caller); errors
+    from the writer become one :class:`RasterWriteError`. The writer has exited when this
+    returns, so the caller may remove the temporary file.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    import pyarrow as pa
+
+    root = str(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER_CODE, json.dumps(job), root],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        assert proc.stdin is not None
+        broken = False
+        try:
+            try:
+                with pa.ipc.new_stream(proc.stdin, schema) as w:
+                    for b in cap:
+                        w.write_batch(b)
+                proc.stdin.close()
+            except (BrokenPipeError, OSError, pa.ArrowIOError):
+                if cap.error is not None:
+                    raise
+                broken = True  # the writer died: its message is on stderr
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        if rc != 0 or broken:
+            err.seek(0)
+            lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+            msg = lines[-1][:300] if lines else f"writer process exited with status {rc}"
+            raise RasterWriteError(f"{what} failed: {msg}")
+
+
+def _writer_main() -> None:
+    """Writer process: Arrow IPC stream on stdin -> ``pyogrio.write_arrow`` (see :func:`_run_writer`)."""
+    import sys
+
+    import pyarrow as pa
+    import pyogrio
+
+    job = json.loads(sys.argv[1])
+    path = Path(job["path"])
+    reader = pa.ipc.open_stream(sys.stdin.buffer)
+    boxes = _BoxSpill(path.with_name(path.name + ".bbox")) if job["rtree"] else None
+    try:
+        if boxes is not None:
+            reader = pa.RecordBatchReader.from_batches(reader.schema, boxes.tap(reader))
+        try:
+            pyogrio.write_arrow(reader, str(path), layer=job["layer"], driver=job["driver"],
+                                geometry_name="geometry", geometry_type=job["geometry_type"], crs=job["crs"],
+                                layer_options=job["layer_options"])
+        except BaseException as e:  # noqa: BLE001
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            sys.stderr.write(f"\n{msg}\n")
+            sys.exit(1)
+        if boxes is not None:
+            boxes.flush()
+            try:
+                _gpkg_rtree(path, job["layer"], boxes)
+            except Exception as e:  # noqa: BLE001
+                sys.stderr.write(f"\nbuilding the spatial index: {e}\n")
+                sys.exit(1)
+    finally:
+        if boxes is not None:
+            boxes.close()
+
+
+class _BoxSpill:
+    """Bounding boxes (minx, maxx, miny, maxy; float64) of the written features, spilled to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = open(path, "wb")
+        self.count = 0
+
+    def tap(self, reader: Any) -> Any:
+        import numpy as np
+        import shapely
+
+        for b in reader:
+            g = shapely.from_wkb(b.column(b.schema.get_field_index("geometry")).to_numpy(zero_copy_only=False))
+            bb = shapely.bounds(g)  # minx, miny, maxx, maxy (NaN for empty/None)
+            np.ascontiguousarray(bb[:, [0, 2, 1, 3]]).tofile(self.f)
+            self.count += len(bb)
+            yield b
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+def _gpkg_rtree(path: Path, layer: str, boxes: _BoxSpill, chunk: int = 1 << 16) -> None:
+    """Add GDAL's R-tree spatial index to a GeoPackage layer written with ``SPATIAL_INDEX=NO``.
+
+    The index's DDL (virtual table, maintenance triggers, ``gpkg_extensions`` rows) is
+    copied from a one-feature layer GDAL writes with its index, so it is exactly what GDAL
+    itself would have created; the boxes come from :class:`_BoxSpill`, in feature order
+    (GDAL numbers features 1..N as written; checked).
+    """
+    import sqlite3
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+    import pyogrio
+    import shapely
+
+    con = sqlite3.connect(str(path))
+    try:
+        (geom_col,) = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?",
+                                  (layer,)).fetchone()
+        with tempfile.TemporaryDirectory(dir=path.parent) as d:
+            ref = Path(d) / "ref.gpkg"
+            wkb = pa.array([shapely.to_wkb(shapely.box(0, 0, 1, 1))], type=pa.large_binary())
+            pyogrio.write_arrow(pa.table({"geometry": wkb}), str(ref), layer=layer, driver="GPKG",
+                                geometry_name="geometry", geometry_type="Polygon")
+            rcon = sqlite3.connect(str(ref))
+            try:
+                rtree = f"rtree_{layer}_{geom_col}"
+                ddl = [r[0] for r in rcon.execute(
+                    "SELECT sql FROM sqlite_master WHERE name = ? OR (type = 'trigger' AND name LIKE ?) "
+                    "ORDER BY type = 'trigger', name", (rtree, rtree + "%"))]
+                ext_table = rcon.execute("SELECT sql FROM sqlite_master WHERE name = 'gpkg_extensions'").fetchone()
+                ext_rows = rcon.execute("SELECT * FROM gpkg_extensions WHERE table_name = ?", (layer,)).fetchall()
+            finally:
+                rcon.close()
+        if not ddl or not ddl[0].upper().startswith("CREATE VIRTUAL TABLE") or not ext_rows:
+            raise VectorError("could not find GDAL's R-tree definition")
+        n = boxes.count
+        lo, hi, cnt = con.execute(f'SELECT min(fid), max(fid), count(*) FROM "{layer}"').fetchone() \
+            if n else (None, None, 0)
+        if n and (lo != 1 or hi != n or cnt != n):
+            raise VectorError(f"unexpected feature ids {lo}..{hi} for {n} features")
+        con.execute("PRAGMA synchronous = OFF")
+        con.execute("PRAGMA cache_size = -65536")  # 64 MiB
+        with con:
+            if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'gpkg_extensions'").fetchone() is None:
+                con.execute(ext_table[0])
+            con.execute(ddl[0])
+            box = np.memmap(boxes.path, dtype=np.float64, mode="r", shape=(n, 4)) if n else np.empty((0, 4))
+            for s in range(0, n, chunk):
+                b = np.asarray(box[s:s + chunk])
+                ok = np.isfinite(b).all(axis=1)
+                ids = np.arange(s + 1, s + 1 + len(b))[ok]
+                con.executemany(f'INSERT INTO "{rtree}" VALUES (?, ?, ?, ?, ?)',
+                                zip(ids.tolist(), *b[ok].T.tolist()))
+            del box
+            for q in ddl[1:]:
+                con.execute(q)
+            con.executemany(f"INSERT INTO gpkg_extensions VALUES ({', '.join('?' * len(ext_rows[0]))})", ext_rows)
+    finally:
+        con.close()
 
 
 def _renamed(schema: Any, renames: dict[str, str]) -> tuple[Any, Any]:
