@@ -239,6 +239,8 @@ def _writer_main() -> None:
                                 geometry_name="geometry", geometry_type=job["geometry_type"], crs=job["crs"],
                                 layer_options=job["layer_options"])
         except BaseException as e:  # noqa: BLE001
+            if boxes is not None and boxes.error is not None:
+                e = boxes.error  # GDAL only says "Error while accessing batch from stream"
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             sys.stderr.write(f"\n{msg}\n")
             sys.exit(1)
@@ -261,17 +263,22 @@ class _BoxSpill:
         self.path = path
         self.f = open(path, "wb")
         self.count = 0
+        self.error: BaseException | None = None
 
     def tap(self, reader: Any) -> Any:
         import numpy as np
         import shapely
 
-        for b in reader:
-            g = shapely.from_wkb(b.column(b.schema.get_field_index("geometry")).to_numpy(zero_copy_only=False))
-            bb = shapely.bounds(g)  # minx, miny, maxx, maxy (NaN for empty/None)
-            np.ascontiguousarray(bb[:, [0, 2, 1, 3]]).tofile(self.f)
-            self.count += len(bb)
-            yield b
+        try:
+            for b in reader:
+                wkb = b.column(b.schema.get_field_index("geometry")).to_numpy(zero_copy_only=False)
+                bb = shapely.bounds(shapely.from_wkb(wkb))  # minx, miny, maxx, maxy (NaN: empty)
+                np.ascontiguousarray(bb[:, [0, 2, 1, 3]]).tofile(self.f)
+                self.count += len(bb)
+                yield b
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self.f.flush()

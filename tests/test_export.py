@@ -203,3 +203,106 @@ def test_geographic_raster_keeps_crs(tmp_path: Path) -> None:
     got = read(out)
     with rasterio.open(src) as ds:
         assert got.crs == ds.crs
+
+
+def _gpkg_index_parts(path: Path, layer: str) -> tuple[list[tuple[str, str]], list[tuple], np.ndarray]:
+    import sqlite3
+
+    con = sqlite3.connect(str(path))
+    try:
+        ddl = con.execute("SELECT name, sql FROM sqlite_master WHERE name LIKE 'rtree_%' ORDER BY name").fetchall()
+        ext = con.execute("SELECT * FROM gpkg_extensions WHERE table_name = ?", (layer,)).fetchall()
+        (col,) = con.execute("SELECT column_name FROM gpkg_geometry_columns").fetchone()
+        rows = np.array(con.execute(f'SELECT * FROM "rtree_{layer}_{col}" ORDER BY id').fetchall(),
+                        dtype=float).reshape(-1, 5)
+    finally:
+        con.close()
+    return ddl, ext, rows
+
+
+@pytest.mark.parametrize("n", [0, 1, 300])
+def test_gpkg_spatial_index_is_gdals(tmp_path: Path, n: int) -> None:
+    """The R-tree built after streaming equals the one GDAL builds itself, and readers use it."""
+    import geopandas as gpd
+    import pyogrio
+
+    rng = np.random.default_rng(n)
+    x, y = rng.random(n) * 1000, rng.random(n) * 1000
+    gdf = gpd.GeoDataFrame({"class_id": np.arange(n, dtype=np.int32)},
+                           geometry=list(shapely.box(x, y, x + 5, y + 7)), crs="EPSG:3857")
+    out = tmp_path / "idx.gpkg"
+    assert write_geodataframe(gdf, out) == n
+    ref = tmp_path / "ref" / "idx.gpkg"
+    ref.parent.mkdir()
+    pyogrio.write_dataframe(gdf, ref, layer="idx", driver="GPKG")  # GDAL's own index
+    ddl, ext, rows = _gpkg_index_parts(out, "idx")
+    rddl, rext, rrows = _gpkg_index_parts(ref, "idx")
+    assert ddl == rddl and len(ddl) >= 5  # virtual table, shadow tables, triggers
+    assert ext == rext and ext[0][2] == "gpkg_rtree_index"
+    assert rows.shape == (n, 5)
+    np.testing.assert_array_equal(rows, rrows)
+    if n:
+        got = gpd.read_file(out, bbox=(0, 0, 500, 500))
+        want = gdf[gdf.intersects(shapely.box(0, 0, 500, 500))]
+        assert sorted(got.class_id) == sorted(want.class_id)
+    if HAVE_OGRINFO:
+        r = subprocess.run(["ogrinfo", "-ro", str(out), "-sql", "SELECT HasSpatialIndex('idx', 'geom')"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and "= 1" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0 and f"Feature Count: {n}" in r.stdout
+
+
+def test_vectorize_gpkg_has_spatial_index(mask_polys) -> None:
+    import sqlite3
+
+    out = mask_polys[2][".gpkg"]
+    con = sqlite3.connect(str(out))
+    try:
+        layer = con.execute("SELECT table_name FROM gpkg_contents").fetchone()[0]
+        n = con.execute(f'SELECT count(*) FROM "{layer}"').fetchone()[0]
+        assert con.execute(f'SELECT count(*) FROM "rtree_{layer}_geom"').fetchone()[0] == n > 0
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        con.close()
+
+
+def _batches_schema() -> tuple:
+    import pyarrow as pa
+
+    schema = pa.schema([("id", pa.int64()), ("geometry", pa.large_binary())])
+
+    def batch(i: int, wkb: bytes) -> object:
+        return pa.RecordBatch.from_arrays([pa.array([i]), pa.array([wkb], type=pa.large_binary())], schema=schema)
+
+    return schema, batch
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".fgb"])
+def test_writer_process_error_is_one_geoseg_error(tmp_path: Path, ext: str) -> None:
+    from geoseg.errors import GeosegError, RasterWriteError
+    from geoseg.export import write_batches
+
+    schema, batch = _batches_schema()
+    out = tmp_path / f"w{ext}"
+    good = batch(1, shapely.to_wkb(shapely.box(0, 0, 1, 1)))
+    bad = batch(2, b"\x01\x03\x00\x00\x00not wkb")
+    with pytest.raises(RasterWriteError) as ei:
+        write_batches(out, schema, [good, bad], crs="EPSG:3857")
+    assert isinstance(ei.value, GeosegError) and "failed" in str(ei.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_producer_error_stops_writer_and_leaves_nothing(tmp_path: Path) -> None:
+    from geoseg.export import write_batches
+
+    schema, batch = _batches_schema()
+    out = tmp_path / "w.gpkg"
+
+    def gen():
+        yield batch(1, shapely.to_wkb(shapely.box(0, 0, 1, 1)))
+        raise ValueError("band 2 broke")
+
+    with pytest.raises(ValueError, match="band 2 broke"):
+        write_batches(out, schema, gen(), crs="EPSG:3857")
+    assert list(tmp_path.iterdir()) == []
