@@ -153,3 +153,31 @@ def test_sigint_sigterm_stop_cleanly_then_resume(tmp_path, sig):
     r = subprocess.run(_infer_cmd(src, model, out, "--resume"), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (out / "inference-img_classes.tif").exists() and not list(out.glob(".*geoseg-tmp*"))
+
+
+def test_train_sigkill_leaves_loadable_checkpoints_and_resumes(tmp_path):
+    """Kill `geoseg train` with SIGKILL mid-run: every checkpoint present loads, and --resume finishes."""
+    from geoseg.models import load_checkpoint
+
+    out = tmp_path / "m.pt"
+    cmd = [sys.executable, "-m", "geoseg", "train", "--image", str(ROOT / "sample_data" / "field.tif"),
+           "--vector-labels", str(ROOT / "sample_data" / "field_training_polygons.gpkg"), "--class-field", "class",
+           "-o", str(out), "--epochs", "3", "--samples-per-epoch", "8", "--batch-size", "4", "--tile-size", "32",
+           "--base-channels", "4", "--depth", "2", "--seed", "0", "-q", "--device", "cpu"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "m.last.pt"
+    deadline = time.time() + 180
+    while not last.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 1.0))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    for ck in tmp_path.glob("*.pt"):
+        load_checkpoint(ck)  # never a truncated file under a final name
+    if p.returncode == 0:
+        pytest.skip("training finished before the kill")
+    r = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    model, meta = load_checkpoint(out)
+    assert meta.schema.names == ["cleared", "fallen_dry", "forest", "water"]
+    assert (tmp_path / "m.metrics.csv").exists()
