@@ -169,7 +169,7 @@ def test_tiny_and_thin_rasters(make_raster, tmp_path, h, w):
         assert (c.read(1) == model.probs(data).argmax(0)).all()
 
 
-def test_deterministic_across_batch_sizes_and_strips(tmp_path):
+def test_deterministic_across_batch_sizes_strips_and_read_threads(tmp_path):
     torch = pytest.importorskip("torch")
     from geoseg.models import build_model, save_checkpoint
 
@@ -180,8 +180,9 @@ def test_deterministic_across_batch_sizes_and_strips(tmp_path):
                      [1000.0] * 8, ClassSchema.default(3), 128, 32)
     ckpt = save_checkpoint(net, meta, tmp_path / "m.pt")
     outs = []
-    for i, (bs, strip) in enumerate([(1, 8192), (7, 8192), (3, 256)]):
-        predict_raster(src, ckpt, tmp_path / f"c{i}.tif", batch_size=bs, max_strip_width=strip, device="cpu")
+    for i, (bs, strip, threads) in enumerate([(1, 8192, 1), (7, 8192, 3), (3, 256, 2)]):
+        predict_raster(src, ckpt, tmp_path / f"c{i}.tif", batch_size=bs, max_strip_width=strip, device="cpu",
+                       read_threads=threads)
         outs.append((tmp_path / f"c{i}.tif").read_bytes())
     assert outs[0] == outs[1] == outs[2]
 
