@@ -162,11 +162,27 @@ def _write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs:
     cap = _Capture(batches, transform)
     job = {"path": str(tmp), "layer": layer, "driver": fmt.driver, "geometry_type": geometry_type,
            "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg"}
-    _run_writer(job, schema, cap, f"{tmp.name}: writing {fmt.driver}")
+    what = f"{tmp.name}: writing {fmt.driver}"
+    if WRITER_PROCESS:
+        _run_writer(job, schema, cap, what)
+    else:
+        import pyarrow as pa
+
+        try:
+            _write_job(job, pa.RecordBatchReader.from_batches(schema, iter(cap)))
+        except BaseException as e:
+            if cap.error is not None:
+                raise cap.error from None
+            if isinstance(e, _WriteFailed):
+                raise RasterWriteError(f"{what} failed: {e}") from None
+            raise
     if cap.error is not None:
         raise cap.error
     return cap.count
 
+
+#: write OGR formats in a separate process (True) or in the calling thread (False)
+WRITER_PROCESS = True
 
 #: a writer process gets Arrow IPC batches through a pipe (so GDAL's writing, which holds
 #: the GIL in pyogrio, runs beside the polygonizing and merging); what is in flight is
@@ -220,16 +236,29 @@ def _run_writer(job: dict[str, Any], schema: Any, cap: "_Capture", what: str) ->
             raise RasterWriteError(f"{what} failed: {msg}")
 
 
+class _WriteFailed(Exception):
+    """A write failed; the message says why (one line)."""
+
+
 def _writer_main() -> None:
-    """Writer process: Arrow IPC stream on stdin -> ``pyogrio.write_arrow`` (see :func:`_run_writer`)."""
+    """Writer process: Arrow IPC stream on stdin -> :func:`_write_job` (see :func:`_run_writer`)."""
     import sys
 
     import pyarrow as pa
+
+    try:
+        _write_job(json.loads(sys.argv[1]), pa.ipc.open_stream(sys.stdin.buffer))
+    except _WriteFailed as e:
+        sys.stderr.write(f"\n{e}\n")
+        sys.exit(1)
+
+
+def _write_job(job: dict[str, Any], reader: Any) -> None:
+    """``pyogrio.write_arrow`` of ``reader`` per ``job``, then the GeoPackage R-tree if asked."""
+    import pyarrow as pa
     import pyogrio
 
-    job = json.loads(sys.argv[1])
     path = Path(job["path"])
-    reader = pa.ipc.open_stream(sys.stdin.buffer)
     boxes = _BoxSpill(path.with_name(path.name + ".bbox")) if job["rtree"] else None
     try:
         if boxes is not None:
@@ -241,16 +270,16 @@ def _writer_main() -> None:
         except BaseException as e:  # noqa: BLE001
             if boxes is not None and boxes.error is not None:
                 e = boxes.error  # GDAL only says "Error while accessing batch from stream"
+            if not isinstance(e, Exception):
+                raise
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            sys.stderr.write(f"\n{msg}\n")
-            sys.exit(1)
+            raise _WriteFailed(msg) from None
         if boxes is not None:
             boxes.flush()
             try:
                 _gpkg_rtree(path, job["layer"], boxes)
             except Exception as e:  # noqa: BLE001
-                sys.stderr.write(f"\nbuilding the spatial index: {e}\n")
-                sys.exit(1)
+                raise _WriteFailed(f"building the spatial index: {e}") from None
     finally:
         if boxes is not None:
             boxes.close()
@@ -316,7 +345,7 @@ def _gpkg_rtree(path: Path, layer: str, boxes: _BoxSpill, chunk: int = 1 << 16) 
             ref = Path(d) / "ref.gpkg"
             wkb = pa.array([shapely.to_wkb(shapely.box(0, 0, 1, 1))], type=pa.large_binary())
             pyogrio.write_arrow(pa.table({"geometry": wkb}), str(ref), layer=layer, driver="GPKG",
-                                geometry_name="geometry", geometry_type="Polygon")
+                                geometry_name="geometry", geometry_type="Polygon", crs="EPSG:4326")
             rcon = sqlite3.connect(str(ref))
             try:
                 rtree = f"rtree_{layer}_{geom_col}"
