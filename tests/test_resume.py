@@ -181,3 +181,38 @@ def test_train_sigkill_leaves_loadable_checkpoints_and_resumes(tmp_path):
     model, meta = load_checkpoint(out)
     assert meta.schema.names == ["cleared", "fallen_dry", "forest", "water"]
     assert (tmp_path / "m.metrics.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "vectorize"])
+def test_sigterm_stops_train_and_vectorize_with_one_line(tmp_path, command):
+    if command == "train":
+        args = ["train", "--image", str(ROOT / "sample_data" / "field.tif"), "--vector-labels",
+                str(ROOT / "sample_data" / "field_training_polygons.gpkg"), "--class-field", "class",
+                "-o", str(tmp_path / "m.pt"), "--epochs", "50", "--tile-size", "32", "--base-channels", "4",
+                "--depth", "2", "-q", "--device", "cpu"]
+        started = tmp_path / "m.last.pt"
+    else:
+        args = ["vectorize", str(shared_file("usda_cdl_kansas/2021_30m_cdls.tif")), "-o", str(tmp_path / "v.gpkg"),
+                "--band-rows", "16", "--workers", "1", "-q"]
+        started = None
+    p = subprocess.Popen([sys.executable, "-m", "geoseg", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while p.poll() is None and time.time() < deadline and (started is None or not started.exists()):
+        time.sleep(0.05)
+        if started is None and time.time() > deadline - 117:
+            break
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("finished before the signal")
+    assert p.returncode == 130, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err
+    if command == "train":
+        assert "--resume" in lines[0]
+        from geoseg.models import load_checkpoint
+
+        load_checkpoint(tmp_path / "m.last.pt")
+    else:
+        assert not (tmp_path / "v.gpkg").exists()
+    assert not [q for q in tmp_path.iterdir() if "geoseg-tmp" in q.name]

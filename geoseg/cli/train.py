@@ -91,8 +91,14 @@ def train(
 
     from geoseg.train.loop import train as run_train
 
-    with _TrainBar(quiet) as cb:
-        report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]])
+    from geoseg.errors import Interrupted
+
+    try:
+        with _TrainBar(quiet) as cb:
+            report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]])
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted("interrupted; checkpoints of finished epochs are kept: run the same command with "
+                          "--resume to continue") from None
     out.print(f"best model: {report.output} (epoch {report.best_epoch + 1}"
               + (f", val macro IoU {report.best_miou:.3f})" if report.best_miou == report.best_miou else ")"))
     out.print(f"last checkpoint: {report.last}")
