@@ -285,6 +285,23 @@ def _write_job(job: dict[str, Any], reader: Any) -> None:
             boxes.close()
 
 
+class _BoxFile:
+    """The spilled boxes, read a slice at a time (a memmap would keep every page it touched resident)."""
+
+    def __init__(self, path: Path, n: int) -> None:
+        self.path, self.n = path, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, sl: slice) -> Any:
+        import numpy as np
+
+        start, stop, _ = sl.indices(self.n)
+        return np.fromfile(self.path, dtype=np.float64, count=4 * max(0, stop - start),
+                           offset=32 * start).reshape(-1, 4)
+
+
 class _BoxSpill:
     """Bounding boxes (minx, maxx, miny, maxy; float64) of the written features, spilled to a file."""
 
@@ -370,7 +387,7 @@ def _gpkg_rtree(path: Path, layer: str, boxes: _BoxSpill, chunk: int = 1 << 16) 
                 con.execute(ext_table[0])
             con.execute(ddl[0])
             if n:
-                _rtree_bulk_load(con, rtree, np.memmap(boxes.path, dtype=np.float64, mode="r", shape=(n, 4)), chunk)
+                _rtree_bulk_load(con, rtree, _BoxFile(boxes.path, n), chunk)
             for q in ddl[1:]:
                 con.execute(q)
             con.executemany(f"INSERT INTO gpkg_extensions VALUES ({', '.join('?' * len(ext_rows[0]))})", ext_rows)
