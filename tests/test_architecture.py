@@ -20,17 +20,19 @@ CLI_FREE = [m for m in TORCH_FREE if not m.startswith("geoseg.cli")] + ["geoseg.
                                                                        "geoseg.train"]
 
 
+def _imports(module: str, forbidden: tuple[str, ...]) -> list[str]:
+    """Which of ``forbidden`` are in sys.modules after importing ``module`` in a fresh interpreter."""
+    code = f"import sys, {module}; print([m for m in {forbidden!r} if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-500:]
+    return eval(r.stdout.strip())  # a printed list of module names
+
+
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_torch_free(module):
-    code = f"import sys, {module}; bad = [m for m in ('torch', 'torchgeo', 'lightning') if m in sys.modules]; " \
-           f"print(bad); sys.exit(1 if bad else 0)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, f"{module} imports {r.stdout.strip()} {r.stderr[-500:]}"
+    assert _imports(module, ("torch", "torchgeo", "lightning")) == []
 
 
 @pytest.mark.parametrize("module", CLI_FREE)
 def test_cli_libraries_stay_in_cli(module):
-    code = f"import sys, {module}; bad = [m for m in ('typer', 'rich') if m in sys.modules]; " \
-           f"print(bad); sys.exit(1 if bad else 0)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, f"{module} imports {r.stdout.strip()} {r.stderr[-500:]}"
+    assert _imports(module, ("typer", "rich")) == []
