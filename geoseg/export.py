@@ -229,6 +229,8 @@ def _run_writer(job: dict[str, Any], schema: Any, cap: "_Capture", what: str) ->
                 proc.stdin.close()
             except OSError:
                 pass
+            # a killed writer cannot remove its spilled boxes itself
+            Path(job["path"] + ".bbox").unlink(missing_ok=True)
         if rc != 0 or broken:
             err.seek(0)
             lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]

@@ -306,7 +306,10 @@ def test_producer_error_stops_writer_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "w.gpkg"
 
     def gen():
+        import time
+
         yield batch(1, shapely.to_wkb(shapely.box(0, 0, 1, 1)))
+        time.sleep(3)  # the writer process is well into its work (its box spill file exists)
         raise ValueError("band 2 broke")
 
     with pytest.raises(ValueError, match="band 2 broke"):
