@@ -147,8 +147,8 @@ def slovenia(quick: bool) -> str:
             with rasterio.open(lp, "w", **prof) as ds:
                 ds.write(blanked, 1)
             t0 = time.perf_counter()
-            pred = _geoseg(dict(labels=str(lp), val_split=0.0, tile_size=32, depth=2, base_channels=32,
-                                epochs=6 if quick else 20, samples_per_epoch=64, batch_size=16, lr=3e-3,
+            pred = _geoseg(dict(labels=str(lp), val_split=0.0, tile_size=64, depth=1, base_channels=16,
+                                epochs=4 if quick else 10, samples_per_epoch=64, batch_size=8, lr=1e-2,
                                 seed=k), img, tmp, f"slo{k}")
             t_geo += time.perf_counter() - t0
             cm_geo += confusion_matrix(yi[test], lut[pred][test], n)
