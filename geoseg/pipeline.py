@@ -14,7 +14,7 @@ and each strip is processed top to bottom, one row of tiles at a time:
   they are normalised, turned into classes, and handed to a writer thread that
   writes them into the output GeoTIFFs.
 
-Peak memory is about ``4 * (classes + 2) * tile * strip_width`` bytes for the
+Peak memory is about ``(8 * (classes + 1) + 1) * tile * strip_width`` bytes for the
 accumulator plus ``prefetch + 2`` row bands of input (``(itemsize + 1) * bands * tile *
 strip_width`` each) plus two batches, independent of raster height; ``max_strip_width``
 bounds it for very wide rasters (:func:`buffer_bytes`). See docs/memory.md.
@@ -210,20 +210,24 @@ def _threaded(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
     q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Queue ``item`` unless the consumer has stopped; never blocks past a stop."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def run() -> None:
         try:
             for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(_END)
+            put(_END)
         except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
-            q.put(e)
+            put(e)
 
     t = threading.Thread(target=run, name="geoseg-reader", daemon=True)
     t.start()
@@ -236,7 +240,10 @@ def _threaded(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
                 raise item
             yield item
     finally:
+        # Wait for the reader to stop (it finishes at most the read in progress): the caller
+        # closes the dataset next, and GDAL must not be reading it then.
         stop.set()
+        t.join()
 
 
 class _Writer:
@@ -303,13 +310,13 @@ def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: i
                  gdal_cache_mb: float, read_threads: int = 1) -> int:
     """Upper estimate of the buffers one run holds (see docs/memory.md), in bytes.
 
-    Accumulator ``(4*(K+1)+1)*T*S``; row bands in flight ``(prefetch+1+threads)*(itemsize+1)*B*T*S``
+    Accumulator ``(8*(K+1)+1)*T*S`` (float64 sums and weights, validity); row bands in flight ``(prefetch+1+threads)*(itemsize+1)*B*T*S``
     with the largest itemsize, 8 (raw values plus per-band validity; tiles are views); finished
     rows waiting for the writer ``4*T*S*(K+3)``; two batches in and out ``2*4*N*T*T*(B+K)``;
     the GDAL block cache.
     """
     s, t = strip_width + tile, tile
-    acc = (4 * (classes + 1) + 1) * t * s
+    acc = (8 * (classes + 1) + 1) * t * s
     rows = (prefetch + 1 + read_threads) * 9 * bands * t * s
     writes = 4 * t * s * (classes + 3)
     batches = 2 * 4 * batch * t * t * (bands + classes)
@@ -527,7 +534,7 @@ def predict_raster(
         tiles_skipped=stats["skipped"], seconds=time.perf_counter() - t0,
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
-        accumulator_bytes=4 * (k + 2) * grid.band_height * widest,
+        accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
         class_pixel_counts=stats["counts"], resumed_from=start if resume else None)
 
 
@@ -625,16 +632,20 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
     current: list[_TileItem] = []
     n_data = 0
     rows_in = _iter_tiles(ds, band_idx, grid, plan, read_threads, prefetch)
-    for row_items in (_threaded(rows_in, maxsize=max(prefetch, 1)) if read_threads <= 1 else rows_in):
-        for item in row_items:
-            current.append(item)
-            n_data += item.data is not None
-            if n_data >= batch_size:
-                handle = submit_batch(current)
-                if in_flight is not None:
-                    finish(*in_flight)
-                in_flight = (current, handle)
-                current, n_data = [], 0
+    source = _threaded(rows_in, maxsize=max(prefetch, 1)) if read_threads <= 1 else rows_in
+    try:
+        for row_items in source:
+            for item in row_items:
+                current.append(item)
+                n_data += item.data is not None
+                if n_data >= batch_size:
+                    handle = submit_batch(current)
+                    if in_flight is not None:
+                        finish(*in_flight)
+                    in_flight = (current, handle)
+                    current, n_data = [], 0
+    finally:
+        source.close()  # stop the readers now, before the caller closes the dataset
     handle = submit_batch(current) if current else None
     if in_flight is not None:
         finish(*in_flight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from geoseg.classes import ClassSchema
@@ -54,6 +54,7 @@ def layout(draw):
 
 
 @given(layout())
+@example(case=(0, 7, 6, 26, 27, "triangular", 256, 1))  # 7 tiles over a pixel: float32 sums were off by 1.1e-6
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_blending_reproduces_fixed_function_exactly(make_raster, tmp_path_factory, case):
     depth, size, overlap, h, w, blend, strip, batch = case
