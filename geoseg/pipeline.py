@@ -513,8 +513,12 @@ def predict_raster(
                              on_progress, t0, start, threads)
             finally:
                 writer.close()
+            # two phases: every COG is built before any is renamed into place, so an interruption
+            # leaves either all outputs or none (the renames take microseconds)
             for s in sinks:
-                s.commit()
+                s.finalize()
+            for s in sinks:
+                s.publish()
             clear_state(out_path, staged)
             ok = True
         except (KeyboardInterrupt, Interrupted):

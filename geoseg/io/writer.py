@@ -129,25 +129,35 @@ class GeoTiffSink:
             os.close(fd)
         self._ds = rasterio.open(self.staging, "r+")
 
-    def commit(self) -> Path:
-        """Close, convert to COG beside ``dest``, rename over ``dest``, delete the staging file."""
+    def finalize(self) -> Path:
+        """Close and convert the staging file to a COG in a temporary file beside ``dest``."""
         self._ds.close()
-        final_tmp = temp_path_for(self.dest)
+        self._final_tmp = temp_path_for(self.dest)
         try:
-            rasterio.shutil.copy(self.staging, final_tmp, driver="COG",
+            rasterio.shutil.copy(self.staging, self._final_tmp, driver="COG",
                                  OVERVIEW_RESAMPLING=self.resampling.upper(), **COG_OPTIONS)
-            commit(final_tmp, self.dest)
         except (RasterioIOError, OSError) as e:
-            remove_quietly(final_tmp)
+            remove_quietly(self._final_tmp)
             raise RasterWriteError(f"{self.dest}: cannot finish output: {str(e).splitlines()[0][:200]}") from None
-        finally:
-            remove_quietly(self.staging)
+        return self._final_tmp
+
+    def publish(self) -> Path:
+        """Rename the finished COG over ``dest`` and delete the staging file."""
+        commit(self._final_tmp, self.dest)
+        remove_quietly(self.staging)
         return self.dest
+
+    def commit(self) -> Path:
+        """:meth:`finalize` then :meth:`publish` (one output)."""
+        self.finalize()
+        return self.publish()
 
     def abort(self, keep_staging: bool = False) -> None:
         """Close and remove temporary files (keep the staging file for resuming if asked)."""
         with contextlib.suppress(Exception):
             self._ds.close()
+        if getattr(self, "_final_tmp", None) is not None:
+            remove_quietly(self._final_tmp)
         if not keep_staging:
             remove_quietly(self.staging)
 
