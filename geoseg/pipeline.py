@@ -42,7 +42,8 @@ from geoseg.io.atomic import check_destination
 from geoseg.io.raster import inspect, open_raster, read_window, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
-from geoseg.resume import RunState, clear_state, file_fingerprint, find_resume_state, staging_path, state_path
+from geoseg.resume import (RunState, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
+                           staging_path, state_path)
 from geoseg.tiling import TileGrid, column_strips, tiles_touching
 
 
@@ -487,6 +488,9 @@ def predict_raster(
         state = find_resume_state(out_path, key, staged) if resume else RunState(key)
         if not resume:
             clear_state(out_path, staged)
+        for dest in (out_path, prob_path):
+            if dest is not None:
+                remove_leftovers(dest)
         start = (state.strip, state.rows_done)
 
         tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,

@@ -94,6 +94,18 @@ def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> Ru
     return st
 
 
+def remove_leftovers(dest: Path) -> None:
+    """Delete temporary files of an earlier, killed run for ``dest``.
+
+    These are its unfinished COG (``.<stem>.geoseg-tmp-<id>.tif``) and GDAL's own temporary
+    overview file beside it (``....tif.ovr.tmp``). The staging file and the state are kept:
+    they are what ``--resume`` continues from.
+    """
+    for p in dest.parent.glob(f".{dest.stem}{TMP_MARKER}-*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 def clear_state(dest: Path, staged: list[Path]) -> None:
     for p in [state_path(dest), *staged]:
         with contextlib.suppress(OSError):

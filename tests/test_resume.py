@@ -59,6 +59,9 @@ def test_resume_after_interrupt_is_identical(raster, tmp_path, fail_after, strip
         run(raster, part, ConvModel(fail_after), max_strip_width=strip)
     assert not (part / "c.tif").exists()  # nothing at the destination
     assert list(part.glob(".*geoseg-tmp*"))  # staging kept for resuming
+    # what a SIGKILL during the COG step leaves: an unfinished COG and GDAL's overview temp file
+    (part / ".c.geoseg-tmp-deadbeef.tif").write_bytes(b"partial")
+    (part / ".c.geoseg-tmp-deadbeef.tif.ovr.tmp").write_bytes(b"partial")
     model = ConvModel()
     rep = run(raster, part, model, max_strip_width=strip, resume=True)
     assert rep.resumed_from is not None
