@@ -39,6 +39,7 @@ from rasterio.windows import Window
 from geoseg.blend import DEFAULT_BLEND, BLEND_WINDOWS, RowBandAccumulator, WeightCache
 from geoseg.errors import Interrupted, NodataWarning, RasterWriteError, UsageError
 from geoseg.io.atomic import check_destination
+from geoseg.io.threads import prefetch_in_thread
 from geoseg.io.raster import inspect, open_raster, read_window, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
@@ -204,47 +205,6 @@ def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
         pool.shutdown(wait=True)
         for handle in opened:
             handle.close()
-
-
-def _threaded(gen: Iterator[Any], maxsize: int) -> Iterator[Any]:
-    """Run ``gen`` in a background thread with a bounded queue; re-raise its exceptions here."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        """Queue ``item`` unless the consumer has stopped; never blocks past a stop."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in gen:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
-            put(e)
-
-    t = threading.Thread(target=run, name="geoseg-reader", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        # Wait for the reader to stop (it finishes at most the read in progress): the caller
-        # closes the dataset next, and GDAL must not be reading it then.
-        stop.set()
-        t.join()
 
 
 class _Writer:
@@ -640,7 +600,7 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
     current: list[_TileItem] = []
     n_data = 0
     rows_in = _iter_tiles(ds, band_idx, grid, plan, read_threads, prefetch)
-    source = _threaded(rows_in, maxsize=max(prefetch, 1)) if read_threads <= 1 else rows_in
+    source = prefetch_in_thread(rows_in, prefetch, "geoseg-reader") if read_threads <= 1 else rows_in
     try:
         for row_items in source:
             for item in row_items:

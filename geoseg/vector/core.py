@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from geoseg.errors import UsageError
+from geoseg.io.threads import prefetch_in_thread
 from geoseg.vector.measure import Measurer
 from geoseg.vector.post import EmitMaskStore, coverage_simplify, fill_holes as _fill_holes, parse_tolerance
 from geoseg.vector.parallel import auto_workers, band_polygons
@@ -143,59 +144,6 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
     finally:
         if store is not None:
             store.close()
-
-
-def _prefetched(gen: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run ``gen`` in a worker thread, ``depth`` items ahead of the consumer.
-
-    The consumer (GDAL writing a batch, with the GIL released) and the producer (reading
-    and polygonizing the next band) then overlap. Exceptions reach the consumer; closing
-    the consumer stops the worker.
-    """
-    import queue
-    import threading
-
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def work() -> None:
-        try:
-            for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put((True, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-        except BaseException as e:  # noqa: BLE001
-            q.put((False, e))
-            return
-        finally:
-            if stop.is_set():
-                gen.close()  # type: ignore[attr-defined]
-        q.put((True, end))
-
-    t = threading.Thread(target=work, name="geoseg-vectorize", daemon=True)
-    t.start()
-    try:
-        while True:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        t.join()
 
 
 def _to_batch(plan: _Plan, chunk: Chunk, store: EmitMaskStore | None, report: VectorizeReport, next_id: int,
@@ -332,7 +280,7 @@ def vectorize(
                                  crs=crs_wkt, simplify=plan.simplify_desc, empty=True,
                                  warnings=list(plan.warnings))
         try:
-            batches = _prefetched(_batches(plan, conf_src, report, on_progress, t0))
+            batches = prefetch_in_thread(_batches(plan, conf_src, report, on_progress, t0))
             schema = arrow_schema(conf_src is not None)
             if dest is None:
                 return _to_geodataframe(list(batches), schema, src.crs)
