@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -119,6 +120,9 @@ def test_outputs_georeferenced_cog_with_schema(tmp_path):
         assert "field" in c.tags()["geoseg_classes"]
         assert p.count == 4 and p.descriptions[-1] == "confidence"
         assert p.dtypes[0] == "uint8"
+        # four Byte bands must not become an RGBA image with the confidence as alpha
+        assert not {ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha} & set(p.colorinterp)
+        assert p.mask_flag_enums[3] == [MaskFlags.per_dataset]  # the nodata mask, not an alpha band
         probs = p.read().astype(np.int32)
         assert np.abs(probs[:3].sum(0) - 255).max() <= 2  # scaled probabilities sum to 255
         assert (probs[3] == probs[:3].max(0)).all()  # confidence is the top probability

@@ -81,6 +81,11 @@ class GeoTiffSink:
             profile.update(tiled=False)
             profile.pop("blockxsize")
             profile.pop("blockysize")
+        if count > 1:
+            # never RGB(A): with 3 or 4 Byte bands GDAL would call the bands red, green, blue
+            # and alpha, and viewers would draw probabilities as a colour image with the
+            # confidence as transparency
+            profile.update(photometric="MINISBLACK")
         self.has_mask = mask
         try:
             if resume and self.staging.exists():
@@ -97,6 +102,12 @@ class GeoTiffSink:
                 if band_tags:
                     for i, bt in enumerate(band_tags[:count], start=1):
                         self._ds.update_tags(i, **bt)
+                if mask:
+                    # create the internal mask now, in this thread, before any pixel is written:
+                    # creating it later, while row bands stream in from the writer thread, has
+                    # been seen to lose a dirty block of the last band
+                    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                        self._ds.write_mask(np.zeros((1, 1), dtype=np.uint8), window=Window(0, 0, 1, 1))
         except (RasterioIOError, OSError) as e:
             remove_quietly(self.staging)
             raise RasterWriteError(f"{self.dest}: cannot create output: {str(e).splitlines()[0][:200]}") from None
@@ -113,8 +124,7 @@ class GeoTiffSink:
         """Write the dataset mask (h, w) uint8, 255 valid / 0 nodata, with its top-left at (row, col)."""
         h, w = mask.shape
         try:
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-                self._ds.write_mask(mask, window=Window(col, row, w, h))
+            self._ds.write_mask(mask, window=Window(col, row, w, h))  # the mask exists (see __init__)
         except (RasterioIOError, OSError) as e:
             raise RasterWriteError(f"{self.dest}: write failed (disk full?): {str(e).splitlines()[0][:200]}") from None
 
