@@ -319,8 +319,10 @@ class _BoxSpill:
 
         try:
             for b in reader:
-                wkb = b.column(b.schema.get_field_index("geometry")).to_numpy(zero_copy_only=False)
-                bb = shapely.bounds(shapely.from_wkb(wkb))  # minx, miny, maxx, maxy (NaN: empty)
+                col = b.column(b.schema.get_field_index("geometry"))
+                bb = _polygon_wkb_bounds(col)
+                if bb is None:  # not plain little-endian 2-D polygons: let shapely parse them
+                    bb = shapely.bounds(shapely.from_wkb(col.to_numpy(zero_copy_only=False)))
                 np.ascontiguousarray(bb[:, [0, 2, 1, 3]]).tofile(self.f)
                 self.count += len(bb)
                 yield b
@@ -337,6 +339,68 @@ class _BoxSpill:
             self.path.unlink()
         except OSError:
             pass
+
+
+def _polygon_wkb_bounds(col: Any) -> Any:
+    """(minx, miny, maxx, maxy) per feature of a (large_)binary WKB column, or None.
+
+    A fast path for what :func:`geoseg.vectorize` writes: little-endian 2-D Polygons, whose
+    bounds are those of their exterior ring, read straight from the WKB buffer with numpy
+    (shapely would build every geometry first). Empty polygons get NaN, as in shapely.
+    Returns None if any feature is something else (the caller falls back to shapely).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    n = len(col)
+    if n == 0:
+        return np.empty((0, 4))
+    if col.null_count or not (pa.types.is_large_binary(col.type) or pa.types.is_binary(col.type)):
+        return None
+    _, offs_buf, data_buf = col.buffers()
+    otype = np.int64 if pa.types.is_large_binary(col.type) else np.int32
+    off = np.frombuffer(offs_buf, dtype=otype, count=n + 1, offset=col.offset * np.dtype(otype).itemsize)
+    off = off.astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8)
+    length = np.diff(off)
+    if (length < 9).any():
+        return None
+    start = off[:-1]
+
+    def u32(pos: Any) -> Any:
+        b = data[pos[:, None] + np.arange(4)].astype(np.uint32)
+        return b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
+
+    if not ((data[start] == 1).all() and (u32(start + 1) == 3).all()):
+        return None  # big-endian, or not a 2-D Polygon
+    rings = u32(start + 5)
+    out = np.full((n, 4), np.nan)
+    has = rings > 0
+    if not has.any():
+        return out
+    s = start[has]
+    if (length[has] < 13).any():
+        return None
+    npts = u32(s + 9).astype(np.int64)
+    if (npts < 1).any() or (13 + 16 * npts > length[has]).any():
+        return None
+    # every exterior-ring coordinate: float64 pairs from byte s + 13
+    first = np.zeros(len(s) + 1, np.int64)
+    np.cumsum(npts, out=first[1:])
+    pos = np.repeat(s + 13 - 16 * first[:-1], npts) + 16 * np.arange(first[-1])  # byte offset of each x
+    x, y = np.empty(len(pos)), np.empty(len(pos))
+    align = pos % 8
+    for a in np.unique(align).tolist():  # WKB doubles need not be 8-byte aligned: one view per alignment
+        view = np.frombuffer(data_buf, dtype="<f8", offset=a, count=(data_buf.size - a) // 8)
+        m = align == a
+        k = (pos[m] - a) // 8
+        x[m], y[m] = view[k], view[k + 1]
+    lo = first[:-1]
+    out[has, 0] = np.minimum.reduceat(x, lo)
+    out[has, 1] = np.minimum.reduceat(y, lo)
+    out[has, 2] = np.maximum.reduceat(x, lo)
+    out[has, 3] = np.maximum.reduceat(y, lo)
+    return out
 
 
 def _gpkg_rtree(path: Path, layer: str, boxes: _BoxSpill, chunk: int = 1 << 16) -> None:
@@ -477,8 +541,11 @@ def _rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
         o = str_order(b)
         nos, nb, next_no, nodes, rows = pack(ids[o], b[o], 0, next_no)
         con.executemany(f'INSERT INTO "{rtree}_node" VALUES (?, ?)', nodes)
-        con.executemany(f'INSERT INTO "{rtree}_rowid" VALUES (?, ?)',
-                        ((int(r), no) for no, rr in rows for r in rr))
+        # in id order: SQLite appends to the rowid table instead of inserting at random places
+        rid = np.concatenate([rr for _, rr in rows])
+        rno = np.repeat([no for no, _ in rows], [len(rr) for _, rr in rows])
+        o = np.argsort(rid, kind="stable")
+        con.executemany(f'INSERT INTO "{rtree}_rowid" VALUES (?, ?)', zip(rid[o].tolist(), rno[o].tolist()))
         level_ids.append(nos)
         level_box.append(nb)
     if total == 0:

@@ -344,3 +344,35 @@ def test_rtree_bulk_load_answers_like_sqlite(n: int, chunk: int) -> None:
         w = "SELECT id FROM rt WHERE maxx >= ? AND minx <= ? AND maxy >= ? AND miny <= ? ORDER BY id"
         args = (qx, qx + 5000, qy, qy + 5000)
         assert con.execute(w, args).fetchall() == ref.execute(w, args).fetchall()
+
+
+def test_polygon_wkb_bounds_equal_shapely() -> None:
+    """The numpy WKB reader behind the GeoPackage R-tree gives shapely's bounds, or declines."""
+    import pyarrow as pa
+    import shapely
+
+    from geoseg.export import _polygon_wkb_bounds
+
+    rng = np.random.default_rng(0)
+    geoms = [shapely.Polygon()]  # empty: NaN bounds, as in shapely
+    for _ in range(300):
+        x, y = rng.uniform(-1e6, 1e6, 2)
+        w, h = rng.uniform(1, 500, 2)
+        shell = shapely.box(x, y, x + w, y + h)
+        if rng.random() < 0.3:
+            shell = shell.difference(shapely.box(x + w / 4, y + h / 4, x + w / 2, y + h / 2))  # a hole
+        if rng.random() < 0.3:
+            shell = shapely.segmentize(shell, w / 7)  # more vertices: unaligned doubles further on
+        geoms.append(shell)
+    wkb = shapely.to_wkb(np.array(geoms, dtype=object))
+    for typ in (pa.large_binary(), pa.binary()):
+        col = pa.array(wkb, type=typ)
+        for sl in (col, col.slice(7, 100)):  # sliced arrays have an offset into the buffers
+            want = shapely.bounds(shapely.from_wkb(sl.to_numpy(zero_copy_only=False)))
+            got = _polygon_wkb_bounds(sl)
+            assert got is not None
+            np.testing.assert_array_equal(got, want)
+    multi = shapely.to_wkb(np.array([shapely.MultiPolygon([geoms[1]])], dtype=object))
+    assert _polygon_wkb_bounds(pa.array(multi, type=pa.large_binary())) is None
+    big = shapely.to_wkb(np.array(geoms[1:3], dtype=object), byte_order=0)
+    assert _polygon_wkb_bounds(pa.array(big, type=pa.large_binary())) is None
