@@ -390,7 +390,7 @@ def _polygon_wkb_bounds(col: Any) -> Any:
     pos = np.repeat(s + 13 - 16 * first[:-1], npts) + 16 * np.arange(first[-1])  # byte offset of each x
     x, y = np.empty(len(pos)), np.empty(len(pos))
     align = pos % 8
-    for a in np.unique(align).tolist():  # WKB doubles need not be 8-byte aligned: one view per alignment
+    for a in np.flatnonzero(np.bincount(align, minlength=8)).tolist():  # WKB doubles need not be 8-byte aligned: one view per alignment
         view = np.frombuffer(data_buf, dtype="<f8", offset=a, count=(data_buf.size - a) // 8)
         m = align == a
         k = (pos[m] - a) // 8
@@ -509,15 +509,17 @@ def _rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
 
     def pack(ids: Any, b: Any, depth: int, next_no: int) -> tuple[Any, Any, int, list, list]:
         """Nodes of ``maxc`` cells; returns their numbers and boxes, and the rows to write."""
-        nodes, rows, nos, nb = [], [], [], []
-        for s in range(0, len(ids), maxc):
+        nodes, rows, nos = [], [], []
+        starts = np.arange(0, len(ids), maxc)
+        for s in starts.tolist():
             i, bb = ids[s:s + maxc], b[s:s + maxc]
             nodes.append((next_no, blob(i, bb, depth)))
             rows.append((next_no, i))
             nos.append(next_no)
-            nb.append([bb[:, 0].min(), bb[:, 1].max(), bb[:, 2].min(), bb[:, 3].max()])
             next_no += 1
-        return np.array(nos, np.int64), np.array(nb, np.float32).reshape(-1, 4), next_no, nodes, rows
+        nb = np.column_stack([np.minimum.reduceat(b[:, 0], starts), np.maximum.reduceat(b[:, 1], starts),
+                              np.minimum.reduceat(b[:, 2], starts), np.maximum.reduceat(b[:, 3], starts)])
+        return np.array(nos, np.int64), nb.astype(np.float32).reshape(-1, 4), next_no, nodes, rows
 
     n = len(box)
     total = 0
@@ -545,7 +547,14 @@ def _rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
         rid = np.concatenate([rr for _, rr in rows])
         rno = np.repeat([no for no, _ in rows], [len(rr) for _, rr in rows])
         o = np.argsort(rid, kind="stable")
-        con.executemany(f'INSERT INTO "{rtree}_rowid" VALUES (?, ?)', zip(rid[o].tolist(), rno[o].tolist()))
+        rid, rno = rid[o], rno[o]
+        if rid[-1] - rid[0] == len(rid) - 1:
+            # consecutive ids (no empty geometry in this chunk): one statement, the node
+            # numbers passed as a JSON array that SQLite unpacks in C (~3x executemany's speed)
+            con.execute(f'INSERT INTO "{rtree}_rowid" SELECT key + ?, value FROM json_each(?)',
+                        (int(rid[0]), "[" + ",".join(map(str, rno.tolist())) + "]"))
+        else:
+            con.executemany(f'INSERT INTO "{rtree}_rowid" VALUES (?, ?)', zip(rid.tolist(), rno.tolist()))
         level_ids.append(nos)
         level_box.append(nb)
     if total == 0:
