@@ -229,7 +229,7 @@ def vectorize(
     seams are merged exactly, so the result equals one whole-raster polygonization. Memory
     is one band plus the polygons still open across the current seam (plus, when writing,
     the polygons of one band); it does not grow with the raster height, and with the default
-    ``band_rows`` a band holds about 1 M pixels whatever the width.
+    ``band_rows`` a band holds about 2 M pixels whatever the width.
 
     Args:
         source: class raster (band 1; integer class ids; nodata/mask pixels are skipped).
@@ -249,7 +249,7 @@ def vectorize(
         probabilities: probability raster from ``geoseg infer`` (last band ``confidence``);
             adds ``confidence_mean`` (0-1).
         overwrite: replace an existing ``output``.
-        band_rows: rows per band (default: about 1 M pixels per band, at least 16 rows).
+        band_rows: rows per band (default: about 2 M pixels per band, at least 16 rows).
         workers: processes polygonizing bands in parallel (``spawn``ed; call from under
             ``if __name__ == "__main__":`` in scripts). Default 1 (in-process); 0 picks 1 below
             16 M pixels, else one per CPU up to 4 (what the CLI does). The seam merge and the
