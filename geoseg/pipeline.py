@@ -308,7 +308,7 @@ def _check_disk(out_path: Path, prob_path: Path | None, width: int, height: int,
     # staging (uncompressed) plus the COG written beside it (at most the same size again)
     needs: dict[Path, float] = {out_path.parent: 2 * px}
     if prob_path is not None:
-        per = (classes + 1) * (4 if prob_dtype == "float32" else 1)
+        per = (classes + 1) * 4 if prob_dtype == "float32" else classes + 2  # uint8: + the mask band
         needs[prob_path.parent] = needs.get(prob_path.parent, 0) + 2 * px * per
     for d, need in needs.items():
         if resume:

@@ -24,7 +24,7 @@ from typing import Any
 from geoseg.errors import UsageError
 from geoseg.io.atomic import TMP_MARKER
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: uint8 probability staging files keep the mask as an extra band
 
 
 def staging_path(dest: str | os.PathLike[str]) -> Path:
