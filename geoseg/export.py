@@ -390,7 +390,8 @@ def _polygon_wkb_bounds(col: Any) -> Any:
     pos = np.repeat(s + 13 - 16 * first[:-1], npts) + 16 * np.arange(first[-1])  # byte offset of each x
     x, y = np.empty(len(pos)), np.empty(len(pos))
     align = pos % 8
-    for a in np.flatnonzero(np.bincount(align, minlength=8)).tolist():  # WKB doubles need not be 8-byte aligned: one view per alignment
+    # WKB doubles need not be 8-byte aligned: one float64 view of the buffer per alignment
+    for a in np.flatnonzero(np.bincount(align, minlength=8)).tolist():
         view = np.frombuffer(data_buf, dtype="<f8", offset=a, count=(data_buf.size - a) // 8)
         m = align == a
         k = (pos[m] - a) // 8
