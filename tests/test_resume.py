@@ -62,6 +62,7 @@ def test_resume_after_interrupt_is_identical(raster, tmp_path, fail_after, strip
     # what a SIGKILL during the COG step leaves: an unfinished COG and GDAL's overview temp file
     (part / ".c.geoseg-tmp-deadbeef.tif").write_bytes(b"partial")
     (part / ".c.geoseg-tmp-deadbeef.tif.ovr.tmp").write_bytes(b"partial")
+    (part / ".p.geoseg-tmp-deadbeef.vrt").write_bytes(b"<VRTDataset/>")  # the COG step's mask VRT
     model = ConvModel()
     rep = run(raster, part, model, max_strip_width=strip, resume=True)
     assert rep.resumed_from is not None
