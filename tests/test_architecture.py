@@ -36,3 +36,14 @@ def test_torch_free(module):
 @pytest.mark.parametrize("module", CLI_FREE)
 def test_cli_libraries_stay_in_cli(module):
     assert _imports(module, ("typer", "rich")) == []
+
+
+def test_cli_choices_match_the_registries() -> None:
+    """The CLI's --arch and --tta choices are spelled out (so --help needs no torch); they must not drift."""
+    from geoseg.cli.infer import Tta
+    from geoseg.cli.train import Arch
+    from geoseg.models.registry import MODELS
+    from geoseg.predict.engine import TTA
+
+    assert [a.value for a in Arch] == list(MODELS)
+    assert [t.value for t in Tta] == list(TTA)
