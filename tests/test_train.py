@@ -231,3 +231,63 @@ def test_label_raster_in_another_crs_is_warped(tmp_path: Path) -> None:
                                     bm, cfg)))
     assert batch["image"].shape == (4, 68, 32, 32)
     assert (batch["mask"] != 255).float().mean() > 0.5  # the warped labels land on the image chips
+
+
+# ---------------------------------------------------------------------- time series: tempcnn, band dropout
+def test_tempcnn_trains_with_band_dropout_and_round_trips_into_infer(tmp_path: Path) -> None:
+    """The per-pixel temporal CNN on the 68-date NDVI stack: small chips, no tile overlap, infer works."""
+    from geoseg.models import load_checkpoint
+    from geoseg.pipeline import predict_raster
+    from geoseg.train import train
+
+    cfg = _cfg(tmp_path, arch="tempcnn", tile_size=8, batch_size=8, samples_per_epoch=32, band_dropout=0.3,
+               val_block=24, depth=3)
+    rep = train(cfg)
+    model, meta = load_checkpoint(rep.output)
+    assert meta.arch == "tempcnn" and meta.arch_args["bands_per_date"] == 1
+    assert meta.overlap == 0  # a per-pixel model needs no overlap between tiles
+    assert meta.training["config"]["band_dropout"] == 0.3
+    out = tmp_path / "c.tif"
+    r = predict_raster(cfg.images[0], rep.output, out, tile_size=64, overlap=0)
+    with rasterio.open(out) as ds:
+        cls = ds.read(1)
+    assert r.overlap == 0 and set(np.unique(cls)) <= {1, 2, 3, 4, 8}
+    # per pixel: predicting a window alone gives the same classes as the whole raster
+    sub = tmp_path / "sub.tif"
+    with rasterio.open(cfg.images[0]) as src:
+        win = rasterio.windows.Window(13, 29, 37, 41)
+        prof = dict(src.profile, width=37, height=41, transform=src.window_transform(win))
+        with rasterio.open(sub, "w", **prof) as dst:
+            dst.write(src.read(window=win))
+    predict_raster(sub, rep.output, tmp_path / "sub_c.tif", tile_size=16, overlap=0)
+    with rasterio.open(tmp_path / "sub_c.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), cls[29:70, 13:50])
+
+
+def test_tempcnn_refuses_bands_that_are_not_whole_dates(tmp_path: Path) -> None:
+    from geoseg.errors import UsageError
+    from geoseg.train import train
+
+    with pytest.raises(UsageError, match="whole number of dates"):
+        train(_cfg(tmp_path, arch="tempcnn", tile_size=8, bands_per_date=3))  # 68 bands
+
+
+def test_band_dropout_replaces_whole_bands_by_their_mean() -> None:
+    from geoseg.train import data as D
+
+    class _Grid:
+        nodata = [float("nan")] * 6
+
+    x = torch.arange(2 * 6 * 4 * 4, dtype=torch.float32).reshape(2, 6, 4, 4) + 1
+    mask = torch.ones(2, 4, 4, dtype=torch.long)
+    lut = np.array([255, 0])
+    plain = D.BatchMaker(_Grid(), lut, [0.0] * 6, [1.0] * 6, augment="none")
+    drop = D.BatchMaker(_Grid(), lut, [0.0] * 6, [1.0] * 6, augment="none", band_dropout=0.5, seed=1)
+    a = plain.process(x, mask)["image"]
+    b = drop.process(x, mask)["image"]
+    zero = (b == 0).flatten(2).all(-1)  # (sample, band) fully replaced by the mean (0)
+    kept = (b == a).flatten(2).all(-1)
+    assert (zero ^ kept).all() and zero.any() and kept.any()
+    drop.set_epoch(0)
+    assert torch.equal(drop.process(x, mask)["image"], b)  # same seed and epoch: same draws
+    assert torch.equal(plain.process(x, mask)["image"], a)  # off: unchanged

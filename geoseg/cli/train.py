@@ -15,6 +15,7 @@ from geoseg.cli import app
 class Arch(str, Enum):
     unet = "unet"
     smp_unet = "smp-unet"
+    tempcnn = "tempcnn"
 
 
 class Weights(str, Enum):
@@ -35,21 +36,23 @@ def train(
     class_field: Annotated[Optional[str], typer.Option(help="Attribute of the polygons holding the class (name or number).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
-    arch: Annotated[Optional[Arch], typer.Option(help="Architecture.")] = None,
+    arch: Annotated[Optional[Arch], typer.Option(help="Architecture; tempcnn: per-pixel temporal CNN for stacks of many dates [unet].")] = None,
     base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
     depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
     encoder: Annotated[Optional[str], typer.Option(help="smp-unet: encoder (random init, nothing downloaded) [resnet18].")] = None,
     encoder_depth: Annotated[Optional[int], typer.Option(help="smp-unet: encoder depth (only 5 is supported by the model registry) [5].", min=3, max=5)] = None,
+    bands_per_date: Annotated[Optional[int], typer.Option(help="tempcnn: bands per date, bands ordered date by date [1].", min=1)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [20].", min=1)] = None,
     samples_per_epoch: Annotated[Optional[int], typer.Option(help="Training chips per epoch [about the non-overlapping chips of the training regions].", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Chips per step [8].", min=1)] = None,
-    tile_size: Annotated[Optional[int], typer.Option(help="Chip side in pixels [64].", min=16)] = None,
+    tile_size: Annotated[Optional[int], typer.Option(help="Chip side in pixels, >= 16 for the U-Nets [64].", min=1)] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate, cosine-decayed [1e-3].")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay [1e-4].")] = None,
     class_weights: Annotated[Optional[Weights], typer.Option(help="auto: weight classes by inverse sqrt frequency [none].")] = None,
     dice: Annotated[Optional[bool], typer.Option("--dice/--no-dice", help="Add a soft Dice loss [no].")] = None,
     augment: Annotated[Optional[Augment], typer.Option(help="d4: random flips and 90° rotations [d4].")] = None,
     jitter: Annotated[Optional[float], typer.Option(help="Photometric jitter amplitude, normalised units [0 = off].")] = None,
+    band_dropout: Annotated[Optional[float], typer.Option(help="Probability of replacing each band of a chip by its mean, e.g. 0.3 for cloudy time series [0 = off].")] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Fraction of polygons / spatial blocks held out for validation [0.2].")] = None,
     val_block: Annotated[Optional[int], typer.Option(help="Raster labels: spatial block side in pixels [max(2*tile, 64)].", min=16)] = None,
     class_map: Annotated[Optional[list[str]], typer.Option(help="SOURCE=TARGET to rename or merge classes, TARGET 'ignore' drops; repeatable.")] = None,
@@ -73,10 +76,11 @@ def train(
         "vector_labels": str(vector_labels) if vector_labels else None,
         "class_field": class_field, "output": str(output) if output else None,
         "arch": arch.value if arch else None, "base_channels": base_channels, "depth": depth, "encoder": encoder,
-        "encoder_depth": encoder_depth, "epochs": epochs, "samples_per_epoch": samples_per_epoch,
+        "encoder_depth": encoder_depth, "bands_per_date": bands_per_date, "epochs": epochs, "samples_per_epoch": samples_per_epoch,
         "batch_size": batch_size, "tile_size": tile_size, "lr": lr, "weight_decay": weight_decay,
         "class_weights": class_weights.value if class_weights else None, "dice": dice,
-        "augment": augment.value if augment else None, "jitter": jitter, "val_split": val_split,
+        "augment": augment.value if augment else None, "jitter": jitter, "band_dropout": band_dropout,
+        "val_split": val_split,
         "val_block": val_block, "class_map": parse_class_map(class_map) if class_map else None,
         "ignore_values": list(ignore_value) if ignore_value else None, "patience": patience, "seed": seed,
         "device": device, "devices": devices, "num_workers": num_workers,

@@ -29,10 +29,22 @@ def _build_smp_unet(in_channels: int, num_classes: int, encoder: str = "efficien
         raise UsageError(f"smp-unet: cannot build encoder {encoder!r}: {e}") from None
 
 
+def _build_tempcnn(in_channels: int, num_classes: int, bands_per_date: int = 1, hidden: int = 64,
+                   kernel: int = 5, fc: int = 256, dropout: float = 0.2) -> nn.Module:
+    from geoseg.models.tempcnn import TempCNN
+
+    try:
+        return TempCNN(in_channels, num_classes, bands_per_date=bands_per_date, hidden=hidden, kernel=kernel,
+                       fc=fc, dropout=dropout)
+    except ValueError as e:
+        raise UsageError(f"tempcnn: {e}") from None
+
+
 #: name -> (builder, default keyword arguments)
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "unet": (_build_unet, {"base_channels": 32, "depth": 3}),
     "smp-unet": (_build_smp_unet, {"encoder": "efficientnet-b3", "encoder_weights": None, "encoder_depth": 5}),
+    "tempcnn": (_build_tempcnn, {"bands_per_date": 1, "hidden": 64, "kernel": 5, "fc": 256, "dropout": 0.2}),
 }
 
 
@@ -46,11 +58,12 @@ def build_model(arch: str, in_channels: int, num_classes: int, **arch_args: Any)
     """Build a model of the registered architecture ``arch``.
 
     Args:
-        arch: ``unet`` or ``smp-unet``.
+        arch: ``unet``, ``smp-unet`` or ``tempcnn``.
         in_channels: number of input bands.
         num_classes: number of output classes.
         **arch_args: architecture options (``base_channels``, ``depth`` for ``unet``;
-            ``encoder``, ``encoder_weights``, ``encoder_depth`` for ``smp-unet``).
+            ``encoder``, ``encoder_weights``, ``encoder_depth`` for ``smp-unet``; ``bands_per_date``,
+            ``hidden``, ``kernel``, ``fc``, ``dropout`` for ``tempcnn``).
     """
     defaults = arch_defaults(arch)
     unknown = set(arch_args) - set(defaults)

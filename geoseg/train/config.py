@@ -33,11 +33,13 @@ class TrainConfig:
         class_field: attribute of ``vector_labels`` holding the class (name or number).
         output: best-checkpoint path (``.pt``); ``<stem>.last.pt``, ``<stem>.metrics.csv``
             and ``<stem>.curves.png`` are written beside it.
-        arch: ``unet`` or ``smp-unet``.
+        arch: ``unet``, ``smp-unet`` or ``tempcnn`` (per-pixel temporal CNN for stacks of
+            many dates; chips can then be small, e.g. 8 px).
         base_channels: unet channels of the first level.
         depth: unet number of poolings.
         encoder: smp-unet encoder name (random init; no weights are downloaded).
         encoder_depth: smp-unet encoder depth.
+        bands_per_date: tempcnn: bands per date (the bands are ordered date by date).
         epochs: maximum number of epochs.
         samples_per_epoch: training chips per epoch (default: about the number of
             non-overlapping chips in the training regions, at least 4 batches).
@@ -51,6 +53,10 @@ class TrainConfig:
         augment: ``d4`` (random flips and 90-degree rotations) or ``none``.
         jitter: photometric jitter amplitude (per-band gain and offset in normalised
             units, uniform in ``±jitter``); 0 disables it.
+        band_dropout: probability that a band of a training chip is replaced by its
+            mean (0 after normalisation, as nodata is at inference). For time-series
+            stacks it teaches the model not to rely on any single date (clouds); 0
+            disables it.
         val_split: fraction of polygons (vector labels) or spatial blocks (raster
             labels) held out for validation; 0 disables validation.
         val_block: side of the spatial blocks in pixels (raster labels; default
@@ -79,6 +85,7 @@ class TrainConfig:
     depth: int = 3
     encoder: str = "resnet18"
     encoder_depth: int = 5
+    bands_per_date: int = 1
     epochs: int = 20
     samples_per_epoch: int | None = None
     batch_size: int = 8
@@ -89,6 +96,7 @@ class TrainConfig:
     dice: bool = False
     augment: str = "d4"
     jitter: float = 0.0
+    band_dropout: float = 0.0
     val_split: float = 0.2
     val_block: int | None = None
     class_map: dict[str, str] = field(default_factory=dict)
@@ -110,13 +118,15 @@ class TrainConfig:
             raise UsageError("give exactly one of --labels (a label raster) or --vector-labels (polygons)")
         if self.vector_labels is not None and not self.class_field:
             raise UsageError("--vector-labels needs --class-field, the attribute holding each polygon's class")
-        if self.arch not in ("unet", "smp-unet"):
-            raise UsageError(f"--arch {self.arch!r}: choose unet or smp-unet")
+        if self.arch not in ("unet", "smp-unet", "tempcnn"):
+            raise UsageError(f"--arch {self.arch!r}: choose unet, smp-unet or tempcnn")
+        min_tile = 1 if self.arch == "tempcnn" else 16
         checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
-                  ("tile-size", self.tile_size >= 16), ("lr", self.lr > 0), ("patience", self.patience >= 1),
+                  ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers >= 0),
                   ("depth", 1 <= self.depth <= 8), ("base-channels", self.base_channels >= 1),
-                  ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0)]
+                  ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0),
+                  ("band-dropout", 0 <= self.band_dropout < 1), ("bands-per-date", self.bands_per_date >= 1)]
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"--{name} {getattr(self, name.replace('-', '_'))!r} is out of range")
@@ -133,7 +143,7 @@ class TrainConfig:
         if self.arch == "smp-unet" and self.encoder_depth != 5:
             # geoseg.models builds smp.Unet with its default 5-block decoder
             raise UsageError("smp-unet supports only --encoder-depth 5 in this version")
-        mult = 2 ** (self.depth if self.arch == "unet" else self.encoder_depth)
+        mult = self.size_multiple
         if self.tile_size % mult:
             raise UsageError(f"--tile-size {self.tile_size} must be a multiple of {mult} for {self.arch}; "
                              f"use {max(mult, self.tile_size // mult * mult)}")
@@ -143,7 +153,16 @@ class TrainConfig:
     def arch_args(self) -> dict[str, Any]:
         if self.arch == "unet":
             return {"base_channels": self.base_channels, "depth": self.depth}
+        if self.arch == "tempcnn":
+            return {"bands_per_date": self.bands_per_date}
         return {"encoder": self.encoder, "encoder_weights": None, "encoder_depth": self.encoder_depth}
+
+    @property
+    def size_multiple(self) -> int:
+        """Chip and tile sides must be multiples of this (the model's pooling factor)."""
+        from geoseg.modelmeta import size_multiple
+
+        return size_multiple(self.arch, self.arch_args)
 
     @property
     def block_size(self) -> int:

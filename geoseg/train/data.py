@@ -516,12 +516,13 @@ class BatchMaker:
     Steps: stack the samples; look mask values up as class indexes (unknown -> ignore);
     ignore pixels where any band is nodata or not finite, and pixels outside the
     chip's own region when ``clip`` is set; normalize with the training mean/std (nodata
-    becomes 0, the band mean, as in inference); augment (D4, photometric jitter).
+    becomes 0, the band mean, as in inference); augment (D4, photometric jitter, band
+    dropout).
     """
 
     def __init__(self, grid: ImageGrid, lut: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
                  regions: Sequence[Box] = (), clip: bool = False, augment: str = "none", jitter: float = 0.0,
-                 seed: int = 0) -> None:
+                 band_dropout: float = 0.0, seed: int = 0) -> None:
         self.grid = grid
         self.lut = torch.as_tensor(lut, dtype=torch.long)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
@@ -533,6 +534,7 @@ class BatchMaker:
         self.clip = clip
         self.augment = augment
         self.jitter = jitter
+        self.band_dropout = band_dropout
         self.seed = seed
         self.epoch = 0
         self._rng: np.random.Generator | None = None
@@ -592,7 +594,7 @@ class BatchMaker:
         x = (x - self.mean) / self.std
         x = torch.where(invalid[:, None], torch.zeros((), dtype=x.dtype), x)
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        if self.augment == "d4" or self.jitter > 0:
+        if self.augment == "d4" or self.jitter > 0 or self.band_dropout > 0:
             rng = self._generator()
             xs, ys = [], []
             for i in range(x.shape[0]):
@@ -608,6 +610,9 @@ class BatchMaker:
                     gain = torch.from_numpy(rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32))
                     off = torch.from_numpy(rng.uniform(-self.jitter, self.jitter, c).astype(np.float32))
                     xi = xi * gain[:, None, None] + off[:, None, None]
+                if self.band_dropout > 0:
+                    keep = torch.from_numpy(rng.random(xi.shape[0]) >= self.band_dropout)
+                    xi = xi * keep[:, None, None].to(xi.dtype)  # dropped bands: 0, the band mean
                 xs.append(xi)
                 ys.append(yi)
             x, y = torch.stack(xs), torch.stack(ys)

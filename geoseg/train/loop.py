@@ -306,7 +306,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     train_ds = D.build_dataset(grid, plan, cfg, "train")
     sampler = D.train_sampler(grid, plan, cfg, gen)
     train_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
-                            augment=cfg.augment, jitter=cfg.jitter, seed=cfg.seed)
+                            augment=cfg.augment, jitter=cfg.jitter, band_dropout=cfg.band_dropout,
+                            seed=cfg.seed)
     train_loader = fabric.setup_dataloaders(D.make_loader(train_ds, sampler, train_bm, cfg),
                                             use_distributed_sampler=cfg.devices > 1)
     val_loader = None
@@ -317,8 +318,10 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
                                               use_distributed_sampler=cfg.devices > 1)
 
     def meta_for(record: EpochRecord | None, val: SegmentationMetrics | None) -> ModelMeta:
-        mult = 2 ** (cfg.depth if cfg.arch == "unet" else cfg.encoder_depth)
+        mult = cfg.size_multiple
         tile = max(256, cfg.tile_size) // mult * mult
+        # a per-pixel model sees no neighbours: tiles need no overlap
+        overlap = 0 if cfg.arch == "tempcnn" else min(64, tile // 4)
         training: dict[str, Any] = {
             "config": cfg.to_dict(), "command": command or [], "epoch": record.epoch + 1 if record else 0,
             "split": {k: v for k, v in plan.split.items() if k != "codes"},
@@ -334,7 +337,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             training["val_per_class"] = val.per_class()
             training["val_confusion"] = val.matrix.tolist()
         return ModelMeta(arch=cfg.arch, arch_args=cfg.arch_args, bands=list(grid.band_names), mean=mean, std=std,
-                         schema=schema, tile_size=tile, overlap=min(64, tile // 4), training=training)
+                         schema=schema, tile_size=tile, overlap=overlap, training=training)
 
     n_steps = math.ceil(len(sampler) / cfg.batch_size)
     stopped_early = False
