@@ -16,7 +16,7 @@ app.add_typer(model_app, name="model")
 @model_app.command("init")
 def init(
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint file to write (.pt).")],
-    arch: Annotated[str, typer.Option(help="Architecture: unet (ours) or smp-unet (segmentation-models-pytorch).")] = "unet",
+    arch: Annotated[str, typer.Option(help="Architecture: unet (ours), smp-unet (segmentation-models-pytorch) or tempcnn (per-pixel, time series).")] = "unet",
     bands: Annotated[int, typer.Option(help="Number of input bands.", min=1)] = 3,
     classes: Annotated[int, typer.Option(help="Number of output classes.", min=1, max=255)] = 2,
     class_names: Annotated[Optional[str], typer.Option(help="Comma-separated class names, e.g. background,field,boundary.")] = None,
