@@ -291,3 +291,16 @@ def test_band_dropout_replaces_whole_bands_by_their_mean() -> None:
     drop.set_epoch(0)
     assert torch.equal(drop.process(x, mask)["image"], b)  # same seed and epoch: same draws
     assert torch.equal(plain.process(x, mask)["image"], a)  # off: unchanged
+
+
+def test_tempcnn_chunked_evaluation_equals_one_pass() -> None:
+    from geoseg.models.tempcnn import TempCNN
+
+    torch.manual_seed(0)
+    m = TempCNN(12, 4, bands_per_date=2, chunk=50).eval()
+    x = torch.randn(2, 12, 9, 11)
+    with torch.no_grad():
+        chunked = m(x)
+        m.chunk = 10**6
+        whole = m(x)
+    torch.testing.assert_close(chunked, whole)

@@ -24,7 +24,7 @@ class TempCNN(nn.Module):
         kernel: convolution length in dates (odd).
         fc: units of the dense layer.
         dropout: dropout after every layer (training only).
-        chunk: pixels per forward chunk (bounds activation memory for big tiles).
+        chunk: pixels per forward chunk in evaluation (bounds activation memory for big tiles).
     """
 
     def __init__(self, in_channels: int, num_classes: int, bands_per_date: int = 1, hidden: int = 64,
@@ -52,6 +52,9 @@ class TempCNN(nn.Module):
         n, c, h, w = x.shape
         # (N, C, H, W) -> one (bands_per_date, dates) sequence per pixel
         z = x.permute(0, 2, 3, 1).reshape(n * h * w, self.dates, self.bands_per_date).transpose(1, 2)
-        out = [self.head(self.dense(self.conv(part))) for part in z.split(self.chunk)] if len(z) else \
-            [self.head(self.dense(self.conv(z)))]
-        return torch.cat(out).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        if self.training or len(z) <= self.chunk:
+            # training batches go in whole: batch norm needs more than one pixel per chunk
+            y = self.head(self.dense(self.conv(z)))
+        else:
+            y = torch.cat([self.head(self.dense(self.conv(part))) for part in z.split(self.chunk)])
+        return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
