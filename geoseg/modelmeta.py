@@ -25,6 +25,17 @@ DEFAULT_TILE_SIZE = 256
 #: receptive-field radius, so that blended seams match a whole-image pass.
 DEFAULT_OVERLAP = 64
 
+#: Registered architectures (the builders live in ``geoseg.models.registry``, which needs
+#: torch; this list does not, so configuration checks and ``--help`` stay torch-free).
+ARCHITECTURES = ("unet", "smp-unet", "tempcnn")
+#: Architectures that classify each pixel on its own (receptive field of one pixel).
+PER_PIXEL = frozenset({"tempcnn"})
+
+
+def default_overlap(arch: str, tile: int) -> int:
+    """Overlap a trained model recommends: none for per-pixel models, else up to 64 px."""
+    return 0 if arch in PER_PIXEL else min(DEFAULT_OVERLAP, tile // 4)
+
 
 def size_multiple(arch: str, arch_args: dict[str, Any]) -> int:
     """Tile sides must be multiples of this for ``arch`` (``2**poolings``)."""

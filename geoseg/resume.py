@@ -98,7 +98,9 @@ def remove_leftovers(dest: Path) -> None:
     """Delete temporary files of an earlier, killed run for ``dest``.
 
     These are its unfinished COG (``.<stem>.geoseg-tmp-<id>.tif``) and GDAL's own temporary
-    overview file beside it (``....tif.ovr.tmp``). The staging file and the state are kept:
+    overview file beside it (``....tif.ovr.tmp``), and the VRT that turns the probability
+    staging file's mask band into the COG's mask (``.<stem>.geoseg-tmp-<id>.vrt``). The
+    staging file and the state are kept:
     they are what ``--resume`` continues from.
     """
     for p in dest.parent.glob(f".{dest.stem}{TMP_MARKER}-*"):

@@ -42,8 +42,9 @@ def test_cli_choices_match_the_registries() -> None:
     """The CLI's --arch and --tta choices are spelled out (so --help needs no torch); they must not drift."""
     from geoseg.cli.infer import Tta
     from geoseg.cli.train import Arch
+    from geoseg.modelmeta import ARCHITECTURES
     from geoseg.models.registry import MODELS
     from geoseg.predict.engine import TTA
 
-    assert [a.value for a in Arch] == list(MODELS)
+    assert [a.value for a in Arch] == list(MODELS) == list(ARCHITECTURES)
     assert [t.value for t in Tta] == list(TTA)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from geoseg.errors import UsageError
+from geoseg.modelmeta import ARCHITECTURES, PER_PIXEL, size_multiple
 
 #: Value of the label tensors where a pixel is not used by the loss or the metrics.
 IGNORE_INDEX = 255
@@ -118,9 +119,9 @@ class TrainConfig:
             raise UsageError("give exactly one of --labels (a label raster) or --vector-labels (polygons)")
         if self.vector_labels is not None and not self.class_field:
             raise UsageError("--vector-labels needs --class-field, the attribute holding each polygon's class")
-        if self.arch not in ("unet", "smp-unet", "tempcnn"):
-            raise UsageError(f"--arch {self.arch!r}: choose unet, smp-unet or tempcnn")
-        min_tile = 1 if self.arch == "tempcnn" else 16
+        if self.arch not in ARCHITECTURES:
+            raise UsageError(f"--arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        min_tile = 1 if self.arch in PER_PIXEL else 16
         checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
                   ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers >= 0),
@@ -160,8 +161,6 @@ class TrainConfig:
     @property
     def size_multiple(self) -> int:
         """Chip and tile sides must be multiples of this (the model's pooling factor)."""
-        from geoseg.modelmeta import size_multiple
-
         return size_multiple(self.arch, self.arch_args)
 
     @property

@@ -34,14 +34,14 @@ import torch.nn.functional as F
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.metrics import SegmentationMetrics, metrics_from_confusion
-from geoseg.modelmeta import ModelMeta
+from geoseg.modelmeta import ModelMeta, default_overlap
 from geoseg.train import data as D
 from geoseg.train.config import IGNORE_INDEX, TrainConfig
 
 #: config fields that must not change when resuming
 _RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "base_channels", "depth", "encoder",
                  "encoder_depth", "tile_size", "class_map", "ignore_values", "val_split", "val_block", "seed",
-                 "class_weights", "dice")
+                 "class_weights", "dice", "bands_per_date")
 
 
 @dataclass
@@ -320,8 +320,6 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     def meta_for(record: EpochRecord | None, val: SegmentationMetrics | None) -> ModelMeta:
         mult = cfg.size_multiple
         tile = max(256, cfg.tile_size) // mult * mult
-        # a per-pixel model sees no neighbours: tiles need no overlap
-        overlap = 0 if cfg.arch == "tempcnn" else min(64, tile // 4)
         training: dict[str, Any] = {
             "config": cfg.to_dict(), "command": command or [], "epoch": record.epoch + 1 if record else 0,
             "split": {k: v for k, v in plan.split.items() if k != "codes"},
@@ -337,7 +335,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             training["val_per_class"] = val.per_class()
             training["val_confusion"] = val.matrix.tolist()
         return ModelMeta(arch=cfg.arch, arch_args=cfg.arch_args, bands=list(grid.band_names), mean=mean, std=std,
-                         schema=schema, tile_size=tile, overlap=overlap, training=training)
+                         schema=schema, tile_size=tile, overlap=default_overlap(cfg.arch, tile), training=training)
 
     n_steps = math.ceil(len(sampler) / cfg.batch_size)
     stopped_early = False
