@@ -167,6 +167,21 @@ def test_polygons_in_another_crs_train_and_round_trip_into_infer(tmp_path: Path,
     assert set(np.unique(a[~nod])) <= {0, 1, 2, 3}
 
 
+def test_geoparquet_polygons_read_like_the_gpkg(tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    from geoseg.train.labels import read_polygons
+
+    src = gpd.read_file(shared_file(BR_POLY))
+    pq = tmp_path / "polys.parquet"
+    src.to_crs(4326).to_parquet(pq)
+    a = read_polygons(shared_file(BR_POLY), "class")
+    b = read_polygons(pq, "class")
+    assert b.crs.to_epsg() == 4326 and len(b) == len(a) == 36
+    assert list(b["class"]) == list(a["class"])
+    assert b.to_crs(a.crs).geometry.geom_equals_exact(a.geometry, tolerance=1e-3).all()
+
+
 def test_polygon_split_keeps_train_and_val_polygons_apart(tmp_path: Path, brazil_4326: Path) -> None:
     import geopandas as gpd
 
@@ -178,14 +193,50 @@ def test_polygon_split_keeps_train_and_val_polygons_apart(tmp_path: Path, brazil
     plan = D.plan_labels(cfg, grid)
     try:
         assert plan.schema.names == ["cleared", "forest", "water"]  # merged by --class-map
-        tr = gpd.read_file(plan.train_source)
-        va = gpd.read_file(plan.val_source)
+        tr = gpd.read_parquet(plan.train_source)
+        va = gpd.read_parquet(plan.val_source)
         assert tr.crs.to_epsg() == 4326  # torchgeo does the reprojection
         assert len(tr) + len(va) == 36
         assert not tr.geometry.apply(lambda g: va.geometry.geom_equals(g).any()).any()
         assert set(va["class"]) == {"cleared", "fallen_dry", "forest", "water"}
     finally:
         plan.close()
+
+
+def test_polygon_chips_equal_torchgeo_vectordataset(tmp_path: Path, brazil_4326: Path) -> None:
+    """The in-memory, STR-tree rasterizer burns the same masks as torchgeo's VectorDataset."""
+    import geopandas as gpd
+    from torchgeo.datasets import VectorDataset
+
+    from geoseg.train import data as D
+    from geoseg.train.datasets import PolygonLabels
+    from geoseg.train.labels import class_key
+
+    grid = D.image_grid([shared_file(BR_IMG)])
+    pq = tmp_path / "p.parquet"
+    gpd.read_file(brazil_4326).to_parquet(pq)
+    codes = {"cleared": 1, "fallen_dry": 2, "forest": 3, "water": 4}
+
+    class Reference(VectorDataset):
+        def get_label(self, feature):  # type: ignore[no-untyped-def]
+            return codes[class_key(feature["class"])]
+
+    ours = PolygonLabels(pq, "class", codes, crs=grid.crs, res=grid.res)
+    ref = Reference(paths=[str(pq)], crs=grid.crs, res=grid.res, task="semantic_segmentation")
+    rng = np.random.default_rng(0)
+    (x0, y0, x1, y1), (rx, ry) = grid.bounds, grid.res
+    burnt = 0
+    for size in (16, 64, 200):
+        for _ in range(15):
+            cx = x0 + rng.integers(0, grid.width - size) * rx
+            cy = y0 + rng.integers(0, grid.height - size) * ry
+            q = (slice(cx, cx + size * rx, rx), slice(cy, cy + size * ry, ry), slice(None, None, 1))
+            a, b = ours[q]["mask"], ref[q]["mask"]
+            assert a.shape == b.shape == (size, size) or a.shape == b.shape == (1, size, size)
+            assert torch.equal(a, b)
+            burnt += int((a > 0).sum())
+    assert burnt > 1000  # the chips did hit polygons
+    assert ours[(slice(x1 + 1e4, x1 + 2e4, rx), slice(y0, y0 + 1e4, ry), slice(None, None, 1))]["mask"].max() == 0
 
 
 def test_stacked_single_band_files(tmp_path: Path) -> None:

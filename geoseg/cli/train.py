@@ -32,7 +32,7 @@ class Augment(str, Enum):
 def train(
     image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Input raster; repeat to stack single-band files in order.")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Label raster (integer class values; 0 = unlabelled by default).")] = None,
-    vector_labels: Annotated[Optional[Path], typer.Option(help="Training polygons (GPKG, GeoJSON, Shapefile...), any CRS.")] = None,
+    vector_labels: Annotated[Optional[Path], typer.Option(help="Training polygons (GPKG, GeoJSON, Shapefile, GeoParquet...), any CRS.")] = None,
     class_field: Annotated[Optional[str], typer.Option(help="Attribute of the polygons holding the class (name or number).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,

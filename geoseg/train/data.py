@@ -393,12 +393,13 @@ def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     codes = {}
     # subsets keep the file's own CRS: torchgeo's VectorDataset reprojects them to the image grid
     out = gdf[[cfg.class_field, gdf.geometry.name]].copy()
-    train_path = Path(tmp.name) / "train.gpkg"
-    out[~is_val].to_file(train_path, driver="GPKG")
+    # GeoParquet: written and read through pyarrow, no GDAL round trip
+    train_path = Path(tmp.name) / "train.parquet"
+    out[~is_val].to_parquet(train_path)
     val_path = None
     if is_val.any():
-        val_path = Path(tmp.name) / "val.gpkg"
-        out[is_val].to_file(val_path, driver="GPKG")
+        val_path = Path(tmp.name) / "val.parquet"
+        out[is_val].to_parquet(val_path)
     for k, i in lut_map.items():
         codes[k] = i + 1
     rx, ry = grid.res
@@ -619,8 +620,15 @@ class BatchMaker:
         return {"image": x.contiguous(), "mask": y.contiguous()}
 
 
-def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: TrainConfig) -> Any:
+def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: TrainConfig, *,
+                pin_memory: bool = False) -> Any:
+    """DataLoader over the sampler's chips; batches are built (``collate``) in the workers.
+
+    ``pin_memory`` (for CUDA) makes the host-to-device copy of each batch asynchronous and
+    about 7x faster than from pageable memory. Workers are not persistent: ``collate`` is
+    re-sent each epoch, so its epoch seed reaches the workers.
+    """
     from torch.utils.data import DataLoader
 
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=cfg.num_workers, persistent_workers=False)
+                      num_workers=cfg.num_workers, persistent_workers=False, pin_memory=pin_memory)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import shapely
 from geopandas import GeoDataFrame
@@ -60,19 +61,71 @@ class PolygonLabels(VectorDataset):
 
     ``codes`` maps each class-field value (as a string) to the value burnt in the mask;
     the training code uses ``class index + 1`` so that 0 means "no polygon" (unlabelled).
-    Polygons are reprojected to ``crs`` by torchgeo before rasterizing.
+    Polygons are reprojected to ``crs`` before rasterizing.
+
+    torchgeo's ``VectorDataset`` indexes the file; chips are then rasterized from a copy
+    of the polygons that each process loads once (reprojected, with their mask codes and an
+    STR-tree), where ``VectorDataset`` itself would read the whole file again for every
+    chip. Training polygons are hand-drawn or digitised label sets, small next to the
+    imagery; write the split files as GeoParquet so that reading them needs no GDAL.
     """
 
     def __init__(self, path: str | os.PathLike[str], class_field: str, codes: Mapping[str, int],
                  crs: CRS, res: tuple[float, float], layer: str | int | None = None) -> None:
         self.codes = dict(codes)
         self.class_field = class_field
+        self._shapes: tuple[Any, np.ndarray, Any] | None = None
         super().__init__(paths=[str(path)], crs=crs, res=res, label_name=class_field,
                          task="semantic_segmentation", layer=layer)
 
     def get_label(self, feature: pd.Series) -> int:
         """Mask value of one polygon (0 = not burnt in)."""
         return int(self.codes.get(class_key(feature[self.class_field]), 0))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_shapes"] = None  # each worker loads its own copy
+        return state
+
+    def _load(self) -> tuple[Any, np.ndarray, Any]:
+        if self._shapes is None:
+            from pathlib import Path
+
+            import geopandas as gpd
+
+            frames = []
+            for f in self.index.filepath:
+                if Path(f).suffix.lower() in (".parquet", ".geoparquet"):
+                    frames.append(gpd.read_parquet(f))
+                else:
+                    frames.append(gpd.read_file(f, layer=self.layer))
+            gdf = pd.concat([g.to_crs(self.crs) for g in frames], ignore_index=True)
+            codes = np.array([self.codes.get(class_key(v), 0) for v in gdf[self.class_field]], dtype=np.int64)
+            keep = (codes > 0) & ~(gdf.geometry.isna() | gdf.geometry.is_empty).to_numpy()
+            geoms = gdf.geometry.to_numpy()[keep]
+            self._shapes = (geoms, codes[keep], shapely.STRtree(geoms))
+        return self._shapes
+
+    def __getitem__(self, query: Any) -> dict[str, Any]:
+        """``{"crs", "bounds", "mask"}`` of the chip ``query`` (polygons burnt in file order)."""
+        import rasterio.features
+        import rasterio.transform
+        from torchgeo.datasets.utils import array_to_tensor
+
+        x, y, _ = self._disambiguate_slice(query)
+        geoms, codes, tree = self._load()
+        width, height = round((x.stop - x.start) / x.step), round((y.stop - y.start) / y.step)
+        hits = np.sort(tree.query(shapely.box(x.start, y.start, x.stop, y.stop)))
+        if hits.size:
+            transform = rasterio.transform.from_bounds(x.start, y.start, x.stop, y.stop, width, height)
+            mask = rasterio.features.rasterize(zip(geoms[hits], codes[hits].tolist()), out_shape=(height, width),
+                                               transform=transform, fill=0, dtype="uint8")
+        else:
+            mask = np.zeros((height, width), dtype=np.uint8)
+        sample: dict[str, Any] = {"crs": self.crs, "bounds": query, "mask": array_to_tensor(mask).to(self.dtype)}
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample
 
 
 class Regions(GeoDataset):

@@ -29,7 +29,10 @@ def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gdf = gpd.read_file(p)
+            if p.suffix.lower() in (".parquet", ".geoparquet"):
+                gdf = gpd.read_parquet(p)  # GeoParquet through pyarrow (geoseg also writes it)
+            else:
+                gdf = gpd.read_file(p)
     except Exception as e:  # noqa: BLE001 - pyogrio/GDAL raise many types
         raise VectorError(f"{p}: cannot read as vector data: {str(e).splitlines()[0][:160]}") from None
     if len(gdf) == 0:

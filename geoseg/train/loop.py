@@ -290,13 +290,15 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     if payload is not None:
         extra = payload["extra"]
         model.load_state_dict(payload["state_dict"])
-        opt.load_state_dict(extra["optimizer"])
         start_epoch = int(extra["epoch"]) + 1
         history = [EpochRecord(**h) for h in extra.get("history", [])]
         best_miou = float(extra.get("best_miou", -math.inf))
         best_epoch = int(extra.get("best_epoch", -1))
         bad_epochs = int(extra.get("bad_epochs", 0))
     model, opt = fabric.setup(model, opt)
+    if payload is not None:
+        # after setup: load_state_dict puts the moments on the parameters' device (the GPU's)
+        _unwrap_opt(opt).load_state_dict(payload["extra"]["optimizer"])
 
     weight = None
     if cfg.class_weights == "auto":
@@ -308,14 +310,16 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     train_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
                             augment=cfg.augment, jitter=cfg.jitter, band_dropout=cfg.band_dropout,
                             seed=cfg.seed)
-    train_loader = fabric.setup_dataloaders(D.make_loader(train_ds, sampler, train_bm, cfg),
+    pin = fabric.device.type == "cuda"
+    train_loader = fabric.setup_dataloaders(D.make_loader(train_ds, sampler, train_bm, cfg, pin_memory=pin),
                                             use_distributed_sampler=cfg.devices > 1)
     val_loader = None
     if plan.val_regions:
         val_ds = D.build_dataset(grid, plan, cfg, "val")
         val_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.val_regions, clip=True)
-        val_loader = fabric.setup_dataloaders(D.make_loader(val_ds, D.val_sampler(grid, plan, cfg), val_bm, cfg),
-                                              use_distributed_sampler=cfg.devices > 1)
+        val_loader = fabric.setup_dataloaders(
+            D.make_loader(val_ds, D.val_sampler(grid, plan, cfg), val_bm, cfg, pin_memory=pin),
+            use_distributed_sampler=cfg.devices > 1)
 
     def meta_for(record: EpochRecord | None, val: SegmentationMetrics | None) -> ModelMeta:
         mult = cfg.size_multiple

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks of geoseg in one command, for the lent GPU machine (docs/gpu.md):
+#   benchmarks/gpu_session.sh [tests] [train] [infer]      (default: all three)
+# That machine has torch but no rasterio, shapely, pyproj, geopandas or torchgeo, and
+# ../shared does not travel. Prepare, here, from the project root (both folders git-ignored
+# through .git/info/exclude):
+#   ../shared/gpu/fetch-wheels.sh      # rasterio, shapely and theirs, into .whl/
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     pyproj==3.7.2 geopandas==1.2.0 torchgeo==0.8.1
+#   benchmarks/gpu_data.sh            # copies of the shared files used, into .gpudata/
+# and carry .whl and .gpudata with the command. Logs go to $OUT (or /tmp/geoseg-gpu-out).
+set -u
+out=${OUT:-/tmp/geoseg-gpu-out}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p ../shared && ln -sfn "$PWD/.gpudata" ../shared/data
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+python3 -c "import torch, rasterio, torchgeo; print('torch', torch.__version__, 'rasterio', rasterio.__version__,
+'GDAL', rasterio.__gdal_version__, 'torchgeo', torchgeo.__version__, 'cpus', __import__('os').cpu_count())"
+steps=${*:-tests train infer}
+for s in $steps; do
+  case $s in
+    tests)
+      echo "=== pytest -m gpu"
+      timeout 200 python3 -m pytest -m gpu tests/test_gpu.py -q -s 2>&1 | tee "$out/pytest_gpu.log" ;;
+    train)
+      echo "=== bench_train: the real scenes, small chips"
+      timeout 150 python3 benchmarks/bench_train.py --device cuda --steps 30 --tile 64 --batch 16 --channels 16 \
+        --workers 0 8 --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
+        2>&1 | tee "$out/bench_train_small.log"
+      echo "=== bench_train: mirror-tiled 4096^2 scenes, 256^2 chips, classic 64-channel U-Net"
+      timeout 200 python3 benchmarks/bench_train.py --device cuda --steps 120 --tile 256 --batch 16 --channels 64 \
+        --workers 8 15 --threads 8 --cases brazil-mirror --mirror 4096 --workdir /tmp/bt \
+        --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
+        2>&1 | tee "$out/bench_train_mirror.log" ;;
+    infer)
+      echo "=== bench_infer: classic 64-channel U-Net, 512^2 tiles"
+      timeout 330 python3 benchmarks/bench_infer.py --device cuda --base-channels 64 --tile-size 512 \
+        --overlap 64 --batch-size 16 --sizes 4096 16384 --workdir /tmp/bi 2>&1 | tee "$out/bench_infer.log" ;;
+    *) echo "unknown step $s (tests, train, infer)"; exit 2 ;;
+  esac
+done
