@@ -100,8 +100,7 @@ class PredictionReport:
 class _TileItem:
     row: int
     col: int
-    data: np.ndarray | None  # (bands, size, size) raw values (a view), None when skipped
-    band_valid: np.ndarray | None  # (bands, size, size) bool per-band validity (a view)
+    data: np.ndarray | None  # (bands, size, size) normalized float32 (a view), None when skipped
     valid: np.ndarray  # (h, w) bool: any band valid, the part inside the raster
     height: int
     width: int
@@ -134,10 +133,14 @@ def _row_specs(grid: TileGrid, plan: list[tuple[int, tuple[int, int], list[int],
 
 
 def _read_row(ds: Any, band_idx: list[int], grid: TileGrid,
-              spec: tuple[int, tuple[int, int], int, int, list[int], int]) -> list[_TileItem]:
-    """Read one tile row's band of rows once and cut it into tiles.
+              spec: tuple[int, tuple[int, int], int, int, list[int], int],
+              mean: np.ndarray, std: np.ndarray) -> list[_TileItem]:
+    """Read one tile row's band of rows once, normalize it and cut it into tiles.
 
-    Parts of a tile beyond the raster (small rasters, aligned last tiles) are filled by reflection.
+    Normalizing here, in the reader threads, keeps the main thread free for the model
+    and the blending (on a GPU it was the main thread's largest cost). Masked values
+    become 0, the band mean. Parts of a tile beyond the raster (small rasters, aligned
+    last tiles) are filled by reflection.
     """
     s_i, (a, b), n, i, cols, skip = spec
     size = grid.size
@@ -146,24 +149,30 @@ def _read_row(ds: Any, band_idx: list[int], grid: TileGrid,
     c_end = min(c_hi, grid.width)
     h = min(size, grid.height - r)
     # raw values in the raster's own type: the row bands in flight are the reader's main memory
-    data, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h), native=True)
+    raw, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h), native=True)
     anyvalid = valid.any(axis=0)
+    data = raw.astype(np.float32)
+    del raw
+    data -= mean[:, None, None]
+    data /= std[:, None, None]
+    data[~valid] = 0.0
+    del valid
     data = _pad_to(data, size, c_hi - c_lo)
-    valid = _pad_to(valid, size, c_hi - c_lo)
     row_items = []
     for j, c in enumerate(cols):
         w = min(size, grid.width - c)
         v = anyvalid[:, c - c_lo: c - c_lo + w]
         cs = slice(c - c_lo, c - c_lo + size)
         has = bool(v.any())
-        row_items.append(_TileItem(r, c, data[:, :, cs] if has else None, valid[:, :, cs] if has else None,
-                                   v, h, w, j == len(cols) - 1, i, (a, b), s_i, n == 0 and j == 0, skip))
+        row_items.append(_TileItem(r, c, data[:, :, cs] if has else None, v, h, w, j == len(cols) - 1, i, (a, b),
+                                   s_i, n == 0 and j == 0, skip))
     return row_items
 
 
 def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
                 plan: list[tuple[int, tuple[int, int], list[int], list[int], int]],
-                threads: int = 1, lookahead: int = 2) -> Iterator[list[_TileItem]]:
+                mean: np.ndarray, std: np.ndarray, threads: int = 1, lookahead: int = 2
+                ) -> Iterator[list[_TileItem]]:
     """Yield the tiles of each tile row, strip by strip, top to bottom.
 
     With ``threads > 1`` several row bands are read at once, each thread through its own
@@ -173,7 +182,7 @@ def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
     specs = _row_specs(grid, plan)
     if threads <= 1:
         for spec in specs:
-            yield _read_row(ds, band_idx, grid, spec)
+            yield _read_row(ds, band_idx, grid, spec, mean, std)
         return
     import collections
     from concurrent.futures import ThreadPoolExecutor
@@ -188,7 +197,7 @@ def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
             handle = local.ds = open_raster(ds.name)
             with lock:
                 opened.append(handle)
-        return _read_row(handle, band_idx, grid, spec)
+        return _read_row(handle, band_idx, grid, spec, mean, std)
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="geoseg-read")
     pending: collections.deque[Any] = collections.deque()
@@ -589,17 +598,16 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
         if not todo:
             return None
         run += len(todo)
-        x = np.stack([it.data for it in todo]).astype(np.float32, copy=False)  # type: ignore[misc]
-        x -= mean[:, None, None]
-        x /= std[:, None, None]
-        x[~np.stack([it.band_valid for it in todo])] = 0.0  # masked values become the band mean
-        return submit(x) if submit is not None else _Done(predictor.predict(x))
+        tiles = [it.data for it in todo]
+        if submit is not None:
+            return submit(tiles)  # copied straight into the device's pinned buffer, no stacked copy
+        return _Done(predictor.predict(np.stack(tiles)))  # type: ignore[arg-type]
 
     # Pipelined: batch n+1 is submitted before batch n is blended (overlaps GPU work with blending).
     in_flight: tuple[list[_TileItem], Any] | None = None
     current: list[_TileItem] = []
     n_data = 0
-    rows_in = _iter_tiles(ds, band_idx, grid, plan, read_threads, prefetch)
+    rows_in = _iter_tiles(ds, band_idx, grid, plan, mean, std, read_threads, prefetch)
     source = prefetch_in_thread(rows_in, prefetch, "geoseg-reader") if read_threads <= 1 else rows_in
     try:
         for row_items in source:

@@ -9,7 +9,7 @@ the next one runs. Tensors never leak out: results are numpy arrays.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -166,19 +166,30 @@ class TorchPredictor:
             acc = acc / len(TTA[self.tta])
         return acc
 
-    def submit(self, batch: np.ndarray) -> _Pending:
+    def submit(self, batch: np.ndarray | Sequence[np.ndarray]) -> _Pending:
         """Start predicting ``batch`` (N, bands, H, W) float32; returns a handle with ``result()``.
 
-        On CUDA the result is a view of a reused pinned buffer: use it before submitting two more
-        batches (the pipeline does), or copy it.
+        ``batch`` may also be a list of N (bands, H, W) tiles: on CUDA each is copied straight
+        into the pinned buffer (one copy instead of stacking first). On CUDA the result is a
+        view of a reused pinned buffer: use it before submitting two more batches (the
+        pipeline does), or copy it.
         """
-        if batch.ndim != 4 or batch.shape[1] != self.meta.num_bands:
-            raise ValueError(f"expected (N, {self.meta.num_bands}, H, W), got {batch.shape}")
+        if not isinstance(batch, np.ndarray) and (self.device.type == "cpu" or len(batch) == 0):
+            batch = np.stack(batch)
+        first = batch[0] if not isinstance(batch, np.ndarray) else None
+        shape = tuple(batch.shape) if first is None else (len(batch), *first.shape)
+        if len(shape) != 4 or shape[1] != self.meta.num_bands:
+            raise ValueError(f"expected (N, {self.meta.num_bands}, H, W), got {shape}")
         if self.device.type == "cpu":
             out = self._forward(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
             return _Pending(out.contiguous(), None, None)
-        pinned = self._host_buffer("in", batch.shape)
-        pinned.numpy()[...] = batch
+        pinned = self._host_buffer("in", shape)
+        dst = pinned.numpy()
+        if first is None:
+            dst[...] = batch
+        else:
+            for i, t in enumerate(batch):
+                dst[i] = t
         x = pinned.to(self.device, non_blocking=True)
         out = self._forward(x)
         host = self._host_buffer("out", tuple(out.shape))
