@@ -137,19 +137,24 @@ class RowBandAccumulator:
         self.weights[dst] += wt
         self.valid[dst] |= True if valid is None else valid[:, lo:hi]
 
-    def pop_rows(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
-        """Finish rows ``[base, upto)``: return ``(probs, valid)`` and slide the band down.
+    def pop_rows(self, upto: int, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Finish rows ``[base, upto)``: return ``(classes, probs, valid)`` and slide the band down.
 
-        ``probs`` is (classes, n, width) float32 normalised by the weight sums (0 where
-        uncovered); ``valid`` is a bool (n, width) array of pixels covered by a tile
-        (weight > 0) and holding input data.
+        ``classes`` (n, width) is the index of the largest blended probability (taken on the
+        weighted sums: dividing by a pixel's positive weight sum keeps the order, so no
+        division is needed for it); ``probs`` is (classes, n, width) float32 normalised by
+        the weight sums (0 where uncovered), or an empty array unless ``probabilities``;
+        ``valid`` is a bool (n, width) array of pixels covered by a tile (weight > 0) and
+        holding input data.
         """
         n = upto - self.base
         if n < 0 or n > self.height:
             raise ValueError(f"cannot pop to row {upto} from band at {self.base}")
         wsum = self.weights[:n]
         covered = wsum > 0
-        probs = (self.sums[:, :n] / np.where(covered, wsum, 1.0)).astype(np.float32)
+        classes = np.argmax(self.sums[:, :n], axis=0)
+        probs = ((self.sums[:, :n] / np.where(covered, wsum, 1.0)).astype(np.float32) if probabilities
+                 else np.empty((self.num_classes, 0, 0), dtype=np.float32))
         valid = covered & self.valid[:n]
         # slide
         if n:
@@ -160,4 +165,4 @@ class RowBandAccumulator:
             self.valid[: self.height - n] = self.valid[n:].copy()
             self.valid[self.height - n:] = False
         self.base = upto
-        return probs, valid
+        return classes, probs, valid

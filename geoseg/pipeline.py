@@ -538,12 +538,12 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
         nonlocal pixels_done
         assert acc is not None
         r0 = acc.base
-        probs, valid = acc.pop_rows(upto)
+        idx, probs, valid = acc.pop_rows(upto, probabilities=want_probs)
         if upto <= skip_until:
             return
         cut = max(0, skip_until - r0)
-        probs, valid = probs[:, cut:], valid[cut:]
-        cls = lut[np.argmax(probs, axis=0)]
+        idx, probs, valid = idx[cut:], probs[:, cut:], valid[cut:]
+        cls = lut[idx]
         cls[~valid] = nodata
         counts[:] += np.bincount(cls.ravel(), minlength=256)
         arrays: list[tuple[np.ndarray, np.ndarray | None]] = [(cls[None], None)]

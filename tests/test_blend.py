@@ -42,20 +42,30 @@ def test_accumulator_reproduces_constant_field(k, h, w):
         hh, ww = h - r0, w - c0
         wt = (rng.random((hh, ww)) + 0.1).astype(np.float32)
         acc.add(truth[:, r0:, c0:], wt, r0, c0)
-    probs, valid = acc.pop_rows(h)
+    classes, probs, valid = acc.pop_rows(h)
     assert valid.all()
     np.testing.assert_allclose(probs, truth, rtol=1e-6, atol=1e-6)
+    # classes come from the unnormalised sums: the same as the argmax of the blended probabilities
+    # wherever the top two differ by more than rounding
+    if k > 1:
+        top2 = np.sort(truth, axis=0)[-2:]
+        clear = top2[1] - top2[0] > 1e-5
+        assert (classes[clear] == truth.argmax(0)[clear]).all()
+    else:
+        assert (classes == 0).all()
 
 
 def test_accumulator_slides_and_clips_columns():
     acc = RowBandAccumulator(1, 4, 5, col0=10)
     ones = np.ones((1, 4, 8), np.float32)
     acc.add(ones * 2, np.ones((4, 8), np.float32), 0, 8)  # cols 8..16, clipped to 10..15
-    probs, valid = acc.pop_rows(2)
+    _, probs, valid = acc.pop_rows(2)
     assert probs.shape == (1, 2, 5) and valid.all() and (probs == 2).all()
     assert acc.base == 2
     acc.add(ones[:, :2, :5] * 4, np.ones((2, 5), np.float32), 2, 10)  # rows 2,3 overlap the first tile
-    probs, valid = acc.pop_rows(6)
+    classes, probs, valid = acc.pop_rows(6)
+    assert classes.shape == (4, 5) and (classes == 0).all()
+    assert acc.pop_rows(6, probabilities=False)[1].size == 0
     assert (probs[0, :2] == 3).all() and valid[:2].all()  # rows 2,3: (2+4)/2
     assert not valid[2:].any()  # rows 4,5: never covered
     with pytest.raises(ValueError):
