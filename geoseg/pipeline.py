@@ -100,7 +100,8 @@ class PredictionReport:
 class _TileItem:
     row: int
     col: int
-    data: np.ndarray | None  # (bands, size, size) normalized float32 (a view), None when skipped
+    data: np.ndarray | None  # (bands, size, size) a view: raw values, or normalized float32; None when skipped
+    band_valid: np.ndarray | None  # (bands, size, size) bool per-band validity of raw data (a view), else None
     valid: np.ndarray  # (h, w) bool: any band valid, the part inside the raster
     height: int
     width: int
@@ -134,13 +135,15 @@ def _row_specs(grid: TileGrid, plan: list[tuple[int, tuple[int, int], list[int],
 
 def _read_row(ds: Any, band_idx: list[int], grid: TileGrid,
               spec: tuple[int, tuple[int, int], int, int, list[int], int],
-              mean: np.ndarray, std: np.ndarray) -> list[_TileItem]:
-    """Read one tile row's band of rows once, normalize it and cut it into tiles.
+              mean: np.ndarray | None = None, std: np.ndarray | None = None) -> list[_TileItem]:
+    """Read one tile row's band of rows once and cut it into tiles (views).
 
-    Normalizing here, in the reader threads, keeps the main thread free for the model
-    and the blending (on a GPU it was the main thread's largest cost). Masked values
-    become 0, the band mean. Parts of a tile beyond the raster (small rasters, aligned
-    last tiles) are filled by reflection.
+    With ``mean``/``std`` the band is normalized here to float32 (masked values become 0,
+    the band mean): with several reader threads (the GPU default) that takes the work off
+    the main thread, which feeds the GPU. Without, it stays in the raster's own type with
+    a validity mask (3 bytes a uint16 value instead of 4; the CPU default, one reader),
+    and the main thread normalizes per batch. Parts of a tile beyond the raster (small
+    rasters, aligned last tiles) are filled by reflection.
     """
     s_i, (a, b), n, i, cols, skip = spec
     size = grid.size
@@ -149,23 +152,29 @@ def _read_row(ds: Any, band_idx: list[int], grid: TileGrid,
     c_end = min(c_hi, grid.width)
     h = min(size, grid.height - r)
     # raw values in the raster's own type: the row bands in flight are the reader's main memory
-    raw, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h), native=True)
+    data, valid = read_window(ds, band_idx, Window(c_lo, r, c_end - c_lo, h), native=True)
     anyvalid = valid.any(axis=0)
-    data = raw.astype(np.float32)
-    del raw
-    data -= mean[:, None, None]
-    data /= std[:, None, None]
-    data[~valid] = 0.0
+    band_valid: np.ndarray | None = None
+    if mean is not None and std is not None:
+        norm = data.astype(np.float32)
+        del data
+        norm -= mean[:, None, None]
+        norm /= std[:, None, None]
+        norm[~valid] = 0.0
+        data = _pad_to(norm, size, c_hi - c_lo)
+    else:
+        data = _pad_to(data, size, c_hi - c_lo)
+        band_valid = _pad_to(valid, size, c_hi - c_lo)
     del valid
-    data = _pad_to(data, size, c_hi - c_lo)
     row_items = []
     for j, c in enumerate(cols):
         w = min(size, grid.width - c)
         v = anyvalid[:, c - c_lo: c - c_lo + w]
         cs = slice(c - c_lo, c - c_lo + size)
         has = bool(v.any())
-        row_items.append(_TileItem(r, c, data[:, :, cs] if has else None, v, h, w, j == len(cols) - 1, i, (a, b),
-                                   s_i, n == 0 and j == 0, skip))
+        row_items.append(_TileItem(r, c, data[:, :, cs] if has else None,
+                                   band_valid[:, :, cs] if has and band_valid is not None else None,
+                                   v, h, w, j == len(cols) - 1, i, (a, b), s_i, n == 0 and j == 0, skip))
     return row_items
 
 
@@ -182,7 +191,7 @@ def _iter_tiles(ds: Any, band_idx: list[int], grid: TileGrid,
     specs = _row_specs(grid, plan)
     if threads <= 1:
         for spec in specs:
-            yield _read_row(ds, band_idx, grid, spec, mean, std)
+            yield _read_row(ds, band_idx, grid, spec)  # raw: the main thread normalizes per batch
         return
     import collections
     from concurrent.futures import ThreadPoolExecutor
@@ -598,7 +607,13 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
         if not todo:
             return None
         run += len(todo)
-        tiles = [it.data for it in todo]
+        if todo[0].band_valid is not None:  # raw values (one reader thread): normalize the batch here
+            x = np.stack([it.data for it in todo]).astype(np.float32, copy=False)  # type: ignore[misc]
+            x -= mean[:, None, None]
+            x /= std[:, None, None]
+            x[~np.stack([it.band_valid for it in todo])] = 0.0  # masked values become the band mean
+            return submit(x) if submit is not None else _Done(predictor.predict(x))
+        tiles = [it.data for it in todo]  # normalized by the reader threads
         if submit is not None:
             return submit(tiles)  # copied straight into the device's pinned buffer, no stacked copy
         return _Done(predictor.predict(np.stack(tiles)))  # type: ignore[arg-type]

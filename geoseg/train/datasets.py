@@ -67,7 +67,7 @@ class PolygonLabels(VectorDataset):
     of the polygons that each process loads once (reprojected, with their mask codes and an
     STR-tree), where ``VectorDataset`` itself would read the whole file again for every
     chip. Training polygons are hand-drawn or digitised label sets, small next to the
-    imagery; write the split files as GeoParquet so that reading them needs no GDAL.
+    imagery. The training code writes the split files as GeoParquet: reading them needs no GDAL.
     """
 
     def __init__(self, path: str | os.PathLike[str], class_field: str, codes: Mapping[str, int],
