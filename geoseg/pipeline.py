@@ -133,6 +133,15 @@ def _row_specs(grid: TileGrid, plan: list[tuple[int, tuple[int, int], list[int],
             yield s_i, strip, n, i, cols, skip
 
 
+def _normalized(raw: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(raw - mean) / std`` as float32 over the band axis (-3); masked values become 0, the band mean."""
+    x = raw.astype(np.float32, copy=False)
+    x -= mean[:, None, None]
+    x /= std[:, None, None]
+    x[~valid] = 0.0
+    return x
+
+
 def _read_row(ds: Any, band_idx: list[int], grid: TileGrid,
               spec: tuple[int, tuple[int, int], int, int, list[int], int],
               mean: np.ndarray | None = None, std: np.ndarray | None = None) -> list[_TileItem]:
@@ -156,12 +165,7 @@ def _read_row(ds: Any, band_idx: list[int], grid: TileGrid,
     anyvalid = valid.any(axis=0)
     band_valid: np.ndarray | None = None
     if mean is not None and std is not None:
-        norm = data.astype(np.float32)
-        del data
-        norm -= mean[:, None, None]
-        norm /= std[:, None, None]
-        norm[~valid] = 0.0
-        data = _pad_to(norm, size, c_hi - c_lo)
+        data = _pad_to(_normalized(data, valid, mean, std), size, c_hi - c_lo)
     else:
         data = _pad_to(data, size, c_hi - c_lo)
         band_valid = _pad_to(valid, size, c_hi - c_lo)
@@ -608,10 +612,8 @@ def _run(ds: Any, band_idx: list[int], grid: TileGrid, strips: list[tuple[int, i
             return None
         run += len(todo)
         if todo[0].band_valid is not None:  # raw values (one reader thread): normalize the batch here
-            x = np.stack([it.data for it in todo]).astype(np.float32, copy=False)  # type: ignore[misc]
-            x -= mean[:, None, None]
-            x /= std[:, None, None]
-            x[~np.stack([it.band_valid for it in todo])] = 0.0  # masked values become the band mean
+            x = _normalized(np.stack([it.data for it in todo]),  # type: ignore[misc]
+                            np.stack([it.band_valid for it in todo]), mean, std)  # type: ignore[misc]
             return submit(x) if submit is not None else _Done(predictor.predict(x))
         tiles = [it.data for it in todo]  # normalized by the reader threads
         if submit is not None:

@@ -21,7 +21,7 @@ from pyproj import CRS
 from torchgeo.datasets import GeoDataset, IntersectionDataset, RasterDataset, VectorDataset
 
 from geoseg.errors import LabelError
-from geoseg.train.labels import class_key
+from geoseg.train.labels import class_key, read_vector
 
 
 class ImageFile(RasterDataset):
@@ -89,17 +89,8 @@ class PolygonLabels(VectorDataset):
 
     def _load(self) -> tuple[Any, np.ndarray, Any]:
         if self._shapes is None:
-            from pathlib import Path
-
-            import geopandas as gpd
-
-            frames = []
-            for f in self.index.filepath:
-                if Path(f).suffix.lower() in (".parquet", ".geoparquet"):
-                    frames.append(gpd.read_parquet(f))
-                else:
-                    frames.append(gpd.read_file(f, layer=self.layer))
-            gdf = pd.concat([g.to_crs(self.crs) for g in frames], ignore_index=True)
+            frames = [read_vector(f, self.layer).to_crs(self.crs) for f in self.index.filepath]
+            gdf = pd.concat(frames, ignore_index=True)
             codes = np.array([self.codes.get(class_key(v), 0) for v in gdf[self.class_field]], dtype=np.int64)
             keep = (codes > 0) & ~(gdf.geometry.isna() | gdf.geometry.is_empty).to_numpy()
             geoms = gdf.geometry.to_numpy()[keep]

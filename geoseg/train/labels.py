@@ -17,10 +17,17 @@ def class_key(value: Any) -> str:
     return str(value).strip()
 
 
-def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
-    """Read training polygons; refuse missing CRS, missing field, empty files, non-polygons."""
+def read_vector(path: str | os.PathLike[str], layer: str | int | None = None) -> Any:
+    """A GeoDataFrame of any vector file GDAL reads; GeoParquet through pyarrow (no GDAL needed)."""
     import geopandas as gpd
 
+    if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
+        return gpd.read_parquet(path)
+    return gpd.read_file(path, layer=layer)
+
+
+def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
+    """Read training polygons; refuse missing CRS, missing field, empty files, non-polygons."""
     p = Path(path)
     if not p.exists():
         raise VectorError(f"{p}: vector label file not found")
@@ -29,10 +36,7 @@ def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if p.suffix.lower() in (".parquet", ".geoparquet"):
-                gdf = gpd.read_parquet(p)  # GeoParquet through pyarrow (geoseg also writes it)
-            else:
-                gdf = gpd.read_file(p)
+            gdf = read_vector(p)
     except Exception as e:  # noqa: BLE001 - pyogrio/GDAL raise many types
         raise VectorError(f"{p}: cannot read as vector data: {str(e).splitlines()[0][:160]}") from None
     if len(gdf) == 0:
