@@ -32,9 +32,12 @@ ARCHITECTURES = ("unet", "smp-unet", "tempcnn")
 PER_PIXEL = frozenset({"tempcnn"})
 
 
-def default_overlap(arch: str, tile: int) -> int:
-    """Overlap a trained model recommends: none for per-pixel models, else up to 64 px."""
-    return 0 if arch in PER_PIXEL else min(DEFAULT_OVERLAP, tile // 4)
+def default_overlap(arch: str, tile: int, arch_args: dict[str, Any] | None = None) -> int:
+    """Overlap a trained model recommends: its receptive field for per-pixel models (none
+    for a pixel alone, ``context - 1`` for a tempcnn reading a neighbourhood), else up to 64 px."""
+    if arch in PER_PIXEL:
+        return min(int((arch_args or {}).get("context", 1)) - 1, tile // 4)
+    return min(DEFAULT_OVERLAP, tile // 4)
 
 
 def size_multiple(arch: str, arch_args: dict[str, Any]) -> int:

@@ -355,3 +355,85 @@ def test_tempcnn_chunked_evaluation_equals_one_pass() -> None:
         m.chunk = 10**6
         whole = m(x)
     torch.testing.assert_close(chunked, whole)
+
+
+def test_tempcnn_context_reads_the_pixel_and_its_neighbourhood_mean() -> None:
+    """context=3: each pixel's profile beside the mean of its 3x3 window (inside the image only)."""
+    import torch.nn.functional as F
+
+    from geoseg.models.tempcnn import TempCNN
+
+    torch.manual_seed(0)
+    ctx = TempCNN(8, 3, bands_per_date=2, context=3).eval()
+    plain = TempCNN(16, 3, bands_per_date=4).eval()  # the same network fed [own, mean] by hand
+    plain.load_state_dict(ctx.state_dict())
+    x = torch.randn(1, 8, 5, 6)
+    pad = F.pad(x, (1, 1, 1, 1))
+    ones = F.pad(torch.ones(1, 1, 5, 6), (1, 1, 1, 1))
+    win_sum = sum(pad[..., i:i + 5, j:j + 6] for i in range(3) for j in range(3))
+    win_n = sum(ones[..., i:i + 5, j:j + 6] for i in range(3) for j in range(3))
+    mean = win_sum / win_n  # corners average 4 pixels, edges 6, the inside 9
+    by_hand = torch.cat([x.reshape(1, 4, 2, 5, 6), mean.reshape(1, 4, 2, 5, 6)], 2).reshape(1, 16, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ctx(x), plain(by_hand))
+        # receptive field: 3 px; a change 2 px away leaves the pixel alone, 1 px away does not
+        y = ctx(x)
+        x2 = x.clone()
+        x2[..., 2, 4] += 5
+        d = (ctx(x2) - y).abs().amax(1)[0]
+        assert d[2, 2] == 0 and d[2, 3] > 0 and d[1, 3] > 0 and d[0, 4] == 0
+    with pytest.raises(ValueError, match="context must be odd"):
+        TempCNN(8, 3, context=4)
+
+
+def test_pool_over_dates_gives_each_band_the_stats_of_all_its_dates() -> None:
+    from geoseg.train.data import pool_over_dates
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 3, 2)) * [1.0, 10.0] + rng.normal(size=(1, 3, 2)) * 5  # pixels, dates, bands
+    flat = a.reshape(500, 6)
+    mean, std = pool_over_dates(flat.mean(0), flat.std(0), 2)
+    for b in range(2):
+        np.testing.assert_allclose(mean[b::2], a[..., b].mean(), rtol=1e-9)
+        np.testing.assert_allclose(std[b::2], a[..., b].std(), rtol=1e-9)
+
+
+def test_tempcnn_with_context_stores_pooled_stats_and_tile_overlap(tmp_path: Path) -> None:
+    from geoseg.models import load_checkpoint
+    from geoseg.pipeline import predict_raster
+    from geoseg.train import train
+
+    cfg = _cfg(tmp_path, arch="tempcnn", context=5, tile_size=16, batch_size=4, samples_per_epoch=8,
+               val_block=32, depth=3)
+    rep = train(cfg)
+    _, meta = load_checkpoint(rep.output)
+    assert meta.arch_args["context"] == 5
+    assert meta.overlap == 4  # the receptive field: tiles overlap by context - 1
+    assert len(set(meta.mean)) == 1 and len(set(meta.std)) == 1  # one NDVI band: one pooled mean and std
+    with rasterio.open(cfg.images[0]) as ds:
+        assert meta.mean[0] == pytest.approx(float(ds.read().astype(np.float64).mean()), rel=1e-4)
+    r = predict_raster(cfg.images[0], rep.output, tmp_path / "c.tif", tile_size=32)
+    assert r.overlap == 4
+
+
+def test_margin_leaves_out_labels_near_inner_chip_edges_only() -> None:
+    """Labels within the model's reach of a chip edge are ignored, unless that edge is the image's."""
+    from geoseg.train import data as D
+
+    grid = D.image_grid([shared_file(SLO_IMG)])
+    left, bottom, right, top = grid.bounds
+    rx, ry = grid.res
+    bm = D.BatchMaker(grid, np.arange(256), [0.0] * 68, [1.0] * 68, margin=2)
+    x = torch.ones(2, 68, 8, 8)
+    mask = torch.ones(2, 8, 8, dtype=torch.long)
+    inner = (slice(left + 10 * rx, left + 18 * rx), slice(top - 30 * ry, top - 22 * ry), slice(0, 1))
+    corner = (slice(left, left + 8 * rx), slice(top - 8 * ry, top), slice(0, 1))  # the image's top-left corner
+    y = bm.process(x, mask, [inner, corner])["mask"]
+    labelled = y != 255
+    expect_inner = torch.zeros(8, 8, dtype=torch.bool)
+    expect_inner[2:6, 2:6] = True
+    assert torch.equal(labelled[0], expect_inner)
+    expect_corner = torch.zeros(8, 8, dtype=torch.bool)
+    expect_corner[:6, :6] = True  # top and left are the image's edges: kept
+    assert torch.equal(labelled[1], expect_corner)
+    assert (D.BatchMaker(grid, np.arange(256), [0.0] * 68, [1.0] * 68).process(x, mask)["mask"] != 255).all()

@@ -30,12 +30,12 @@ def _build_smp_unet(in_channels: int, num_classes: int, encoder: str = "efficien
 
 
 def _build_tempcnn(in_channels: int, num_classes: int, bands_per_date: int = 1, hidden: int = 64,
-                   kernel: int = 5, fc: int = 256, dropout: float = 0.2) -> nn.Module:
+                   kernel: int = 5, fc: int = 256, dropout: float = 0.2, context: int = 1) -> nn.Module:
     from geoseg.models.tempcnn import TempCNN
 
     try:
         return TempCNN(in_channels, num_classes, bands_per_date=bands_per_date, hidden=hidden, kernel=kernel,
-                       fc=fc, dropout=dropout)
+                       fc=fc, dropout=dropout, context=context)
     except ValueError as e:
         raise UsageError(f"tempcnn: {e}") from None
 
@@ -44,7 +44,8 @@ def _build_tempcnn(in_channels: int, num_classes: int, bands_per_date: int = 1, 
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "unet": (_build_unet, {"base_channels": 32, "depth": 3}),
     "smp-unet": (_build_smp_unet, {"encoder": "efficientnet-b3", "encoder_weights": None, "encoder_depth": 5}),
-    "tempcnn": (_build_tempcnn, {"bands_per_date": 1, "hidden": 64, "kernel": 5, "fc": 256, "dropout": 0.2}),
+    "tempcnn": (_build_tempcnn, {"bands_per_date": 1, "hidden": 64, "kernel": 5, "fc": 256, "dropout": 0.2,
+                                 "context": 1}),
 }
 
 

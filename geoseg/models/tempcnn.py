@@ -2,13 +2,18 @@
 
 For stacks of many dates (an NDVI series, or several bands per date) where each pixel's
 temporal profile, not its neighbourhood, says what it is. Every pixel goes through the
-same 1-D convolutions over time, so the model is fully convolutional in space with a
-receptive field of one pixel: tiles need no overlap and any tile size works.
+same 1-D convolutions over time, so the model is fully convolutional in space. By default
+its receptive field is one pixel: tiles need no overlap and any tile size works. With
+``context`` > 1 each pixel's profile is read together with the mean profile of the
+``context`` x ``context`` pixels around it (a fixed box filter, borders averaged over the
+pixels inside the image), which damps the pixel noise of per-pixel maps; the receptive
+field is then ``context`` pixels and tiles overlap by ``context - 1``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -24,21 +29,27 @@ class TempCNN(nn.Module):
         kernel: convolution length in dates (odd).
         fc: units of the dense layer.
         dropout: dropout after every layer (training only).
+        context: odd side in pixels of the neighbourhood whose mean profile is added to each
+            pixel's own (as ``bands_per_date`` more bands per date); 1 = the pixel alone.
         chunk: pixels per forward chunk in evaluation (bounds activation memory for big tiles).
     """
 
     def __init__(self, in_channels: int, num_classes: int, bands_per_date: int = 1, hidden: int = 64,
-                 kernel: int = 5, fc: int = 256, dropout: float = 0.2, chunk: int = 8192) -> None:
+                 kernel: int = 5, fc: int = 256, dropout: float = 0.2, context: int = 1,
+                 chunk: int = 8192) -> None:
         super().__init__()
         if bands_per_date < 1 or in_channels % bands_per_date:
             raise ValueError(f"{in_channels} bands are not a whole number of dates of {bands_per_date} bands")
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, got {kernel}")
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"context must be odd, got {context}")
         self.dates = in_channels // bands_per_date
         self.bands_per_date = bands_per_date
+        self.context = context
         self.chunk = chunk
         layers: list[nn.Module] = []
-        cin = bands_per_date
+        cin = bands_per_date * (2 if context > 1 else 1)
         for _ in range(3):
             layers += [nn.Conv1d(cin, hidden, kernel, padding=kernel // 2), nn.BatchNorm1d(hidden),
                        nn.ReLU(inplace=True), nn.Dropout(dropout)]
@@ -48,10 +59,23 @@ class TempCNN(nn.Module):
                                    nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.head = nn.Linear(fc, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``(N, classes, H, W)``; with ``pixels`` (indexes into the ``N*H*W``
+        pixels, row-major) only those pixels' logits, ``(len(pixels), classes)``: training
+        spends no compute on unlabelled pixels."""
         n, c, h, w = x.shape
-        # (N, C, H, W) -> one (bands_per_date, dates) sequence per pixel
-        z = x.permute(0, 2, 3, 1).reshape(n * h * w, self.dates, self.bands_per_date).transpose(1, 2)
+        bands = self.bands_per_date
+        if self.context > 1:
+            k = self.context
+            mean = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+            # date by date: the pixel's bands, then its neighbourhood's
+            x = torch.stack([x.reshape(n, self.dates, bands, h, w), mean.reshape(n, self.dates, bands, h, w)], 2)
+            bands *= 2
+            x = x.reshape(n, self.dates * bands, h, w)
+        # (N, C, H, W) -> one (bands, dates) sequence per pixel
+        z = x.permute(0, 2, 3, 1).reshape(n * h * w, self.dates, bands).transpose(1, 2)
+        if pixels is not None:
+            return self.head(self.dense(self.conv(z[pixels])))
         if self.training or len(z) <= self.chunk:
             # training batches go in whole: batch norm needs more than one pixel per chunk
             y = self.head(self.dense(self.conv(z)))

@@ -41,6 +41,9 @@ class TrainConfig:
         encoder: smp-unet encoder name (random init; no weights are downloaded).
         encoder_depth: smp-unet encoder depth.
         bands_per_date: tempcnn: bands per date (the bands are ordered date by date).
+        context: tempcnn: odd side in pixels of the neighbourhood whose mean profile the
+            model reads beside each pixel's own (1 = the pixel alone; e.g. 7 damps the
+            pixel noise of maps whose classes cover many pixels).
         epochs: maximum number of epochs.
         samples_per_epoch: training chips per epoch (default: about the number of
             non-overlapping chips in the training regions, at least 4 batches).
@@ -87,6 +90,7 @@ class TrainConfig:
     encoder: str = "resnet18"
     encoder_depth: int = 5
     bands_per_date: int = 1
+    context: int = 1
     epochs: int = 20
     samples_per_epoch: int | None = None
     batch_size: int = 8
@@ -127,7 +131,8 @@ class TrainConfig:
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers >= 0),
                   ("depth", 1 <= self.depth <= 8), ("base-channels", self.base_channels >= 1),
                   ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0),
-                  ("band-dropout", 0 <= self.band_dropout < 1), ("bands-per-date", self.bands_per_date >= 1)]
+                  ("band-dropout", 0 <= self.band_dropout < 1), ("bands-per-date", self.bands_per_date >= 1),
+                  ("context", self.context >= 1 and self.context % 2 == 1)]
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"--{name} {getattr(self, name.replace('-', '_'))!r} is out of range")
@@ -155,7 +160,7 @@ class TrainConfig:
         if self.arch == "unet":
             return {"base_channels": self.base_channels, "depth": self.depth}
         if self.arch == "tempcnn":
-            return {"bands_per_date": self.bands_per_date}
+            return {"bands_per_date": self.bands_per_date, "context": self.context}
         return {"encoder": self.encoder, "encoder_weights": None, "encoder_depth": self.encoder_depth}
 
     @property

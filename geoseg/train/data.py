@@ -141,6 +141,26 @@ def normalization_stats(grid: ImageGrid) -> tuple[list[float], list[float]]:
     return mean, std
 
 
+def pool_over_dates(mean: Sequence[float], std: Sequence[float], bands_per_date: int
+                    ) -> tuple[list[float], list[float]]:
+    """One mean and std per band of a date, pooled over all dates (dates weighted equally).
+
+    A time series normalised date by date loses what the model needs most: the level of
+    each date against the others (a green-up, a harvest). Pooling over the dates keeps the
+    profile's shape, as in TempCNN (Pelletier et al. 2019).
+    """
+    if len(mean) % bands_per_date:
+        raise UsageError(f"tempcnn: {len(mean)} bands are not a whole number of dates of {bands_per_date} bands; "
+                         "check --bands-per-date")
+    m = np.asarray(mean, dtype=np.float64).reshape(-1, bands_per_date)
+    s = np.asarray(std, dtype=np.float64).reshape(-1, bands_per_date)
+    pm = m.mean(axis=0)
+    ps = np.sqrt(np.maximum((s * s + m * m).mean(axis=0) - pm * pm, 0.0))
+    ps = np.maximum(ps, 1e-6)
+    dates = m.shape[0]
+    return np.tile(pm, dates).tolist(), np.tile(ps, dates).tolist()
+
+
 # ---------------------------------------------------------------------- classes
 def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids: bool,
                  colours: dict[int, tuple[int, int, int]] | None = None
@@ -516,15 +536,17 @@ class BatchMaker:
 
     Steps: stack the samples; look mask values up as class indexes (unknown -> ignore);
     ignore pixels where any band is nodata or not finite, and pixels outside the
-    chip's own region when ``clip`` is set; normalize with the training mean/std (nodata
+    chip's own region when ``clip`` is set, and pixels within ``margin`` of a chip edge
+    that is not an edge of the image (for models that read a neighbourhood); normalize with the training mean/std (nodata
     becomes 0, the band mean, as in inference); augment (D4, photometric jitter, band
     dropout).
     """
 
     def __init__(self, grid: ImageGrid, lut: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
                  regions: Sequence[Box] = (), clip: bool = False, augment: str = "none", jitter: float = 0.0,
-                 band_dropout: float = 0.0, seed: int = 0) -> None:
+                 band_dropout: float = 0.0, seed: int = 0, margin: int = 0) -> None:
         self.grid = grid
+        self.margin = margin
         self.lut = torch.as_tensor(lut, dtype=torch.long)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
@@ -569,6 +591,27 @@ class BatchMaker:
         m = ((ys >= b[1]) & (ys < b[3]))[:, None] & ((xs >= b[0]) & (xs < b[2]))[None, :]
         return torch.from_numpy(m)
 
+    def _mask_margins(self, y: torch.Tensor, bounds: Sequence[Any] | None) -> None:
+        r = self.margin
+        left, bottom, right, top = self.grid.bounds
+        rx, ry = self.grid.res
+        for i in range(len(y)):
+            # chip edges lying on the image's edges keep their labels (inference cuts there too)
+            if bounds is not None:
+                bx, by = bounds[i][0], bounds[i][1]
+                at = (by.stop >= top - ry / 2, by.start <= bottom + ry / 2, bx.start <= left + rx / 2,
+                      bx.stop >= right - rx / 2)
+            else:
+                at = (False, False, False, False)
+            if not at[0]:
+                y[i, :r] = IGNORE_INDEX
+            if not at[1]:
+                y[i, -r:] = IGNORE_INDEX
+            if not at[2]:
+                y[i, :, :r] = IGNORE_INDEX
+            if not at[3]:
+                y[i, :, -r:] = IGNORE_INDEX
+
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from torchgeo.datasets import stack_samples
 
@@ -592,6 +635,8 @@ class BatchMaker:
             h, w = y.shape[-2:]
             for i, b in enumerate(bounds):
                 y[i][~self._region_mask(b, h, w)] = IGNORE_INDEX
+        if self.margin > 0:
+            self._mask_margins(y, bounds)
         x = (x - self.mean) / self.std
         x = torch.where(invalid[:, None], torch.zeros((), dtype=x.dtype), x)
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

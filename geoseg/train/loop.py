@@ -34,14 +34,14 @@ import torch.nn.functional as F
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.metrics import SegmentationMetrics, metrics_from_confusion
-from geoseg.modelmeta import ModelMeta, default_overlap
+from geoseg.modelmeta import PER_PIXEL, ModelMeta, default_overlap
 from geoseg.train import data as D
 from geoseg.train.config import IGNORE_INDEX, TrainConfig
 
 #: config fields that must not change when resuming
 _RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "base_channels", "depth", "encoder",
                  "encoder_depth", "tile_size", "class_map", "ignore_values", "val_split", "val_block", "seed",
-                 "class_weights", "dice", "bands_per_date")
+                 "class_weights", "dice", "bands_per_date", "context")
 
 
 @dataclass
@@ -106,7 +106,11 @@ class TrainReport:
 # ---------------------------------------------------------------------- losses
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                       dice: bool) -> torch.Tensor:
-    """Cross entropy over labelled pixels (+ soft Dice). Zero, with a graph, when nothing is labelled."""
+    """Cross entropy over labelled pixels (+ soft Dice). Zero, with a graph, when nothing is labelled.
+
+    ``logits`` are ``(N, C, H, W)`` with ``target`` ``(N, H, W)``, or ``(P, C)`` with ``(P,)``
+    for pixels already picked out (per-pixel models).
+    """
     valid = target != IGNORE_INDEX
     logits = logits.float()
     if not bool(valid.any()):
@@ -116,7 +120,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     loss = ce / denom.clamp_min(1e-6)
     if dice:
         n = logits.shape[1]
-        p = logits.softmax(1).permute(0, 2, 3, 1)[valid]  # (P, n)
+        p = logits.softmax(1)
+        p = (p if p.dim() == 2 else p.permute(0, 2, 3, 1))[valid]  # (P, n)
         t = F.one_hot(target[valid], n).float()
         inter = (p * t).sum(0)
         card = p.sum(0) + t.sum(0)
@@ -273,6 +278,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             raise UsageError("--resume: the classes found in the labels differ from the checkpoint's")
     else:
         mean, std = D.normalization_stats(grid)
+        if cfg.arch == "tempcnn":
+            mean, std = D.pool_over_dates(mean, std, cfg.bands_per_date)
     schema = plan.schema
     n_cls = len(schema)
     fabric = _fabric(cfg)
@@ -307,9 +314,12 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     gen = torch.Generator()
     train_ds = D.build_dataset(grid, plan, cfg, "train")
     sampler = D.train_sampler(grid, plan, cfg, gen)
+    per_pixel = cfg.arch in PER_PIXEL
+    # labels closer to a chip's edge than the model's reach see a cut neighbourhood, unlike in
+    # inference (tiles overlap): they are left out, except along the image's own edges
     train_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
                             augment=cfg.augment, jitter=cfg.jitter, band_dropout=cfg.band_dropout,
-                            seed=cfg.seed)
+                            seed=cfg.seed, margin=cfg.context // 2 if per_pixel else 0)
     pin = fabric.device.type == "cuda"
     train_loader = fabric.setup_dataloaders(D.make_loader(train_ds, sampler, train_bm, cfg, pin_memory=pin),
                                             use_distributed_sampler=cfg.devices > 1)
@@ -339,7 +349,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             training["val_per_class"] = val.per_class()
             training["val_confusion"] = val.matrix.tolist()
         return ModelMeta(arch=cfg.arch, arch_args=cfg.arch_args, bands=list(grid.band_names), mean=mean, std=std,
-                         schema=schema, tile_size=tile, overlap=default_overlap(cfg.arch, tile), training=training)
+                         schema=schema, tile_size=tile, overlap=default_overlap(cfg.arch, tile, cfg.arch_args), training=training)
 
     n_steps = math.ceil(len(sampler) / cfg.batch_size)
     stopped_early = False
@@ -359,8 +369,14 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             x, y = batch["image"], batch["mask"]
             if on_cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if per_pixel:
+                # per-pixel models run on the labelled pixels only (batch norm needs two)
+                pixels = (y.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
+                if len(pixels) < 2:
+                    continue
+                y = y.flatten()[pixels]
             opt.zero_grad(set_to_none=True)
-            logits = model(x)
+            logits = model(x, pixels=pixels) if per_pixel else model(x)
             loss = segmentation_loss(logits, y, weight, cfg.dice)
             fabric.backward(loss)
             opt.step()
