@@ -58,9 +58,16 @@ def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
 
 
 def _line(name: str, m_geo, m_rf, secs: tuple[float, float]) -> str:
-    return (f"{name:<24} geoseg OA {m_geo.overall_accuracy:.3f} macroF1 {m_geo.macro_f1:.3f} mIoU {m_geo.miou:.3f}"
-            f" ({secs[0]:.0f} s) | RF OA {m_rf.overall_accuracy:.3f} macroF1 {m_rf.macro_f1:.3f} "
-            f"mIoU {m_rf.miou:.3f} ({secs[1]:.0f} s)")
+    def oa(m) -> str:  # with the pixel counts, so that a tie at 3 decimals can be read
+        ok, n = int(np.trace(m.matrix)), int(m.matrix.sum())
+        return f"OA {m.overall_accuracy:.3f} ({ok}/{n})"
+
+    def f1(m) -> str:
+        return " ".join(f"{c}:{v:.2f}" for c, v in zip(m.names, m.f1))
+
+    return (f"{name:<24} geoseg {oa(m_geo)} macroF1 {m_geo.macro_f1:.3f} mIoU {m_geo.miou:.3f}"
+            f" ({secs[0]:.0f} s) | RF {oa(m_rf)} macroF1 {m_rf.macro_f1:.3f} "
+            f"mIoU {m_rf.miou:.3f} ({secs[1]:.0f} s)\n{'':<24} per-class F1 geoseg {f1(m_geo)} | RF {f1(m_rf)}")
 
 
 def brazil(quick: bool) -> str:
