@@ -15,7 +15,9 @@ all folds (``geoseg.metrics``).
   block-out over 2x2 spatial blocks (rows 0-47/48-100, columns 0-47/48-99). geoseg
   trains on a label raster in which the test block is blanked (0 = unlabelled).
 
-Run: ``python benchmarks/bench_accuracy.py [--quick]`` (about 10 minutes on 2 CPU cores).
+Run: ``python benchmarks/bench_accuracy.py [--quick]`` (about 20 minutes on 2 CPU cores);
+``--only slovenia --slovenia-models tempcnn [--repeats 3]`` for the temporal CNN alone (about 6
+minutes a repeat).
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ SLOVENIA_MODELS = {
 }
 
 
-def slovenia(quick: bool, models: list[str]) -> list[str]:
+def slovenia(quick: bool, models: list[str], repeats: int = 1) -> list[str]:
+    """Leave-one-block-out; with ``repeats`` > 1 the whole cross-validation is repeated with other
+    seeds (``fold + 100 * repeat``, for geoseg and the RF alike) and the mean and spread printed."""
     img = DATA / "eolearn_slovenia" / "NDVI_timeseries_68dates.tif"
     lab = DATA / "eolearn_slovenia" / "LULC_label.tif"
     with rasterio.open(img) as ds:
@@ -145,41 +149,58 @@ def slovenia(quick: bool, models: list[str]) -> list[str]:
     blocks = [(r, c) for r in ((0, 48), (48, H)) for c in ((0, 48), (48, W))]
     feats = x.reshape(x.shape[0], -1).T
     n = len(ids)
-    cm_geo = {m: np.zeros((n, n), dtype=np.int64) for m in models}
-    t_geo = {m: 0.0 for m in models}
-    cm_rf = np.zeros((n, n), dtype=np.int64)
-    t_rf = 0.0
-    with tempfile.TemporaryDirectory() as td:
-        tmp = Path(td)
-        for k, ((r0, r1), (c0, c1)) in enumerate(blocks):
-            test = np.zeros_like(y, dtype=bool)
-            test[r0:r1, c0:c1] = True
-            test &= yi >= 0
-            train_m = (~test) & (yi >= 0)
-            train_m[r0:r1, c0:c1] = False
-            t0 = time.perf_counter()
-            pred_rf = _rf(feats[train_m.ravel()], yi[train_m], feats[test.ravel()], seed=k)
-            t_rf += time.perf_counter() - t0
-            cm_rf += confusion_matrix(yi[test], pred_rf, n)
-            blanked = y.copy()
-            blanked[r0:r1, c0:c1] = 0
-            lp = tmp / f"labels_{k}.tif"
-            with rasterio.open(lp, "w", **prof) as ds:
-                ds.write(blanked, 1)
-            for m in models:
-                cfg = dict(SLOVENIA_MODELS[m], labels=str(lp), val_split=0.0, seed=k)
-                if quick:
-                    cfg["epochs"] = max(1, cfg["epochs"] // 2)
+    lines: list[str] = []
+    runs: dict[str, list[tuple[float, float]]] = {m: [] for m in [*models, "RF"]}
+    for rep in range(repeats):
+        cm_geo = {m: np.zeros((n, n), dtype=np.int64) for m in models}
+        t_geo = {m: 0.0 for m in models}
+        cm_rf = np.zeros((n, n), dtype=np.int64)
+        t_rf = 0.0
+        with tempfile.TemporaryDirectory() as td:
+            tmp = Path(td)
+            for k, ((r0, r1), (c0, c1)) in enumerate(blocks):
+                seed = k + 100 * rep
+                test = np.zeros_like(y, dtype=bool)
+                test[r0:r1, c0:c1] = True
+                test &= yi >= 0
+                train_m = (~test) & (yi >= 0)
+                train_m[r0:r1, c0:c1] = False
                 t0 = time.perf_counter()
-                pred = _geoseg(cfg, img, tmp, f"slo_{m}_{k}")
-                t_geo[m] += time.perf_counter() - t0
-                cm_geo[m] += confusion_matrix(yi[test], lut[pred][test], n)
-            print(f"  slovenia fold {k}: " + " ".join(f"geoseg-{m} OA {np.trace(c) / c.sum():.3f}"
-                                                     for m, c in cm_geo.items())
-                  + f" RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
-    m_rf = metrics_from_confusion(cm_rf, names)
-    return [_line(f"eolearn_slovenia {m}", metrics_from_confusion(cm_geo[m], names), m_rf, (t_geo[m], t_rf))
-            for m in models]
+                pred_rf = _rf(feats[train_m.ravel()], yi[train_m], feats[test.ravel()], seed=seed)
+                t_rf += time.perf_counter() - t0
+                cm_rf += confusion_matrix(yi[test], pred_rf, n)
+                blanked = y.copy()
+                blanked[r0:r1, c0:c1] = 0
+                lp = tmp / f"labels_{k}.tif"
+                with rasterio.open(lp, "w", **prof) as ds:
+                    ds.write(blanked, 1)
+                for m in models:
+                    cfg = dict(SLOVENIA_MODELS[m], labels=str(lp), val_split=0.0, seed=seed)
+                    if quick:
+                        cfg["epochs"] = max(1, cfg["epochs"] // 2)
+                    t0 = time.perf_counter()
+                    pred = _geoseg(cfg, img, tmp, f"slo_{m}_{k}")
+                    t_geo[m] += time.perf_counter() - t0
+                    cm_geo[m] += confusion_matrix(yi[test], lut[pred][test], n)
+                print(f"  slovenia repeat {rep} fold {k}: " + " ".join(
+                    f"geoseg-{m} OA {np.trace(c) / c.sum():.3f}" for m, c in cm_geo.items())
+                    + f" RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
+        m_rf = metrics_from_confusion(cm_rf, names)
+        runs["RF"].append((m_rf.overall_accuracy, m_rf.macro_f1))
+        for m in models:
+            m_geo = metrics_from_confusion(cm_geo[m], names)
+            runs[m].append((m_geo.overall_accuracy, m_geo.macro_f1))
+            line = _line(f"eolearn_slovenia {m}" + (f" repeat {rep}" if repeats > 1 else ""), m_geo, m_rf,
+                         (t_geo[m], t_rf))
+            print(line, flush=True)
+            lines.append(line)
+    if repeats > 1:
+        for m, v in runs.items():
+            a = np.array(v)
+            lines.append(f"eolearn_slovenia {m:<8} over {repeats} repeats: OA {a[:, 0].mean():.4f} ± "
+                         f"{a[:, 0].std(ddof=1):.4f}, macro F1 {a[:, 1].mean():.4f} ± {a[:, 1].std(ddof=1):.4f} "
+                         "(mean ± sd)")
+    return lines
 
 
 def main() -> None:
@@ -188,6 +209,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["brazil", "slovenia"])
     ap.add_argument("--slovenia-models", nargs="+", choices=list(SLOVENIA_MODELS), default=list(SLOVENIA_MODELS),
                     help="geoseg models to compare on Slovenia (default: all)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="Slovenia: repeat the cross-validation with other seeds and print mean and sd")
     a = ap.parse_args()
     import torch
 
@@ -196,7 +219,7 @@ def main() -> None:
     if a.only in (None, "brazil"):
         lines.append(brazil(a.quick))
     if a.only in (None, "slovenia"):
-        lines.extend(slovenia(a.quick, a.slovenia_models))
+        lines.extend(slovenia(a.quick, a.slovenia_models, a.repeats))
     print("\n".join(["", "pooled over folds (held-out pixels only):", *lines]))
 
 
