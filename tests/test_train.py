@@ -437,3 +437,15 @@ def test_margin_leaves_out_labels_near_inner_chip_edges_only() -> None:
     expect_corner[:6, :6] = True  # top and left are the image's edges: kept
     assert torch.equal(labelled[1], expect_corner)
     assert (D.BatchMaker(grid, np.arange(256), [0.0] * 68, [1.0] * 68).process(x, mask)["mask"] != 255).all()
+
+
+def test_context_options_are_checked(tmp_path: Path) -> None:
+    from geoseg.errors import UsageError
+
+    with pytest.raises(UsageError, match="applies to --arch tempcnn only"):
+        _cfg(tmp_path, context=3).validate()
+    with pytest.raises(UsageError, match="--context"):
+        _cfg(tmp_path, arch="tempcnn", context=4, tile_size=16).validate()
+    with pytest.raises(UsageError, match="smaller than --context 9"):
+        _cfg(tmp_path, arch="tempcnn", context=9, tile_size=8).validate()
+    _cfg(tmp_path, arch="tempcnn", context=7, tile_size=16).validate()

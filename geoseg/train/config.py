@@ -149,6 +149,12 @@ class TrainConfig:
         if self.arch == "smp-unet" and self.encoder_depth != 5:
             # geoseg.models builds smp.Unet with its default 5-block decoder
             raise UsageError("smp-unet supports only --encoder-depth 5 in this version")
+        if self.context != 1 and self.arch != "tempcnn":
+            raise UsageError(f"--context {self.context} applies to --arch tempcnn only")
+        if self.tile_size < self.context:
+            raise UsageError(f"--tile-size {self.tile_size} is smaller than --context {self.context}: chips need "
+                             f"labels beyond {self.context // 2} px of their edges; use --tile-size "
+                             f"{max(16, 2 * self.context)}")
         mult = self.size_multiple
         if self.tile_size % mult:
             raise UsageError(f"--tile-size {self.tile_size} must be a multiple of {mult} for {self.arch}; "
