@@ -538,8 +538,8 @@ class BatchMaker:
     ignore pixels where any band is nodata or not finite, and pixels outside the
     chip's own region when ``clip`` is set, and pixels within ``margin`` of a chip edge
     that is not an edge of the image (for models that read a neighbourhood); normalize
-    with the training mean/std (nodata becomes 0, the band mean, as in inference); augment (D4, photometric jitter, band
-    dropout).
+    with the training mean/std (nodata becomes 0, the band mean, as in inference); augment
+    (D4, photometric jitter, band dropout).
     """
 
     def __init__(self, grid: ImageGrid, lut: np.ndarray, mean: Sequence[float], std: Sequence[float], *,

@@ -319,7 +319,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     # inference (tiles overlap): they are left out, except along the image's own edges
     train_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
                             augment=cfg.augment, jitter=cfg.jitter, band_dropout=cfg.band_dropout,
-                            seed=cfg.seed, margin=cfg.context // 2 if per_pixel else 0)
+                            seed=cfg.seed, margin=cfg.context // 2)  # context is 1 unless tempcnn
     pin = fabric.device.type == "cuda"
     train_loader = fabric.setup_dataloaders(D.make_loader(train_ds, sampler, train_bm, cfg, pin_memory=pin),
                                             use_distributed_sampler=cfg.devices > 1)
@@ -349,7 +349,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             training["val_per_class"] = val.per_class()
             training["val_confusion"] = val.matrix.tolist()
         return ModelMeta(arch=cfg.arch, arch_args=cfg.arch_args, bands=list(grid.band_names), mean=mean, std=std,
-                         schema=schema, tile_size=tile, overlap=default_overlap(cfg.arch, tile, cfg.arch_args), training=training)
+                         schema=schema, tile_size=tile, overlap=default_overlap(cfg.arch, tile, cfg.arch_args),
+                         training=training)
 
     n_steps = math.ceil(len(sampler) / cfg.batch_size)
     stopped_early = False
