@@ -344,6 +344,66 @@ def test_band_dropout_replaces_whole_bands_by_their_mean() -> None:
     assert torch.equal(plain.process(x, mask)["image"], a)  # off: unchanged
 
 
+def _reference_batch(x: torch.Tensor, mask: torch.Tensor, nodata: list[float], mean: list[float],
+                     std: list[float], lut: np.ndarray, seed: int, jitter: float, band_dropout: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchMaker's contract written plainly, one sample at a time (the batch code is the fast form)."""
+    rng = np.random.default_rng([seed, 0, 0, 7])
+    xs, ys = [], []
+    for xi, mi in zip(x, mask):
+        yi = torch.tensor([[lut[v] if 0 <= v < len(lut) else 255 for v in row] for row in mi.tolist()])
+        bad = torch.zeros(xi.shape[1:], dtype=torch.bool)
+        for c in range(xi.shape[0]):
+            bad |= ~torch.isfinite(xi[c]) | ((xi[c] == nodata[c]) if not np.isnan(nodata[c]) else False)
+        yi[bad] = 255
+        xi = torch.stack([(xi[c] - mean[c]) / std[c] for c in range(xi.shape[0])])
+        xi[:, bad] = 0.0
+        xi = torch.nan_to_num(xi, nan=0.0, posinf=0.0, neginf=0.0)
+        k, flip = [(k, f) for f in (False, True) for k in range(4)][int(rng.integers(8))]
+        if flip:
+            xi, yi = xi.flip(-1), yi.flip(-1)
+        xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
+        gain = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, xi.shape[0]).astype(np.float32))
+        off = torch.from_numpy(rng.uniform(-jitter, jitter, xi.shape[0]).astype(np.float32))
+        xi = xi * gain[:, None, None] + off[:, None, None]
+        keep = torch.from_numpy(rng.random(xi.shape[0]) >= band_dropout)
+        xs.append(xi * keep[:, None, None])
+        ys.append(yi)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def test_batch_maker_equals_a_plain_per_sample_reference() -> None:
+    """Validity (nodata per band, NaN, inf), normalization, overflow, D4, jitter and band dropout."""
+    from geoseg.train import data as D
+
+    nodata = [255.0, float("nan"), 0.0, float("nan"), 7.0]
+
+    class _Grid:
+        pass
+
+    _Grid.nodata = nodata  # type: ignore[attr-defined]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 60, (6, 5, 9, 9), generator=g).float()
+    x[0, 0, 1, 1] = 255.0  # nodata of band 0
+    x[1, 2, 2, :] = 0.0  # nodata of band 2
+    x[2, 1, 3, 3] = float("nan")
+    x[3, 3, 4, 4:6] = float("inf")
+    x[4, 4, 5, 5] = -float("inf")
+    x[5, :, 6, 6] = 3e38  # finite, but overflows once normalized
+    mask = torch.randint(0, 5, (6, 9, 9), generator=g)
+    lut = np.array([255, 0, 1, 255])  # value 4 is out of the table: ignored too
+    mean, std = [1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 2.0, 1.5, 3.0, 1e-3]
+    bm = D.BatchMaker(_Grid(), lut, mean, std, augment="d4", jitter=0.1, band_dropout=0.3, seed=5)
+    before = x.clone()
+    got = bm.process(x, mask)
+    want_x, want_y = _reference_batch(x, mask, nodata, mean, std, lut, 5, 0.1, 0.3)
+    assert torch.equal(x.nan_to_num(), before.nan_to_num())  # the input is left alone
+    assert torch.equal(got["mask"], want_y)
+    assert torch.allclose(got["image"], want_x, rtol=1e-6, atol=1e-6)
+    assert bool(torch.isfinite(got["image"]).all())
+    assert int((got["mask"] == 255).sum()) > int((mask == 4).sum() + (mask == 0).sum() + (mask == 3).sum())
+
+
 def test_tempcnn_chunked_evaluation_equals_one_pass() -> None:
     from geoseg.models.tempcnn import TempCNN
 
@@ -449,3 +509,55 @@ def test_context_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="smaller than --context 9"):
         _cfg(tmp_path, arch="tempcnn", context=9, tile_size=8).validate()
     _cfg(tmp_path, arch="tempcnn", context=7, tile_size=16).validate()
+
+
+# ---------------------------------------------------------------------- direct chip reads
+@pytest.mark.parametrize("rel,merge_exact", [(SLO_IMG, True), (SLO_LAB, True), (BR_IMG, True),
+                                             ("rstoolbox_brazil/landsat_LT5_original_bands/LT52240631988227CUB02_B1.TIF",
+                                              True), ("rasterio_testdata/RGB.byte.tif", False)])
+def test_direct_chip_reads_equal_torchgeo_merge(rel: str, merge_exact: bool) -> None:
+    """Chips on the file's grid are read as plain windows: the file's pixels, nodata (or 0)
+    outside it, and the same values as torchgeo's rasterio.merge path. Chips off the grid
+    fall back to merge.
+
+    RGB.byte.tif has a resolution of 300.0379 m: there merge reads a fractional source
+    window and repeats some pixels (nearest resampling), where the window read is exact.
+    Float files through merge are bilinearly resampled, exact to ~1e-11 only."""
+    from rasterio.windows import Window
+
+    from geoseg.train.datasets import ImageFile, LabelRaster, RasterDataset, read_on_grid
+
+    path = shared_file(rel)
+    ds = (LabelRaster(path, crs=None, res=None) if "LULC" in rel else ImageFile(path))  # type: ignore[arg-type]
+    fp = ds.index.filepath.iloc[0]
+    src = rasterio.open(fp)
+    rng = np.random.default_rng(1)
+    (bx, by, _), (rx, ry) = ds.bounds, ds.res
+    direct = 0
+    for k in range(40):
+        size = int(rng.choice([8, 32, 64]))
+        # aligned chips, some hanging over the edges; every 5th off the grid by a fraction of a pixel
+        col = int(rng.integers(-size // 2, src.width))
+        row = int(rng.integers(-size // 2, src.height))
+        cx, cy = bx.start + col * rx, by.stop - (row + size) * ry
+        if k % 5 == 4:
+            cx += 0.37 * rx
+        q = (slice(cx, cx + size * rx), slice(cy, cy + size * ry))  # as torchgeo's samplers give them
+        got = ds._merge_files([fp], q, ds.band_indexes)
+        want = RasterDataset._merge_files(ds, [fp], q, ds.band_indexes)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        x, y, _ = ds._disambiguate_slice(q)
+        on_grid = read_on_grid(src, x, y, ds.band_indexes) is not None
+        assert on_grid == (k % 5 != 4)
+        direct += on_grid
+        if on_grid:
+            ref = src.read(window=Window(col, row, size, size), boundless=True, fill_value=src.nodata or 0)
+            assert np.array_equal(got.numpy(), ref.astype(got.numpy().dtype), equal_nan=True)
+        if merge_exact or not on_grid:
+            # merge resamples float images bilinearly from a window off by float rounding
+            # (~1e-10 px): values then differ from the file's by ~1e-11
+            assert np.allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-6, equal_nan=True)
+            assert got.is_floating_point() or torch.equal(got, want)
+        key = "image" if ds.is_image else "mask"
+        assert torch.equal(ds[q][key], RasterDataset.__getitem__(ds, q)[key])
+    assert direct == 32

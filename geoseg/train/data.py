@@ -552,7 +552,9 @@ class BatchMaker:
         self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
         nd = np.asarray(grid.nodata, dtype=np.float64)
         self.nodata = torch.tensor(nd, dtype=torch.float32)[None, :, None, None]
-        self.has_nodata = torch.tensor(~np.isnan(nd))[None, :, None, None]
+        has = ~np.isnan(nd)
+        #: bands compared with their nodata value: True (all), an index list, or None (none)
+        self._nodata_bands: Any = True if has.all() else (torch.from_numpy(np.flatnonzero(has)) if has.any() else None)
         self.regions = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
         self.clip = clip
         self.augment = augment
@@ -620,6 +622,13 @@ class BatchMaker:
 
     def process(self, image: torch.Tensor, mask: torch.Tensor, bounds: Sequence[Any] | None = None
                 ) -> dict[str, torch.Tensor]:
+        """The batch of ``image`` (B,C,H,W) and ``mask`` ((B,H,W) or (B,1,H,W)); inputs are not modified.
+
+        Each step is one pass over the batch where it can be (this runs for every chip in
+        the loader's workers and bounds their throughput): validity from one ``isfinite``
+        pass and one nodata comparison, normalization into a new tensor, invalid pixels
+        zeroed in place, and each D4 transform applied as a strided numpy view copied once.
+        """
         x = image.float()
         if mask.ndim == 4:
             mask = mask[:, 0]
@@ -628,8 +637,7 @@ class BatchMaker:
         y = torch.full_like(m, IGNORE_INDEX)
         inr = (m >= 0) & (m < len(lut))
         y[inr] = lut[m[inr]]
-        invalid = (~torch.isfinite(x)) | (self.has_nodata & (x == self.nodata))
-        invalid = invalid.any(dim=1)
+        invalid = self._invalid(x)
         y[invalid] = IGNORE_INDEX
         if self.clip and bounds is not None:
             h, w = y.shape[-2:]
@@ -637,32 +645,60 @@ class BatchMaker:
                 y[i][~self._region_mask(b, h, w)] = IGNORE_INDEX
         if self.margin > 0:
             self._mask_margins(y, bounds)
-        x = (x - self.mean) / self.std
-        x = torch.where(invalid[:, None], torch.zeros((), dtype=x.dtype), x)
-        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        x = x - self.mean
+        x.div_(self.std)
+        bad = invalid.nonzero(as_tuple=True)
+        if bad[0].numel():
+            x.permute(0, 2, 3, 1)[bad] = 0.0  # nodata and non-finite pixels: 0, the band mean
+        over = (~torch.isfinite(x.sum(dim=1))).nonzero(as_tuple=True)
+        if over[0].numel():  # finite values that overflow float32 when normalized
+            xp = x.permute(0, 2, 3, 1)
+            xp[over] = torch.nan_to_num(xp[over], nan=0.0, posinf=0.0, neginf=0.0)
         if self.augment == "d4" or self.jitter > 0 or self.band_dropout > 0:
-            rng = self._generator()
-            xs, ys = [], []
-            for i in range(x.shape[0]):
-                xi, yi = x[i], y[i]
-                if self.augment == "d4":
-                    k, flip = D4[int(rng.integers(8))]
-                    if flip:
-                        xi, yi = xi.flip(-1), yi.flip(-1)
-                    if k:
-                        xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
-                if self.jitter > 0:
-                    c = xi.shape[0]
-                    gain = torch.from_numpy(rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32))
-                    off = torch.from_numpy(rng.uniform(-self.jitter, self.jitter, c).astype(np.float32))
-                    xi = xi * gain[:, None, None] + off[:, None, None]
-                if self.band_dropout > 0:
-                    keep = torch.from_numpy(rng.random(xi.shape[0]) >= self.band_dropout)
-                    xi = xi * keep[:, None, None].to(xi.dtype)  # dropped bands: 0, the band mean
-                xs.append(xi)
-                ys.append(yi)
-            x, y = torch.stack(xs), torch.stack(ys)
+            x, y = self._augment(x, y)
         return {"image": x.contiguous(), "mask": y.contiguous()}
+
+    def _invalid(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,H,W) True where any band is not finite or equals its nodata value."""
+        # a pixel's band sum is finite unless a band is (or, for absurd values, the sum
+        # overflows): test every band only at pixels whose sum is not finite
+        invalid = ~torch.isfinite(x.sum(dim=1))
+        cand = invalid.nonzero(as_tuple=True)
+        if cand[0].numel():
+            invalid[cand] = ~torch.isfinite(x.permute(0, 2, 3, 1)[cand]).all(dim=1)
+        nd = self._nodata_bands
+        if nd is not None:  # numpy reduces over the band axis several times faster here
+            xa, ref = x.numpy(), self.nodata.numpy()
+            if nd is not True:
+                xa, ref = xa[:, nd.numpy()], ref[:, nd.numpy()]
+            invalid |= torch.from_numpy((xa == ref).any(axis=1))
+        return invalid
+
+    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D4 transform, photometric jitter and band dropout, drawn per sample (in this order)."""
+        rng = self._generator()
+        xa, ya = x.numpy(), y.numpy()
+        xo, yo = (np.empty_like(xa), np.empty_like(ya)) if self.augment == "d4" else (xa, ya)
+        for i in range(xa.shape[0]):
+            if self.augment == "d4":
+                k, flip = D4[int(rng.integers(8))]
+                xi, yi = xa[i], ya[i]
+                if flip:
+                    xi, yi = xi[..., ::-1], yi[..., ::-1]
+                if k:  # same convention as torch.rot90(t, k, (-2, -1))
+                    xi, yi = np.rot90(xi, k, axes=(-2, -1)), np.rot90(yi, k, axes=(-2, -1))
+                xo[i], yo[i] = xi, yi
+            xi = xo[i]
+            if self.jitter > 0:
+                c = xi.shape[0]
+                gain = rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32)
+                off = rng.uniform(-self.jitter, self.jitter, c).astype(np.float32)
+                xi *= gain[:, None, None]
+                xi += off[:, None, None]
+            if self.band_dropout > 0:
+                drop = rng.random(xi.shape[0]) < self.band_dropout
+                xi[drop] = 0.0  # dropped bands: 0, the band mean
+        return torch.from_numpy(xo), torch.from_numpy(yo)
 
 
 def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: TrainConfig, *,

@@ -10,7 +10,7 @@ band-wise with :class:`torchgeo.datasets.IntersectionDataset` (``concat_samples`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,127 @@ from geoseg.errors import LabelError
 from geoseg.train.labels import class_key, read_vector
 
 
-class ImageFile(RasterDataset):
+class OneFile(RasterDataset):
+    """A torchgeo raster dataset over exactly one file, with a direct read for chips on its grid.
+
+    torchgeo's :class:`~torchgeo.datasets.RasterDataset` filters its GeoDataFrame index and
+    mosaics with :func:`rasterio.merge.merge` for every chip, which costs milliseconds per
+    chip even when there is one file whose pixels already are the chip's pixels (the usual
+    case: the training grid is the first image's own grid, and samplers draw chips aligned
+    to it). Then the chip is read as a plain window of the cached file handle, filled with
+    the file's nodata (or 0) outside the file: the same values ``merge`` returns (tested).
+    Other chips (a label raster in another CRS, seen through torchgeo's ``WarpedVRT``, or
+    a file with an internal mask) go through torchgeo unchanged.
+    """
+
+    separate_files = False
+
+    def __init__(self, path: str | os.PathLike[str], crs: CRS | None = None,
+                 res: tuple[float, float] | None = None) -> None:
+        self._bounds: tuple[slice, slice, slice] | None = None
+        self._fills: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, Any] | None] = {}
+        super().__init__(paths=[str(path)], crs=crs, res=res, cache=True)
+
+    @property
+    def bounds(self) -> tuple[slice, slice, slice]:
+        """Bounds of the file (computed once: the index never changes)."""
+        if self._bounds is None:
+            self._bounds = super().bounds
+        return self._bounds
+
+    def _merge_files(self, filepaths: Sequence[str], query: Any, band_indexes: Sequence[int] | None = None) -> Any:
+        files = list(filepaths)
+        if len(files) == 1:
+            x, y, _ = self._disambiguate_slice(query)
+            src = self._cached_load_warp_file(files[0])
+            key = (files[0], tuple(band_indexes or ()))
+            if key not in self._fills:
+                self._fills[key] = window_fill(src, list(band_indexes or range(1, src.count + 1)))
+            data = read_on_grid(src, x, y, band_indexes, self._fills[key])
+            if data is not None:
+                from torchgeo.datasets.utils import array_to_tensor
+
+                return array_to_tensor(data)
+        return super()._merge_files(filepaths, query, band_indexes)
+
+    def __getitem__(self, query: Any) -> dict[str, Any]:
+        x, y, _ = self._disambiguate_slice(query)
+        bx, by, _ = self.bounds
+        if x.start >= bx.stop or x.stop <= bx.start or y.start >= by.stop or y.stop <= by.start:
+            raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
+        data = self._merge_files([self.index.filepath.iloc[0]], query, self.band_indexes).to(self.dtype)
+        sample: dict[str, Any] = {"crs": self.crs, "bounds": query}
+        if self.is_image:
+            sample["image"] = data
+        else:
+            sample["mask"] = data.squeeze(0)
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample
+
+
+def read_on_grid(src: Any, x: slice, y: slice, indexes: Sequence[int] | None = None,
+                 fill: tuple[np.dtype, Any] | None | bool = False) -> np.ndarray | None:
+    """The chip ``x``/``y`` (slices of coordinates, step = resolution) of ``src`` as a window read.
+
+    Returns None when the chip is not on ``src``'s pixel grid (another resolution, an offset
+    of a fraction of a pixel, a rotated transform) or when :func:`window_fill` says the file
+    cannot be read directly: :func:`rasterio.merge.merge` is then the reference. Pixels
+    outside ``src`` get its nodata value (0 without one). ``fill``: the result of
+    :func:`window_fill` for ``src`` and ``indexes``, when the caller keeps it.
+    """
+    from rasterio.windows import Window
+
+    t = src.transform
+    if t.b != 0 or t.d != 0 or t.e >= 0:
+        return None
+    rx, ry = x.step, y.step
+    if abs(t.a - rx) > 1e-9 * rx or abs(-t.e - ry) > 1e-9 * ry:
+        return None
+    cf, rf = (x.start - t.c) / rx, (t.f - y.stop) / ry
+    col, row = round(cf), round(rf)
+    if abs(cf - col) > 1e-3 or abs(rf - row) > 1e-3:
+        return None
+    width, height = round((x.stop - x.start) / rx), round((y.stop - y.start) / ry)
+    bands = list(indexes) if indexes is not None else list(range(1, src.count + 1))
+    if fill is False:
+        fill = window_fill(src, bands)
+    if fill is None or fill is True:
+        return None
+    out = np.full((len(bands), height, width), fill[1], dtype=fill[0])
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + width, src.width), min(row + height, src.height)
+    if c1 > c0 and r1 > r0:
+        out[:, r0 - row:r1 - row, c0 - col:c1 - col] = src.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0))
+    return out
+
+
+def window_fill(src: Any, bands: Sequence[int]) -> tuple[np.dtype, Any] | None:
+    """``(dtype, fill value)`` of direct chip reads from ``src``, or None when merge must be used.
+
+    Direct reads return what :func:`rasterio.merge.merge` does for a single file when the
+    bands share one dtype, their masks come from the nodata value alone (or there is
+    none), and the nodata value fits the dtype (merge's fill value).
+    """
+    from rasterio.enums import MaskFlags
+
+    if any(f not in ([MaskFlags.all_valid], [MaskFlags.nodata]) for f in (src.mask_flag_enums[b - 1] for b in bands)):
+        return None
+    dtype = np.dtype(src.dtypes[bands[0] - 1])
+    if any(np.dtype(src.dtypes[b - 1]) != dtype for b in bands):
+        return None
+    nodata = src.nodata
+    if nodata is None:
+        return dtype, 0
+    if np.isnan(nodata):
+        return (dtype, nodata) if dtype.kind == "f" else None
+    info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
+    if not (info.min <= nodata <= info.max) or (dtype.kind == "f" and not np.can_cast(np.min_scalar_type(nodata), dtype)):
+        return None
+    return dtype, nodata
+
+
+class ImageFile(OneFile):
     """One input raster file, all of its bands (model input, ``image`` key).
 
     Values are returned as float32; the file's nodata value is kept as is (the batch
@@ -33,15 +153,9 @@ class ImageFile(RasterDataset):
 
     #: model input
     is_image = True
-    #: one file holds all the bands we read from it
-    separate_files = False
-
-    def __init__(self, path: str | os.PathLike[str], crs: CRS | None = None,
-                 res: tuple[float, float] | None = None) -> None:
-        super().__init__(paths=[str(path)], crs=crs, res=res, cache=True)
 
 
-class LabelRaster(RasterDataset):
+class LabelRaster(OneFile):
     """A label raster (``mask`` key, int64): class values per pixel.
 
     Resampled with nearest neighbour onto the image grid (``dtype`` long implies
@@ -50,10 +164,9 @@ class LabelRaster(RasterDataset):
     """
 
     is_image = False
-    separate_files = False
 
     def __init__(self, path: str | os.PathLike[str], crs: CRS, res: tuple[float, float]) -> None:
-        super().__init__(paths=[str(path)], crs=crs, res=res, cache=True)
+        super().__init__(path, crs=crs, res=res)
 
 
 class PolygonLabels(VectorDataset):
@@ -75,8 +188,16 @@ class PolygonLabels(VectorDataset):
         self.codes = dict(codes)
         self.class_field = class_field
         self._shapes: tuple[Any, np.ndarray, Any] | None = None
+        self._bounds: tuple[slice, slice, slice] | None = None
         super().__init__(paths=[str(path)], crs=crs, res=res, label_name=class_field,
                          task="semantic_segmentation", layer=layer)
+
+    @property
+    def bounds(self) -> tuple[slice, slice, slice]:
+        """Bounds of the polygons (computed once: the index never changes)."""
+        if self._bounds is None:
+            self._bounds = super().bounds
+        return self._bounds
 
     def get_label(self, feature: pd.Series) -> int:
         """Mask value of one polygon (0 = not burnt in)."""
