@@ -52,15 +52,20 @@ class OneFile(RasterDataset):
             self._bounds = super().bounds
         return self._bounds
 
+    def _direct(self, path: str, query: Any, band_indexes: Sequence[int] | None,
+                out_dtype: Any = None) -> np.ndarray | None:
+        """The chip as a window read of ``path`` (see :func:`read_on_grid`), or None."""
+        x, y, _ = self._disambiguate_slice(query)
+        src = self._cached_load_warp_file(path)
+        key = (path, tuple(band_indexes or ()))
+        if key not in self._fills:
+            self._fills[key] = window_fill(src, list(band_indexes or range(1, src.count + 1)))
+        return read_on_grid(src, x, y, band_indexes, self._fills[key], out_dtype=out_dtype)
+
     def _merge_files(self, filepaths: Sequence[str], query: Any, band_indexes: Sequence[int] | None = None) -> Any:
         files = list(filepaths)
         if len(files) == 1:
-            x, y, _ = self._disambiguate_slice(query)
-            src = self._cached_load_warp_file(files[0])
-            key = (files[0], tuple(band_indexes or ()))
-            if key not in self._fills:
-                self._fills[key] = window_fill(src, list(band_indexes or range(1, src.count + 1)))
-            data = read_on_grid(src, x, y, band_indexes, self._fills[key])
+            data = self._direct(files[0], query, band_indexes)
             if data is not None:
                 from torchgeo.datasets.utils import array_to_tensor
 
@@ -68,11 +73,19 @@ class OneFile(RasterDataset):
         return super()._merge_files(filepaths, query, band_indexes)
 
     def __getitem__(self, query: Any) -> dict[str, Any]:
+        import torch
+
         x, y, _ = self._disambiguate_slice(query)
         bx, by, _ = self.bounds
         if x.start >= bx.stop or x.stop <= bx.start or y.start >= by.stop or y.stop <= by.start:
             raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
-        data = self._merge_files([self.index.filepath.iloc[0]], query, self.band_indexes).to(self.dtype)
+        path = self.index.filepath.iloc[0]
+        # read straight into the sample's dtype (float32 images, int64 masks): no further copies
+        direct = self._direct(path, query, self.band_indexes, out_dtype=torch.empty((), dtype=self.dtype).numpy().dtype)
+        if direct is not None:
+            data = torch.from_numpy(direct)
+        else:
+            data = super()._merge_files([path], query, self.band_indexes).to(self.dtype)
         sample: dict[str, Any] = {"crs": self.crs, "bounds": query}
         if self.is_image:
             sample["image"] = data
@@ -84,14 +97,15 @@ class OneFile(RasterDataset):
 
 
 def read_on_grid(src: Any, x: slice, y: slice, indexes: Sequence[int] | None = None,
-                 fill: tuple[np.dtype, Any] | None | bool = False) -> np.ndarray | None:
+                 fill: tuple[np.dtype, Any] | None | bool = False, out_dtype: Any = None) -> np.ndarray | None:
     """The chip ``x``/``y`` (slices of coordinates, step = resolution) of ``src`` as a window read.
 
     Returns None when the chip is not on ``src``'s pixel grid (another resolution, an offset
     of a fraction of a pixel, a rotated transform) or when :func:`window_fill` says the file
     cannot be read directly: :func:`rasterio.merge.merge` is then the reference. Pixels
     outside ``src`` get its nodata value (0 without one). ``fill``: the result of
-    :func:`window_fill` for ``src`` and ``indexes``, when the caller keeps it.
+    :func:`window_fill` for ``src`` and ``indexes``, when the caller keeps it. ``out_dtype``:
+    convert to this dtype while reading (GDAL converts; default: the file's dtype).
     """
     from rasterio.windows import Window
 
@@ -111,11 +125,15 @@ def read_on_grid(src: Any, x: slice, y: slice, indexes: Sequence[int] | None = N
         fill = window_fill(src, bands)
     if fill is None or fill is True:
         return None
-    out = np.full((len(bands), height, width), fill[1], dtype=fill[0])
+    dtype = np.dtype(out_dtype) if out_dtype is not None else fill[0]
     c0, r0 = max(col, 0), max(row, 0)
     c1, r1 = min(col + width, src.width), min(row + height, src.height)
+    if (c0, r0, c1, r1) == (col, row, col + width, row + height):  # inside the file: no fill
+        return src.read(bands, window=Window(col, row, width, height), out_dtype=dtype)
+    out = np.full((len(bands), height, width), np.array(fill[1], dtype=fill[0]), dtype=dtype)
     if c1 > c0 and r1 > r0:
-        out[:, r0 - row:r1 - row, c0 - col:c1 - col] = src.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0))
+        out[:, r0 - row:r1 - row, c0 - col:c1 - col] = src.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0),
+                                                                out_dtype=dtype)
     return out
 
 
@@ -271,8 +289,28 @@ def stack_images(paths: list[str]) -> GeoDataset:
     first = ImageFile(paths[0])
     ds: GeoDataset = first
     for p in paths[1:]:
-        ds = _flat_index(IntersectionDataset(ds, ImageFile(p, crs=first.crs, res=first.res), spatial_only=True))
+        band = ImageFile(p, crs=first.crs, res=first.res)
+        ds = _flat_index(IntersectionDataset(ds, band, spatial_only=True, collate_fn=join_samples))
     return ds
+
+
+def join_samples(samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """torchgeo's ``concat_samples`` without the copy of a tensor that has nothing to join.
+
+    Images are concatenated band-wise; a key present in one sample (the mask) is passed on.
+    """
+    import torch
+
+    out: dict[str, Any] = {}
+    for sample in samples:
+        for key, value in sample.items():
+            out.setdefault(key, []).append(value)
+    for key, values in out.items():
+        if isinstance(values[0], torch.Tensor):
+            out[key] = values[0] if len(values) == 1 else torch.cat(values)
+        else:
+            out[key] = values[0]
+    return out
 
 
 def _flat_index(ds: IntersectionDataset) -> IntersectionDataset:
@@ -292,7 +330,7 @@ def _flat_index(ds: IntersectionDataset) -> IntersectionDataset:
 def image_with_labels(images: GeoDataset, labels: GeoDataset) -> IntersectionDataset:
     """Pair images and labels; raise :class:`LabelError` when they do not overlap."""
     try:
-        return _flat_index(IntersectionDataset(images, labels, spatial_only=True))
+        return _flat_index(IntersectionDataset(images, labels, spatial_only=True, collate_fn=join_samples))
     except RuntimeError as e:
         if "intersection" in str(e):
             raise LabelError("the labels do not overlap the image; check that they cover the same area "
