@@ -531,6 +531,20 @@ class GridChips:
 D4 = [(k, f) for f in (False, True) for k in range(4)]
 
 
+def batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch; in a DataLoader worker it lies in shared memory.
+
+    A worker's batch goes to the main process through shared memory: a tensor made there
+    is sent as it is, any other is copied into shared memory first (what torch's default
+    collate avoids the same way).
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    proto = torch.empty(0, dtype=dtype)
+    storage = proto._typed_storage()._new_shared(int(np.prod(shape)), device=proto.device)
+    return proto.new(storage).resize_(*shape)
+
+
 class BatchMaker:
     """Collate function: torchgeo samples -> ``{"image": float (B,C,H,W), "mask": long (B,H,W)}``.
 
@@ -634,7 +648,8 @@ class BatchMaker:
             mask = mask[:, 0]
         m = mask.long()
         lut = self.lut
-        y = torch.full_like(m, IGNORE_INDEX)
+        d4 = self.augment == "d4"  # then the D4 copy is the output, else x and y are (see batch_tensor)
+        y = (torch.empty_like(m) if d4 else batch_tensor(m.shape, m.dtype)).fill_(IGNORE_INDEX)
         inr = (m >= 0) & (m < len(lut))
         y[inr] = lut[m[inr]]
         invalid = self._invalid(x)
@@ -645,7 +660,7 @@ class BatchMaker:
                 y[i][~self._region_mask(b, h, w)] = IGNORE_INDEX
         if self.margin > 0:
             self._mask_margins(y, bounds)
-        x = x - self.mean
+        x = torch.sub(x, self.mean, out=torch.empty_like(x) if d4 else batch_tensor(x.shape, x.dtype))
         x.div_(self.std)
         bad = invalid.nonzero(as_tuple=True)
         if bad[0].numel():
@@ -678,9 +693,10 @@ class BatchMaker:
         """D4 transform, photometric jitter and band dropout, drawn per sample (in this order)."""
         rng = self._generator()
         xa, ya = x.numpy(), y.numpy()
-        xo, yo = (np.empty_like(xa), np.empty_like(ya)) if self.augment == "d4" else (xa, ya)
+        d4 = self.augment == "d4"
+        xo, yo = (batch_tensor(x.shape, x.dtype).numpy(), batch_tensor(y.shape, y.dtype).numpy()) if d4 else (xa, ya)
         for i in range(xa.shape[0]):
-            if self.augment == "d4":
+            if d4:
                 k, flip = D4[int(rng.integers(8))]
                 xi, yi = xa[i], ya[i]
                 if flip:
