@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -365,7 +364,10 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         for g in opt.param_groups:
             g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
         model.train()
-        losses: list[float] = []
+        # the loss stays on the device: reading it every step would make the host wait for
+        # the GPU after each step instead of preparing the next one (read every 10th step there)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
+        n_losses, shown = 0, math.nan
         for step, batch in enumerate(train_loader, start=1):
             x, y = batch["image"], batch["mask"]
             if on_cuda:
@@ -381,10 +383,13 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             loss = segmentation_loss(logits, y, weight, cfg.dice)
             fabric.backward(loss)
             opt.step()
-            losses.append(float(loss.detach()))
+            loss_sum += loss.detach().double()
+            n_losses += 1
             if on_progress:
-                on_progress(TrainProgress("train", epoch + 1, cfg.epochs, step, n_steps, losses[-1]))
-        train_loss = float(np.mean(losses)) if losses else math.nan
+                if not on_cuda or step % 10 == 0 or step == n_steps:
+                    shown = float(loss.detach())
+                on_progress(TrainProgress("train", epoch + 1, cfg.epochs, step, n_steps, shown))
+        train_loss = float(loss_sum) / n_losses if n_losses else math.nan
         val = None
         val_loss = math.nan
         if val_loader is not None:
