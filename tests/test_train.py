@@ -587,3 +587,35 @@ def test_worker_batches_in_shared_memory_equal_main_process_batches(tmp_path: Pa
             assert b["image"].is_contiguous() and b["image"].dtype == torch.float32
     finally:
         plan.close()
+
+
+def test_persistent_workers_follow_the_epoch_seed(tmp_path: Path) -> None:
+    """Workers live across epochs; set_epoch still reseeds their augmentation draws."""
+    from geoseg.train import data as D
+
+    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=8, num_workers=1).validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    try:
+        mean, std = D.normalization_stats(grid)
+        ds = D.build_dataset(grid, plan, cfg, "train")
+        chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
+
+        def maker() -> Any:
+            return D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
+                                augment="d4", seed=3)
+
+        bm = maker()
+        loader = D.make_loader(ds, chips, bm, cfg)
+        assert loader.persistent_workers
+        epochs = []
+        for e in range(2):
+            bm.set_epoch(e)
+            epochs.append([b["mask"] for b in loader])
+        fresh = maker()
+        fresh.set_epoch(1)
+        again = [b["mask"] for b in D.make_loader(ds, chips, fresh, cfg)]
+        assert all(torch.equal(a, b) for a, b in zip(epochs[1], again))
+        assert not all(torch.equal(a, b) for a, b in zip(epochs[0], epochs[1]))
+    finally:
+        plan.close()
