@@ -104,16 +104,18 @@ def test_block_split_counts_each_validation_pixel_once(tmp_path: Path, block: in
     assert len(sampler.bounds) == plan.split["train_blocks"]
 
 
-def test_same_seed_same_weights_and_exact_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_same_seed_same_weights_and_exact_resume(tmp_path: Path, workers: int) -> None:
+    """Also with (persistent) DataLoader workers: their augmentation follows the epoch seed."""
     from geoseg.train import train
 
-    a = train(_cfg(tmp_path, "a.pt", val_split=0.0))
-    b = train(_cfg(tmp_path, "b.pt", val_split=0.0, epochs=1))
-    b2 = train(_cfg(tmp_path, "b.pt", val_split=0.0, epochs=2, resume=True))
+    a = train(_cfg(tmp_path, "a.pt", val_split=0.0, num_workers=workers))
+    b = train(_cfg(tmp_path, "b.pt", val_split=0.0, epochs=1, num_workers=workers))
+    b2 = train(_cfg(tmp_path, "b.pt", val_split=0.0, epochs=2, resume=True, num_workers=workers))
     assert [h.epoch for h in b2.history] == [0, 1]
     sa, sb = _state(a.last), _state(b2.last)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    c = train(_cfg(tmp_path, "c.pt", val_split=0.0, epochs=1, seed=1))
+    c = train(_cfg(tmp_path, "c.pt", val_split=0.0, epochs=1, seed=1, num_workers=workers))
     sc = _state(c.last)
     assert any(not torch.equal(_state(b.last)[k], sc[k]) for k in sc)  # a different seed differs
 

@@ -474,14 +474,12 @@ def build_dataset(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig, split: str
 
 
 def train_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig, generator: torch.Generator) -> Any:
-    """RandomGeoSampler of ``tile_size`` chips over the training regions (area-weighted)."""
-    from torchgeo.samplers import RandomGeoSampler
-
-    from geoseg.train.datasets import Regions
+    """Random ``tile_size`` chips over the training regions (area-weighted), all drawn from ``generator``."""
+    from geoseg.train.datasets import Regions, SeededRandomGeoSampler
 
     regions = Regions(plan.train_regions, grid.crs, grid.res)
     n = cfg.samples_per_epoch
-    sampler = RandomGeoSampler(regions, size=cfg.tile_size, length=n, generator=generator)
+    sampler = SeededRandomGeoSampler(regions, size=cfg.tile_size, length=n, generator=generator)
     if len(sampler) == 0 and n is None:
         raise LabelError("no training region is as large as one chip; lower --tile-size")
     if n is None:

@@ -1,4 +1,5 @@
-"""torchgeo datasets for training: imagery, label rasters and rasterized polygons (imports torch).
+"""torchgeo datasets for training: imagery, label rasters and rasterized polygons, and the
+random chip sampler (imports torch).
 
 All datasets are put on the grid of the first image (its CRS and resolution): torchgeo
 warps other rasters with ``WarpedVRT`` (nearest resampling for labels) and reprojects
@@ -19,6 +20,8 @@ import shapely
 from geopandas import GeoDataFrame
 from pyproj import CRS
 from torchgeo.datasets import GeoDataset, IntersectionDataset, RasterDataset, VectorDataset
+from torchgeo.samplers import RandomGeoSampler
+from torchgeo.samplers.utils import get_random_bounding_box
 
 from geoseg.errors import LabelError
 from geoseg.train.labels import class_key, read_vector
@@ -282,6 +285,25 @@ class Regions(GeoDataset):
 
     def __getitem__(self, query: Any) -> dict[str, Any]:  # pragma: no cover - never read
         raise NotImplementedError("Regions is an index for samplers; read chips from the data dataset")
+
+
+class SeededRandomGeoSampler(RandomGeoSampler):
+    """torchgeo's ``RandomGeoSampler`` with every draw from its ``generator``.
+
+    torchgeo 0.8 picks the region of each chip with ``torch.multinomial`` on the global
+    RNG, which a DataLoader also draws from whenever it starts new workers; chips then
+    depended on when workers were started (not repeatable with persistent workers or on
+    resume). Here the region and the position both come from ``generator``.
+    """
+
+    def __iter__(self) -> Any:
+        import torch
+
+        for _ in range(len(self)):
+            idx = int(torch.multinomial(self.areas, 1, generator=self.generator))
+            box = get_random_bounding_box(self.bounds[idx], self.size, self.res, self.generator)
+            interval = self.intervals[idx]
+            yield *box, slice(interval.left, interval.right)
 
 
 def stack_images(paths: list[str]) -> GeoDataset:
