@@ -374,8 +374,11 @@ def _reference_batch(x: torch.Tensor, mask: torch.Tensor, nodata: list[float], m
     return torch.stack(xs), torch.stack(ys)
 
 
-def test_batch_maker_equals_a_plain_per_sample_reference() -> None:
-    """Validity (nodata per band, NaN, inf), normalization, overflow, D4, jitter and band dropout."""
+@pytest.mark.parametrize("on_device", [False, True])
+def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool) -> None:
+    """Validity (nodata per band, NaN, inf), normalization, overflow, D4, jitter and band dropout;
+    in the workers (CPU) or split between workers and the model's device (``finish``, run here
+    on the CPU)."""
     from geoseg.train import data as D
 
     nodata = [255.0, float("nan"), 0.0, float("nan"), 7.0]
@@ -395,9 +398,15 @@ def test_batch_maker_equals_a_plain_per_sample_reference() -> None:
     mask = torch.randint(0, 5, (6, 9, 9), generator=g)
     lut = np.array([255, 0, 1, 255])  # value 4 is out of the table: ignored too
     mean, std = [1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 2.0, 1.5, 3.0, 1e-3]
-    bm = D.BatchMaker(_Grid(), lut, mean, std, augment="d4", jitter=0.1, band_dropout=0.3, seed=5)
+    bm = D.BatchMaker(_Grid(), lut, mean, std, augment="d4", jitter=0.1, band_dropout=0.3, seed=5,
+                      on_device=on_device)
     before = x.clone()
-    got = bm.process(x, mask)
+    if on_device:
+        raw = bm([{"image": xi, "mask": mi} for xi, mi in zip(x, mask)])
+        assert torch.equal(raw["image"].nan_to_num(), x.nan_to_num())  # the chips as read
+        got = bm.finish(raw)
+    else:
+        got = bm.process(x, mask)
     want_x, want_y = _reference_batch(x, mask, nodata, mean, std, lut, 5, 0.1, 0.3)
     assert torch.equal(x.nan_to_num(), before.nan_to_num())  # the input is left alone
     assert torch.equal(got["mask"], want_y)

@@ -552,12 +552,19 @@ class BatchMaker:
     that is not an edge of the image (for models that read a neighbourhood); normalize
     with the training mean/std (nodata becomes 0, the band mean, as in inference); augment
     (D4, photometric jitter, band dropout).
+
+    With ``on_device`` (training on a GPU) the workers only stack the chips and make the
+    labels; :meth:`finish` does validity, normalization and augmentation on the GPU, where
+    they are nearly free, instead of in the workers, where they were about 40 % of the
+    CPU time of a 68-band chip.
     """
 
     def __init__(self, grid: ImageGrid, lut: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
                  regions: Sequence[Box] = (), clip: bool = False, augment: str = "none", jitter: float = 0.0,
-                 band_dropout: float = 0.0, seed: int = 0, margin: int = 0) -> None:
+                 band_dropout: float = 0.0, seed: int = 0, margin: int = 0, on_device: bool = False) -> None:
         self.grid = grid
+        #: workers send raw chips with their labels; :meth:`finish` does the rest where the model is
+        self.on_device = on_device
         self.margin = margin
         self.lut = torch.as_tensor(lut, dtype=torch.long)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
@@ -635,10 +642,15 @@ class BatchMaker:
                 y[i, :, -r:] = IGNORE_INDEX
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from torchgeo.datasets import stack_samples
-
-        batch = stack_samples(samples)
-        return self.process(batch["image"], batch["mask"], batch.get("bounds"))
+        images = [s["image"] for s in samples]
+        masks = [s["mask"] for s in samples]
+        bounds = [s["bounds"] for s in samples] if "bounds" in samples[0] else None
+        if not self.on_device:
+            return self.process(torch.stack(images), torch.stack(masks), bounds)
+        # the model's device does the rest (finish): send the raw chips, straight from shared memory
+        shape = (len(images), *images[0].shape)
+        image = torch.stack([t.float() for t in images], out=batch_tensor(shape, torch.float32))
+        return {"image": image, "mask": self._labels(torch.stack(masks), bounds, batch_tensor)}
 
     def process(self, image: torch.Tensor, mask: torch.Tensor, bounds: Sequence[Any] | None = None
                 ) -> dict[str, torch.Tensor]:
@@ -650,22 +662,10 @@ class BatchMaker:
         zeroed in place, and each D4 transform applied as a strided numpy view copied once.
         """
         x = image.float()
-        if mask.ndim == 4:
-            mask = mask[:, 0]
-        m = mask.long()
-        lut = self.lut
         d4 = self.augment == "d4"  # then the D4 copy is the output, else x and y are (see batch_tensor)
-        y = (torch.empty_like(m) if d4 else batch_tensor(m.shape, m.dtype)).fill_(IGNORE_INDEX)
-        inr = (m >= 0) & (m < len(lut))
-        y[inr] = lut[m[inr]]
+        y = self._labels(mask, bounds, torch.empty if d4 else batch_tensor)
         invalid = self._invalid(x)
         y[invalid] = IGNORE_INDEX
-        if self.clip and bounds is not None:
-            h, w = y.shape[-2:]
-            for i, b in enumerate(bounds):
-                y[i][~self._region_mask(b, h, w)] = IGNORE_INDEX
-        if self.margin > 0:
-            self._mask_margins(y, bounds)
         x = torch.sub(x, self.mean, out=torch.empty_like(x) if d4 else batch_tensor(x.shape, x.dtype))
         x.div_(self.std)
         bad = invalid.nonzero(as_tuple=True)
@@ -675,12 +675,75 @@ class BatchMaker:
         if over[0].numel():  # finite values that overflow float32 when normalized
             xp = x.permute(0, 2, 3, 1)
             xp[over] = torch.nan_to_num(xp[over], nan=0.0, posinf=0.0, neginf=0.0)
-        if self.augment == "d4" or self.jitter > 0 or self.band_dropout > 0:
+        if self._augments:
             x, y = self._augment(x, y)
         return {"image": x.contiguous(), "mask": y.contiguous()}
 
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Second half of an ``on_device`` batch, on the device its tensors are on (the GPU):
+        validity, normalization and augmentation, as :meth:`process` does on the CPU.
+
+        Plain batched torch operations: on a GPU they cost next to nothing and need no
+        host synchronisation. ``batch`` is consumed (its mask is modified in place).
+        """
+        x, y = batch["image"], batch["mask"]
+        mean, std, nodata = (t.to(x.device) for t in (self.mean, self.std, self.nodata))
+        invalid = ~torch.isfinite(x).all(dim=1)
+        nd = self._nodata_bands
+        if nd is not None:
+            if nd is True:
+                invalid |= (x == nodata).any(dim=1)
+            else:
+                idx = nd.to(x.device)
+                invalid |= (x[:, idx] == nodata[:, idx]).any(dim=1)
+        y.masked_fill_(invalid, IGNORE_INDEX)
+        x = (x - mean) / std
+        x = torch.nan_to_num(x.masked_fill_(invalid[:, None], 0.0), nan=0.0, posinf=0.0, neginf=0.0)
+        if self._augments:
+            t, gain, off, drop = self._draws(x.shape[0], x.shape[1])
+            if t is not None:
+                xo, yo = torch.empty_like(x), torch.empty_like(y)
+                for code in np.unique(t):
+                    idx = torch.from_numpy(np.flatnonzero(t == code)).to(x.device)
+                    k, flip = D4[int(code)]
+                    xs, ys = x[idx], y[idx]
+                    if flip:
+                        xs, ys = xs.flip(-1), ys.flip(-1)
+                    if k:
+                        xs, ys = torch.rot90(xs, k, (-2, -1)), torch.rot90(ys, k, (-2, -1))
+                    xo[idx], yo[idx] = xs, ys
+                x, y = xo, yo
+            if gain is not None and off is not None:
+                x.mul_(torch.from_numpy(gain).to(x.device)[:, :, None, None])
+                x.add_(torch.from_numpy(off).to(x.device)[:, :, None, None])
+            if drop is not None:
+                x.masked_fill_(torch.from_numpy(drop).to(x.device)[:, :, None, None], 0.0)
+        return {"image": x.contiguous(), "mask": y.contiguous()}
+
+    @property
+    def _augments(self) -> bool:
+        return self.augment == "d4" or self.jitter > 0 or self.band_dropout > 0
+
+    def _labels(self, mask: torch.Tensor, bounds: Sequence[Any] | None, alloc: Callable[..., torch.Tensor]
+                ) -> torch.Tensor:
+        """(B,H,W) class indexes: looked up, clipped to the chip's region, margins left out."""
+        if mask.ndim == 4:
+            mask = mask[:, 0]
+        m = mask.long()
+        lut = self.lut
+        y = alloc(tuple(m.shape), dtype=torch.long).fill_(IGNORE_INDEX)
+        inr = (m >= 0) & (m < len(lut))
+        y[inr] = lut[m[inr]]
+        if self.clip and bounds is not None:
+            h, w = y.shape[-2:]
+            for i, b in enumerate(bounds):
+                y[i][~self._region_mask(b, h, w)] = IGNORE_INDEX
+        if self.margin > 0:
+            self._mask_margins(y, bounds)
+        return y
+
     def _invalid(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,H,W) True where any band is not finite or equals its nodata value."""
+        """(B,H,W) True where any band is not finite or equals its nodata value (CPU)."""
         # a pixel's band sum is finite unless a band is (or, for absurd values, the sum
         # overflows): test every band only at pixels whose sum is not finite
         invalid = ~torch.isfinite(x.sum(dim=1))
@@ -695,15 +758,34 @@ class BatchMaker:
             invalid |= torch.from_numpy((xa == ref).any(axis=1))
         return invalid
 
-    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """D4 transform, photometric jitter and band dropout, drawn per sample (in this order)."""
+    def _draws(self, n: int, bands: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None,
+                                                 np.ndarray | None]:
+        """Per sample, in this order: D4 code, jitter gains and offsets, dropped bands."""
         rng = self._generator()
-        xa, ya = x.numpy(), y.numpy()
         d4 = self.augment == "d4"
-        xo, yo = (batch_tensor(x.shape, x.dtype).numpy(), batch_tensor(y.shape, y.dtype).numpy()) if d4 else (xa, ya)
+        t = np.zeros(n, dtype=np.int64) if d4 else None
+        gain = np.empty((n, bands), dtype=np.float32) if self.jitter > 0 else None
+        off = np.empty((n, bands), dtype=np.float32) if self.jitter > 0 else None
+        drop = np.empty((n, bands), dtype=bool) if self.band_dropout > 0 else None
+        for i in range(n):
+            if t is not None:
+                t[i] = rng.integers(8)
+            if gain is not None and off is not None:
+                gain[i] = rng.uniform(1 - self.jitter, 1 + self.jitter, bands)
+                off[i] = rng.uniform(-self.jitter, self.jitter, bands)
+            if drop is not None:
+                drop[i] = rng.random(bands) < self.band_dropout
+        return t, gain, off, drop
+
+    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D4 transform, photometric jitter and band dropout (CPU: numpy views, one copy)."""
+        t, gain, off, drop = self._draws(x.shape[0], x.shape[1])
+        xa, ya = x.numpy(), y.numpy()
+        xo, yo = (batch_tensor(x.shape, x.dtype).numpy(), batch_tensor(y.shape, y.dtype).numpy()) if t is not None \
+            else (xa, ya)
         for i in range(xa.shape[0]):
-            if d4:
-                k, flip = D4[int(rng.integers(8))]
+            if t is not None:
+                k, flip = D4[int(t[i])]
                 xi, yi = xa[i], ya[i]
                 if flip:
                     xi, yi = xi[..., ::-1], yi[..., ::-1]
@@ -711,15 +793,11 @@ class BatchMaker:
                     xi, yi = np.rot90(xi, k, axes=(-2, -1)), np.rot90(yi, k, axes=(-2, -1))
                 xo[i], yo[i] = xi, yi
             xi = xo[i]
-            if self.jitter > 0:
-                c = xi.shape[0]
-                gain = rng.uniform(1 - self.jitter, 1 + self.jitter, c).astype(np.float32)
-                off = rng.uniform(-self.jitter, self.jitter, c).astype(np.float32)
-                xi *= gain[:, None, None]
-                xi += off[:, None, None]
-            if self.band_dropout > 0:
-                drop = rng.random(xi.shape[0]) < self.band_dropout
-                xi[drop] = 0.0  # dropped bands: 0, the band mean
+            if gain is not None and off is not None:
+                xi *= gain[i][:, None, None]
+                xi += off[i][:, None, None]
+            if drop is not None:
+                xi[drop[i]] = 0.0  # dropped bands: 0, the band mean
         return torch.from_numpy(xo), torch.from_numpy(yo)
 
 

@@ -318,14 +318,15 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     # inference (tiles overlap): they are left out, except along the image's own edges
     train_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
                             augment=cfg.augment, jitter=cfg.jitter, band_dropout=cfg.band_dropout,
-                            seed=cfg.seed, margin=cfg.context // 2)  # context is 1 unless tempcnn
+                            seed=cfg.seed, margin=cfg.context // 2,  # context is 1 unless tempcnn
+                            on_device=on_cuda)  # on a GPU, normalization and augmentation run there
     pin = fabric.device.type == "cuda"
     train_loader = fabric.setup_dataloaders(D.make_loader(train_ds, sampler, train_bm, cfg, pin_memory=pin),
                                             use_distributed_sampler=cfg.devices > 1)
     val_loader = None
     if plan.val_regions:
         val_ds = D.build_dataset(grid, plan, cfg, "val")
-        val_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.val_regions, clip=True)
+        val_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.val_regions, clip=True, on_device=on_cuda)
         val_loader = fabric.setup_dataloaders(
             D.make_loader(val_ds, D.val_sampler(grid, plan, cfg), val_bm, cfg, pin_memory=pin),
             use_distributed_sampler=cfg.devices > 1)
@@ -369,6 +370,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         loss_sum = torch.zeros((), dtype=torch.float64, device=fabric.device)
         n_losses, shown = 0, math.nan
         for step, batch in enumerate(train_loader, start=1):
+            if on_cuda:
+                batch = train_bm.finish(batch)
             x, y = batch["image"], batch["mask"]
             if on_cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -398,6 +401,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             vl, vn = 0.0, 0
             with torch.no_grad():
                 for step, batch in enumerate(val_loader, start=1):
+                    if on_cuda:
+                        batch = val_bm.finish(batch)
                     x, y = batch["image"], batch["mask"]
                     if on_cuda:
                         x = x.contiguous(memory_format=torch.channels_last)
