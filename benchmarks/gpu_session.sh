@@ -28,7 +28,7 @@ for s in $steps; do
     train)
       echo "=== bench_train: the real scenes, small chips"
       timeout 100 python3 benchmarks/bench_train.py --device cuda --steps 30 --tile 64 --batch 16 --channels 16 \
-        --workers 0 8 --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
+        --workers 8 15 --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
         2>&1 | tee "$out/bench_train_small.log"
       echo "=== bench_train: mirror-tiled 4096^2 scenes, 256^2 chips, classic 64-channel U-Net"
       timeout 120 python3 benchmarks/bench_train.py --device cuda --steps 120 --tile 256 --batch 16 --channels 64 \
