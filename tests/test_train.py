@@ -576,9 +576,10 @@ def test_direct_chip_reads_equal_torchgeo_merge(rel: str, merge_exact: bool) -> 
     assert direct == 32
 
 
-def test_worker_batches_in_shared_memory_equal_main_process_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_device", [False, True])
+def test_worker_batches_in_shared_memory_equal_main_process_batches(tmp_path: Path, on_device: bool) -> None:
     """Batches built in a DataLoader worker (output tensors made in shared memory) hold what
-    the main process builds from the same chips."""
+    the main process builds from the same chips; also the raw chips sent for ``finish``."""
     from geoseg.train import data as D
 
     cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=8).validate()
@@ -587,11 +588,13 @@ def test_worker_batches_in_shared_memory_equal_main_process_batches(tmp_path: Pa
     try:
         mean, std = D.normalization_stats(grid)
         ds = D.build_dataset(grid, plan, cfg, "train")
-        bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train)
+        bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
+                          on_device=on_device)
         chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
         out = []
         for workers in (0, 1):
-            out.append(list(D.make_loader(ds, chips, bm, cfg.__class__(**{**cfg.__dict__, "num_workers": workers}))))
+            loader = D.make_loader(ds, chips, bm, cfg.__class__(**{**cfg.__dict__, "num_workers": workers}))
+            out.append([bm.finish(b) if on_device else b for b in loader])
         assert len(out[0]) == len(out[1]) == 2
         for a, b in zip(*out):
             assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
