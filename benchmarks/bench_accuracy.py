@@ -72,7 +72,10 @@ def _line(name: str, m_geo, m_rf, secs: tuple[float, float]) -> str:
             f"mIoU {m_rf.miou:.3f} ({secs[1]:.0f} s)\n{'':<24} per-class F1 geoseg {f1(m_geo)} | RF {f1(m_rf)}")
 
 
-def brazil(quick: bool) -> str:
+def brazil(quick: bool, repeats: int = 1) -> list[str]:
+    """Polygon-wise 3-fold CV; with ``repeats`` > 1 it is repeated with other training seeds
+    (``fold + 100 * repeat``, for geoseg and the RF alike; the folds stay) and the mean and
+    spread printed."""
     import geopandas as gpd
     from sklearn.model_selection import StratifiedKFold
 
@@ -89,33 +92,48 @@ def brazil(quick: bool) -> str:
                     fill=0, dtype="int32")
     feats = x.reshape(x.shape[0], -1).T
     n = len(names)
-    cm_geo = np.zeros((n, n), dtype=np.int64)
-    cm_rf = np.zeros((n, n), dtype=np.int64)
-    t_geo = t_rf = 0.0
-    skf = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
-    with tempfile.TemporaryDirectory() as td:
-        tmp = Path(td)
-        for k, (tr_idx, te_idx) in enumerate(skf.split(np.zeros(len(cls)), cls)):
-            train_px = np.isin(pid, tr_idx + 1) & valid
-            test_px = np.isin(pid, te_idx + 1) & valid
-            y_px = np.where(pid > 0, cls[np.maximum(pid - 1, 0)], -1)
-            t0 = time.perf_counter()
-            pred_rf = _rf(feats[train_px.ravel()], y_px[train_px], feats[test_px.ravel()], seed=k)
-            t_rf += time.perf_counter() - t0
-            cm_rf += confusion_matrix(y_px[test_px], pred_rf, n)
-            sub = tmp / f"train_{k}.gpkg"
-            polys.iloc[tr_idx].to_file(sub)
-            t0 = time.perf_counter()
-            pred = _geoseg(dict(vector_labels=str(sub), class_field="class", val_split=0.0, tile_size=32,
-                                depth=3, base_channels=16, epochs=6 if quick else 20, samples_per_epoch=64,
-                                batch_size=16, lr=3e-3, class_weights="auto", seed=k), img, tmp, f"br{k}")
-            t_geo += time.perf_counter() - t0
-            # the model's class ids are 0..3 in name order, the same as ``names``
-            cm_geo += confusion_matrix(y_px[test_px], pred[test_px], n)
-            print(f"  brazil fold {k}: geoseg OA {np.trace(cm_geo) / cm_geo.sum():.3f} "
-                  f"RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
-    return _line("rstoolbox_brazil", metrics_from_confusion(cm_geo, names), metrics_from_confusion(cm_rf, names),
-                 (t_geo, t_rf))
+    lines: list[str] = []
+    runs: dict[str, list[tuple[float, float]]] = {"geoseg": [], "RF": []}
+    for rep in range(repeats):
+        cm_geo = np.zeros((n, n), dtype=np.int64)
+        cm_rf = np.zeros((n, n), dtype=np.int64)
+        t_geo = t_rf = 0.0
+        skf = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+        with tempfile.TemporaryDirectory() as td:
+            tmp = Path(td)
+            for k, (tr_idx, te_idx) in enumerate(skf.split(np.zeros(len(cls)), cls)):
+                seed = k + 100 * rep
+                train_px = np.isin(pid, tr_idx + 1) & valid
+                test_px = np.isin(pid, te_idx + 1) & valid
+                y_px = np.where(pid > 0, cls[np.maximum(pid - 1, 0)], -1)
+                t0 = time.perf_counter()
+                pred_rf = _rf(feats[train_px.ravel()], y_px[train_px], feats[test_px.ravel()], seed=seed)
+                t_rf += time.perf_counter() - t0
+                cm_rf += confusion_matrix(y_px[test_px], pred_rf, n)
+                sub = tmp / f"train_{k}.gpkg"
+                polys.iloc[tr_idx].to_file(sub)
+                t0 = time.perf_counter()
+                pred = _geoseg(dict(vector_labels=str(sub), class_field="class", val_split=0.0, tile_size=32,
+                                    depth=3, base_channels=16, epochs=6 if quick else 20, samples_per_epoch=256,
+                                    batch_size=16, lr=3e-3, class_weights="auto", seed=seed), img, tmp, f"br{k}")
+                t_geo += time.perf_counter() - t0
+                # the model's class ids are 0..3 in name order, the same as ``names``
+                cm_geo += confusion_matrix(y_px[test_px], pred[test_px], n)
+                print(f"  brazil repeat {rep} fold {k}: geoseg OA {np.trace(cm_geo) / cm_geo.sum():.3f} "
+                      f"RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
+        m_geo, m_rf = metrics_from_confusion(cm_geo, names), metrics_from_confusion(cm_rf, names)
+        runs["geoseg"].append((m_geo.overall_accuracy, m_geo.macro_f1))
+        runs["RF"].append((m_rf.overall_accuracy, m_rf.macro_f1))
+        line = _line("rstoolbox_brazil" + (f" repeat {rep}" if repeats > 1 else ""), m_geo, m_rf, (t_geo, t_rf))
+        print(line, flush=True)
+        lines.append(line)
+    if repeats > 1:
+        for m, v in runs.items():
+            a = np.array(v)
+            lines.append(f"rstoolbox_brazil {m:<8} over {repeats} repeats: OA {a[:, 0].mean():.4f} ± "
+                         f"{a[:, 0].std(ddof=1):.4f}, macro F1 {a[:, 1].mean():.4f} ± {a[:, 1].std(ddof=1):.4f} "
+                         "(mean ± sd)")
+    return lines
 
 
 #: geoseg settings compared on Slovenia: the U-Net, and the temporal CNN (TempCNN defaults of
@@ -210,14 +228,14 @@ def main() -> None:
     ap.add_argument("--slovenia-models", nargs="+", choices=list(SLOVENIA_MODELS), default=list(SLOVENIA_MODELS),
                     help="geoseg models to compare on Slovenia (default: all)")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="Slovenia: repeat the cross-validation with other seeds and print mean and sd")
+                    help="repeat the cross-validations with other seeds and print mean and sd")
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
     lines = []
     if a.only in (None, "brazil"):
-        lines.append(brazil(a.quick))
+        lines.extend(brazil(a.quick, a.repeats))
     if a.only in (None, "slovenia"):
         lines.extend(slovenia(a.quick, a.slovenia_models, a.repeats))
     print("\n".join(["", "pooled over folds (held-out pixels only):", *lines]))
