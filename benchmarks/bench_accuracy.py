@@ -47,6 +47,10 @@ def _rf(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int)
     return rf.predict(x_test)
 
 
+#: geoseg infer's --tta for the predictions (``--tta``; default none)
+TTA = "none"
+
+
 def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
     from geoseg.pipeline import predict_raster
     from geoseg.train import TrainConfig, train
@@ -54,7 +58,7 @@ def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
     cfg = TrainConfig(images=[str(image)], output=str(tmp / f"{name}.pt"), overwrite=True, **cfg_kwargs)
     train(cfg)
     out = tmp / f"{name}_classes.tif"
-    predict_raster(image, cfg.output, out, overwrite=True, batch_size=4)
+    predict_raster(image, cfg.output, out, overwrite=True, batch_size=4, tta=TTA)
     with rasterio.open(out) as ds:
         return ds.read(1)
 
@@ -229,7 +233,11 @@ def main() -> None:
                     help="geoseg models to compare on Slovenia (default: all)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="repeat the cross-validations with other seeds and print mean and sd")
+    ap.add_argument("--tta", choices=["none", "flips", "d4"], default="none",
+                    help="test-time augmentation of geoseg's predictions (geoseg infer --tta)")
     a = ap.parse_args()
+    global TTA
+    TTA = a.tta
     import torch
 
     torch.set_num_threads(2)
