@@ -109,3 +109,28 @@ def test_train_on_gpu_bf16_then_infer(tmp_path):
     with rasterio.open(out) as ds, rasterio.open(img) as src:
         assert ds.transform == src.transform and ds.crs == src.crs
         assert set(np.unique(ds.read(1))) <= set(meta.schema.ids) | {255}
+
+
+def test_batch_finish_on_the_gpu_equals_the_cpu_batch_code():
+    """Workers send raw chips on CUDA; finishing them on the GPU gives the CPU path's batches."""
+    from geoseg.train import data as D
+
+    nodata = [255.0, float("nan"), 0.0]
+
+    class _Grid:
+        pass
+
+    _Grid.nodata = nodata
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 60, (8, 3, 16, 16), generator=g).float()
+    x[0, 0, 1, 1], x[1, 2, 2, :], x[2, 1, 3, 3] = 255.0, 0.0, float("nan")
+    mask = torch.randint(0, 4, (8, 16, 16), generator=g)
+    lut = np.array([255, 0, 1, 2])
+    kw = dict(augment="d4", jitter=0.1, band_dropout=0.3, seed=2)
+    cpu = D.BatchMaker(_Grid(), lut, [1.0, 2.0, 3.0], [0.5, 2.0, 1.5], **kw).process(x, mask)
+    dev = D.BatchMaker(_Grid(), lut, [1.0, 2.0, 3.0], [0.5, 2.0, 1.5], on_device=True, **kw)
+    raw = dev([{"image": xi, "mask": mi} for xi, mi in zip(x, mask)])
+    got = dev.finish({k: v.cuda() for k, v in raw.items()})
+    assert got["image"].is_cuda
+    assert torch.equal(got["mask"].cpu(), cpu["mask"])
+    assert torch.allclose(got["image"].cpu(), cpu["image"], rtol=1e-6, atol=1e-6)
