@@ -565,6 +565,7 @@ class BatchMaker:
         self.grid = grid
         #: workers send raw chips with their labels; :meth:`finish` does the rest where the model is
         self.on_device = on_device
+        self._on: dict[torch.device, tuple[Any, ...]] = {}  # constants moved to a device
         self.margin = margin
         self.lut = torch.as_tensor(lut, dtype=torch.long)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
@@ -584,6 +585,11 @@ class BatchMaker:
         self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_on"] = {}  # workers never finish batches: no device tensors for them
+        return state
 
     @property
     def epoch(self) -> int:
@@ -687,15 +693,24 @@ class BatchMaker:
         host synchronisation. ``batch`` is consumed (its mask is modified in place).
         """
         x, y = batch["image"], batch["mask"]
-        mean, std, nodata = (t.to(x.device) for t in (self.mean, self.std, self.nodata))
+        dev = x.device
+
+        def put(a: np.ndarray) -> torch.Tensor:
+            # a pageable host-to-device copy would wait for the GPU's queued work: pin, copy async
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+
+        if dev not in self._on:  # the constants once per device
+            nd_idx = self._nodata_bands
+            self._on[dev] = (self.mean.to(dev), self.std.to(dev), self.nodata.to(dev),
+                             nd_idx.to(dev) if isinstance(nd_idx, torch.Tensor) else nd_idx)
+        mean, std, nodata, nd = self._on[dev]
         invalid = ~torch.isfinite(x).all(dim=1)
-        nd = self._nodata_bands
         if nd is not None:
             if nd is True:
                 invalid |= (x == nodata).any(dim=1)
             else:
-                idx = nd.to(x.device)
-                invalid |= (x[:, idx] == nodata[:, idx]).any(dim=1)
+                invalid |= (x[:, nd] == nodata[:, nd]).any(dim=1)
         y.masked_fill_(invalid, IGNORE_INDEX)
         x = (x - mean) / std
         x = torch.nan_to_num(x.masked_fill_(invalid[:, None], 0.0), nan=0.0, posinf=0.0, neginf=0.0)
@@ -704,7 +719,7 @@ class BatchMaker:
             if t is not None:
                 xo, yo = torch.empty_like(x), torch.empty_like(y)
                 for code in np.unique(t):
-                    idx = torch.from_numpy(np.flatnonzero(t == code)).to(x.device)
+                    idx = put(np.flatnonzero(t == code))
                     k, flip = D4[int(code)]
                     xs, ys = x[idx], y[idx]
                     if flip:
@@ -714,10 +729,10 @@ class BatchMaker:
                     xo[idx], yo[idx] = xs, ys
                 x, y = xo, yo
             if gain is not None and off is not None:
-                x.mul_(torch.from_numpy(gain).to(x.device)[:, :, None, None])
-                x.add_(torch.from_numpy(off).to(x.device)[:, :, None, None])
+                x.mul_(put(gain)[:, :, None, None])
+                x.add_(put(off)[:, :, None, None])
             if drop is not None:
-                x.masked_fill_(torch.from_numpy(drop).to(x.device)[:, :, None, None], 0.0)
+                x.masked_fill_(put(drop)[:, :, None, None], 0.0)
         return {"image": x.contiguous(), "mask": y.contiguous()}
 
     @property
