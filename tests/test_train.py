@@ -633,3 +633,19 @@ def test_persistent_workers_follow_the_epoch_seed(tmp_path: Path) -> None:
         assert not all(torch.equal(a, b) for a, b in zip(epochs[0], epochs[1]))
     finally:
         plan.close()
+
+
+def test_validation_confusion_update_ignores_unlabelled_pixels() -> None:
+    from geoseg.metrics import confusion_matrix
+    from geoseg.train.loop import _confusion_update
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, 6, generator=g)
+    target = torch.randint(0, 4, (3, 5, 6), generator=g)
+    target[0, :2] = 255
+    cm = torch.zeros(4, 4, dtype=torch.long)
+    _confusion_update(cm, logits, target)
+    _confusion_update(cm, logits, target)  # accumulates
+    ok = (target != 255).numpy()
+    want = confusion_matrix(target.numpy()[ok], logits.argmax(1).numpy()[ok], 4)
+    assert np.array_equal(cm.numpy(), 2 * want) and cm.sum() == 2 * ok.sum()

@@ -220,8 +220,11 @@ def _check_resume(cfg: TrainConfig, payload: dict[str, Any], last: Path) -> dict
 def _confusion_update(cm: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
     n = cm.shape[0]
     pred = logits.argmax(1)
-    ok = target != IGNORE_INDEX
-    cm += torch.bincount(target[ok] * n + pred[ok], minlength=n * n).reshape(n, n)
+    # ignored pixels go to an extra slot: no boolean indexing, so no host sync on a GPU
+    idx = torch.where(target != IGNORE_INDEX, target * n + pred, n * n).flatten()
+    counts = torch.zeros(n * n + 1, dtype=cm.dtype, device=cm.device)
+    counts.scatter_add_(0, idx, torch.ones_like(idx))
+    cm += counts[:-1].reshape(n, n)
 
 
 # ---------------------------------------------------------------------- train
@@ -398,7 +401,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         if val_loader is not None:
             model.eval()
             cm = torch.zeros(n_cls, n_cls, dtype=torch.long, device=fabric.device)
-            vl, vn = 0.0, 0
+            tot = torch.zeros(2, dtype=torch.float64, device=fabric.device)  # loss sum, labelled pixels
             with torch.no_grad():
                 for step, batch in enumerate(val_loader, start=1):
                     if on_cuda:
@@ -407,18 +410,17 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
                     if on_cuda:
                         x = x.contiguous(memory_format=torch.channels_last)
                     logits = model(x).float()
-                    nv = int((y != IGNORE_INDEX).sum())
-                    if nv:
-                        vl += float(F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum"))
-                        vn += nv
+                    # summed on the device (0 for a batch without labels): no host sync per step
+                    tot[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").double()
+                    tot[1] += (y != IGNORE_INDEX).sum()
                     _confusion_update(cm, logits, y)
                     if on_progress:
                         on_progress(TrainProgress("val", epoch + 1, cfg.epochs, step, len(val_loader)))
             if fabric.world_size > 1:
                 cm = fabric.all_reduce(cm, reduce_op="sum")
-                tot = fabric.all_reduce(torch.tensor([vl, float(vn)], device=fabric.device), reduce_op="sum")
-                vl, vn = float(tot[0]), int(tot[1])
+                tot = fabric.all_reduce(tot, reduce_op="sum")
             val = metrics_from_confusion(cm.cpu().numpy(), schema.names)
+            vl, vn = float(tot[0]), int(tot[1])
             val_loss = vl / vn if vn else math.nan
         score = val.miou if val is not None else -train_loss
         # the first epoch is always kept, so a best checkpoint exists even if the score is undefined
