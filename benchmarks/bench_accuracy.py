@@ -63,6 +63,17 @@ def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
         return ds.read(1)
 
 
+def _spread(data: str, runs: dict[str, list[tuple[float, float]]]) -> list[str]:
+    """Mean ± sd of (OA, macro F1) per classifier over the repeats (none for a single run)."""
+    out = []
+    for m, v in runs.items():
+        if len(v) > 1:
+            a = np.array(v)
+            out.append(f"{data} {m:<8} over {len(v)} repeats: OA {a[:, 0].mean():.4f} ± {a[:, 0].std(ddof=1):.4f}, "
+                       f"macro F1 {a[:, 1].mean():.4f} ± {a[:, 1].std(ddof=1):.4f} (mean ± sd)")
+    return out
+
+
 def _line(name: str, m_geo, m_rf, secs: tuple[float, float]) -> str:
     def oa(m) -> str:  # with the pixel counts, so that a tie at 3 decimals can be read
         ok, n = int(np.trace(m.matrix)), int(m.matrix.sum())
@@ -131,13 +142,7 @@ def brazil(quick: bool, repeats: int = 1) -> list[str]:
         line = _line("rstoolbox_brazil" + (f" repeat {rep}" if repeats > 1 else ""), m_geo, m_rf, (t_geo, t_rf))
         print(line, flush=True)
         lines.append(line)
-    if repeats > 1:
-        for m, v in runs.items():
-            a = np.array(v)
-            lines.append(f"rstoolbox_brazil {m:<8} over {repeats} repeats: OA {a[:, 0].mean():.4f} ± "
-                         f"{a[:, 0].std(ddof=1):.4f}, macro F1 {a[:, 1].mean():.4f} ± {a[:, 1].std(ddof=1):.4f} "
-                         "(mean ± sd)")
-    return lines
+    return lines + _spread("rstoolbox_brazil", runs)
 
 
 #: geoseg settings compared on Slovenia: the U-Net, and the temporal CNN (TempCNN defaults of
@@ -216,13 +221,7 @@ def slovenia(quick: bool, models: list[str], repeats: int = 1) -> list[str]:
                          (t_geo[m], t_rf))
             print(line, flush=True)
             lines.append(line)
-    if repeats > 1:
-        for m, v in runs.items():
-            a = np.array(v)
-            lines.append(f"eolearn_slovenia {m:<8} over {repeats} repeats: OA {a[:, 0].mean():.4f} ± "
-                         f"{a[:, 0].std(ddof=1):.4f}, macro F1 {a[:, 1].mean():.4f} ± {a[:, 1].std(ddof=1):.4f} "
-                         "(mean ± sd)")
-    return lines
+    return lines + _spread("eolearn_slovenia", runs)
 
 
 def main() -> None:

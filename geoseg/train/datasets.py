@@ -35,7 +35,8 @@ class OneFile(RasterDataset):
     chip even when there is one file whose pixels already are the chip's pixels (the usual
     case: the training grid is the first image's own grid, and samplers draw chips aligned
     to it). Then the chip is read as a plain window of the cached file handle, filled with
-    the file's nodata (or 0) outside the file: the same values ``merge`` returns (tested).
+    the file's nodata (or 0) outside the file: exactly the file's pixels, which ``merge``
+    also returns up to its float rounding (tested).
     Other chips (a label raster in another CRS, seen through torchgeo's ``WarpedVRT``, or
     a file with an internal mask) go through torchgeo unchanged.
     """
