@@ -49,6 +49,8 @@ def _rf(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int)
 
 #: geoseg infer's --tta for the predictions (``--tta``; default none)
 TTA = "none"
+#: geoseg train's --ema for every geoseg model (``--ema``; default 0, off)
+EMA = 0.0
 
 
 def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
@@ -56,6 +58,8 @@ def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
     from geoseg.train import TrainConfig, train
 
     cfg = TrainConfig(images=[str(image)], output=str(tmp / f"{name}.pt"), overwrite=True, **cfg_kwargs)
+    if EMA:
+        cfg.ema = EMA
     train(cfg)
     out = tmp / f"{name}_classes.tif"
     predict_raster(image, cfg.output, out, overwrite=True, batch_size=4, tta=TTA)
@@ -234,9 +238,10 @@ def main() -> None:
                     help="repeat the cross-validations with other seeds and print mean and sd")
     ap.add_argument("--tta", choices=["none", "flips", "d4"], default="none",
                     help="test-time augmentation of geoseg's predictions (geoseg infer --tta)")
+    ap.add_argument("--ema", type=float, default=0.0, help="geoseg train --ema for the geoseg models (0: off)")
     a = ap.parse_args()
-    global TTA
-    TTA = a.tta
+    global TTA, EMA
+    TTA, EMA = a.tta, a.ema
     import torch
 
     torch.set_num_threads(2)

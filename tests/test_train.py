@@ -649,3 +649,23 @@ def test_validation_confusion_update_ignores_unlabelled_pixels() -> None:
     ok = (target != 255).numpy()
     want = confusion_matrix(target.numpy()[ok], logits.argmax(1).numpy()[ok], 4)
     assert np.array_equal(cm.numpy(), 2 * want) and cm.sum() == 2 * ok.sum()
+
+
+def test_ema_weights_are_saved_and_resume_exactly(tmp_path: Path) -> None:
+    """--ema: checkpoints hold the averaged weights, the raw ones resume bit for bit."""
+    from geoseg.errors import UsageError
+    from geoseg.train import train
+
+    a = train(_cfg(tmp_path, "a.pt", ema=0.9))
+    train(_cfg(tmp_path, "b.pt", ema=0.9, epochs=1))
+    b2 = train(_cfg(tmp_path, "b.pt", ema=0.9, epochs=2, resume=True))
+    sa, sb = _state(a.last), _state(b2.last)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    extra = torch.load(a.last, map_location="cpu", weights_only=True)["extra"]
+    raw, n = extra["raw_state"], extra["ema_n"]
+    assert n == 4  # 2 epochs x 2 steps
+    assert any(not torch.equal(sa[k], raw[k]) for k in sa if sa[k].is_floating_point())  # averaged != raw
+    plain = _state(train(_cfg(tmp_path, "c.pt")).last)
+    assert all(torch.equal(raw[k], plain[k]) for k in raw)  # EMA does not change the training itself
+    with pytest.raises(UsageError, match="--ema"):
+        train(_cfg(tmp_path, "d.pt", ema=1.0))

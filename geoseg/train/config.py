@@ -57,6 +57,8 @@ class TrainConfig:
         augment: ``d4`` (random flips and 90-degree rotations) or ``none``.
         jitter: photometric jitter amplitude (per-band gain and offset in normalised
             units, uniform in ``±jitter``); 0 disables it.
+        ema: keep an exponential moving average of the weights with this decay per step
+            (e.g. 0.99) and use it for validation and in the checkpoints; 0 disables it.
         band_dropout: probability that a band of a training chip is replaced by its
             mean (0 after normalisation, as nodata is at inference). For time-series
             stacks it teaches the model not to rely on any single date (clouds); 0
@@ -102,6 +104,7 @@ class TrainConfig:
     augment: str = "d4"
     jitter: float = 0.0
     band_dropout: float = 0.0
+    ema: float = 0.0
     val_split: float = 0.2
     val_block: int | None = None
     class_map: dict[str, str] = field(default_factory=dict)
@@ -131,7 +134,8 @@ class TrainConfig:
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers >= 0),
                   ("depth", 1 <= self.depth <= 8), ("base-channels", self.base_channels >= 1),
                   ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0),
-                  ("band-dropout", 0 <= self.band_dropout < 1), ("bands-per-date", self.bands_per_date >= 1),
+                  ("band-dropout", 0 <= self.band_dropout < 1), ("ema", 0 <= self.ema < 1),
+                  ("bands-per-date", self.bands_per_date >= 1),
                   ("context", self.context >= 1 and self.context % 2 == 1)]
         for name, ok in checks:
             if not ok:

@@ -298,7 +298,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     best_miou, best_epoch, bad_epochs = -math.inf, -1, 0
     if payload is not None:
         extra = payload["extra"]
-        model.load_state_dict(payload["state_dict"])
+        # with --ema the checkpoint's weights are the average; the raw ones are kept beside
+        model.load_state_dict(extra.get("raw_state", payload["state_dict"]))
         start_epoch = int(extra["epoch"]) + 1
         history = [EpochRecord(**h) for h in extra.get("history", [])]
         best_miou = float(extra.get("best_miou", -math.inf))
@@ -308,6 +309,14 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     if payload is not None:
         # after setup: load_state_dict puts the moments on the parameters' device (the GPU's)
         _unwrap_opt(opt).load_state_dict(payload["extra"]["optimizer"])
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(_unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if payload is not None and "ema_n" in payload["extra"]:
+            ema.module.load_state_dict(payload["state_dict"])
+            ema.n_averaged.fill_(int(payload["extra"]["ema_n"]))
 
     weight = None
     if cfg.class_weights == "auto":
@@ -389,6 +398,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             loss = segmentation_loss(logits, y, weight, cfg.dice)
             fabric.backward(loss)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(_unwrap(model))
             loss_sum += loss.detach().double()
             n_losses += 1
             if on_progress:
@@ -399,7 +410,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         val = None
         val_loss = math.nan
         if val_loader is not None:
-            model.eval()
+            net = ema.module if ema is not None else model
+            net.eval()
             cm = torch.zeros(n_cls, n_cls, dtype=torch.long, device=fabric.device)
             tot = torch.zeros(2, dtype=torch.float64, device=fabric.device)  # loss sum, labelled pixels
             with torch.no_grad():
@@ -409,7 +421,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
                     x, y = batch["image"], batch["mask"]
                     if on_cuda:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    logits = model(x).float()
+                    with fabric.autocast():  # the EMA copy is not wrapped by Fabric
+                        logits = net(x).float()
                     # summed on the device (0 for a batch without labels): no host sync per step
                     tot[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").double()
                     tot[1] += (y != IGNORE_INDEX).sum()
@@ -437,13 +450,17 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         else:
             bad_epochs += 1
         if fabric.is_global_zero:
+            saved = ema.module if ema is not None else _unwrap(model)  # the weights to use
             if improved:
-                save_checkpoint(_unwrap(model), meta_for(rec, val), out, overwrite=True)
+                save_checkpoint(saved, meta_for(rec, val), out, overwrite=True)
             extra = {"epoch": epoch, "optimizer": _unwrap_opt(opt).state_dict(),
                      "config": cfg.to_dict(),
                      "history": [_plain(h) for h in history], "best_miou": best_miou, "best_epoch": best_epoch,
                      "bad_epochs": bad_epochs}
-            save_checkpoint(_unwrap(model), meta_for(rec, val), last, overwrite=True, extra=extra)
+            if ema is not None:
+                extra["raw_state"] = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+                extra["ema_n"] = int(ema.n_averaged)
+            save_checkpoint(saved, meta_for(rec, val), last, overwrite=True, extra=extra)
             write_history_csv(csv_path, history)
             write_curves_png(png_path, history)
         if on_progress:
