@@ -27,16 +27,29 @@ from geoseg.errors import LabelError
 from geoseg.train.labels import class_key, read_vector
 
 
-class OneFile(RasterDataset):
+class FixedBounds:
+    """Mixin: ``bounds`` computed once, where torchgeo recomputes them from the GeoDataFrame
+    index for every chip (these datasets' indexes never change)."""
+
+    _bounds: tuple[slice, slice, slice] | None = None
+
+    @property
+    def bounds(self) -> tuple[slice, slice, slice]:
+        if self._bounds is None:
+            self._bounds = super().bounds  # type: ignore[misc]
+        return self._bounds
+
+
+class OneFile(FixedBounds, RasterDataset):
     """A torchgeo raster dataset over exactly one file, with a direct read for chips on its grid.
 
     torchgeo's :class:`~torchgeo.datasets.RasterDataset` filters its GeoDataFrame index and
     mosaics with :func:`rasterio.merge.merge` for every chip, which costs milliseconds per
     chip even when there is one file whose pixels already are the chip's pixels (the usual
     case: the training grid is the first image's own grid, and samplers draw chips aligned
-    to it). Then the chip is read as a plain window of the cached file handle, filled with
-    the file's nodata (or 0) outside the file: exactly the file's pixels, which ``merge``
-    also returns up to its float rounding (tested).
+    to it). Then the chip is read as a plain window of the cached file handle, straight into
+    the sample's dtype, filled with the file's nodata (or 0) outside the file: exactly the
+    file's pixels, which ``merge`` also returns up to its float rounding (tested).
     Other chips (a label raster in another CRS, seen through torchgeo's ``WarpedVRT``, or
     a file with an internal mask) go through torchgeo unchanged.
     """
@@ -45,36 +58,8 @@ class OneFile(RasterDataset):
 
     def __init__(self, path: str | os.PathLike[str], crs: CRS | None = None,
                  res: tuple[float, float] | None = None) -> None:
-        self._bounds: tuple[slice, slice, slice] | None = None
-        self._fills: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, Any] | None] = {}
+        self._fill: Any = False  # window_fill() of the file once known (None: merge only)
         super().__init__(paths=[str(path)], crs=crs, res=res, cache=True)
-
-    @property
-    def bounds(self) -> tuple[slice, slice, slice]:
-        """Bounds of the file (computed once: the index never changes)."""
-        if self._bounds is None:
-            self._bounds = super().bounds
-        return self._bounds
-
-    def _direct(self, path: str, query: Any, band_indexes: Sequence[int] | None,
-                out_dtype: Any = None) -> np.ndarray | None:
-        """The chip as a window read of ``path`` (see :func:`read_on_grid`), or None."""
-        x, y, _ = self._disambiguate_slice(query)
-        src = self._cached_load_warp_file(path)
-        key = (path, tuple(band_indexes or ()))
-        if key not in self._fills:
-            self._fills[key] = window_fill(src, list(band_indexes or range(1, src.count + 1)))
-        return read_on_grid(src, x, y, band_indexes, self._fills[key], out_dtype=out_dtype)
-
-    def _merge_files(self, filepaths: Sequence[str], query: Any, band_indexes: Sequence[int] | None = None) -> Any:
-        files = list(filepaths)
-        if len(files) == 1:
-            data = self._direct(files[0], query, band_indexes)
-            if data is not None:
-                from torchgeo.datasets.utils import array_to_tensor
-
-                return array_to_tensor(data)
-        return super()._merge_files(filepaths, query, band_indexes)
 
     def __getitem__(self, query: Any) -> dict[str, Any]:
         import torch
@@ -84,12 +69,15 @@ class OneFile(RasterDataset):
         if x.start >= bx.stop or x.stop <= bx.start or y.start >= by.stop or y.stop <= by.start:
             raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
         path = self.index.filepath.iloc[0]
-        # read straight into the sample's dtype (float32 images, int64 masks): no further copies
-        direct = self._direct(path, query, self.band_indexes, out_dtype=torch.empty((), dtype=self.dtype).numpy().dtype)
+        src = self._cached_load_warp_file(path)
+        if self._fill is False:
+            self._fill = window_fill(src, list(self.band_indexes or range(1, src.count + 1)))
+        direct = read_on_grid(src, x, y, self.band_indexes, self._fill,
+                              out_dtype=torch.empty((), dtype=self.dtype).numpy().dtype)
         if direct is not None:
             data = torch.from_numpy(direct)
         else:
-            data = super()._merge_files([path], query, self.band_indexes).to(self.dtype)
+            data = self._merge_files([path], query, self.band_indexes).to(self.dtype)
         sample: dict[str, Any] = {"crs": self.crs, "bounds": query}
         if self.is_image:
             sample["image"] = data
@@ -191,7 +179,7 @@ class LabelRaster(OneFile):
         super().__init__(path, crs=crs, res=res)
 
 
-class PolygonLabels(VectorDataset):
+class PolygonLabels(FixedBounds, VectorDataset):
     """Polygons rasterized on the fly into a ``mask``: ``code[value of class_field]``, 0 elsewhere.
 
     ``codes`` maps each class-field value (as a string) to the value burnt in the mask;
@@ -210,16 +198,8 @@ class PolygonLabels(VectorDataset):
         self.codes = dict(codes)
         self.class_field = class_field
         self._shapes: tuple[Any, np.ndarray, Any] | None = None
-        self._bounds: tuple[slice, slice, slice] | None = None
         super().__init__(paths=[str(path)], crs=crs, res=res, label_name=class_field,
                          task="semantic_segmentation", layer=layer)
-
-    @property
-    def bounds(self) -> tuple[slice, slice, slice]:
-        """Bounds of the polygons (computed once: the index never changes)."""
-        if self._bounds is None:
-            self._bounds = super().bounds
-        return self._bounds
 
     def get_label(self, feature: pd.Series) -> int:
         """Mask value of one polygon (0 = not burnt in)."""
