@@ -667,3 +667,33 @@ def test_ema_weights_are_saved_and_resume_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(raw[k], plain[k]) for k in raw)  # EMA does not change the training itself
     with pytest.raises(UsageError, match="--ema"):
         train(_cfg(tmp_path, "d.pt", ema=1.0))
+
+
+@pytest.mark.parametrize("dice", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_segmentation_loss_equals_the_plain_formula(dice: bool, weighted: bool) -> None:
+    """Cross entropy averaged over labelled pixels (class-weighted), plus 1 - soft Dice over
+    the classes present; 0 with a graph when nothing is labelled; (N,C,H,W) or (P,C) inputs."""
+    import torch.nn.functional as F
+
+    from geoseg.train.loop import segmentation_loss
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.tensor([0.5, 2.0, 1.0]) if weighted else None
+    logits = torch.randn(2, 3, 5, 4, generator=g, requires_grad=True)
+    target = torch.randint(0, 2, (2, 5, 4), generator=g)  # class 2 absent
+    target[0, :2] = 255
+    for lg, tg in ((logits, target), (logits.permute(0, 2, 3, 1).reshape(-1, 3), target.flatten())):
+        ok = tg != 255
+        flat = lg if lg.dim() == 2 else lg.permute(0, 2, 3, 1)
+        p_l, t_l = flat[ok], tg[ok]
+        w = weight[t_l] if weight is not None else torch.ones(len(t_l))
+        want = (F.cross_entropy(p_l, t_l, reduction="none") * w).sum() / w.sum()
+        if dice:
+            p, t = p_l.softmax(1), F.one_hot(t_l, 3).float()
+            d = (2 * (p * t).sum(0) + 1) / (p.sum(0) + t.sum(0) + 1)
+            want = want + (1 - d[t.sum(0) > 0]).mean()
+        got = segmentation_loss(lg, tg, weight, dice)
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+        none = segmentation_loss(lg, torch.full_like(tg, 255), weight, dice)
+        assert float(none) == 0.0 and none.requires_grad

@@ -110,23 +110,25 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     ``logits`` are ``(N, C, H, W)`` with ``target`` ``(N, H, W)``, or ``(P, C)`` with ``(P,)``
     for pixels already picked out (per-pixel models).
     """
+    # masks instead of boolean indexing and no early return: nothing here waits for the GPU
     valid = target != IGNORE_INDEX
     logits = logits.float()
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
+    n = logits.shape[1]
+    safe = torch.where(valid, target, 0)  # ignored pixels point at class 0 and are masked out
     ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
-    denom = weight[target[valid]].sum() if weight is not None else valid.sum()
-    loss = ce / denom.clamp_min(1e-6)
+    denom = (weight[safe] * valid).sum() if weight is not None else valid.sum()
+    loss = ce / denom.clamp_min(1e-6)  # 0 when nothing is labelled
     if dice:
-        n = logits.shape[1]
         p = logits.softmax(1)
-        p = (p if p.dim() == 2 else p.permute(0, 2, 3, 1))[valid]  # (P, n)
-        t = F.one_hot(target[valid], n).float()
+        p = (p if p.dim() == 2 else p.permute(0, 2, 3, 1)).reshape(-1, n)  # (pixels, n)
+        m = valid.reshape(-1, 1).to(p.dtype)
+        t = F.one_hot(safe.reshape(-1), n).to(p.dtype) * m
+        p = p * m
         inter = (p * t).sum(0)
         card = p.sum(0) + t.sum(0)
-        present = t.sum(0) > 0
+        present = (t.sum(0) > 0).to(p.dtype)
         d = (2 * inter + 1.0) / (card + 1.0)
-        loss = loss + (1 - d[present]).mean()
+        loss = loss + ((1 - d) * present).sum() / present.sum().clamp_min(1.0)  # mean over classes present
     return loss
 
 
