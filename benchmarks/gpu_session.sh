@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of geoseg in one command, for the lent GPU machine (docs/gpu.md):
-#   benchmarks/gpu_session.sh [tests] [train] [infer]      (default: tests infer train)
+#   benchmarks/gpu_session.sh [tests] [train] [infer]      (default: train tests infer)
 # That machine has torch but no rasterio, shapely, pyproj, geopandas or torchgeo, and
 # ../shared does not travel. Prepare, here, from the project root (both folders git-ignored
 # through .git/info/exclude):
@@ -19,7 +19,7 @@ mkdir -p ../shared && ln -sfn "$PWD/.gpudata" ../shared/data
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 python3 -c "import torch, rasterio, torchgeo; print('torch', torch.__version__, 'rasterio', rasterio.__version__,
 'GDAL', rasterio.__gdal_version__, 'torchgeo', torchgeo.__version__, 'cpus', __import__('os').cpu_count())"
-steps=${*:-tests infer train}
+steps=${*:-train tests infer}
 for s in $steps; do
   case $s in
     tests)
@@ -27,7 +27,7 @@ for s in $steps; do
       timeout 200 python3 -m pytest -m gpu tests/test_gpu.py -q -s 2>&1 | tee "$out/pytest_gpu.log" ;;
     train)
       echo "=== bench_train: the real scenes, small chips"
-      timeout 100 python3 benchmarks/bench_train.py --device cuda --steps 30 --tile 64 --batch 16 --channels 16 \
+      timeout 150 python3 benchmarks/bench_train.py --device cuda --steps 200 --tile 64 --batch 16 --channels 16 \
         --workers 8 15 --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
         2>&1 | tee "$out/bench_train_small.log"
       echo "=== bench_train: mirror-tiled 4096^2 scenes, 256^2 chips, classic 64-channel U-Net"
