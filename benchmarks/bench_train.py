@@ -96,13 +96,25 @@ def bench(name: str, cfg_kwargs: dict, args: argparse.Namespace) -> str:
         sync()
         t0 = time.perf_counter()
         n = 0
-        for b in it:
+        waits = [0.0, 0.0, 0.0]  # host time per batch: waiting for the loader, finishing, launching the step
+        while True:
+            ta = time.perf_counter()
+            b = next(it, None)
+            if b is None:
+                break
+            tb = time.perf_counter()
             x, y = prepare(b)
+            tc = time.perf_counter()
             step(x, y)
+            td = time.perf_counter()
+            waits[0] += tb - ta
+            waits[1] += tc - tb
+            waits[2] += td - tc
             batches.append((x, y))
             n += x.shape[0]
         sync()
         full = n / (time.perf_counter() - t0)
+        nb = max(len(batches), 1)
         # model only, the same (finished) batches from memory: on a GPU already on it
         t0 = time.perf_counter()
         for x, y in batches:
@@ -119,7 +131,8 @@ def bench(name: str, cfg_kwargs: dict, args: argparse.Namespace) -> str:
     finally:
         plan.close()
     return (f"{name:<44} full {full:7.1f} samples/s | model-only {model_only:7.1f} | ratio {full / model_only:.2f} "
-            f"| data-only {data_only:7.1f} samples/s")
+            f"| data-only {data_only:7.1f} samples/s\n{'':<44} host ms/batch in the full loop: loader "
+            f"{1e3 * waits[0] / nb:.2f}, prepare {1e3 * waits[1] / nb:.2f}, step {1e3 * waits[2] / nb:.2f}")
 
 
 def rasterize_polygons(image: Path, polygons: Path, out: Path) -> Path:
@@ -160,10 +173,15 @@ def main() -> None:
     ap.add_argument("--brazil-polygons", type=Path, default=None,
                     help="Brazil's training polygons (default: the GPKG in --data; GeoParquet works too)")
     ap.add_argument("--workdir", type=Path, default=None, help="where mirrored scenes are written")
+    ap.add_argument("--sharing", choices=["file_descriptor", "file_system"], default=None,
+                    help="torch.multiprocessing sharing strategy for worker batches (default: torch's)")
     a = ap.parse_args()
     import tempfile
 
     import torch
+
+    if a.sharing:
+        torch.multiprocessing.set_sharing_strategy(a.sharing)
 
     torch.set_num_threads(a.threads)
     print(f"device {a.device}, batch {a.batch}, tile {a.tile}, unet base_channels {a.channels} depth 3, "

@@ -566,6 +566,7 @@ class BatchMaker:
         #: workers send raw chips with their labels; :meth:`finish` does the rest where the model is
         self.on_device = on_device
         self._on: dict[torch.device, tuple[Any, ...]] = {}  # constants moved to a device
+        self._perms: dict[tuple[torch.device, int], torch.Tensor] = {}  # D4 pixel permutations (finish)
         self.margin = margin
         self.lut = torch.as_tensor(lut, dtype=torch.long)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
@@ -588,7 +589,7 @@ class BatchMaker:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_on"] = {}  # workers never finish batches: no device tensors for them
+        state["_on"], state["_perms"] = {}, {}  # workers never finish batches: no device tensors for them
         return state
 
     @property
@@ -717,23 +718,33 @@ class BatchMaker:
         if self._augments:
             t, gain, off, drop = self._draws(x.shape[0], x.shape[1])
             if t is not None:
-                xo, yo = torch.empty_like(x), torch.empty_like(y)
-                for code in np.unique(t):
-                    idx = put(np.flatnonzero(t == code))
-                    k, flip = D4[int(code)]
-                    xs, ys = x[idx], y[idx]
-                    if flip:
-                        xs, ys = xs.flip(-1), ys.flip(-1)
-                    if k:
-                        xs, ys = torch.rot90(xs, k, (-2, -1)), torch.rot90(ys, k, (-2, -1))
-                    xo[idx], yo[idx] = xs, ys
-                x, y = xo, yo
+                x, y = self._d4_gather(x, y, put(t))
             if gain is not None and off is not None:
                 x.mul_(put(gain)[:, :, None, None])
                 x.add_(put(off)[:, :, None, None])
             if drop is not None:
                 x.masked_fill_(put(drop)[:, :, None, None], 0.0)
         return {"image": x.contiguous(), "mask": y.contiguous()}
+
+    def _d4_gather(self, x: torch.Tensor, y: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``i`` of ``x`` (B,C,H,W) and ``y`` (B,H,W) transformed by D4 element ``codes[i]``:
+        one gather each, through the 8 pixel permutations of a square chip (kept per device
+        and size), instead of a few kernels per transform; the host only sends the codes.
+        """
+        b, c, h, w = x.shape
+        if h != w:
+            raise ValueError(f"D4 augmentation needs square chips, got {h}x{w}")
+        key = (x.device, h)
+        perms = self._perms.get(key)
+        if perms is None:
+            idx = torch.arange(h * w, device=x.device).view(h, w)
+            perms = torch.stack([torch.rot90(idx.flip(-1) if flip else idx, k, (-2, -1)).reshape(-1)
+                                 for k, flip in D4])
+            self._perms[key] = perms
+        src = perms[codes]  # (B, H*W): output pixel j of sample i reads input pixel src[i, j]
+        xo = torch.gather(x.reshape(b, c, h * w), 2, src[:, None, :].expand(b, c, h * w)).view(b, c, h, w)
+        yo = torch.gather(y.reshape(b, h * w), 1, src).view(b, h, w)
+        return xo, yo
 
     @property
     def _augments(self) -> bool:
