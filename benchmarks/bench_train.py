@@ -60,7 +60,7 @@ def bench(name: str, cfg_kwargs: dict, args: argparse.Namespace) -> str:
         # as in training: on a GPU the workers send raw chips, normalization and D4 run there
         bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
                           augment="d4", seed=0, on_device=cuda)
-        loader = D.make_loader(ds, sampler, bm, cfg, pin_memory=dev.type == "cuda")
+        loader = D.make_loader(ds, sampler, bm, cfg, pin_memory=dev.type == "cuda", ring=args.ring_on)
         model = build_model("unet", len(grid.band_names), len(plan.schema), base_channels=args.channels,
                             depth=3).to(dev)
         if cuda:
@@ -69,7 +69,9 @@ def bench(name: str, cfg_kwargs: dict, args: argparse.Namespace) -> str:
 
         def prepare(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
             if cuda:  # the training loop's path: raw chips to the GPU, then finish there
-                b = bm.finish({k: v.to(dev, non_blocking=True) for k, v in b.items()})
+                if "slot" not in b:
+                    b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
+                b = bm.finish(b, dev)
             return b["image"], b["mask"]
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -130,6 +132,8 @@ def bench(name: str, cfg_kwargs: dict, args: argparse.Namespace) -> str:
         data_only = m / (time.perf_counter() - t0)
     finally:
         plan.close()
+    name += ", ring" if bm._ring is not None else ""
+    bm.release()
     return (f"{name:<44} full {full:7.1f} samples/s | model-only {model_only:7.1f} | ratio {full / model_only:.2f} "
             f"| data-only {data_only:7.1f} samples/s\n{'':<44} host ms/batch in the full loop: loader "
             f"{1e3 * waits[0] / nb:.2f}, prepare {1e3 * waits[1] / nb:.2f}, step {1e3 * waits[2] / nb:.2f}")
@@ -173,6 +177,8 @@ def main() -> None:
     ap.add_argument("--brazil-polygons", type=Path, default=None,
                     help="Brazil's training polygons (default: the GPKG in --data; GeoParquet works too)")
     ap.add_argument("--workdir", type=Path, default=None, help="where mirrored scenes are written")
+    ap.add_argument("--ring", choices=["on", "off", "both"], default="on",
+                    help="workers' batches through shared-memory slots (the default on CUDA) or torch's path")
     ap.add_argument("--sharing", choices=["file_descriptor", "file_system"], default=None,
                     help="torch.multiprocessing sharing strategy for worker batches (default: torch's)")
     a = ap.parse_args()
@@ -217,8 +223,9 @@ def main() -> None:
             cases.append((name, dict(images=[str(mi)], labels=str(ml), val_split=0.0)))
     for name, kw in cases:
         for w in a.workers:
-            a.num_workers = w
-            print(bench(f"{name}, {w} workers", kw, a), flush=True)
+            for ring in {"on": [True], "off": [False], "both": [False, True]}[a.ring]:
+                a.num_workers, a.ring_on = w, ring
+                print(bench(f"{name}, {w} workers", kw, a), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,17 +28,17 @@ for s in $steps; do
     train)
       echo "=== bench_train: the real scenes, small chips"
       timeout 150 python3 benchmarks/bench_train.py --device cuda --steps 200 --tile 64 --batch 16 --channels 16 \
-        --workers 8 15 --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
+        --workers 8 15 --ring both --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
         2>&1 | tee "$out/bench_train_small.log"
+      echo "=== bench_train: mirror-tiled 4096^2 scenes, 256^2 chips, classic 64-channel U-Net"
+      timeout 120 python3 benchmarks/bench_train.py --device cuda --steps 120 --tile 256 --batch 16 --channels 64 \
+        --workers 8 15 --ring both --threads 8 --cases brazil-mirror --mirror 4096 --workdir /tmp/bt \
+        --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
+        2>&1 | tee "$out/bench_train_mirror.log"
       echo "=== bench_train: the real scenes, small chips, classic 64-channel U-Net"
       timeout 100 python3 benchmarks/bench_train.py --device cuda --steps 200 --tile 64 --batch 16 --channels 64 \
         --workers 8 --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
-        2>&1 | tee "$out/bench_train_small64.log"
-      echo "=== bench_train: mirror-tiled 4096^2 scenes, 256^2 chips, classic 64-channel U-Net"
-      timeout 120 python3 benchmarks/bench_train.py --device cuda --steps 120 --tile 256 --batch 16 --channels 64 \
-        --workers 8 15 --threads 8 --cases brazil-mirror --mirror 4096 --workdir /tmp/bt \
-        --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
-        2>&1 | tee "$out/bench_train_mirror.log" ;;
+        2>&1 | tee "$out/bench_train_small64.log" ;;
     infer)
       echo "=== bench_infer: classic 64-channel U-Net, 512^2 tiles"
       timeout 330 python3 benchmarks/bench_infer.py --device cuda --base-channels 64 --tile-size 512 \

@@ -601,6 +601,59 @@ def test_worker_batches_in_shared_memory_equal_main_process_batches(tmp_path: Pa
         plan.close()
 
 
+def test_ring_batches_equal_torch_path_across_epochs_abandoned_iterators_and_short_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers writing batches into shared-memory slots (what a GPU run uses) give exactly the
+    batches of the main process, over epochs, after an abandoned epoch, with a short last batch."""
+    from geoseg.train import data as D
+    from geoseg.train import ring as R
+
+    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=22, batch_size=4, num_workers=2).validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    try:
+        mean, std = D.normalization_stats(grid)
+        ds = D.build_dataset(grid, plan, cfg, "train")
+        chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
+        assert len(chips) % cfg.batch_size  # a short last batch
+
+        def maker() -> Any:
+            return D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
+                                augment="d4", jitter=0.1, seed=3, on_device=True)
+
+        bm = maker()
+        loader = D.make_loader(ds, chips, bm, cfg, ring=True)
+        assert bm._ring is not None and bm._ring.mask.dtype == torch.uint8
+        got = {}
+        for e in range(3):
+            bm.set_epoch(e)
+            batches = []
+            for b in loader:
+                assert set(b) == {"slot", "n"}  # only the slot number travels
+                batches.append(bm.finish(b, "cpu"))
+                if e == 1:
+                    break  # abandoned: the workers' prefetched batches are dropped
+            got[e] = batches
+        ref = maker()
+        ref_cfg = cfg.__class__(**{**cfg.__dict__, "num_workers": 0})
+        for e in (0, 2):
+            ref.set_epoch(e)
+            want = [ref.finish(b) for b in D.make_loader(ds, chips, ref, ref_cfg)]
+            assert [len(b["mask"]) for b in want] == [len(b["mask"]) for b in got[e]] == [4, 4, 4, 4, 4, 2]
+            for a, b in zip(got[e], want):
+                assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+                assert a["mask"].dtype == torch.long
+        # slots that would page-lock more than the budget: torch's path instead, same batches
+        monkeypatch.setattr(R, "MAX_BYTES", 1024)
+        small = maker()
+        assert not small.attach_ring(2, 2, 4, cfg.tile_size)
+        small.set_epoch(2)
+        plain = [small.finish(b) for b in D.make_loader(ds, chips, small, cfg, ring=True)]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(plain, got[2]))
+    finally:
+        plan.close()
+
+
 def test_persistent_workers_follow_the_epoch_seed(tmp_path: Path) -> None:
     """Workers live across epochs; set_epoch still reseeds their augmentation draws."""
     from geoseg.train import data as D

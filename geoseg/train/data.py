@@ -567,6 +567,7 @@ class BatchMaker:
         self.on_device = on_device
         self._on: dict[torch.device, tuple[Any, ...]] = {}  # constants moved to a device
         self._perms: dict[tuple[torch.device, int], torch.Tensor] = {}  # D4 pixel permutations (finish)
+        self._ring: Any = None  # BatchRing: shared-memory batch slots (attach_ring)
         self.margin = margin
         self.lut = torch.as_tensor(lut, dtype=torch.long)
         self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
@@ -655,6 +656,10 @@ class BatchMaker:
         if not self.on_device:
             return self.process(torch.stack(images), torch.stack(masks), bounds)
         # the model's device does the rest (finish): send the raw chips, straight from shared memory
+        info = torch.utils.data.get_worker_info()
+        ring = self._ring
+        if ring is not None and info is not None and ring.fits(len(images), images[0].shape):
+            return ring.put(info.id, images, self._labels(torch.stack(masks), bounds, torch.empty))
         shape = (len(images), *images[0].shape)
         image = torch.stack([t.float() for t in images], out=batch_tensor(shape, torch.float32))
         return {"image": image, "mask": self._labels(torch.stack(masks), bounds, batch_tensor)}
@@ -686,14 +691,21 @@ class BatchMaker:
             x, y = self._augment(x, y)
         return {"image": x.contiguous(), "mask": y.contiguous()}
 
-    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def finish(self, batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Second half of an ``on_device`` batch, on the device its tensors are on (the GPU):
         validity, normalization and augmentation, as :meth:`process` does on the CPU.
 
         Plain batched torch operations: on a GPU they cost next to nothing and need no
-        host synchronisation. ``batch`` is consumed (its mask is modified in place).
+        host synchronisation. ``batch`` is consumed (its mask is modified in place). A batch
+        that came as a ring slot (:meth:`attach_ring`) is copied to ``device`` first; finish
+        it before drawing the next batch, as the slot is then refilled.
         """
-        x, y = batch["image"], batch["mask"]
+        if "slot" in batch:
+            if device is None:
+                raise ValueError("finish: a ring batch needs the device to copy it to")
+            x, y = self._ring.fetch(batch["slot"], batch["n"], torch.device(device))
+        else:
+            x, y = batch["image"], batch["mask"]
         dev = x.device
 
         def put(a: np.ndarray) -> torch.Tensor:
@@ -745,6 +757,24 @@ class BatchMaker:
         xo = torch.gather(x.reshape(b, c, h * w), 2, src[:, None, :].expand(b, c, h * w)).view(b, c, h, w)
         yo = torch.gather(y.reshape(b, h * w), 1, src).view(b, h, w)
         return xo, yo
+
+    def attach_ring(self, workers: int, prefetch: int, batch: int, tile: int) -> bool:
+        """Workers build ``on_device`` batches in shared-memory slots (:mod:`geoseg.train.ring`)
+        instead of torch's per-batch shared memory; call before the loader's workers start.
+        False (nothing attached) when the slots would exceed :func:`~geoseg.train.ring.ring_budget`."""
+        from geoseg.train.ring import BatchRing, ring_budget, ring_bytes
+
+        chip = (len(self.grid.band_names), tile, tile)
+        label = torch.uint8 if self.lut.numel() == 0 or int(self.lut.max()) <= 255 else torch.long
+        if not self.on_device or ring_bytes(workers, prefetch, batch, chip, label) > ring_budget():
+            return False
+        self._ring = BatchRing(workers, prefetch, batch, chip, label)
+        return True
+
+    def release(self) -> None:
+        """Unlock the ring's pages, if any (they are unlocked when it goes anyway)."""
+        if self._ring is not None:
+            self._ring.release()
 
     @property
     def _augments(self) -> bool:
@@ -828,15 +858,24 @@ class BatchMaker:
 
 
 def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: TrainConfig, *,
-                pin_memory: bool = False) -> Any:
+                pin_memory: bool = False, ring: bool | None = None) -> Any:
     """DataLoader over the sampler's chips; batches are built (``collate``) in the workers.
 
     ``pin_memory`` (for CUDA) makes the host-to-device copy of each batch asynchronous and
     about 7x faster than from pageable memory. Workers are persistent (they keep their open
     files, GDAL block caches and polygon trees from one epoch to the next); the epoch that
     seeds augmentation reaches them through :class:`BatchMaker`'s shared-memory epoch.
+
+    With workers, an ``on_device`` :class:`BatchMaker` and ``ring`` (default: ``pin_memory``),
+    workers build batches in shared-memory slots that the main process copies to the GPU
+    from (:mod:`geoseg.train.ring`); the caller finishes each batch before drawing the next.
     """
     from torch.utils.data import DataLoader
 
+    workers = cfg.num_workers
+    prefetch = 2  # the ring's slot count depends on it
+    if (pin_memory if ring is None else ring) and workers > 0 and isinstance(collate, BatchMaker):
+        collate.attach_ring(workers, prefetch, cfg.batch_size, cfg.tile_size)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=pin_memory)
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
+                      prefetch_factor=prefetch if workers > 0 else None, in_order=True)

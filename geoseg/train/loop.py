@@ -385,7 +385,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         n_losses, shown = 0, math.nan
         for step, batch in enumerate(train_loader, start=1):
             if on_cuda:
-                batch = train_bm.finish(batch)
+                batch = train_bm.finish(batch, fabric.device)
             x, y = batch["image"], batch["mask"]
             if on_cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -419,7 +419,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             with torch.no_grad():
                 for step, batch in enumerate(val_loader, start=1):
                     if on_cuda:
-                        batch = val_bm.finish(batch)
+                        batch = val_bm.finish(batch, fabric.device)
                     x, y = batch["image"], batch["mask"]
                     if on_cuda:
                         x = x.contiguous(memory_format=torch.channels_last)
