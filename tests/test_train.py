@@ -56,6 +56,7 @@ def test_raster_labels_train_outputs_and_checkpoint(tmp_path: Path) -> None:
     assert meta.schema.ids == [1, 2, 3, 4, 8]  # label values kept as class ids
     assert meta.num_bands == 68 and meta.bands[0].startswith("NDVI_2015")
     assert meta.training["config"]["labels"] == cfg.labels
+    assert cfg.num_workers is None and meta.training["config"]["num_workers"] == 0  # auto, as resolved
     assert meta.training["command"] == ["geoseg", "train", "..."]
     assert meta.training["split"]["method"] == "spatial blocks"
     assert "val_per_class" in meta.training
@@ -750,3 +751,15 @@ def test_segmentation_loss_equals_the_plain_formula(dice: bool, weighted: bool) 
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
         none = segmentation_loss(lg, torch.full_like(tg, 255), weight, dice)
         assert float(none) == 0.0 and none.requires_grad
+
+
+def test_auto_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --num-workers: none on a CPU, up to 8 per GPU process on a GPU, a core left for each."""
+    import os
+
+    from geoseg.train import data as D
+
+    assert D.auto_workers(torch.device("cpu")) == 0
+    for cores, devices, want in [(16, 1, 8), (6, 1, 5), (1, 1, 0), (16, 2, 7), (64, 4, 8)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert D.auto_workers(torch.device("cuda"), devices) == want

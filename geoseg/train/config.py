@@ -76,7 +76,8 @@ class TrainConfig:
         seed: seed of every random choice (split, sampling, augmentation, weights).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         devices: number of GPUs (more than 1 uses Lightning Fabric's DDP).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None (auto): none on a CPU (the model step
+            dominates there), on a GPU up to 8 per GPU, leaving a core for the main process.
         resume: continue from ``<stem>.last.pt``.
         overwrite: replace existing outputs.
     """
@@ -113,7 +114,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     devices: int = 1
-    num_workers: int = 0
+    num_workers: int | None = None
     resume: bool = False
     overwrite: bool = False
 
@@ -131,7 +132,7 @@ class TrainConfig:
         min_tile = 1 if self.arch in PER_PIXEL else 16
         checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
                   ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
-                  ("devices", self.devices >= 1), ("num-workers", self.num_workers >= 0),
+                  ("devices", self.devices >= 1), ("num-workers", self.num_workers is None or self.num_workers >= 0),
                   ("depth", 1 <= self.depth <= 8), ("base-channels", self.base_channels >= 1),
                   ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0),
                   ("band-dropout", 0 <= self.band_dropout < 1), ("ema", 0 <= self.ema < 1),

@@ -857,6 +857,19 @@ class BatchMaker:
         return torch.from_numpy(xo), torch.from_numpy(yo)
 
 
+def auto_workers(device: torch.device, devices: int = 1) -> int:
+    """DataLoader workers when none are asked for: 0 on a CPU; on a GPU up to 8 per GPU
+    process, leaving one core for each (on the 16-core H200 machine 8 workers kept a small
+    U-Net at 0.7-0.98 of its model-only speed, docs/performance.md)."""
+    if device.type != "cuda":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores // max(devices, 1) - 1))
+
+
 def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: TrainConfig, *,
                 pin_memory: bool = False, ring: bool | None = None) -> Any:
     """DataLoader over the sampler's chips; batches are built (``collate``) in the workers.
@@ -872,7 +885,7 @@ def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: Tr
     """
     from torch.utils.data import DataLoader
 
-    workers = cfg.num_workers
+    workers = cfg.num_workers or 0  # None: not resolved by the caller (auto_workers), none
     prefetch = 2  # the ring's slot count depends on it
     if (pin_memory if ring is None else ring) and workers > 0 and isinstance(collate, BatchMaker):
         collate.attach_ring(workers, prefetch, cfg.batch_size, cfg.tile_size)

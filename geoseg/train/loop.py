@@ -23,7 +23,7 @@ import io
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -290,6 +290,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     if cfg.devices > 1:
         fabric.launch()
     on_cuda = fabric.device.type == "cuda"
+    if cfg.num_workers is None:  # recorded in the checkpoint as resolved
+        cfg = replace(cfg, num_workers=D.auto_workers(fabric.device, cfg.devices))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, len(grid.band_names), n_cls, **cfg.arch_args)
     if on_cuda:
