@@ -763,3 +763,26 @@ def test_auto_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     for cores, devices, want in [(16, 1, 8), (6, 1, 5), (1, 1, 0), (16, 2, 7), (64, 4, 8)]:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
         assert D.auto_workers(torch.device("cuda"), devices) == want
+
+
+class _CacheMax(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        from rasterio.env import get_gdal_config
+
+        return int(get_gdal_config("GDAL_CACHEMAX"))
+
+
+def test_workers_share_the_gdal_cache_budget(tmp_path: Path) -> None:
+    """Each of n workers gets 1/n of the main process's GDAL_CACHEMAX (at least 64 MB)."""
+    from rasterio.env import get_gdal_config
+
+    from geoseg.train import data as D
+
+    total = int(get_gdal_config("GDAL_CACHEMAX"))
+    cfg = _cfg(tmp_path, batch_size=1, num_workers=2)
+    got = [int(b[0]) for b in D.make_loader(_CacheMax(), list(range(4)), lambda s: s, cfg)]
+    assert got == [max(64 << 20, total // 2)] * 4
+    assert int(get_gdal_config("GDAL_CACHEMAX")) == total  # the main process keeps its own

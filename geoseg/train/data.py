@@ -877,7 +877,9 @@ def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: Tr
     ``pin_memory`` (for CUDA) makes the host-to-device copy of each batch asynchronous and
     about 7x faster than from pageable memory. Workers are persistent (they keep their open
     files, GDAL block caches and polygon trees from one epoch to the next); the epoch that
-    seeds augmentation reaches them through :class:`BatchMaker`'s shared-memory epoch.
+    seeds augmentation reaches them through :class:`BatchMaker`'s shared-memory epoch. The
+    workers split this process's GDAL block cache size (``GDAL_CACHEMAX``) between them, at
+    least 64 MB each.
 
     With workers, an ``on_device`` :class:`BatchMaker` and ``ring`` (default: ``pin_memory``),
     workers build batches in shared-memory slots that the main process copies to the GPU
@@ -885,10 +887,25 @@ def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: Tr
     """
     from torch.utils.data import DataLoader
 
+    from functools import partial
+
+    from rasterio.env import get_gdal_config
+
     workers = cfg.num_workers or 0  # None: not resolved by the caller (auto_workers), none
     prefetch = 2  # the ring's slot count depends on it
     if (pin_memory if ring is None else ring) and workers > 0 and isinstance(collate, BatchMaker):
         collate.attach_ring(workers, prefetch, cfg.batch_size, cfg.tile_size)
+    init = None
+    if workers > 0:  # the workers share this process's GDAL block cache budget instead of each taking it
+        init = partial(_worker_gdal_cache, max(64 << 20, int(get_gdal_config("GDAL_CACHEMAX")) // workers))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
-                      prefetch_factor=prefetch if workers > 0 else None, in_order=True)
+                      prefetch_factor=prefetch if workers > 0 else None, in_order=True, worker_init_fn=init)
+
+
+def _worker_gdal_cache(nbytes: int, worker_id: int) -> None:
+    """DataLoader worker start: cap GDAL's block cache (GDAL's default is 5 % of the RAM per
+    process, so 8 persistent workers could hold 40 % of it as cache)."""
+    from rasterio.env import set_gdal_config
+
+    set_gdal_config("GDAL_CACHEMAX", nbytes)
