@@ -786,3 +786,18 @@ def test_workers_share_the_gdal_cache_budget(tmp_path: Path) -> None:
     got = [int(b[0]) for b in D.make_loader(_CacheMax(), list(range(4)), lambda s: s, cfg)]
     assert got == [max(64 << 20, total // 2)] * 4
     assert int(get_gdal_config("GDAL_CACHEMAX")) == total  # the main process keeps its own
+
+
+def test_ring_budget_follows_ram_and_free_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots are page-locked and live in /dev/shm: at most 2 GiB, RAM/16 and half of /dev/shm's free space."""
+    import os
+
+    from geoseg.train import ring as R
+
+    class _St:
+        f_bavail, f_frsize = 1000, 4096  # 4 MB free, as in a container's small /dev/shm
+
+    assert R.ring_budget() <= R.MAX_BYTES
+    monkeypatch.setattr(os, "statvfs", lambda p: _St())
+    assert R.ring_budget() == 2048000
+    assert R.ring_bytes(8, 2, 16, (68, 64, 64), torch.uint8) == 8 * 3 * (16 * 68 * 64 * 64 * 4 + 16 * 64 * 64)

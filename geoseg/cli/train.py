@@ -63,7 +63,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice [0].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
     devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [auto: 0 on a CPU, up to 8 on a GPU].", min=0)] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: 0 on a CPU, up to 8 per GPU).", min=0)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <output stem>.last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,

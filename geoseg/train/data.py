@@ -32,12 +32,14 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from affine import Affine
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.windows import Window
 
 from geoseg.classes import ClassInfo, ClassSchema, default_colour
@@ -887,10 +889,6 @@ def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: Tr
     """
     from torch.utils.data import DataLoader
 
-    from functools import partial
-
-    from rasterio.env import get_gdal_config
-
     workers = cfg.num_workers or 0  # None: not resolved by the caller (auto_workers), none
     prefetch = 2  # the ring's slot count depends on it
     if (pin_memory if ring is None else ring) and workers > 0 and isinstance(collate, BatchMaker):
@@ -906,6 +904,4 @@ def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: Tr
 def _worker_gdal_cache(nbytes: int, worker_id: int) -> None:
     """DataLoader worker start: cap GDAL's block cache (GDAL's default is 5 % of the RAM per
     process, so 8 persistent workers could hold 40 % of it as cache)."""
-    from rasterio.env import set_gdal_config
-
     set_gdal_config("GDAL_CACHEMAX", nbytes)

@@ -39,12 +39,19 @@ def ring_bytes(workers: int, prefetch: int, batch: int, chip: Sequence[int], lab
 
 
 def ring_budget() -> int:
-    """The most slot memory to page-lock on this machine."""
+    """The most slot memory to page-lock on this machine: min(:data:`MAX_BYTES`, RAM / 16,
+    half the free space of ``/dev/shm``, where the slots live; a container's small default
+    /dev/shm would otherwise end in a bus error when a worker first writes a slot)."""
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
         ram = 16 * MAX_BYTES
-    return min(MAX_BYTES, ram // 16)
+    try:
+        st = os.statvfs("/dev/shm")
+        shm = st.f_bavail * st.f_frsize // 2
+    except OSError:  # pragma: no cover - no /dev/shm
+        shm = 0
+    return min(MAX_BYTES, ram // 16, shm)
 
 
 class BatchRing:
