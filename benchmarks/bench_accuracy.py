@@ -53,18 +53,35 @@ TTA = "none"
 EMA = 0.0
 
 
-def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> np.ndarray:
-    from geoseg.pipeline import predict_raster
-    from geoseg.train import TrainConfig, train
+#: models per geoseg prediction (``--ensemble``): seeds ``seed + 1000 * i``, probabilities averaged
+ENSEMBLE = 1
 
-    cfg = TrainConfig(images=[str(image)], output=str(tmp / f"{name}.pt"), overwrite=True, **cfg_kwargs)
-    if EMA:
-        cfg.ema = EMA
-    train(cfg)
-    out = tmp / f"{name}_classes.tif"
-    predict_raster(image, cfg.output, out, overwrite=True, batch_size=4, tta=TTA)
+
+def _predict(image: Path, models: list[str], out: Path) -> np.ndarray:
+    from geoseg.pipeline import predict_raster
+
+    predict_raster(image, models if len(models) > 1 else models[0], out, overwrite=True, batch_size=4, tta=TTA)
     with rasterio.open(out) as ds:
         return ds.read(1)
+
+
+def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> list[np.ndarray]:
+    """geoseg's class raster: ``[prediction]``, or with ``ENSEMBLE`` > 1 ``[the first
+    member alone, the ensemble]`` (``geoseg infer -m a.pt -m b.pt ...``)."""
+    from geoseg.train import TrainConfig, train
+
+    models = []
+    for i in range(ENSEMBLE):
+        kw = dict(cfg_kwargs, seed=cfg_kwargs.get("seed", 0) + 1000 * i)
+        cfg = TrainConfig(images=[str(image)], output=str(tmp / f"{name}_{i}.pt"), overwrite=True, **kw)
+        if EMA:
+            cfg.ema = EMA
+        train(cfg)
+        models.append(cfg.output)
+    preds = [_predict(image, models[:1], tmp / f"{name}_classes.tif")]
+    if ENSEMBLE > 1:
+        preds.append(_predict(image, models, tmp / f"{name}_ensemble_classes.tif"))
+    return preds
 
 
 def _spread(data: str, runs: dict[str, list[tuple[float, float]]]) -> list[str]:
@@ -116,6 +133,7 @@ def brazil(quick: bool, repeats: int = 1) -> list[str]:
     for rep in range(repeats):
         cm_geo = np.zeros((n, n), dtype=np.int64)
         cm_rf = np.zeros((n, n), dtype=np.int64)
+        cm_one = np.zeros((n, n), dtype=np.int64)  # the ensemble's first member alone
         t_geo = t_rf = 0.0
         skf = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
         with tempfile.TemporaryDirectory() as td:
@@ -132,17 +150,23 @@ def brazil(quick: bool, repeats: int = 1) -> list[str]:
                 sub = tmp / f"train_{k}.gpkg"
                 polys.iloc[tr_idx].to_file(sub)
                 t0 = time.perf_counter()
-                pred = _geoseg(dict(vector_labels=str(sub), class_field="class", val_split=0.0, tile_size=32,
-                                    depth=3, base_channels=16, epochs=6 if quick else 20, samples_per_epoch=256,
-                                    batch_size=16, lr=3e-3, class_weights="auto", seed=seed), img, tmp, f"br{k}")
+                preds = _geoseg(dict(vector_labels=str(sub), class_field="class", val_split=0.0, tile_size=32,
+                                     depth=3, base_channels=16, epochs=6 if quick else 20, samples_per_epoch=256,
+                                     batch_size=16, lr=3e-3, class_weights="auto", seed=seed), img, tmp, f"br{k}")
                 t_geo += time.perf_counter() - t0
                 # the model's class ids are 0..3 in name order, the same as ``names``
-                cm_geo += confusion_matrix(y_px[test_px], pred[test_px], n)
+                cm_geo += confusion_matrix(y_px[test_px], preds[-1][test_px], n)
+                cm_one += confusion_matrix(y_px[test_px], preds[0][test_px], n)
                 print(f"  brazil repeat {rep} fold {k}: geoseg OA {np.trace(cm_geo) / cm_geo.sum():.3f} "
                       f"RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
         m_geo, m_rf = metrics_from_confusion(cm_geo, names), metrics_from_confusion(cm_rf, names)
         runs["geoseg"].append((m_geo.overall_accuracy, m_geo.macro_f1))
         runs["RF"].append((m_rf.overall_accuracy, m_rf.macro_f1))
+        if ENSEMBLE > 1:
+            m_one = metrics_from_confusion(cm_one, names)
+            runs.setdefault("geoseg-1", []).append((m_one.overall_accuracy, m_one.macro_f1))
+            print(f"  brazil repeat {rep}: the first member alone OA {m_one.overall_accuracy:.4f} "
+                  f"macro F1 {m_one.macro_f1:.4f}; the ensemble of {ENSEMBLE} below", flush=True)
         line = _line("rstoolbox_brazil" + (f" repeat {rep}" if repeats > 1 else ""), m_geo, m_rf, (t_geo, t_rf))
         print(line, flush=True)
         lines.append(line)
@@ -210,7 +234,7 @@ def slovenia(quick: bool, models: list[str], repeats: int = 1) -> list[str]:
                     if quick:
                         cfg["epochs"] = max(1, cfg["epochs"] // 2)
                     t0 = time.perf_counter()
-                    pred = _geoseg(cfg, img, tmp, f"slo_{m}_{k}")
+                    pred = _geoseg(cfg, img, tmp, f"slo_{m}_{k}")[-1]
                     t_geo[m] += time.perf_counter() - t0
                     cm_geo[m] += confusion_matrix(yi[test], lut[pred][test], n)
                 print(f"  slovenia repeat {rep} fold {k}: " + " ".join(
@@ -239,9 +263,11 @@ def main() -> None:
     ap.add_argument("--tta", choices=["none", "flips", "d4"], default="none",
                     help="test-time augmentation of geoseg's predictions (geoseg infer --tta)")
     ap.add_argument("--ema", type=float, default=0.0, help="geoseg train --ema for the geoseg models (0: off)")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="train this many seeds per fold and predict with all (geoseg infer -m a.pt -m b.pt ...)")
     a = ap.parse_args()
-    global TTA, EMA
-    TTA, EMA = a.tta, a.ema
+    global TTA, EMA, ENSEMBLE
+    TTA, EMA, ENSEMBLE = a.tta, a.ema, max(1, a.ensemble)
     import torch
 
     torch.set_num_threads(2)

@@ -357,7 +357,7 @@ def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathL
 
 def predict_raster(
     source: str | os.PathLike[str],
-    model: str | os.PathLike[str] | Predictor,
+    model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Predictor,
     output: str | os.PathLike[str] | None = None,
     *,
     probabilities: str | os.PathLike[str] | None = None,
@@ -384,7 +384,8 @@ def predict_raster(
 
     Args:
         source: input GeoTIFF (any size; read by windows).
-        model: a checkpoint path, or an object with ``meta`` and ``predict`` (see :class:`Predictor`).
+        model: a checkpoint path, several (an ensemble: their class probabilities averaged), or an
+            object with ``meta`` and ``predict`` (see :class:`Predictor`).
         output: class raster path (default ``<source stem>_classes.tif`` beside the source).
         probabilities: also write per-class probabilities plus a confidence band here.
         probability_dtype: ``uint8`` (0-255 scaled, nodata in the mask band) or ``float32`` (NaN nodata).
@@ -434,10 +435,12 @@ def predict_raster(
     # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb), open_raster(source) as ds:
         info = inspect(ds)
-        if isinstance(model, (str, os.PathLike)):
+        paths = ([model] if isinstance(model, (str, os.PathLike))
+                 else list(model) if isinstance(model, (list, tuple)) else None)
+        if paths is not None:
             from geoseg.predict import TorchPredictor
 
-            predictor: Any = TorchPredictor.from_checkpoint(model, device=device, tta=tta, precision=precision)
+            predictor: Any = TorchPredictor.from_checkpoint(paths, device=device, tta=tta, precision=precision)
         else:
             predictor = model
         meta: ModelMeta = predictor.meta
@@ -460,6 +463,7 @@ def predict_raster(
         key = {
             "source": file_fingerprint(source),
             "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
+                      else [file_fingerprint(p) for p in paths] if paths is not None
                       else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
             "options": {"bands": band_idx, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
                         "precision": getattr(predictor, "precision", precision),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, List, Optional
 
 import typer
 
@@ -42,7 +42,7 @@ class VectorFormat(str, Enum):
 @app.command()
 def infer(
     image: Annotated[Path, typer.Argument(help="Input GeoTIFF (any size, any number of bands).")],
-    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Checkpoint (.pt). Default: the demo model in sample_data/.")] = None,
+    model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt); repeat to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside the input).")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
     probability_dtype: Annotated[ProbDtype, typer.Option(help="Probability raster type: uint8 (0-255) or float32 (0-1).")] = ProbDtype.uint8,
@@ -74,8 +74,9 @@ def infer(
     from geoseg.io.raster import parse_bands
     from geoseg.pipeline import default_output_paths, predict_raster
 
-    model_path = model or DEFAULT_MODEL
-    if model is None and not model_path.exists():
+    models = list(model or [DEFAULT_MODEL])
+    model_path = models[0] if len(models) == 1 else models
+    if not model and not DEFAULT_MODEL.exists():
         raise UsageError("no model given and the demo model is missing; pass -m model.pt "
                          "(create one with 'geoseg model init' or 'geoseg train')")
     if out_dir is not None and not out_dir.is_dir():

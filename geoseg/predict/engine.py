@@ -109,10 +109,14 @@ class TorchPredictor:
         self._turn = {"in": 0, "out": 0}
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> "TorchPredictor":
-        from geoseg.models import load_checkpoint
+    def from_checkpoint(cls, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                        **kwargs: Any) -> "TorchPredictor":
+        """A predictor for one checkpoint, or for several averaged as an ensemble
+        (:func:`geoseg.models.ensemble.load_ensemble`)."""
+        from geoseg.models.ensemble import load_ensemble
 
-        model, meta = load_checkpoint(path)
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        model, meta = load_ensemble(paths)
         return cls(model, meta, **kwargs)
 
     @property
