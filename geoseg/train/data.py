@@ -660,7 +660,7 @@ class BatchMaker:
         # the model's device does the rest (finish): send the raw chips, straight from shared memory
         info = torch.utils.data.get_worker_info()
         ring = self._ring
-        if ring is not None and info is not None and ring.fits(len(images), images[0].shape):
+        if ring is not None and info is not None and ring.fits(images):
             return ring.put(info.id, images, self._labels(torch.stack(masks), bounds, torch.empty))
         shape = (len(images), *images[0].shape)
         image = torch.stack([t.float() for t in images], out=batch_tensor(shape, torch.float32))

@@ -80,8 +80,9 @@ class BatchRing:
         state["_pinned"], state["_stream"], state["_unpin"] = None, None, None
         return state
 
-    def fits(self, n: int, chip: Sequence[int]) -> bool:
-        return n <= self.batch and tuple(chip) == self.chip
+    def fits(self, images: Sequence[torch.Tensor]) -> bool:
+        """Whether these chips (each C,H,W) go into a slot (else they take torch's path)."""
+        return len(images) <= self.batch and all(tuple(t.shape) == self.chip for t in images)
 
     def put(self, worker: int, images: Sequence[torch.Tensor], mask: torch.Tensor) -> dict[str, int]:
         """In a worker: ``images`` (each C,H,W) and ``mask`` (B,H,W class indexes) into this
