@@ -139,23 +139,20 @@ def test_batch_finish_on_the_gpu_equals_the_cpu_batch_code():
 def test_ring_batches_on_the_gpu_equal_the_cpu_ones(tmp_path):
     """Workers fill shared-memory slots, page-locked in the main process and copied to the GPU on
     a side stream: the finished batches equal those finished on the CPU from the same slots."""
+    from test_train import train_parts
+
     from geoseg.train import TrainConfig
     from geoseg.train import data as D
 
     cfg = TrainConfig(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)),
                       output=str(tmp_path / "m.pt"), val_split=0.0, tile_size=32, batch_size=4,
-                      samples_per_epoch=22, num_workers=2).validate()
-    grid = D.image_grid(cfg.images)
-    plan = D.plan_labels(cfg, grid)
-    try:
-        mean, std = D.normalization_stats(grid)
-        ds = D.build_dataset(grid, plan, cfg, "train")
-        chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
+                      samples_per_epoch=22, num_workers=2)
+    with train_parts(cfg) as t:
         out = {}
         for device in ("cuda", "cpu"):
-            bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
-                              augment="d4", seed=1, on_device=True)
-            loader = D.make_loader(ds, chips, bm, cfg, pin_memory=device == "cuda", ring=True)
+            bm = D.BatchMaker(t.grid, t.plan.lut, t.mean, t.std, regions=t.plan.train_regions,
+                              clip=t.plan.clip_train, augment="d4", seed=1, on_device=True)
+            loader = D.make_loader(t.ds, t.chips, bm, cfg, pin_memory=device == "cuda", ring=True)
             out[device] = []
             for e in range(2):
                 bm.set_epoch(e)
@@ -169,5 +166,3 @@ def test_ring_batches_on_the_gpu_equal_the_cpu_ones(tmp_path):
         for a, b in zip(out["cuda"], out["cpu"]):
             assert torch.equal(a["mask"], b["mask"])
             assert torch.allclose(a["image"], b["image"], rtol=1e-6, atol=1e-6)
-    finally:
-        plan.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -32,6 +34,24 @@ def _cfg(tmp_path: Path, name: str = "m.pt", **kw: Any) -> Any:
 
 def _state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@contextlib.contextmanager
+def train_parts(cfg: Any) -> Iterator[SimpleNamespace]:
+    """The training data of ``cfg`` (validated): grid, label plan, statistics, dataset and the
+    chips of a seed-0 sampler; the plan is closed afterwards."""
+    from geoseg.train import data as D
+
+    cfg.validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    try:
+        mean, std = D.normalization_stats(grid)
+        ds = D.build_dataset(grid, plan, cfg, "train")
+        chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
+        yield SimpleNamespace(grid=grid, plan=plan, mean=mean, std=std, ds=ds, chips=chips)
+    finally:
+        plan.close()
 
 
 @pytest.fixture(scope="module")
@@ -581,25 +601,18 @@ def test_worker_batches_in_shared_memory_equal_main_process_batches(tmp_path: Pa
     the main process builds from the same chips; also the raw chips sent for ``finish``."""
     from geoseg.train import data as D
 
-    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=8).validate()
-    grid = D.image_grid(cfg.images)
-    plan = D.plan_labels(cfg, grid)
-    try:
-        mean, std = D.normalization_stats(grid)
-        ds = D.build_dataset(grid, plan, cfg, "train")
-        bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
-                          on_device=on_device)
-        chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
+    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=8)
+    with train_parts(cfg) as t:
+        bm = D.BatchMaker(t.grid, t.plan.lut, t.mean, t.std, regions=t.plan.train_regions,
+                          clip=t.plan.clip_train, on_device=on_device)
         out = []
         for workers in (0, 1):
-            loader = D.make_loader(ds, chips, bm, cfg.__class__(**{**cfg.__dict__, "num_workers": workers}))
+            loader = D.make_loader(t.ds, t.chips, bm, cfg.__class__(**{**cfg.__dict__, "num_workers": workers}))
             out.append([bm.finish(b) if on_device else b for b in loader])
         assert len(out[0]) == len(out[1]) == 2
         for a, b in zip(*out):
             assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
             assert b["image"].is_contiguous() and b["image"].dtype == torch.float32
-    finally:
-        plan.close()
 
 
 def test_ring_batches_equal_torch_path_across_epochs_abandoned_iterators_and_short_batches(
@@ -609,18 +622,14 @@ def test_ring_batches_equal_torch_path_across_epochs_abandoned_iterators_and_sho
     from geoseg.train import data as D
     from geoseg.train import ring as R
 
-    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=22, batch_size=4, num_workers=2).validate()
-    grid = D.image_grid(cfg.images)
-    plan = D.plan_labels(cfg, grid)
-    try:
-        mean, std = D.normalization_stats(grid)
-        ds = D.build_dataset(grid, plan, cfg, "train")
-        chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
+    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=22, batch_size=4, num_workers=2)
+    with train_parts(cfg) as t:
+        ds, chips = t.ds, t.chips
         assert len(chips) % cfg.batch_size  # a short last batch
 
         def maker() -> Any:
-            return D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
-                                augment="d4", jitter=0.1, seed=3, on_device=True)
+            return D.BatchMaker(t.grid, t.plan.lut, t.mean, t.std, regions=t.plan.train_regions,
+                                clip=t.plan.clip_train, augment="d4", jitter=0.1, seed=3, on_device=True)
 
         bm = maker()
         loader = D.make_loader(ds, chips, bm, cfg, ring=True)
@@ -651,25 +660,19 @@ def test_ring_batches_equal_torch_path_across_epochs_abandoned_iterators_and_sho
         small.set_epoch(2)
         plain = [small.finish(b) for b in D.make_loader(ds, chips, small, cfg, ring=True)]
         assert all(torch.equal(a["image"], b["image"]) for a, b in zip(plain, got[2]))
-    finally:
-        plan.close()
 
 
 def test_persistent_workers_follow_the_epoch_seed(tmp_path: Path) -> None:
     """Workers live across epochs; set_epoch still reseeds their augmentation draws."""
     from geoseg.train import data as D
 
-    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=8, num_workers=1).validate()
-    grid = D.image_grid(cfg.images)
-    plan = D.plan_labels(cfg, grid)
-    try:
-        mean, std = D.normalization_stats(grid)
-        ds = D.build_dataset(grid, plan, cfg, "train")
-        chips = list(D.train_sampler(grid, plan, cfg, torch.Generator().manual_seed(0)))
+    cfg = _cfg(tmp_path, val_split=0.0, samples_per_epoch=8, num_workers=1)
+    with train_parts(cfg) as t:
+        ds, chips = t.ds, t.chips
 
         def maker() -> Any:
-            return D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
-                                augment="d4", seed=3)
+            return D.BatchMaker(t.grid, t.plan.lut, t.mean, t.std, regions=t.plan.train_regions,
+                                clip=t.plan.clip_train, augment="d4", seed=3)
 
         bm = maker()
         loader = D.make_loader(ds, chips, bm, cfg)
@@ -683,8 +686,6 @@ def test_persistent_workers_follow_the_epoch_seed(tmp_path: Path) -> None:
         again = [b["mask"] for b in D.make_loader(ds, chips, fresh, cfg)]
         assert all(torch.equal(a, b) for a, b in zip(epochs[1], again))
         assert not all(torch.equal(a, b) for a, b in zip(epochs[0], epochs[1]))
-    finally:
-        plan.close()
 
 
 def test_validation_confusion_update_ignores_unlabelled_pixels() -> None:
