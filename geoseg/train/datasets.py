@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ class OneFile(FixedBounds, RasterDataset):
 
     def __init__(self, path: str | os.PathLike[str], crs: CRS | None = None,
                  res: tuple[float, float] | None = None) -> None:
-        self._fill: Any = False  # window_fill() of the file once known (None: merge only)
+        self._fill: tuple[np.dtype, Any] | None | Literal[False] = False  # window_fill() once known
         super().__init__(paths=[str(path)], crs=crs, res=res, cache=True)
 
     def __getitem__(self, query: Any) -> dict[str, Any]:
@@ -89,15 +89,17 @@ class OneFile(FixedBounds, RasterDataset):
 
 
 def read_on_grid(src: Any, x: slice, y: slice, indexes: Sequence[int] | None = None,
-                 fill: tuple[np.dtype, Any] | None | bool = False, out_dtype: Any = None) -> np.ndarray | None:
+                 fill: tuple[np.dtype, Any] | None | Literal[False] = False, out_dtype: Any = None
+                 ) -> np.ndarray | None:
     """The chip ``x``/``y`` (slices of coordinates, step = resolution) of ``src`` as a window read.
 
     Returns None when the chip is not on ``src``'s pixel grid (another resolution, an offset
     of a fraction of a pixel, a rotated transform) or when :func:`window_fill` says the file
     cannot be read directly: :func:`rasterio.merge.merge` is then the reference. Pixels
     outside ``src`` get its nodata value (0 without one). ``fill``: the result of
-    :func:`window_fill` for ``src`` and ``indexes``, when the caller keeps it. ``out_dtype``:
-    convert to this dtype while reading (GDAL converts; default: the file's dtype).
+    :func:`window_fill` for ``src`` and ``indexes``, when the caller keeps it (False: not
+    known, computed here). ``out_dtype``: convert to this dtype while reading (GDAL
+    converts; default: the file's dtype).
     """
     from rasterio.windows import Window
 
@@ -115,7 +117,7 @@ def read_on_grid(src: Any, x: slice, y: slice, indexes: Sequence[int] | None = N
     bands = list(indexes) if indexes is not None else list(range(1, src.count + 1))
     if fill is False:
         fill = window_fill(src, bands)
-    if fill is None or fill is True:
+    if fill is None:
         return None
     dtype = np.dtype(out_dtype) if out_dtype is not None else fill[0]
     c0, r0 = max(col, 0), max(row, 0)
