@@ -130,6 +130,38 @@ def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Win
     return data, valid
 
 
+def validity_kind(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> tuple[bool, bool]:
+    """``(masked, floating)``: whether any of ``bands`` may hold masked values (declared nodata,
+    internal mask, alpha) and whether their values may be non-finite (floating types).
+
+    With ``(False, False)`` every value is valid, and nothing per pixel needs checking.
+    """
+    masked = any(ds.mask_flag_enums[b - 1] != [rasterio.enums.MaskFlags.all_valid] for b in bands)
+    floating = any(np.dtype(ds.dtypes[b - 1]).kind == "f" for b in bands)
+    return masked, floating
+
+
+def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray,
+              valid: np.ndarray | None = None, masked: bool = True) -> None:
+    """Read ``bands`` in ``window`` into ``out`` (bands, h, w) in the raster's own type (views welcome).
+
+    ``valid`` (bands, h, w) uint8, if given, receives the validity of :func:`read_window`:
+    nonzero where the value is not masked (when ``masked``) and finite (floating types).
+    """
+    try:
+        ds.read(list(bands), window=window, out=out)
+        if valid is not None:
+            if masked:
+                ds.read_masks(list(bands), window=window, out=valid)
+            else:
+                valid[...] = 1
+    except RasterioIOError as e:
+        raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
+                              f"(file truncated or damaged?): {str(e).splitlines()[0][:160]}") from None
+    if valid is not None and out.dtype.kind == "f":
+        valid &= np.isfinite(out)
+
+
 def parse_bands(text: str | None) -> list[int] | None:
     """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based)."""
     if text is None or not str(text).strip():

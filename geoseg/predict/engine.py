@@ -1,9 +1,10 @@
-"""Run a segmentation model on batches of normalised tiles: numpy in, probabilities out.
+"""Run a segmentation model on batches of normalised tiles: tensors on its device, or numpy.
 
 CPU: float32 on all cores. CUDA: bf16 autocast (fp16 where bf16 is unsupported),
-channels_last, pinned host buffers with non-blocking copies, and :meth:`submit`
-returns before the GPU finishes, so the caller can blend the previous batch while
-the next one runs. Tensors never leak out: results are numpy arrays.
+channels_last, cuDNN autotuning. :meth:`TorchPredictor.forward_tensor` takes and returns
+tensors on the device (the pipeline's device stages, :mod:`geoseg.predict.stream`, use it and
+never wait for it); :meth:`TorchPredictor.predict` is the numpy convenience.
+Optionally compiled with ``torch.compile`` for the fixed tile shape.
 """
 
 from __future__ import annotations
@@ -61,21 +62,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-class _Pending:
-    """Result of :meth:`TorchPredictor.submit`; :meth:`result` waits and returns numpy."""
-
-    def __init__(self, out: torch.Tensor, host: torch.Tensor | None, event: Any) -> None:
-        self._out = out
-        self._host = host
-        self._event = event
-
-    def result(self) -> np.ndarray:
-        if self._host is not None:
-            self._event.synchronize()
-            return self._host.numpy()
-        return self._out.numpy()
-
-
 class TorchPredictor:
     """Predict class probabilities for batches of normalised tiles.
 
@@ -86,10 +72,13 @@ class TorchPredictor:
         tta: ``none``, ``flips`` (4 flips) or ``d4`` (8 rotations/flips), averaged as probabilities.
         precision: ``auto`` (bf16/fp16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
         threads: CPU threads for torch (default: all cores).
+        compile: compile the network with ``torch.compile`` (``True``: default mode, or a mode name
+            such as ``reduce-overhead``, which adds CUDA graphs). Batches then keep one shape
+            (``fixed_batch``), so the compiled graph is built once, at the first batch.
     """
 
     def __init__(self, model: nn.Module, meta: ModelMeta, *, device: str = "auto", tta: str = "none",
-                 precision: str = "auto", threads: int | None = None) -> None:
+                 precision: str = "auto", threads: int | None = None, compile: bool | str = False) -> None:
         if tta not in TTA:
             raise UsageError(f"--tta {tta!r}: choose one of {', '.join(TTA)}")
         self.meta = meta
@@ -104,9 +93,12 @@ class TorchPredictor:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if compile:
+            model = torch.compile(model, mode=None if compile is True else str(compile), dynamic=False)
         self.model = model
-        self._pinned: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
-        self._turn = {"in": 0, "out": 0}
+        self.compiled = bool(compile)
+        #: pad the last batch to the batch size: one shape for cuDNN's autotuner and compiled graphs
+        self.fixed_batch = self.device.type == "cuda" or self.compiled
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -138,21 +130,6 @@ class TorchPredictor:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
-    def _host_buffer(self, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """One of two pinned buffers per direction and shape, used alternately.
-
-        Allocating pinned memory is slow, so buffers are reused. With at most two batches in
-        flight (the pipeline submits batch n+1, then takes batch n's result), a buffer is never
-        overwritten while a copy into or out of it is pending or its result is still in use.
-        """
-        key = (kind, tuple(shape))
-        bufs = self._pinned.get(key)
-        if bufs is None:
-            bufs = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in range(2)]
-            self._pinned[key] = bufs
-        self._turn[kind] ^= 1
-        return bufs[self._turn[kind]]
-
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         acc: torch.Tensor | None = None
@@ -170,42 +147,17 @@ class TorchPredictor:
             acc = acc / len(TTA[self.tta])
         return acc
 
-    def submit(self, batch: np.ndarray | Sequence[np.ndarray]) -> _Pending:
-        """Start predicting ``batch`` (N, bands, H, W) float32; returns a handle with ``result()``.
+    def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, classes, H, W) float32 on the device for normalised ``x`` (N, bands, H, W) there.
 
-        ``batch`` may also be a list of N (bands, H, W) tiles: on CUDA each is copied straight
-        into the pinned buffer (one copy instead of stacking first). On CUDA the result is a
-        view of a reused pinned buffer: use it before submitting two more batches (the
-        pipeline does), or copy it.
+        Returns without waiting for the device.
         """
-        if not isinstance(batch, np.ndarray) and (self.device.type == "cpu" or len(batch) == 0):
-            batch = np.stack(batch)
-        first = batch[0] if not isinstance(batch, np.ndarray) else None
-        shape = tuple(batch.shape) if first is None else (len(batch), *first.shape)
-        if len(shape) != 4 or shape[1] != self.meta.num_bands:
-            raise ValueError(f"expected (N, {self.meta.num_bands}, H, W), got {shape}")
-        if self.device.type == "cpu":
-            out = self._forward(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            return _Pending(out.contiguous(), None, None)
-        pinned = self._host_buffer("in", shape)
-        dst = pinned.numpy()
-        if first is None:
-            dst[...] = batch
-        else:
-            for i, t in enumerate(batch):
-                dst[i] = t
-        x = pinned.to(self.device, non_blocking=True)
-        out = self._forward(x)
-        host = self._host_buffer("out", tuple(out.shape))
-        host.copy_(out, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return _Pending(out, host, event)
+        return self._forward(x)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes, H, W) float32 for ``batch`` (N, bands, H, W) float32.
-
-        The array is the caller's own (on CUDA a copy out of the reused pinned buffer).
-        """
-        res = self.submit(batch).result()
-        return res.copy() if self.device.type == "cuda" else res
+        """Probabilities (N, classes, H, W) float32 for ``batch`` (N, bands, H, W) float32 (numpy in and out)."""
+        shape = tuple(batch.shape)
+        if len(shape) != 4 or shape[1] != self.meta.num_bands:
+            raise ValueError(f"expected (N, {self.meta.num_bands}, H, W), got {shape}")
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        return self._forward(x).cpu().numpy()

@@ -1,0 +1,60 @@
+"""Memory and disk a run needs, checked before it starts. Torch-free. See docs/memory.md."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from geoseg.errors import RasterWriteError, UsageError
+
+
+def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: int, prefetch: int,
+                 gdal_cache_mb: float) -> int:
+    """Upper estimate of the buffers one run holds, in bytes (on the predictor's device or the host).
+
+    Blender ``(8*(K+1)+1)*T*S`` (float64 sums and weights on a CPU, validity); raw row bands
+    ``(prefetch+3)*(itemsize+1)*B*T*S`` with the largest itemsize, 8 (the queue, the band being
+    read, the next one started, the one on the device; values plus validity bytes); the band
+    normalized to float32 ``4*B*T*S``; finished rows waiting for the writer ``4*T*S*(K+3)``;
+    a batch in and out ``2*4*N*T*T*(B+K)``; the GDAL block cache.
+    """
+    s, t = strip_width + tile, tile
+    blender = (8 * (classes + 1) + 1) * t * s
+    rows = (prefetch + 3) * 9 * bands * t * s + 4 * bands * t * s
+    writes = 4 * t * s * (classes + 3)
+    batches = 2 * 4 * batch * t * t * (bands + classes)
+    return int(blender + rows + writes + batches + gdal_cache_mb * 2**20)
+
+
+def strip_width_for_budget(max_memory_mb: float, tile: int, bands: int, classes: int, batch: int,
+                           prefetch: int, gdal_cache_mb: float) -> int:
+    """Widest column strip whose :func:`buffer_bytes` fit in ``max_memory_mb``."""
+    budget = max_memory_mb * 2**20
+    args = (tile, bands, classes, batch, prefetch)
+    per_col = buffer_bytes(1, *args, 0) - buffer_bytes(0, *args, 0)
+    fixed = buffer_bytes(0, *args, gdal_cache_mb)
+    width = int((budget - fixed) // max(per_col, 1))
+    if width < tile:
+        need = buffer_bytes(tile, *args, gdal_cache_mb) / 2**20
+        raise UsageError(f"--max-memory {max_memory_mb:g} MB is too small for tile {tile} and batch {batch} "
+                         f"(needs about {need:.0f} MB); raise it or lower --tile-size/--batch-size")
+    return max(tile, width)
+
+
+def check_disk(out_path: Path, prob_path: Path | None, width: int, height: int, classes: int, prob_dtype: str,
+               resume: bool) -> None:
+    """Refuse to start when the output directories lack space for staging files and outputs."""
+    px = width * height
+    # staging (uncompressed) plus the COG written beside it (at most the same size again)
+    needs: dict[Path, float] = {out_path.parent: 2 * px}
+    if prob_path is not None:
+        per = (classes + 1) * 4 if prob_dtype == "float32" else classes + 2  # uint8: + the mask band
+        needs[prob_path.parent] = needs.get(prob_path.parent, 0) + 2 * px * per
+    for d, need in needs.items():
+        if resume:
+            need /= 2  # staging files already exist
+        free = shutil.disk_usage(d if str(d) else ".").free
+        if need > free:
+            raise RasterWriteError(f"{d}: needs about {need / 1e9:.1f} GB free for this run's outputs and "
+                                   f"staging files but only {free / 1e9:.1f} GB are free; free space or "
+                                   "choose another output directory")

@@ -1,0 +1,198 @@
+"""Read the row bands of a run, in the raster's own type, several threads at once. Torch-free.
+
+Each tile row's band of rows is read once, as raw values (uint16 stays 2 bytes a value)
+plus, only where the raster can have masked or non-finite values, a per-band validity
+byte. Nothing else happens per pixel on the host: normalization, padding and tiling run
+on the predictor's device (:mod:`geoseg.predict.stream`).
+
+A band is split into chunks along the file's blocks (columns for tiled files, rows for
+striped ones) and the chunks are read by ``threads`` threads, each through its own
+dataset handle (GDAL handles are not thread-safe), straight into the band's buffer. The
+buffers come from a :class:`Buffers` pool: page-locked memory on a GPU, so the copy to
+the device needs no staging copy, and a bounded number of them, so memory does not grow
+with the raster. At most ``ahead`` bands are read ahead of the one being consumed.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+from rasterio.windows import Window
+
+from geoseg.io.raster import open_raster, read_into, validity_kind
+from geoseg.io.threads import prefetch_in_thread
+from geoseg.pipeline.plan import RowJob, RunPlan
+
+
+class Buffers(Protocol):
+    """A pool of byte buffers for row bands (see :class:`HeapBuffers`)."""
+
+    def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
+        """A flat uint8 array of at least ``nbytes`` and a token to give it back with; may block."""
+        ...
+
+    def give(self, token: Any, after: Any = None) -> None:
+        """Return a buffer; ``after`` (an event with ``synchronize()``) must complete before its reuse."""
+        ...
+
+
+class HeapBuffers:
+    """Plain numpy buffers, freed when the band is (CPU: the device reads them in place)."""
+
+    def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
+        return np.empty(nbytes, dtype=np.uint8), None
+
+    def give(self, token: Any, after: Any = None) -> None:
+        pass
+
+
+@dataclass
+class RowBand:
+    """The raw values of one tile row's band of rows, inside the raster."""
+
+    job: RowJob
+    data: np.ndarray  # (bands, h, w) in the raster's own type; w = the job's columns inside the raster
+    valid: np.ndarray | None  # (bands, h, w) uint8, nonzero = valid; None when every value is valid
+    tile_has_data: tuple[bool, ...]  # per tile of the job: any valid pixel inside the raster
+    tokens: tuple[Any, ...] = ()  # the pooled buffers behind data and valid
+
+    def release(self, buffers: Buffers, after: Any = None) -> None:
+        for t in self.tokens:
+            buffers.give(t, after)
+        self.tokens = ()
+
+
+def _chunks(lo: int, hi: int, block: int, n: int) -> list[tuple[int, int]]:
+    """Split ``[lo, hi)`` into at most ``n`` pieces whose inner bounds fall on multiples of ``block``."""
+    first, last = lo // block, (hi - 1) // block
+    blocks = last - first + 1
+    n = max(1, min(n, blocks))
+    bounds = [lo] + [(first + blocks * i // n) * block for i in range(1, n)] + [hi]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+class RowBandReader:
+    """Yields the :class:`RowBand` of each job of ``plan`` in order (see the module docstring)."""
+
+    def __init__(self, ds: Any, band_idx: list[int], plan: RunPlan, *, threads: int = 1, ahead: int = 2,
+                 buffers: Buffers | None = None) -> None:
+        self.ds = ds
+        self.band_idx = band_idx
+        self.plan = plan
+        self.threads = max(1, threads)
+        self.ahead = max(1, ahead)
+        self.buffers = buffers or HeapBuffers()
+        self.masked, self.floating = validity_kind(ds, band_idx)
+        self.dtype = np.dtype(ds.dtypes[band_idx[0] - 1])
+        if any(np.dtype(ds.dtypes[b - 1]) != self.dtype for b in band_idx):
+            self.dtype = np.dtype(np.float64 if self.floating else np.int64)  # GDAL converts on read
+        bh, bw = ds.block_shapes[band_idx[0] - 1]
+        self.split_cols = bw < ds.width  # tiled: split along columns, else along rows
+        self.block = bw if self.split_cols else max(1, bh)
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def checks_validity(self) -> bool:
+        return self.masked or self.floating
+
+    def _handle(self) -> Any:
+        if self.threads == 1:
+            return self.ds
+        h = getattr(self._local, "ds", None)
+        if h is None:
+            h = self._local.ds = open_raster(self.ds.name)
+            with self._lock:
+                self._opened.append(h)
+        return h
+
+    def _read_chunk(self, job: RowJob, data: np.ndarray, valid: np.ndarray | None, piece: tuple[int, int]
+                    ) -> np.ndarray | None:
+        """Read one chunk; return its columns' any-valid flags (None when all are valid)."""
+        a, b = piece
+        c_lo = job.col_lo
+        if self.split_cols:
+            win = Window(a, job.row, b - a, job.height)
+            sl: tuple[slice, ...] = (slice(None), slice(None), slice(a - c_lo, b - c_lo))
+        else:
+            win = Window(c_lo, a, data.shape[2], b - a)
+            sl = (slice(None), slice(a - job.row, b - job.row), slice(None))
+        v = valid[sl] if valid is not None else None
+        read_into(self._handle(), self.band_idx, win, data[sl], v, self.masked)
+        return None if v is None else v.any(axis=(0, 1))
+
+    def _start(self, job: RowJob, pool: ThreadPoolExecutor | None) -> tuple[RowBand, list[Any]]:
+        g = self.plan.grid
+        w = min(job.cols[-1] + g.size, g.width) - job.col_lo
+        shape = (len(self.band_idx), job.height, w)
+        n = int(np.prod(shape))
+        raw, t1 = self.buffers.take(n * self.dtype.itemsize)
+        data = raw[: n * self.dtype.itemsize].view(self.dtype).reshape(shape)
+        tokens = [t1]
+        valid = None
+        if self.checks_validity:
+            vraw, t2 = self.buffers.take(n)
+            valid = vraw[:n].reshape(shape)
+            tokens.append(t2)
+        lo, hi = (job.col_lo, job.col_lo + w) if self.split_cols else (job.row, job.row + job.height)
+        pieces = _chunks(lo, hi, self.block, self.threads)
+        band = RowBand(job, data, valid, (), tuple(tokens))
+        if pool is None:
+            return band, [_Now(self._read_chunk(job, data, valid, p)) for p in pieces]
+        return band, [pool.submit(self._read_chunk, job, data, valid, p) for p in pieces]
+
+    def _finish(self, band: RowBand, futures: list[Any]) -> RowBand:
+        flags = [f.result() for f in futures]
+        g = self.plan.grid
+        job = band.job
+        if band.valid is None:
+            band.tile_has_data = (True,) * len(job.cols)
+            return band
+        if self.split_cols:
+            cols = np.concatenate(flags)
+        else:
+            cols = np.logical_or.reduce(flags)
+        band.tile_has_data = tuple(bool(cols[c - job.col_lo: min(c + g.size, g.width) - job.col_lo].any())
+                                   for c in job.cols)
+        return band
+
+    def _bands(self) -> Iterator[RowBand]:
+        pool = (ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="geoseg-read")
+                if self.threads > 1 else None)
+        pending: collections.deque[tuple[RowBand, list[Any]]] = collections.deque()
+        try:
+            for job in self.plan:
+                pending.append(self._start(job, pool))
+                if len(pending) > 1 or pool is None:  # the next band's chunks start before this one is handed on
+                    yield self._finish(*pending.popleft())
+            while pending:
+                yield self._finish(*pending.popleft())
+        finally:
+            for band, futures in pending:
+                for f in futures:
+                    if isinstance(f, Future):
+                        f.cancel()
+            if pool is not None:
+                pool.shutdown(wait=True)
+            for band, _ in pending:
+                band.release(self.buffers)
+            for h in self._opened:
+                h.close()
+
+    def __iter__(self) -> Iterator[RowBand]:
+        """Bands in order, read in a background thread at most ``ahead`` bands ahead."""
+        return prefetch_in_thread(self._bands(), self.ahead, "geoseg-reader")
+
+
+class _Now:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value

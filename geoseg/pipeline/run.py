@@ -1,0 +1,330 @@
+"""``predict_raster``: read -> tile -> predict -> blend -> write, streaming in bounded memory.
+
+The stages, one module each:
+
+* :mod:`geoseg.pipeline.plan`: which tile rows run, strip by strip (resume included);
+* :mod:`geoseg.pipeline.read`: row bands of raw values, read by several threads into
+  page-locked buffers on a GPU;
+* :mod:`geoseg.predict.stream` (torch): everything per pixel on the predictor's device:
+  validity, normalization, tiles, batches, the model, blending, argmax, classes, nodata,
+  probabilities; only finished rows come back;
+* :mod:`geoseg.pipeline.write`: a writer thread puts finished rows into the staging
+  GeoTIFFs and records them for ``--resume``; :class:`~geoseg.io.writer.GeoTiffSink` turns
+  them into COGs at the end;
+* :mod:`geoseg.pipeline.budget`: memory and disk checks before the start.
+
+This module imports no torch: the device stages are loaded when a run starts. Peak memory
+is independent of raster height (docs/memory.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import rasterio
+
+from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
+from geoseg.errors import Interrupted, NodataWarning, UsageError
+from geoseg.io.atomic import check_destination
+from geoseg.io.raster import inspect, open_raster, resolve_bands
+from geoseg.io.writer import GeoTiffSink
+from geoseg.modelmeta import ModelMeta
+from geoseg.pipeline.budget import check_disk, strip_width_for_budget
+from geoseg.pipeline.plan import plan_run
+from geoseg.pipeline.read import RowBandReader
+from geoseg.pipeline.write import RowWriter
+from geoseg.resume import (RunState, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
+                           staging_path, state_path)
+from geoseg.tiling import TileGrid, column_strips
+
+
+class Predictor(Protocol):
+    """What the pipeline needs from a model: its metadata and batched probabilities.
+
+    Any object with these runs on the CPU; :class:`geoseg.predict.TorchPredictor` (and
+    :class:`geoseg.predict.null.NullPredictor`) also offer ``forward_tensor`` and a ``device``,
+    and run every stage on that device.
+    """
+
+    meta: ModelMeta
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, bands, H, W) float32 normalised -> (N, classes, H, W) float32 probabilities."""
+        ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Passed to ``on_progress`` after each batch."""
+
+    tiles_done: int
+    tiles_total: int
+    pixels_done: int
+    pixels_total: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PredictionReport:
+    """What :func:`predict_raster` produced and how fast."""
+
+    classes_path: Path
+    probabilities_path: Path | None
+    width: int
+    height: int
+    tiles_total: int
+    tiles_run: int
+    tiles_skipped: int
+    seconds: float
+    device: str
+    precision: str
+    tile_size: int
+    overlap: int
+    blend: str
+    strips: int
+    accumulator_bytes: int
+    class_pixel_counts: dict[int, int] = field(default_factory=dict)
+    resumed_from: tuple[int, int] | None = None
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
+
+
+def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
+                         ) -> dict[str, Path]:
+    """``<out_dir>/<stem>_classes.tif``, ``_probabilities.tif``, ``_polygons.gpkg``, ``_preview.png``."""
+    src = Path(source)
+    d = Path(out_dir) if out_dir is not None else src.parent
+    return {
+        "classes": d / f"{src.stem}_classes.tif",
+        "probabilities": d / f"{src.stem}_probabilities.tif",
+        "polygons": d / f"{src.stem}_polygons.gpkg",
+        "preview": d / f"{src.stem}_preview.png",
+    }
+
+
+def predict_raster(
+    source: str | os.PathLike[str],
+    model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Predictor,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    probabilities: str | os.PathLike[str] | None = None,
+    probability_dtype: str = "uint8",
+    bands: Sequence[int] | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    blend: str = DEFAULT_BLEND,
+    batch_size: int = 8,
+    device: str = "auto",
+    tta: str = "none",
+    precision: str = "auto",
+    overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_seconds: float = 30.0,
+    max_strip_width: int = 8192,
+    max_memory_mb: float | None = None,
+    prefetch: int = 2,
+    read_threads: int | None = None,
+    gdal_cache_mb: int = 64,
+    accumulate: str = "auto",
+    compile: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> PredictionReport:
+    """Segment ``source`` with ``model`` and write a class raster (and optionally probabilities).
+
+    Args:
+        source: input GeoTIFF (any size; read by windows).
+        model: a checkpoint path, several (an ensemble: their class probabilities averaged), or an
+            object with ``meta`` and ``predict`` (see :class:`Predictor`).
+        output: class raster path (default ``<source stem>_classes.tif`` beside the source).
+        probabilities: also write per-class probabilities plus a confidence band here.
+        probability_dtype: ``uint8`` (0-255 scaled, nodata in the mask band) or ``float32`` (NaN nodata).
+        bands: 1-based input bands in model order (default: all non-alpha bands).
+        tile_size: tile side in pixels (default: the checkpoint's).
+        overlap: overlap in pixels (default: the checkpoint's).
+        blend: blend window, one of :data:`geoseg.blend.BLEND_WINDOWS`.
+        batch_size: tiles per model call.
+        device: ``auto``, ``cpu``, ``cuda[:N]`` (checkpoint paths only).
+        tta: test-time augmentation ``none``, ``flips``, ``d4`` (checkpoint paths only).
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (checkpoint paths only).
+        overwrite: replace existing outputs.
+        resume: continue an interrupted run of the same input, model and options (see :mod:`geoseg.resume`).
+        checkpoint_seconds: how often finished rows are flushed and recorded for resuming.
+        max_strip_width: widest column strip held in memory (pixels).
+        max_memory_mb: bound the run's buffers (accumulator, row bands, batches, GDAL cache) to about
+            this many MB by narrowing the column strips (:func:`buffer_bytes`); the model itself is extra.
+        prefetch: row bands read ahead.
+        read_threads: threads reading each row band in parallel (default: 1 on CPU, where the model
+            needs the cores; up to 8 when the predictor runs on a GPU).
+        gdal_cache_mb: GDAL block cache for this run, in MB.
+        accumulate: blending sums ``auto`` (float64 on a CPU, float32 on a GPU), ``float32`` or
+            ``float64``.
+        compile: compile the model with ``torch.compile`` (checkpoint paths only; see docs/gpu.md).
+        on_progress: called after each batch with a :class:`Progress`.
+
+    Returns:
+        A :class:`PredictionReport`.
+
+    Raises:
+        GeosegError: bad input, model or output. Nothing is left at the destinations; after an
+            interruption (KeyboardInterrupt, :class:`~geoseg.errors.Interrupted`) the staging
+            files and state stay so that ``resume=True`` can continue.
+    """
+    t0 = time.perf_counter()
+    if blend not in BLEND_WINDOWS:
+        raise UsageError(f"--blend {blend!r}: choose one of {', '.join(BLEND_WINDOWS)}")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if probability_dtype not in ("uint8", "float32"):
+        raise UsageError("probability dtype must be uint8 or float32")
+    out_path = Path(output) if output is not None else default_output_paths(source, None)["classes"]
+    check_destination(out_path, overwrite=overwrite, inputs=[source])
+    prob_path = Path(probabilities) if probabilities is not None else None
+    if prob_path is not None:
+        check_destination(prob_path, overwrite=overwrite, inputs=[source])
+        if prob_path.resolve() == out_path.resolve():
+            raise UsageError("class and probability outputs must be different files")
+
+    # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb), open_raster(source) as ds:
+        info = inspect(ds)
+        paths = ([model] if isinstance(model, (str, os.PathLike))
+                 else list(model) if isinstance(model, (list, tuple)) else None)
+        if paths is not None:
+            from geoseg.predict import TorchPredictor
+
+            predictor: Any = TorchPredictor.from_checkpoint(paths, device=device, tta=tta, precision=precision,
+                                                            compile=compile)
+        else:
+            predictor = model
+        meta: ModelMeta = predictor.meta
+        size = tile_size or meta.tile_size
+        ov = meta.overlap if overlap is None else overlap
+        band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
+        grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
+        on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
+        threads = max(1, read_threads or (min(8, os.cpu_count() or 1) if on_gpu else 1))
+        if max_memory_mb is not None:
+            max_strip_width = min(max_strip_width, strip_width_for_budget(
+                max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb))
+        strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
+        check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
+        schema = meta.schema
+        k = meta.num_classes
+
+        staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
+        key = {
+            "source": file_fingerprint(source),
+            "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
+                      else [file_fingerprint(p) for p in paths] if paths is not None
+                      else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
+            "options": {"bands": band_idx, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
+                        "precision": getattr(predictor, "precision", precision),
+                        "probabilities": str(prob_path) if prob_path else None,
+                        "probability_dtype": probability_dtype, "strips": strips},
+        }
+        key = json.loads(json.dumps(key))  # the form it takes once saved (tuples become lists)
+        state = find_resume_state(out_path, key, staged) if resume else RunState(key)
+        if not resume:
+            clear_state(out_path, staged)
+        for dest in (out_path, prob_path):
+            if dest is not None:
+                remove_leftovers(dest)
+        start = (state.strip, state.rows_done)
+
+        tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
+                "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
+        common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform,
+                      resume=resume)
+        sinks: list[GeoTiffSink] = []
+        interrupted = ok = False
+        try:
+            sinks.append(GeoTiffSink(out_path, count=1, dtype="uint8", nodata=schema.nodata,
+                                     colormap=schema.colormap(), descriptions=["class"], tags=tags,
+                                     resampling="nearest", staging=staged[0], **common))
+            if prob_path is not None:
+                fdt = probability_dtype == "float32"
+                sinks.append(GeoTiffSink(prob_path, count=k + 1, dtype=probability_dtype,
+                                         nodata=float("nan") if fdt else None,
+                                         descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
+                                         tags={**tags, "scale": "1" if fdt else "1/255"},
+                                         resampling="average", mask=not fdt, staging=staged[1], **common))
+            writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
+            try:
+                stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
+                                batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
+                                prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
+                                accumulate=accumulate, on_progress=on_progress, t0=t0)
+            finally:
+                writer.close()
+            # two phases: every COG is built before any is renamed into place, so an interruption
+            # leaves either all outputs or none (the renames take microseconds)
+            for s in sinks:
+                s.finalize()
+            for s in sinks:
+                s.publish()
+            clear_state(out_path, staged)
+            ok = True
+        except (KeyboardInterrupt, Interrupted):
+            interrupted = True
+            raise
+        finally:
+            if not ok:
+                for s in sinks:
+                    s.abort(keep_staging=interrupted)
+                if not interrupted:
+                    clear_state(out_path, staged)
+
+    widest = max(b - a for a, b in strips)
+    return PredictionReport(
+        classes_path=out_path, probabilities_path=prob_path,
+        width=info.width, height=info.height, tiles_total=stats["total"], tiles_run=stats["run"],
+        tiles_skipped=stats["skipped"], seconds=time.perf_counter() - t0,
+        device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
+        tile_size=size, overlap=ov, blend=blend, strips=len(strips),
+        accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
+        class_pixel_counts=stats["counts"], resumed_from=start if resume else None)
+
+
+
+
+def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,
+            writer: RowWriter, probabilities: bool, prob_dtype: str, prefetch: int, threads: int,
+            accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float) -> dict[str, Any]:
+    """Read the plan's row bands and run the device stages on them; the run's counts."""
+    from geoseg.predict.stream import PinnedBuffers, StreamRunner
+
+    meta: ModelMeta = predictor.meta
+    grid = plan.grid
+    total = plan.tiles
+
+    def progress(tiles: int, pixels: int) -> None:
+        if on_progress is not None:
+            on_progress(Progress(tiles, total, pixels, grid.height * grid.width, time.perf_counter() - t0))
+
+    runner = StreamRunner(predictor, plan, mean=meta.mean, std=meta.std, blend=blend, batch_size=batch_size,
+                          lut=meta.schema.lookup_table(), nodata=meta.schema.nodata, probabilities=probabilities,
+                          prob_dtype=prob_dtype, emit=writer.put, accumulate=accumulate, on_batch=progress)
+    # page-locked buffers for the row bands (values and validity) on a GPU: the queue, the band
+    # being read, the next one started and the one being copied
+    buffers = PinnedBuffers(2 * (prefetch + 3)) if runner.cuda else None
+    reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, buffers=buffers)
+    bands = iter(reader)
+    try:
+        for band in bands:
+            runner.push(band, lambda event, band=band: band.release(reader.buffers, event))
+    finally:
+        bands.close()  # type: ignore[attr-defined]  # stop the readers now, before the caller closes the dataset
+    stats = runner.close()
+    if total and stats["run"] == 0:
+        warnings.warn(f"{ds.name}: no valid pixels (all nodata); the outputs are entirely nodata", NodataWarning,
+                      stacklevel=3)
+    return stats

@@ -1,0 +1,371 @@
+"""The device stages of inference: raw row bands in, finished output rows out, all in torch.
+
+Per tile row (a :class:`~geoseg.pipeline.read.RowBand` of raw values in the raster's own
+type), on the predictor's device: upload (from page-locked memory, asynchronously, on a
+GPU), validity, normalization (masked values become 0, the band mean), reflection padding
+past the raster's end, cutting into tiles (views), batching across tile rows, the model and
+its softmax, blending with the window weights into the :class:`RowBlender` of the rows in
+flight, and, for rows no later tile touches, argmax, the class lookup, nodata, and the
+uint8 (or float32) probabilities and confidence. Only finished rows go back to the host,
+into page-locked buffers, as uint8 classes (plus probabilities if asked for). On a GPU
+nothing here waits for the device: the host queues work and the writer thread waits for
+each copy's event; on a CPU the same operations run on all cores.
+
+The sums are float64 on the CPU (the exactness reference: tiled = whole-image to 1e-6) and
+float32 on a GPU (``accumulate``); tests bound the difference (classes equal except at
+near-ties, probabilities within 1/255).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from geoseg.blend import WeightCache
+from geoseg.pipeline.plan import RowJob, RunPlan
+from geoseg.pipeline.read import RowBand
+from geoseg.pipeline.write import FinishedRows
+
+#: Unsigned types torch handles only partly: moved as their signed twins, widened on the device.
+_SIGNED_TWIN = {np.dtype(np.uint16): (np.int16, torch.int32, 0xFFFF),
+                np.dtype(np.uint32): (np.int32, torch.int64, 0xFFFFFFFF)}
+
+
+def tensor_forward(predictor: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.device, bool]:
+    """``(forward, device, fixed_batch)`` for a predictor.
+
+    Predictors with ``forward_tensor`` (:class:`~geoseg.predict.TorchPredictor`,
+    :class:`~geoseg.predict.null.NullPredictor`) run on their device; any other object with
+    ``predict(numpy) -> numpy`` (:class:`geoseg.pipeline.Predictor`) runs on the CPU.
+    ``fixed_batch``: pad the last batch to the full batch size (one shape for cuDNN's
+    autotuner and compiled models).
+    """
+    fwd = getattr(predictor, "forward_tensor", None)
+    if fwd is not None:
+        dev = torch.device(str(predictor.device))
+        return fwd, dev, bool(getattr(predictor, "fixed_batch", dev.type == "cuda"))
+
+    def numpy_forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(predictor.predict(x.numpy()), dtype=np.float32))
+
+    return numpy_forward, torch.device("cpu"), False
+
+
+class PinnedBuffers:
+    """A bounded pool of page-locked host buffers (the :class:`~geoseg.pipeline.read.Buffers` protocol).
+
+    :meth:`take` blocks while ``count`` buffers are out, which bounds host memory; a buffer
+    given back with an event is reused only once that event (its copy) has completed.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.out = 0
+        self.free: list[tuple[torch.Tensor, Any]] = []
+        self.cv = threading.Condition()
+
+    def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
+        nbytes = max(1, nbytes)
+        with self.cv:
+            while True:
+                fit = [i for i, (t, _) in enumerate(self.free) if t.numel() >= nbytes]
+                if fit:
+                    buf, event = self.free.pop(fit[0])
+                    break
+                if self.out + len(self.free) < self.count or self.free:
+                    if self.free and self.out + len(self.free) >= self.count:
+                        _, event = self.free.pop(0)  # too small: replace it
+                        if event is not None:
+                            event.synchronize()
+                    size = -(-nbytes // 2**20) * 2**20
+                    buf, event = torch.empty(size, dtype=torch.uint8, pin_memory=True), None
+                    break
+                self.cv.wait(timeout=1.0)
+            self.out += 1
+        if event is not None:
+            event.synchronize()
+        return buf.numpy(), buf
+
+    def give(self, token: Any, after: Any = None) -> None:
+        if token is None:
+            return
+        with self.cv:
+            self.out -= 1
+            self.free.append((token, after))
+            self.cv.notify()
+
+
+class RowBlender:
+    """Weighted sums of probabilities for the rows that tiles still touch, on a device.
+
+    Holds ``(classes, height, width)`` sums, ``(height, width)`` weight sums and validity for
+    raster rows ``[base, base + height)`` and columns ``[col0, col0 + width)``. The same
+    arithmetic as :class:`geoseg.blend.RowBandAccumulator` (the numpy reference), in torch.
+    """
+
+    def __init__(self, num_classes: int, height: int, width: int, col0: int, base: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.height, self.width, self.col0, self.base = height, width, col0, base
+        self.sums = torch.zeros((num_classes, height, width), dtype=dtype, device=device)
+        self.weights = torch.zeros((height, width), dtype=dtype, device=device)
+        self.valid = torch.zeros((height, width), dtype=torch.bool, device=device)
+
+    def add(self, probs: torch.Tensor, weights: torch.Tensor, row: int, col: int, valid: torch.Tensor | None
+            ) -> None:
+        """Add ``probs`` (classes, h, w) times ``weights`` (h, w) with its top-left at raster (row, col)."""
+        h, w = weights.shape
+        r0, c0 = row - self.base, col - self.col0
+        lo, hi = max(0, -c0), min(w, self.width - c0)
+        if hi <= lo:
+            return
+        rs, cs = slice(r0, r0 + h), slice(c0 + lo, c0 + hi)
+        wt = weights[:, lo:hi]
+        self.sums[:, rs, cs] += probs[:, :, lo:hi] * wt
+        self.weights[rs, cs] += wt
+        if valid is None:
+            self.valid[rs, cs] = True
+        else:
+            self.valid[rs, cs] |= valid[:, lo:hi]
+
+    def pop(self, upto: int, skip: int = 0, probabilities: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Finish rows ``[base + skip, upto)``: (class index, probabilities or None, valid); slide down.
+
+        The class is the argmax of the weighted sums (dividing by a positive weight sum keeps the
+        order); probabilities are float32 sums / weights.
+        """
+        n = upto - self.base
+        if n < 0 or n > self.height:
+            raise ValueError(f"cannot pop to row {upto} from band at {self.base}")
+        s, w = self.sums[:, skip:n], self.weights[skip:n]
+        covered = w > 0
+        idx = s.argmax(dim=0)
+        probs = (s / torch.where(covered, w, torch.ones_like(w))).float() if probabilities else None
+        valid = covered & self.valid[skip:n]
+        if n:
+            for t in (self.sums, self.weights, self.valid):
+                rest = t[..., n:, :].clone()
+                t[..., : self.height - n, :] = rest
+                t[..., self.height - n:, :] = 0
+        self.base = upto
+        return idx, probs, valid
+
+
+class StreamRunner:
+    """Runs the device stages for the row bands of a :class:`~geoseg.pipeline.plan.RunPlan`.
+
+    Args:
+        predictor: see :func:`tensor_forward`.
+        plan: the run's plan (grid and jobs).
+        mean, std: the model's normalization, per band.
+        blend: blend window name (:data:`geoseg.blend.BLEND_WINDOWS`).
+        batch_size: tiles per model call.
+        lut: uint8 lookup from class index to class value; ``nodata`` for invalid pixels.
+        probabilities: also produce probabilities and confidence, ``prob_dtype`` uint8 or float32.
+        emit: receives each :class:`~geoseg.pipeline.write.FinishedRows` (the writer's ``put``).
+        accumulate: ``auto`` (float64 on a CPU, float32 on a GPU), ``float32`` or ``float64``.
+        on_batch: called after each batch with (tiles done, pixels finished).
+    """
+
+    def __init__(self, predictor: Any, plan: RunPlan, *, mean: Any, std: Any, blend: str, batch_size: int,
+                 lut: np.ndarray, nodata: int, probabilities: bool, prob_dtype: str,
+                 emit: Callable[[FinishedRows], None], accumulate: str = "auto",
+                 on_batch: Callable[[int, int], None] | None = None, out_buffers: int = 12) -> None:
+        self.forward, self.device, self.fixed_batch = tensor_forward(predictor)
+        self.cuda = self.device.type == "cuda"
+        self.plan = plan
+        self.grid = plan.grid
+        self.k = predictor.meta.num_classes
+        self.mean = torch.as_tensor(np.asarray(mean, np.float32), device=self.device)[:, None, None]
+        self.std = torch.as_tensor(np.asarray(std, np.float32), device=self.device)[:, None, None]
+        self.weights = WeightCache(blend, self.grid.overlap)
+        self._wt: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._pad_index: dict[tuple[int, int], torch.Tensor] = {}
+        self.batch_size = batch_size
+        self.lut = torch.as_tensor(np.asarray(lut, np.uint8), device=self.device)
+        self.nodata = int(nodata)
+        self.want_probs = probabilities
+        self.prob_dtype = prob_dtype
+        self.emit = emit
+        if accumulate == "auto":
+            accumulate = "float32" if self.cuda else "float64"
+        self.acc_dtype = {"float32": torch.float32, "float64": torch.float64}[accumulate]
+        self.on_batch = on_batch
+        self.out_pool = PinnedBuffers(out_buffers) if self.cuda else None
+        self.stream = torch.cuda.current_stream(self.device) if self.cuda else None
+        self.blender: RowBlender | None = None
+        self.skip_until = 0
+        self.pending: list[tuple[RowJob, int, torch.Tensor | None, torch.Tensor | None]] = []
+        self.n_data = 0
+        self.counts = torch.zeros(256, dtype=torch.int64, device=self.device)
+        self.tiles_done = self.tiles_run = self.tiles_skipped = self.pixels_done = 0
+
+    # --- host -> device ---------------------------------------------------------------------------
+    def _upload(self, a: np.ndarray) -> torch.Tensor:
+        twin = _SIGNED_TWIN.get(a.dtype)
+        t = torch.from_numpy(a.view(twin[0]) if twin else a)
+        if self.cuda:
+            t = t.to(self.device, non_blocking=True)
+        if twin:
+            t = t.to(twin[1]).bitwise_and_(twin[2])
+        return t
+
+    def _pad_rows_cols(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Reflect-pad the last two axes at their ends to ``height`` x ``width`` (as numpy's ``reflect``)."""
+        for dim, n in ((-2, height), (-1, width)):
+            have = x.shape[dim]
+            if have < n:
+                idx = self._pad_index.get((have, n))
+                if idx is None:
+                    idx = torch.as_tensor(np.pad(np.arange(have), (0, n - have), mode="reflect"), device=self.device)
+                    self._pad_index[(have, n)] = idx
+                x = x.index_select(dim, idx)
+        return x
+
+    def push(self, band: RowBand, release: Callable[[Any], None]) -> None:
+        """Queue one row band's tiles (``release(event)`` gives its host buffers back)."""
+        job = band.job
+        with torch.inference_mode():
+            raw = self._upload(band.data)
+            valid = self._upload(band.valid) if band.valid is not None else None
+            if self.cuda:
+                ev = torch.cuda.Event()
+                ev.record(self.stream)
+                release(ev)  # the buffers are free once the copies are done
+            x = raw.to(torch.float32)
+            x.sub_(self.mean).div_(self.std)
+            anyvalid = None
+            if valid is not None:
+                vb = valid != 0
+                x.masked_fill_(~vb, 0.0)
+                anyvalid = vb.any(dim=0)
+            del raw, valid
+            x = self._pad_rows_cols(x, self.grid.size, self.plan.band_width(job))
+            c_lo = job.col_lo
+            for j, c in enumerate(job.cols):
+                if band.tile_has_data[j]:
+                    w = min(self.grid.size, self.grid.width - c)
+                    v = anyvalid[:, c - c_lo: c - c_lo + w] if anyvalid is not None else None
+                    self.pending.append((job, j, x[:, :, c - c_lo: c - c_lo + self.grid.size], v))
+                    self.n_data += 1
+                    if self.n_data >= self.batch_size:
+                        self._run_batch()
+                else:
+                    self.pending.append((job, j, None, None))
+        if not self.cuda:
+            release(None)
+
+    def close(self) -> dict[str, Any]:
+        """Run what is queued and finish the last rows; the run's counts."""
+        with torch.inference_mode():
+            if self.pending:
+                self._run_batch()
+            counts = self.counts.cpu().numpy()
+        return {"total": self.plan.tiles, "run": self.tiles_run, "skipped": self.tiles_skipped,
+                "counts": {int(i): int(c) for i, c in enumerate(counts) if c}}
+
+    # --- model and blending -----------------------------------------------------------------------
+    def _run_batch(self) -> None:
+        tiles = [t for _, _, t, _ in self.pending if t is not None]
+        probs = None
+        if tiles:
+            x = torch.stack(tiles)
+            n = len(tiles)
+            if self.fixed_batch and n < self.batch_size:
+                x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            probs = self.forward(x)[:n]
+            self.tiles_run += n
+        i = 0
+        for job, j, t, v in self.pending:
+            if t is None:
+                self.tiles_skipped += 1
+                self._add(job, j, None, None)
+            else:
+                self._add(job, j, probs[i], v)  # type: ignore[index]
+                i += 1
+        self.tiles_done += len(self.pending)
+        self.pending, self.n_data = [], 0
+        if self.on_batch is not None:
+            self.on_batch(self.tiles_done, self.pixels_done)
+
+    def _weights(self, job: RowJob, c: int) -> torch.Tensor:
+        g = self.grid
+        key = (job.row == 0, job.row + g.size >= g.height, c == 0, c + g.size >= g.width)
+        w = self._wt.get(key)
+        if w is None:
+            w = torch.as_tensor(self.weights.get(g.size, g.size, *key), device=self.device)
+            self._wt[key] = w
+        return w
+
+    def _add(self, job: RowJob, j: int, probs: torch.Tensor | None, valid: torch.Tensor | None) -> None:
+        g = self.grid
+        a, b = job.strip
+        if job.first and j == 0:
+            self.blender = RowBlender(self.k, g.band_height, b - a, a, job.row, self.device, self.acc_dtype)
+            self.skip_until = job.skip_until
+        bl = self.blender
+        assert bl is not None
+        if bl.base != job.row:
+            self._finish_rows(job.strip_index, job.row)
+        if probs is not None:
+            c = job.cols[j]
+            h, w = job.height, min(g.size, g.width - c)
+            bl.add(probs[:, :h, :w], self._weights(job, c)[:h, :w], job.row, c, valid)
+        if job.last and j == len(job.cols) - 1:
+            self._finish_rows(job.strip_index, g.height)
+
+    def _finish_rows(self, strip_index: int, upto: int) -> None:
+        bl = self.blender
+        assert bl is not None
+        r0 = bl.base
+        cut = min(max(0, self.skip_until - r0), upto - r0)
+        idx, probs, valid = bl.pop(upto, cut, self.want_probs)
+        if upto <= self.skip_until:
+            return  # rows an earlier run wrote (resume)
+        cls = torch.where(valid, self.lut[idx], self.nodata).to(torch.uint8)
+        self.counts += torch.bincount(cls.flatten(), minlength=256)
+        arrays: list[torch.Tensor | None] = [cls[None]]
+        if probs is not None:
+            stack = torch.cat([probs, probs.amax(dim=0, keepdim=True)])
+            if self.prob_dtype == "uint8":
+                arrays += [torch.round(stack * 255).to(torch.uint8), valid.to(torch.uint8) * 255]
+            else:
+                arrays += [stack.masked_fill_(~valid, float("nan")), None]
+        self.pixels_done += cls.numel()
+        host, ready, done = self._to_host(arrays)
+        pairs = [(host[0], None)] + ([(host[1], host[2])] if probs is not None else [])
+        self.emit(FinishedRows(r0 + cut, bl.col0, pairs, strip_index, upto, ready, done))  # type: ignore[arg-type]
+
+    def _to_host(self, arrays: list[torch.Tensor | None]
+                 ) -> tuple[list[np.ndarray | None], Callable[[], None] | None, Callable[[], None] | None]:
+        if not self.cuda:
+            return [a.numpy() if a is not None else None for a in arrays], None, None
+        assert self.out_pool is not None
+        host: list[np.ndarray | None] = []
+        tokens = []
+        for a in arrays:
+            if a is None:
+                host.append(None)
+                continue
+            flat, token = self.out_pool.take(a.numel() * a.element_size())
+            h = flat[: a.numel() * a.element_size()].view(_NP[a.dtype]).reshape(tuple(a.shape))
+            torch.from_numpy(h).copy_(a, non_blocking=True)
+            host.append(h)
+            tokens.append(token)
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        pool = self.out_pool
+
+        def done() -> None:
+            for t in tokens:
+                pool.give(t)
+
+        return host, event.synchronize, done
+
+
+_NP = {torch.uint8: np.uint8, torch.float32: np.float32}
