@@ -54,7 +54,8 @@ def infer(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
     max_strip_width: Annotated[int, typer.Option(help="Widest column strip held in memory, pixels (bounds memory for very wide rasters).", min=256)] = 8192,
-    read_threads: Annotated[Optional[int], typer.Option(help="Threads reading the input in parallel (default: 1 on CPU, up to 8 with a GPU).", min=1)] = None,
+    read_threads: Annotated[Optional[int], typer.Option(help="Threads reading each row band of the input in parallel (default: 1 on CPU, up to 8 with a GPU).", min=1)] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile for the fixed tile shape (a GPU: faster after a warm-up of about a minute; see docs/gpu.md).")] = False,
     max_memory: Annotated[Optional[float], typer.Option(help="Keep inference buffers under about this many MB (narrows column strips; the model itself is extra).", min=1)] = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same input, model and options (rows already written are kept).")] = False,
@@ -101,7 +102,7 @@ def infer(
             overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
             overwrite=overwrite, resume=resume, checkpoint_seconds=checkpoint_seconds,
             max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
-            on_progress=on_progress)
+            compile=compile, on_progress=on_progress)
     if report.resumed_from is not None:
         err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} were already done")
     out.print(f"classes: {report.classes_path}")

@@ -19,7 +19,7 @@ import collections
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 from rasterio.windows import Window
@@ -30,7 +30,7 @@ from geoseg.pipeline.plan import RowJob, RunPlan
 
 
 class Buffers(Protocol):
-    """A pool of byte buffers for row bands (see :class:`HeapBuffers`)."""
+    """A pool of byte buffers for row bands (see :class:`BufferPool`)."""
 
     def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
         """A flat uint8 array of at least ``nbytes`` and a token to give it back with; may block."""
@@ -41,14 +41,50 @@ class Buffers(Protocol):
         ...
 
 
-class HeapBuffers:
-    """Plain numpy buffers, freed when the band is (CPU: the device reads them in place)."""
+class BufferPool:
+    """A bounded pool of reusable byte buffers (the :class:`Buffers` protocol).
+
+    :meth:`take` blocks while ``count`` buffers are out, which bounds memory, and buffers are
+    reused rather than freed (large ``malloc``/``free`` cycles fragment the heap and raise the
+    resident size run after run). A buffer given back with an event is reused only once the
+    event (its device copy) has completed. ``alloc(nbytes)`` makes a new buffer: a flat uint8
+    array and the object that owns its memory (page-locked memory on a GPU).
+    """
+
+    def __init__(self, count: int, alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None) -> None:
+        self.count = count
+        self.alloc = alloc or (lambda n: (np.empty(n, dtype=np.uint8), None))
+        self.out = 0
+        self.free: list[tuple[np.ndarray, Any, Any]] = []
+        self.cv = threading.Condition()
 
     def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
-        return np.empty(nbytes, dtype=np.uint8), None
+        nbytes = max(1, nbytes)
+        event = None
+        with self.cv:
+            while True:
+                fit = [i for i, (a, _, _) in enumerate(self.free) if a.size >= nbytes]
+                if fit:
+                    arr, owner, event = self.free.pop(fit[0])
+                    break
+                if self.out + len(self.free) < self.count or self.free:
+                    if self.out + len(self.free) >= self.count:
+                        _, _, old = self.free.pop(0)  # too small: replace it
+                        if old is not None:
+                            old.synchronize()
+                    arr, owner = self.alloc(-(-nbytes // 2**20) * 2**20)
+                    break
+                self.cv.wait(timeout=1.0)
+            self.out += 1
+        if event is not None:
+            event.synchronize()
+        return arr, (arr, owner)
 
     def give(self, token: Any, after: Any = None) -> None:
-        pass
+        with self.cv:
+            self.out -= 1
+            self.free.append((token[0], token[1], after))
+            self.cv.notify()
 
 
 @dataclass
@@ -86,7 +122,7 @@ class RowBandReader:
         self.plan = plan
         self.threads = max(1, threads)
         self.ahead = max(1, ahead)
-        self.buffers = buffers or HeapBuffers()
+        self.buffers = buffers or BufferPool(2 * (ahead + 3))
         self.masked, self.floating = validity_kind(ds, band_idx)
         self.dtype = np.dtype(ds.dtypes[band_idx[0] - 1])
         if any(np.dtype(ds.dtypes[b - 1]) != self.dtype for b in band_idx):

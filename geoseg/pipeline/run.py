@@ -300,7 +300,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
             writer: RowWriter, probabilities: bool, prob_dtype: str, prefetch: int, threads: int,
             accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float) -> dict[str, Any]:
     """Read the plan's row bands and run the device stages on them; the run's counts."""
-    from geoseg.predict.stream import PinnedBuffers, StreamRunner
+    from geoseg.predict.stream import StreamRunner, pinned_buffers
 
     meta: ModelMeta = predictor.meta
     grid = plan.grid
@@ -315,7 +315,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
                           prob_dtype=prob_dtype, emit=writer.put, accumulate=accumulate, on_batch=progress)
     # page-locked buffers for the row bands (values and validity) on a GPU: the queue, the band
     # being read, the next one started and the one being copied
-    buffers = PinnedBuffers(2 * (prefetch + 3)) if runner.cuda else None
+    buffers = pinned_buffers(2 * (prefetch + 3)) if runner.cuda else None
     reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, buffers=buffers)
     bands = iter(reader)
     try:

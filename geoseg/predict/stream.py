@@ -26,7 +26,7 @@ import torch
 
 from geoseg.blend import WeightCache
 from geoseg.pipeline.plan import RowJob, RunPlan
-from geoseg.pipeline.read import RowBand
+from geoseg.pipeline.read import BufferPool, RowBand
 from geoseg.pipeline.write import FinishedRows
 
 #: Unsigned types torch handles only partly: moved as their signed twins, widened on the device.
@@ -54,48 +54,14 @@ def tensor_forward(predictor: Any) -> tuple[Callable[[torch.Tensor], torch.Tenso
     return numpy_forward, torch.device("cpu"), False
 
 
-class PinnedBuffers:
-    """A bounded pool of page-locked host buffers (the :class:`~geoseg.pipeline.read.Buffers` protocol).
+def pinned_buffers(count: int) -> BufferPool:
+    """A :class:`~geoseg.pipeline.read.BufferPool` of page-locked host memory (asynchronous device copies)."""
 
-    :meth:`take` blocks while ``count`` buffers are out, which bounds host memory; a buffer
-    given back with an event is reused only once that event (its copy) has completed.
-    """
+    def alloc(nbytes: int) -> tuple[np.ndarray, Any]:
+        t = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return t.numpy(), t
 
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.out = 0
-        self.free: list[tuple[torch.Tensor, Any]] = []
-        self.cv = threading.Condition()
-
-    def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
-        nbytes = max(1, nbytes)
-        with self.cv:
-            while True:
-                fit = [i for i, (t, _) in enumerate(self.free) if t.numel() >= nbytes]
-                if fit:
-                    buf, event = self.free.pop(fit[0])
-                    break
-                if self.out + len(self.free) < self.count or self.free:
-                    if self.free and self.out + len(self.free) >= self.count:
-                        _, event = self.free.pop(0)  # too small: replace it
-                        if event is not None:
-                            event.synchronize()
-                    size = -(-nbytes // 2**20) * 2**20
-                    buf, event = torch.empty(size, dtype=torch.uint8, pin_memory=True), None
-                    break
-                self.cv.wait(timeout=1.0)
-            self.out += 1
-        if event is not None:
-            event.synchronize()
-        return buf.numpy(), buf
-
-    def give(self, token: Any, after: Any = None) -> None:
-        if token is None:
-            return
-        with self.cv:
-            self.out -= 1
-            self.free.append((token, after))
-            self.cv.notify()
+    return BufferPool(count, alloc)
 
 
 class RowBlender:
@@ -194,7 +160,7 @@ class StreamRunner:
             accumulate = "float32" if self.cuda else "float64"
         self.acc_dtype = {"float32": torch.float32, "float64": torch.float64}[accumulate]
         self.on_batch = on_batch
-        self.out_pool = PinnedBuffers(out_buffers) if self.cuda else None
+        self.out_pool = pinned_buffers(out_buffers) if self.cuda else None
         self.stream = torch.cuda.current_stream(self.device) if self.cuda else None
         self.blender: RowBlender | None = None
         self.skip_until = 0
@@ -235,7 +201,7 @@ class StreamRunner:
                 ev = torch.cuda.Event()
                 ev.record(self.stream)
                 release(ev)  # the buffers are free once the copies are done
-            x = raw.to(torch.float32)
+            x = raw.to(torch.float32, copy=True)  # never the band's buffer, which is reused
             x.sub_(self.mean).div_(self.std)
             anyvalid = None
             if valid is not None:

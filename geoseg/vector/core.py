@@ -83,7 +83,6 @@ class _Plan:
         if workers is not None and workers < 0:
             raise UsageError(f"--workers must be >= 0 (0: automatic), got {workers}")
         self.workers = 1 if workers is None else auto_workers(src.width, src.height) if workers == 0 else int(workers)
-        self.cache_bytes = _cache_bytes(src)
         self.keep = None if classes is None else [src.resolve_class(c, "--classes") for c in classes]
         self.boundary = None if boundary_class is None else src.resolve_class(boundary_class, "--boundary-class")
         if self.keep is not None and self.boundary is not None and self.boundary in self.keep:
@@ -100,6 +99,9 @@ class _Plan:
         self.pixel_size = float(np.sqrt(abs(t.a * t.e - t.b * t.d)))
         self.simplify_px, self.simplify_desc = parse_tolerance(simplify, self.pixel_size)
         self.band_rows = _band_rows(band_rows, src.width, self.sieve)
+        #: GDAL block cache for one band read (set again by ``vectorize`` once a probability
+        #: raster is open: its blocks count too)
+        self.cache_bytes = _cache_bytes(src.ds, self.band_rows, self.sieve)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self.measurer = Measurer(src.crs, src.transform, src.width, src.height)
@@ -269,10 +271,12 @@ def vectorize(
     dest = None
     if output is not None:
         dest = check_output(output, overwrite=overwrite, inputs=[source] + ([probabilities] if probabilities else []))
-    with ClassSource(source, names) as src, _bounded_block_cache(src):
+    with ClassSource(source, names) as src:
         plan = _Plan(src, classes=classes, boundary_class=boundary_class, min_area=min_area,
                      fill_holes=fill_holes, simplify=simplify, sieve=sieve, band_rows=band_rows, workers=workers)
         conf_src = ConfidenceSource(probabilities, src) if probabilities is not None else None
+        if conf_src is not None:
+            plan.cache_bytes += _cache_bytes(conf_src.ds, plan.band_rows, None, bands=[conf_src.band])
         crs_wkt = src.crs.to_wkt() if src.crs is not None else None
         report = VectorizeReport(path=Path(output) if output is not None else None,
                                  format=dest[1] if dest else None, polygons=0, class_counts={},
@@ -280,11 +284,12 @@ def vectorize(
                                  crs=crs_wkt, simplify=plan.simplify_desc, empty=True,
                                  warnings=list(plan.warnings))
         try:
-            batches = prefetch_in_thread(_batches(plan, conf_src, report, on_progress, t0))
-            schema = arrow_schema(conf_src is not None)
-            if dest is None:
-                return _to_geodataframe(list(batches), schema, src.crs)
-            written = write_batches(dest[0], schema, batches, crs=src.crs, overwrite=overwrite, checked=True)
+            with _bounded_block_cache(plan.cache_bytes):
+                batches = prefetch_in_thread(_batches(plan, conf_src, report, on_progress, t0))
+                schema = arrow_schema(conf_src is not None)
+                if dest is None:
+                    return _to_geodataframe(list(batches), schema, src.crs)
+                written = write_batches(dest[0], schema, batches, crs=src.crs, overwrite=overwrite, checked=True)
         finally:
             if conf_src is not None:
                 conf_src.close()
@@ -296,21 +301,43 @@ def vectorize(
     return report
 
 
-def _bounded_block_cache(src: ClassSource) -> Any:
-    """Cap GDAL's block cache at two rows of blocks (>= 64 MiB).
+def _bounded_block_cache(cache_bytes: int) -> Any:
+    """Cap GDAL's block cache at what one band read needs (:func:`_cache_bytes`).
 
-    GDAL's default cache (5 % of RAM) would keep every decompressed block of the raster,
-    so memory would grow with the raster's size even though each block is read once.
+    GDAL keeps every block it decoded until its cache is full, and the default cap (5 % of
+    RAM) is larger than most class rasters: each block is read once, yet the cache would
+    keep the whole raster, and memory would grow with the raster's height (the retained
+    blocks also pin the heap, so the transient ``shapes`` memory of every band stays
+    resident). With the cap, the cache holds the blocks of about one band.
     """
     import rasterio
 
-    return rasterio.Env(GDAL_CACHEMAX=_cache_bytes(src))
+    return rasterio.Env(GDAL_CACHEMAX=int(cache_bytes))
 
 
-def _cache_bytes(src: ClassSource) -> int:
-    bh = src.ds.block_shapes[0][0] if src.ds.block_shapes else 256
-    need = 2 * src.width * max(bh, 1) * np.dtype(src.ds.dtypes[0]).itemsize
-    return int(max(need, 64 << 20))
+#: smallest GDAL block cache set while vectorizing (GDAL reads values below 100 000 as MB)
+MIN_CACHE_BYTES = 4 << 20
+
+
+def _cache_bytes(ds: Any, band_rows: int, sieve: int | None, bands: Sequence[int] = (1,)) -> int:
+    """Bytes of the blocks that one band read of ``ds`` touches, plus one row of blocks.
+
+    A band of ``band_rows`` rows (plus the sieve halo above and below) spans at most
+    ``ceil(rows / block height) + 1`` rows of blocks; the extra row keeps the block row
+    shared by two consecutive bands, so no block is decoded twice. Each block row is counted
+    for the band's data (every band of a pixel-interleaved file, which GDAL decodes
+    together) and for a mask of one byte a pixel (the nodata or internal mask read beside
+    the data).
+    """
+    halo = int(sieve) if sieve and sieve > 1 else 0
+    bh, bw = ds.block_shapes[bands[0] - 1] if ds.block_shapes else (1, ds.width)
+    bh, bw = max(int(bh), 1), max(int(bw), 1)
+    width = -(-ds.width // bw) * bw
+    block_rows = min(-(-(band_rows + 2 * halo) // bh) + 1, -(-ds.height // bh))
+    pixel_interleaved = str(getattr(ds, "interleaving", "") or "").lower().endswith("pixel")
+    read = range(1, ds.count + 1) if pixel_interleaved else bands
+    per_px = sum(np.dtype(ds.dtypes[b - 1]).itemsize for b in read) + len(bands)
+    return int(max(block_rows * bh * width * per_px, MIN_CACHE_BYTES))
 
 
 def _to_geodataframe(batches: list[Any], schema: Any, crs: Any) -> Any:

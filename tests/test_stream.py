@@ -1,0 +1,182 @@
+"""The device stages (geoseg.predict.stream) and the row-band reader (geoseg.pipeline.read), on the CPU."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from geoseg.classes import ClassSchema
+from geoseg.io.raster import open_raster, read_window
+from geoseg.modelmeta import ModelMeta
+from geoseg.pipeline import predict_raster
+from geoseg.pipeline.plan import plan_run
+from geoseg.pipeline.read import BufferPool, RowBandReader, _chunks
+from geoseg.tiling import TileGrid, column_strips
+
+from conftest import shared_file
+
+
+def test_chunks_fall_on_blocks_and_cover_the_range():
+    for lo, hi, block, n in [(0, 1000, 256, 3), (100, 1900, 512, 8), (5, 6, 512, 4), (0, 512, 512, 2)]:
+        pieces = _chunks(lo, hi, block, n)
+        assert pieces[0][0] == lo and pieces[-1][1] == hi and len(pieces) <= n
+        assert all(a < b for a, b in pieces)
+        assert all(b == c for (_, b), (c, _) in zip(pieces[:-1], pieces[1:]))
+        assert all(b % block == 0 for _, b in pieces[:-1])
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("kind", ["uint16", "float32-nan", "masked"])
+def test_reader_threads_equal_one_plain_read(make_raster, tmp_path, tiled, kind):
+    """Row bands read in block-aligned chunks by 3 threads = read_window of the whole band."""
+    rng = np.random.default_rng(3)
+    h, w = 300, 700
+    if kind == "uint16":
+        data, nodata = rng.integers(0, 60000, size=(3, h, w), dtype=np.uint16), None
+    elif kind == "float32-nan":
+        data, nodata = rng.normal(size=(3, h, w)).astype(np.float32), None
+        data[1, 10:40, 600:] = np.nan  # one tile's worth of non-finite values in one band
+        data[:, 200:, :] = np.nan
+    else:
+        data, nodata = rng.integers(1, 200, size=(3, h, w)).astype(np.int16), 0
+        data[:, :, :300] = 0
+    prof = dict(tiled=True, blockxsize=128, blockysize=128) if tiled else {}
+    src = make_raster(data, nodata=nodata, **prof)
+    grid = TileGrid(h, w, 96, 16)
+    plan = plan_run(grid, column_strips(w, 96, 16, 320))
+    with open_raster(src) as ds:
+        reader = RowBandReader(ds, [1, 2, 3], plan, threads=3, ahead=1, buffers=BufferPool(4))
+        n = skipped = 0
+        for band in reader:
+            job = band.job
+            ww = min(job.cols[-1] + 96, w) - job.col_lo
+            ref, valid = read_window(ds, [1, 2, 3], Window(job.col_lo, job.row, ww, job.height), native=True)
+            np.testing.assert_array_equal(band.data, ref)
+            if kind == "uint16":
+                assert band.valid is None
+            else:
+                np.testing.assert_array_equal(band.valid != 0, valid)
+            anyv = valid.any(axis=0)
+            expect = tuple(bool(anyv[:, c - job.col_lo: min(c + 96, w) - job.col_lo].any()) for c in job.cols)
+            assert band.tile_has_data == expect
+            band.release(reader.buffers)
+            n += 1
+            skipped += expect.count(False)
+    assert n == len(plan.jobs)
+    assert (skipped > 0) == (kind != "uint16")  # the nodata and NaN regions hold whole tiles
+
+
+def test_buffer_pool_is_bounded_and_reuses():
+    pool = BufferPool(2)
+    a, ta = pool.take(10)
+    b, tb = pool.take(10)
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.take(5)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not got  # two out: the third waits
+    pool.give(ta)
+    t.join(5)
+    assert got and got[0][0] is a  # the given-back buffer, reused
+    big, _ = (pool.give(tb), pool.take(5 * 2**20))[1]
+    assert big.size >= 5 * 2**20
+
+
+class _Pointwise:
+    """softmax(W x + b) per pixel as a torch module: a fixed function, so tiled = whole-image."""
+
+    def __init__(self, bands: int, classes: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.w = rng.normal(size=(classes, bands))
+        self.b = rng.normal(size=classes)
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        z = np.einsum("kb,bhw->khw", self.w, x.astype(np.float64)) + self.b[:, None, None]
+        e = np.exp(z - z.max(axis=0, keepdims=True))
+        return e / e.sum(axis=0, keepdims=True)
+
+
+def _unet_checkpoint(tmp_path, seed: int = 1):
+    torch = pytest.importorskip("torch")
+    from geoseg.models import build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    net = build_model("unet", 8, 4, base_channels=8, depth=2)
+    meta = ModelMeta("unet", {"base_channels": 8, "depth": 2}, [f"b{i}" for i in range(8)], [1500.0] * 8,
+                     [1000.0] * 8, ClassSchema.default(4), 128, 32)
+    return save_checkpoint(net, meta, tmp_path / "m.pt")
+
+
+def test_float32_blending_matches_the_float64_reference(tmp_path):
+    """The GPU's float32 sums against the float64 reference, on the CPU: classes equal on >= 99.99% of
+    pixels, the others near-ties; probabilities within 1/255."""
+    src = shared_file("ftw_baselines/inference-img.tif")
+    ckpt = _unet_checkpoint(tmp_path)
+    out = {}
+    for acc in ("float64", "float32"):
+        predict_raster(src, ckpt, tmp_path / f"c_{acc}.tif", probabilities=tmp_path / f"p_{acc}.tif",
+                       probability_dtype="float32", device="cpu", accumulate=acc, tile_size=64, overlap=32)
+        with rasterio.open(tmp_path / f"c_{acc}.tif") as c, rasterio.open(tmp_path / f"p_{acc}.tif") as p:
+            out[acc] = c.read(1), p.read()
+    c64, p64 = out["float64"]
+    c32, p32 = out["float32"]
+    same = c64 == c32
+    assert same.mean() >= 0.9999
+    top = np.sort(p64[:4], axis=0)
+    margin = top[-1] - top[-2]
+    assert (margin[~same] < 1e-5).all()  # only near-ties may flip
+    assert np.abs(p64 - p32).max() <= 1 / 255
+    assert np.abs(p64 - p32).max() < 1e-5  # in fact far closer
+
+
+def test_torch_and_numpy_predictors_give_the_same_rasters(make_raster, tmp_path):
+    """A predictor with forward_tensor (device stages end to end) and the same function through
+    the numpy Predictor protocol write the same classes and probabilities."""
+    torch = pytest.importorskip("torch")
+    from geoseg.predict.null import NullPredictor
+
+    data = np.random.default_rng(0).normal(size=(3, 70, 90)).astype(np.float32)
+    src = make_raster(data)
+    meta = ModelMeta("pointwise", {}, ["a", "b", "c"], [0.0] * 3, [1.0] * 3, ClassSchema.default(3), 32, 8)
+    null = NullPredictor(meta)
+
+    class AsNumpy:
+        def __init__(self) -> None:
+            self.meta = meta
+
+        def predict(self, batch):
+            return null.predict(batch)
+
+    for name, p in (("t", null), ("n", AsNumpy())):
+        predict_raster(src, p, tmp_path / f"{name}.tif", probabilities=tmp_path / f"{name}_p.tif")
+    with rasterio.open(tmp_path / "t_p.tif") as a, rasterio.open(tmp_path / "n_p.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert np.isin(a.read(1), [42, 43]).all() and (a.read(3) == round(255 / 2)).all()  # 1/6, 2/6, 3/6
+
+
+def test_uint16_values_above_int16_reach_the_model_unchanged(make_raster, tmp_path):
+    """uint16 travels as int16 bits and is widened on the device: 40000 must stay 40000."""
+    data = np.full((1, 20, 20), 40000, np.uint16)
+    data[0, :, 10:] = 100
+    src = make_raster(data)
+    seen = []
+
+    class Probe:
+        meta = ModelMeta("pointwise", {}, ["a"], [0.0], [1.0], ClassSchema.default(2), 32, 0)
+
+        def predict(self, batch):
+            seen.append(batch.copy())
+            p = np.zeros((len(batch), 2, *batch.shape[2:]), np.float32)
+            p[:, 0] = batch[:, 0] > 1000
+            p[:, 1] = 1 - p[:, 0]
+            return p
+
+    predict_raster(src, Probe(), tmp_path / "c.tif")
+    assert seen[0][0, 0, 0, 0] == 40000.0 and seen[0][0, 0, 0, 15] == 100.0
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        c = ds.read(1)
+    assert (c[:, :10] == 0).all() and (c[:, 10:] == 1).all()
