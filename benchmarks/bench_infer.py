@@ -188,7 +188,7 @@ def main() -> None:
     if not args.null_only:
         model_only_seconds(pred, args.tile_size, args.batch_size, 2 * args.batch_size)  # warm-up
     on_gpu = pred.device.type == "cuda"
-    threads = min(8, os.cpu_count() or 1) if on_gpu else 1
+    threads = min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1  # predict_raster's default
     print(f"model: unet base {args.base_channels} depth {args.depth}, tile {args.tile_size}, overlap "
           f"{args.overlap}, batch {args.batch_size}, {pred.device} {pred.precision}; src {Path(args.src).name}; "
           f"cpus {os.cpu_count()}; reader threads {threads}", flush=True)
@@ -209,8 +209,7 @@ def main() -> None:
                 keep("read", read_only(raster, args.tile_size, args.overlap, align, threads))
                 keep("write", write_only(raster, str(work / "w.tif"), args.tile_size, args.overlap))
                 t = time.perf_counter()
-                predict_raster(raster, null, str(work / "n.tif"), batch_size=args.batch_size, overwrite=True,
-                               read_threads=threads)
+                predict_raster(raster, null, str(work / "n.tif"), batch_size=args.batch_size, overwrite=True)
                 keep("null", mpx / (time.perf_counter() - t))
                 if args.null_only:
                     continue

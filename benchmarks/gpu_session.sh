@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of geoseg in one command, for the lent GPU machine (docs/gpu.md):
-#   benchmarks/gpu_session.sh [tests] [train] [infer]      (default: train tests infer)
+#   benchmarks/gpu_session.sh [smoke] [train] [tests] [stream-tests] [infer] [null]
+#   (default: smoke train tests infer null)
 # That machine has torch but no rasterio, shapely, pyproj, geopandas or torchgeo, and
 # ../shared does not travel. Prepare, here, from the project root (both folders git-ignored
 # through .git/info/exclude):
@@ -19,12 +20,19 @@ mkdir -p ../shared && ln -sfn "$PWD/.gpudata" ../shared/data
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 python3 -c "import torch, rasterio, torchgeo; print('torch', torch.__version__, 'rasterio', rasterio.__version__,
 'GDAL', rasterio.__gdal_version__, 'torchgeo', torchgeo.__version__, 'cpus', __import__('os').cpu_count())"
-steps=${*:-train tests infer}
+steps=${*:-smoke train tests infer null}
 for s in $steps; do
   case $s in
+    smoke)
+      echo "=== smoke: a small model and the null predictor on the GPU"
+      timeout 60 python3 benchmarks/gpu_smoke.py cuda 2>&1 | tee "$out/smoke.log" ;;
     tests)
       echo "=== pytest -m gpu"
       timeout 200 python3 -m pytest -m gpu tests/test_gpu.py -q -s 2>&1 | tee "$out/pytest_gpu.log" ;;
+    stream-tests)
+      echo "=== pytest -m gpu: the device stages of inference only"
+      timeout 120 python3 -m pytest -m gpu tests/test_gpu.py -q -s -k "device_stages or prefetch or compiled" 2>&1 \
+        | tee "$out/pytest_gpu_stream.log" ;;
     train)
       echo "=== bench_train: the real scenes, small chips"
       timeout 150 python3 benchmarks/bench_train.py --device cuda --steps 200 --tile 64 --batch 16 --channels 16 \
@@ -40,9 +48,13 @@ for s in $steps; do
         --workers 8 --threads 8 --brazil-polygons .gpudata/rstoolbox_brazil/trainingPolygons_lsat.parquet \
         2>&1 | tee "$out/bench_train_small64.log" ;;
     infer)
-      echo "=== bench_infer: classic 64-channel U-Net, 512^2 tiles"
+      echo "=== bench_infer: classic 64-channel U-Net, 512^2 tiles, eager and compiled, DEFLATE input"
       timeout 330 python3 benchmarks/bench_infer.py --device cuda --base-channels 64 --tile-size 512 \
-        --overlap 64 --batch-size 16 --sizes 4096 16384 --workdir /tmp/bi 2>&1 | tee "$out/bench_infer.log" ;;
-    *) echo "unknown step $s (tests, train, infer)"; exit 2 ;;
+        --overlap 64 --batch-size 16 --sizes 4096 16384 --compile --workdir /tmp/bi 2>&1 | tee "$out/bench_infer.log" ;;
+    null)
+      echo "=== bench_infer: the pipeline's own cost (null predictor on the GPU), uncompressed and DEFLATE input"
+      timeout 150 python3 benchmarks/bench_infer.py --device cuda --null-only --no-rss --tile-size 512 --overlap 64 \
+        --batch-size 16 --sizes ${NULL_SIZE:-8192} --compress none deflate --workdir /tmp/bn 2>&1 | tee "$out/bench_null.log" ;;
+    *) echo "unknown step $s (smoke, train, tests, stream-tests, infer, null)"; exit 2 ;;
   esac
 done

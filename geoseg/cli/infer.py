@@ -54,7 +54,7 @@ def infer(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
     max_strip_width: Annotated[int, typer.Option(help="Widest column strip held in memory, pixels (bounds memory for very wide rasters).", min=256)] = 8192,
-    read_threads: Annotated[Optional[int], typer.Option(help="Threads reading each row band of the input in parallel (default: 1 on CPU, up to 8 with a GPU).", min=1)] = None,
+    read_threads: Annotated[Optional[int], typer.Option(help="Threads reading each row band of the input in parallel (default: 1 on CPU; with a GPU all cores but two, at most 16).", min=1)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile for the fixed tile shape (a GPU: faster after a warm-up of about a minute; see docs/gpu.md).")] = False,
     max_memory: Annotated[Optional[float], typer.Option(help="Keep inference buffers under about this many MB (narrows column strips; the model itself is extra).", min=1)] = None,
     overwrite: OverwriteOpt = False,

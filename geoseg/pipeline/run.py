@@ -163,7 +163,7 @@ def predict_raster(
             this many MB by narrowing the column strips (:func:`buffer_bytes`); the model itself is extra.
         prefetch: row bands read ahead.
         read_threads: threads reading each row band in parallel (default: 1 on CPU, where the model
-            needs the cores; up to 8 when the predictor runs on a GPU).
+            needs the cores; with a GPU all cores but two, at most 16: decoding must keep up with it).
         gdal_cache_mb: GDAL block cache for this run, in MB.
         accumulate: blending sums ``auto`` (float64 on a CPU, float32 on a GPU), ``float32`` or
             ``float64``.
@@ -211,7 +211,7 @@ def predict_raster(
         band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
         grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
         on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
-        threads = max(1, read_threads or (min(8, os.cpu_count() or 1) if on_gpu else 1))
+        threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
         if max_memory_mb is not None:
             max_strip_width = min(max_strip_width, strip_width_for_budget(
                 max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb))
@@ -321,9 +321,10 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
     try:
         for band in bands:
             runner.push(band, lambda event, band=band: band.release(reader.buffers, event))
+        stats = runner.close()
     finally:
         bands.close()  # type: ignore[attr-defined]  # stop the readers now, before the caller closes the dataset
-    stats = runner.close()
+        runner.release()
     if total and stats["run"] == 0:
         warnings.warn(f"{ds.name}: no valid pixels (all nodata); the outputs are entirely nodata", NodataWarning,
                       stacklevel=3)

@@ -15,7 +15,7 @@ from geoseg.errors import UsageError
 from geoseg.io.threads import prefetch_in_thread
 from geoseg.vector.measure import Measurer
 from geoseg.vector.post import EmitMaskStore, coverage_simplify, fill_holes as _fill_holes, parse_tolerance
-from geoseg.vector.parallel import auto_workers, band_polygons
+from geoseg.vector.parallel import auto_workers, band_polygons, release_free_heap
 from geoseg.vector.seams import Chunk, SeamMerger
 from geoseg.vector.source import DEFAULT_BAND_PIXELS, ClassSource, ConfidenceSource, parse_names
 
@@ -139,8 +139,11 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
                 chunk = Chunk.concat(pending)
                 pending, pending_vertices = [], 0
             batch, next_id = _to_batch(plan, chunk, store, report, next_id, conf_src is not None)
+            done = band.r1
+            del bp, band, chunk
+            release_free_heap()  # this band's shapes objects and merge temporaries
             if on_progress is not None:
-                on_progress(VectorProgress(band.r1, src.height, next_id - 1, time.perf_counter() - t0))
+                on_progress(VectorProgress(done, src.height, next_id - 1, time.perf_counter() - t0))
             if batch is not None:
                 yield batch
     finally:

@@ -48,6 +48,29 @@ def auto_workers(width: int, height: int) -> int:
     return free if free >= 2 else 1
 
 
+_LIBC: Any = None
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; elsewhere nothing).
+
+    Each band's ``shapes`` output is millions of small objects, freed when the band is
+    flattened. glibc keeps freed heap memory for reuse, and blocks still alive between bands
+    (open seam pieces, batches in flight) pin it, so without trimming the resident size crept
+    up band after band (1024 x 16384 Cropland Data Layer: 299 -> 482 MiB between bands).
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC(0)
+
+
 def _init(cache_bytes: int) -> None:
     os.environ["GDAL_CACHEMAX"] = str(int(cache_bytes))
 
@@ -64,7 +87,10 @@ def _job(path: str, r0: int, r1: int, sieve: int | None, keep: Sequence[int] | N
         if cs is None:
             cs = _OPEN[conf_path] = ConfidenceSource(conf_path, src)
         conf = cs.read(r0, r1)
-    return polygonize_band(band, conf, keep_emit)
+    bp = polygonize_band(band, conf, keep_emit)
+    del band, conf
+    release_free_heap()
+    return bp
 
 
 def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: Sequence[int] | None,
