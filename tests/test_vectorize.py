@@ -314,3 +314,39 @@ def test_agrees_with_gdal_polygonize(rel: str, tmp_path: Path) -> None:
     ga = gdf.groupby("class_id").geometry.apply(lambda s: shapely.area(s.values).sum())
     assert sorted(ra.index) == sorted(ga.index)
     np.testing.assert_allclose(ga.loc[ra.index].values, ra.values, rtol=1e-9)
+
+
+def test_block_cache_holds_about_one_band_not_the_raster(make_raster) -> None:
+    """GDAL's block cache is capped at one band's blocks while vectorizing (issue 15).
+
+    Uncapped (or capped at a fixed 64 MiB), GDAL kept every block it decoded, so a class
+    raster smaller than the cap stayed whole in memory and the peak grew with its height.
+    """
+    from rasterio.env import get_gdal_config
+
+    a = np.zeros((8192, 1024), np.uint8)  # 8 MiB, 256-pixel tiles
+    a[:, 500:520] = 1
+    a[4000:4100, :] = 2
+    a[::512, 100:110] = 3
+    path = make_raster(a, nodata=255, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    caps: list[int] = []
+    gdf = vectorize(path, band_rows=256,
+                    on_progress=lambda p: caps.append(int(get_gdal_config("GDAL_CACHEMAX"))))
+    assert len(caps) == 8192 // 256
+    assert max(caps) < a.nbytes  # the cache can never hold the whole raster
+    assert_same(gdf, *reference(path))
+
+
+def test_auto_workers_leave_cores_to_the_merge_and_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``workers=0`` polygonizes in-process unless >= 2 cores are free beside the merge and writer.
+
+    On 2 cores the automatic worker processes were no faster, but their interpreters made a
+    raster above 16 M pixels need ~200 MiB more than a smaller one (issue 15).
+    """
+    from geoseg.vector.parallel import auto_workers
+
+    for cpus, want in [(1, 1), (2, 1), (3, 1), (4, 2), (5, 3), (16, 4)]:
+        monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cpus: set(range(c)), raising=False)
+        assert auto_workers(1024, 16384) == want, cpus
+        assert auto_workers(1024, 1024) == 1

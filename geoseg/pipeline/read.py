@@ -116,13 +116,12 @@ class RowBandReader:
     """Yields the :class:`RowBand` of each job of ``plan`` in order (see the module docstring)."""
 
     def __init__(self, ds: Any, band_idx: list[int], plan: RunPlan, *, threads: int = 1, ahead: int = 2,
-                 buffers: Buffers | None = None) -> None:
+                 alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None) -> None:
         self.ds = ds
         self.band_idx = band_idx
         self.plan = plan
         self.threads = max(1, threads)
         self.ahead = max(1, ahead)
-        self.buffers = buffers or BufferPool(2 * (ahead + 3))
         self.masked, self.floating = validity_kind(ds, band_idx)
         self.dtype = np.dtype(ds.dtypes[band_idx[0] - 1])
         if any(np.dtype(ds.dtypes[b - 1]) != self.dtype for b in band_idx):
@@ -130,6 +129,13 @@ class RowBandReader:
         bh, bw = ds.block_shapes[band_idx[0] - 1]
         self.split_cols = bw < ds.width  # tiled: split along columns, else along rows
         self.block = bw if self.split_cols else max(1, bh)
+        # bands being read at once: enough chunks for every thread (narrow rasters have few blocks a band)
+        widest = max((self.plan.band_width(j) for j in plan.jobs), default=1)
+        per_band = len(_chunks(0, widest if self.split_cols else plan.grid.size, self.block, self.threads))
+        self.depth = min(8, max(2, -(-self.threads // per_band) + 1))
+        # buffers (values and validity) for the bands read at once, queued ahead, being handed over and
+        # in use by the consumer: the pool never runs dry while a band it needs is still unread
+        self.buffers: Buffers = BufferPool(2 * (self.ahead + self.depth + 2), alloc)
         self._local = threading.local()
         self._opened: list[Any] = []
         self._lock = threading.Lock()
@@ -205,7 +211,7 @@ class RowBandReader:
         try:
             for job in self.plan:
                 pending.append(self._start(job, pool))
-                if len(pending) > 1 or pool is None:  # the next band's chunks start before this one is handed on
+                if len(pending) >= self.depth or pool is None:  # later bands' chunks start before this one is handed on
                     yield self._finish(*pending.popleft())
             while pending:
                 yield self._finish(*pending.popleft())

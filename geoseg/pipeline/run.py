@@ -92,6 +92,9 @@ class PredictionReport:
     accumulator_bytes: int
     class_pixel_counts: dict[int, int] = field(default_factory=dict)
     resumed_from: tuple[int, int] | None = None
+    #: seconds spent: setup, waiting for input, the main thread queueing the device stages,
+    #: draining the device and the writer, writing the COGs
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def megapixels_per_second(self) -> float:
@@ -267,11 +270,13 @@ def predict_raster(
                 writer.close()
             # two phases: every COG is built before any is renamed into place, so an interruption
             # leaves either all outputs or none (the renames take microseconds)
+            t_cog = time.perf_counter()
             for s in sinks:
                 s.finalize()
             for s in sinks:
                 s.publish()
             clear_state(out_path, staged)
+            stats["timings"]["writing COGs"] = time.perf_counter() - t_cog
             ok = True
         except (KeyboardInterrupt, Interrupted):
             interrupted = True
@@ -291,7 +296,7 @@ def predict_raster(
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
         accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
-        class_pixel_counts=stats["counts"], resumed_from=start if resume else None)
+        class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"])
 
 
 
@@ -300,7 +305,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
             writer: RowWriter, probabilities: bool, prob_dtype: str, prefetch: int, threads: int,
             accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float) -> dict[str, Any]:
     """Read the plan's row bands and run the device stages on them; the run's counts."""
-    from geoseg.predict.stream import StreamRunner, pinned_buffers
+    from geoseg.predict.stream import StreamRunner, pinned_alloc
 
     meta: ModelMeta = predictor.meta
     grid = plan.grid
@@ -313,15 +318,24 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
     runner = StreamRunner(predictor, plan, mean=meta.mean, std=meta.std, blend=blend, batch_size=batch_size,
                           lut=meta.schema.lookup_table(), nodata=meta.schema.nodata, probabilities=probabilities,
                           prob_dtype=prob_dtype, emit=writer.put, accumulate=accumulate, on_batch=progress)
-    # page-locked buffers for the row bands (values and validity) on a GPU: the queue, the band
-    # being read, the next one started and the one being copied
-    buffers = pinned_buffers(2 * (prefetch + 3)) if runner.cuda else None
-    reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, buffers=buffers)
+    # row bands in page-locked memory on a GPU: copied to it asynchronously, no staging copy
+    reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch,
+                           alloc=pinned_alloc if runner.cuda else None)
     bands = iter(reader)
+    waited, t_loop = 0.0, time.perf_counter()
     try:
-        for band in bands:
+        while True:
+            t = time.perf_counter()
+            band = next(bands, None)
+            waited += time.perf_counter() - t
+            if band is None:
+                break
             runner.push(band, lambda event, band=band: band.release(reader.buffers, event))
+        t = time.perf_counter()
         stats = runner.close()
+        stats["timings"] = {"setup": t_loop - t0, "waiting for input": waited,
+                            "main thread (device stages)": t - t_loop - waited,
+                            "draining the device and writer": time.perf_counter() - t}
     finally:
         bands.close()  # type: ignore[attr-defined]  # stop the readers now, before the caller closes the dataset
         runner.release()

@@ -54,24 +54,18 @@ def tensor_forward(predictor: Any) -> tuple[Callable[[torch.Tensor], torch.Tenso
     return numpy_forward, torch.device("cpu"), False
 
 
-def pinned_buffers(count: int) -> BufferPool:
-    """A :class:`~geoseg.pipeline.read.BufferPool` of page-locked host memory (asynchronous device copies).
-
-    Ordinary allocations locked with ``cudaHostRegister`` (as the training ring does), not
-    torch's pinned allocator, which rounds every block up to a power of two: a 71 MB row band
-    would hold 128 MB. Unlocked when the buffer goes; pageable (slower copies) if locking fails.
-    """
+def pinned_alloc(nbytes: int) -> tuple[np.ndarray, Any]:
+    """A page-locked host buffer for asynchronous device copies: an ordinary allocation locked with
+    ``cudaHostRegister`` (as the training ring does), not torch's pinned allocator, which rounds
+    every block up to a power of two (a 71 MB row band would hold 128 MB). Unlocked when it goes;
+    pageable (slower copies) if locking fails."""
     cudart = torch.cuda.cudart()
-
-    def alloc(nbytes: int) -> tuple[np.ndarray, Any]:
-        t = torch.empty(nbytes, dtype=torch.uint8)
-        if int(cudart.cudaHostRegister(t.data_ptr(), nbytes, 0)) == 0:
-            weakref.finalize(t, cudart.cudaHostUnregister, t.data_ptr())
-        else:  # the failed call left CUDA's last error set: clear it with a harmless launch
-            torch.zeros(1, device="cuda").add_(1)
-        return t.numpy(), t
-
-    return BufferPool(count, alloc)
+    t = torch.empty(nbytes, dtype=torch.uint8)
+    if int(cudart.cudaHostRegister(t.data_ptr(), nbytes, 0)) == 0:
+        weakref.finalize(t, cudart.cudaHostUnregister, t.data_ptr())
+    else:  # the failed call left CUDA's last error set: clear it with a harmless launch
+        torch.zeros(1, device="cuda").add_(1)
+    return t.numpy(), t
 
 
 class RowBlender:
@@ -186,7 +180,7 @@ class StreamRunner:
             accumulate = "float32" if self.cuda else "float64"
         self.acc_dtype = {"float32": torch.float32, "float64": torch.float64}[accumulate]
         self.on_batch = on_batch
-        self.out_pool = pinned_buffers(out_buffers) if self.cuda else None
+        self.out_pool = BufferPool(out_buffers, pinned_alloc) if self.cuda else None
         # On a CPU the per-pixel stages run on one thread and the model on all of them: the reader
         # and writer threads hold cores too, and a small operation split across threads that are
         # not all on a core waits a scheduler time slice for each part (measured: 50 ms instead
