@@ -257,7 +257,8 @@ def vectorize(
         band_rows: rows per band (default: about 2 M pixels per band, at least 16 rows).
         workers: processes polygonizing bands in parallel (``spawn``ed; call from under
             ``if __name__ == "__main__":`` in scripts). Default 1 (in-process); 0 picks 1 below
-            16 M pixels, else one per CPU up to 4 (what the CLI does). The seam merge and the
+            16 M pixels, else one per CPU beyond the two that the merge and the writer
+            process use, up to 4, and 1 when fewer than 2 are left (what the CLI does). The seam merge and the
             writing stay in this process; results are identical whatever the count.
         on_progress: called after each band with a :class:`VectorProgress` (from a worker thread).
 
