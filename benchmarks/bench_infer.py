@@ -51,11 +51,19 @@ def _e2e_child(raster: str, model: str, out: str, args: argparse.Namespace) -> d
 import json, resource, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from geoseg.pipeline import predict_raster
+
+def rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+marks = []
+def progress(p):  # peak RSS so far at each tenth of the tiles: where memory grows
+    if not marks or p.tiles_done * 10 // max(p.tiles_total, 1) > marks[-1][0]:
+        marks.append((p.tiles_done * 10 // max(p.tiles_total, 1), round(rss())))
 t = time.perf_counter()
 rep = predict_raster({raster!r}, {model!r}, {out!r}, batch_size={args.batch_size}, device={args.device!r},
-                     overwrite=True)
-print(json.dumps({{"seconds": time.perf_counter() - t, "device": rep.device,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                     overwrite=True, on_progress=progress)
+print(json.dumps({{"seconds": time.perf_counter() - t, "device": rep.device, "rss_mb": rss(),
+                  "rss_by_tenth": marks}}))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode:
@@ -232,7 +240,10 @@ def main() -> None:
                     keep("e2e_compiled", mpx / (time.perf_counter() - t))
                     print("  compiled:", _timings(rep), flush=True)
             if not args.no_rss:
-                best["rss"] = _e2e_child(raster, str(model), str(work / "rss.tif"), args)["rss_mb"]
+                child = _e2e_child(raster, str(model), str(work / "rss.tif"), args)
+                best["rss"] = child["rss_mb"]
+                print(f"  peak RSS MB by tenths of the tiles: {child['rss_by_tenth']}; at the end {child['rss_mb']:.0f}",
+                      flush=True)
             rows.append((compress, f"{h}x{w}", mpx, best))
             print(f"{compress} {h}x{w}: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items()), flush=True)
 

@@ -38,7 +38,7 @@ from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
 from geoseg.pipeline.budget import check_disk, strip_width_for_budget
 from geoseg.pipeline.plan import plan_run
-from geoseg.pipeline.read import RowBandReader
+from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
@@ -136,7 +136,7 @@ def predict_raster(
     max_memory_mb: float | None = None,
     prefetch: int = 2,
     read_threads: int | None = None,
-    gdal_cache_mb: int = 64,
+    gdal_cache_mb: float | None = None,
     accumulate: str = "auto",
     compile: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
@@ -167,7 +167,8 @@ def predict_raster(
         prefetch: row bands read ahead.
         read_threads: threads reading each row band in parallel (default: 1 on CPU, where the model
             needs the cores; with a GPU all cores but two, at most 16: decoding must keep up with it).
-        gdal_cache_mb: GDAL block cache for this run, in MB.
+        gdal_cache_mb: GDAL block cache for this run, in MB (default: enough for the row bands in
+            flight, :func:`geoseg.pipeline.read.block_cache_bytes`; 64 MB with ``max_memory_mb``).
         accumulate: blending sums ``auto`` (float64 on a CPU, float32 on a GPU), ``float32`` or
             ``float64``.
         compile: compile the model with ``torch.compile`` (checkpoint paths only; see docs/gpu.md).
@@ -197,7 +198,7 @@ def predict_raster(
             raise UsageError("class and probability outputs must be different files")
 
     # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
-    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb), open_raster(source) as ds:
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), open_raster(source) as ds:
         info = inspect(ds)
         paths = ([model] if isinstance(model, (str, os.PathLike))
                  else list(model) if isinstance(model, (list, tuple)) else None)
@@ -217,8 +218,10 @@ def predict_raster(
         threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
         if max_memory_mb is not None:
             max_strip_width = min(max_strip_width, strip_width_for_budget(
-                max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb))
+                max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb or 64))
         strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
+        cache = (int(gdal_cache_mb * 2**20) if gdal_cache_mb is not None else 64 * 2**20 if max_memory_mb
+                 else block_cache_bytes(ds, band_idx, max(b - a for a, b in strips), size))
         check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
         schema = meta.schema
         k = meta.num_classes
@@ -262,10 +265,11 @@ def predict_raster(
                                          resampling="average", mask=not fdt, staging=staged[1], **common))
             writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
             try:
-                stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
-                                batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
-                                prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
-                                accumulate=accumulate, on_progress=on_progress, t0=t0)
+                with rasterio.Env(GDAL_CACHEMAX=cache):  # process-wide in GDAL: the reader threads' handles too
+                    stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
+                                    batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
+                                    prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
+                                    accumulate=accumulate, on_progress=on_progress, t0=t0)
             finally:
                 writer.close()
             # two phases: every COG is built before any is renamed into place, so an interruption

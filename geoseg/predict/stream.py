@@ -18,8 +18,9 @@ near-ties, probabilities within 1/255).
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -181,10 +182,10 @@ class StreamRunner:
         self.acc_dtype = {"float32": torch.float32, "float64": torch.float64}[accumulate]
         self.on_batch = on_batch
         self.out_pool = BufferPool(out_buffers, pinned_alloc) if self.cuda else None
-        # On a CPU the per-pixel stages run on one thread and the model on all of them: the reader
-        # and writer threads hold cores too, and a small operation split across threads that are
-        # not all on a core waits a scheduler time slice for each part (measured: 50 ms instead
-        # of 1 ms to blend a tile on 2 cores with a reader thread decoding DEFLATE).
+        # On a CPU the per-tile stages run on one thread, the model and whole-band operations on all:
+        # the reader and writer threads hold cores too, and a small operation split across threads
+        # that are not all on a core waits a scheduler time slice for each part (measured: 50 ms
+        # instead of 1 ms to blend a tile on 2 cores with a reader thread decoding DEFLATE).
         self.model_threads = torch.get_num_threads()
         if not self.cuda:
             torch.set_num_threads(1)
@@ -228,16 +229,17 @@ class StreamRunner:
                 ev = torch.cuda.Event()
                 ev.record(self.stream)
                 release(ev)  # the buffers are free once the copies are done
-            # (raw - mean) / std in one pass, into a new float32 tensor (never the band's reused buffer)
-            x = torch.addcmul(self.shift, raw, self.scale) if raw.dtype != torch.float64 else \
-                ((raw - self.mean) / self.std).float()
-            anyvalid = None
-            if valid is not None:
-                vb = valid != 0
-                x.masked_fill_(~vb, 0.0)
-                anyvalid = vb.any(dim=0)
-            del raw, valid
-            x = self._pad_rows_cols(x, self.grid.size, self.plan.band_width(job))
+            with self._all_threads():  # whole-band operations: large enough to split across threads
+                # (raw - mean) / std in one pass, into a new float32 tensor (never the band's reused buffer)
+                x = torch.addcmul(self.shift, raw, self.scale) if raw.dtype != torch.float64 else \
+                    ((raw - self.mean) / self.std).float()
+                anyvalid = None
+                if valid is not None:
+                    vb = valid != 0
+                    x.masked_fill_(~vb, 0.0)
+                    anyvalid = vb.any(dim=0)
+                del raw, valid
+                x = self._pad_rows_cols(x, self.grid.size, self.plan.band_width(job))
             c_lo = job.col_lo
             for j, c in enumerate(job.cols):
                 if band.tile_has_data[j]:
@@ -264,6 +266,18 @@ class StreamRunner:
         return {"total": self.plan.tiles, "run": self.tiles_run, "skipped": self.tiles_skipped,
                 "counts": {int(i): int(c) for i, c in enumerate(counts) if c}}
 
+    @contextlib.contextmanager
+    def _all_threads(self) -> Iterator[None]:
+        """On a CPU, all of torch's threads for the model and whole-band operations (one otherwise)."""
+        if self.cuda:
+            yield
+            return
+        torch.set_num_threads(self.model_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(1)
+
     def release(self) -> None:
         """Give torch its threads back (also after an error)."""
         torch.set_num_threads(self.model_threads)
@@ -273,19 +287,14 @@ class StreamRunner:
         tiles = [t for _, _, t, _ in self.pending if t is not None]
         probs = None
         if tiles:
-            x = torch.stack(tiles)
             n = len(tiles)
-            if self.fixed_batch and n < self.batch_size:
-                x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
-            if self.cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if not self.cuda:
-                torch.set_num_threads(self.model_threads)
-            try:
+            with self._all_threads():
+                x = torch.stack(tiles)
+                if self.fixed_batch and n < self.batch_size:
+                    x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
+                if self.cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 probs = self.forward(x)[:n]
-            finally:
-                if not self.cuda:
-                    torch.set_num_threads(1)
             self.tiles_run += n
         i = 0
         for job, j, t, v in self.pending:
@@ -331,7 +340,8 @@ class StreamRunner:
         assert bl is not None
         r0 = bl.base
         cut = min(max(0, self.skip_until - r0), upto - r0)
-        idx, probs, valid = bl.pop(upto, cut, self.want_probs)
+        with self._all_threads():
+            idx, probs, valid = bl.pop(upto, cut, self.want_probs)
         if upto <= self.skip_until:
             return  # rows an earlier run wrote (resume)
         cls = torch.where(valid, self.lut[idx.long()], self.nodata).to(torch.uint8)
