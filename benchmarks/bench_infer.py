@@ -45,15 +45,22 @@ DEFAULT_SRC = ROOT.parent / "shared" / "data" / "ftw_baselines" / "inference-img
 FALLBACK_SRC = ROOT / "sample_data" / "field.tif"
 
 
-def _e2e_child(raster: str, model: str, out: str, args: argparse.Namespace) -> dict:
-    """Run predict_raster with defaults in a fresh process; its time and peak RSS."""
+def _e2e_child(raster: str, model: str, out: str, args: argparse.Namespace, env: dict | None = None,
+               **kwargs: object) -> dict:
+    """Run predict_raster with defaults (and ``kwargs``) in a fresh process; its time, peak RSS, and
+    /proc's breakdown of the resident memory at the end (anonymous, file, shared, locked/pinned).
+
+    The peak is /proc's VmHWM, not ``getrusage``'s ru_maxrss: Linux carries ru_maxrss over ``exec``, so
+    a child started from a large parent reported the parent's size (the GPU's "3.3x" of earlier rounds).
+    """
+    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
     code = f"""
 import json, resource, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from geoseg.pipeline import predict_raster
 
-def rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's RSS at the fork over the exec)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 
 marks = []
 def progress(p):  # peak RSS so far at each tenth of the tiles: where memory grows
@@ -61,11 +68,14 @@ def progress(p):  # peak RSS so far at each tenth of the tiles: where memory gro
         marks.append((p.tiles_done * 10 // max(p.tiles_total, 1), round(rss())))
 t = time.perf_counter()
 rep = predict_raster({raster!r}, {model!r}, {out!r}, batch_size={args.batch_size}, device={args.device!r},
-                     overwrite=True, on_progress=progress)
+                     overwrite=True, on_progress=progress{extra})
+status = {{l.split(":")[0]: l.split(":")[1].strip() for l in open("/proc/self/status") if l.startswith(("Vm", "Rss"))}}
 print(json.dumps({{"seconds": time.perf_counter() - t, "device": rep.device, "rss_mb": rss(),
-                  "rss_by_tenth": marks}}))
+                  "rss_by_tenth": marks, "status": {{k: status[k] for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem",
+                                                                          "VmLck", "VmPin") if k in status}}}}))
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})})
     if r.returncode:
         raise SystemExit(r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -170,6 +180,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the compiled model (torch.compile)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child runs")
+    ap.add_argument("--rss-variants", type=int, default=0,
+                    help="also measure peak RSS with 1 reader thread (1) and with MALLOC_ARENA_MAX=2 (2)")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS child runs")
     ap.add_argument("--src", default=str(DEFAULT_SRC if DEFAULT_SRC.exists() else FALLBACK_SRC))
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -217,7 +230,7 @@ def main() -> None:
             def keep(name: str, value: float) -> None:
                 best[name] = max(best.get(name, 0.0), value)
 
-            for _ in range(args.repeats):
+            for _ in range(0 if args.rss_only else args.repeats):
                 keep("read", read_only(raster, args.tile_size, args.overlap, align, threads))
                 keep("write", write_only(raster, str(work / "w.tif"), args.tile_size, args.overlap))
                 t = time.perf_counter()
@@ -242,8 +255,13 @@ def main() -> None:
             if not args.no_rss:
                 child = _e2e_child(raster, str(model), str(work / "rss.tif"), args)
                 best["rss"] = child["rss_mb"]
-                print(f"  peak RSS MB by tenths of the tiles: {child['rss_by_tenth']}; at the end {child['rss_mb']:.0f}",
-                      flush=True)
+                print(f"  peak RSS MB by tenths of the tiles: {child['rss_by_tenth']}; at the end {child['rss_mb']:.0f}; "
+                      f"{child['status']}", flush=True)
+                for name, env, kw in [("1 reader thread", {}, {"read_threads": 1}),
+                                      ("MALLOC_ARENA_MAX=2", {"MALLOC_ARENA_MAX": "2"}, {})][: args.rss_variants]:
+                    c = _e2e_child(raster, str(model), str(work / "rss.tif"), args, env, **kw)
+                    print(f"  peak RSS with {name}: {c['rss_mb']:.0f} MB ({c['seconds']:.1f} s); {c['status']}",
+                          flush=True)
             rows.append((compress, f"{h}x{w}", mpx, best))
             print(f"{compress} {h}x{w}: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items()), flush=True)
 
@@ -252,6 +270,8 @@ def main() -> None:
     print(f"{'input':>8} {'size':>12} {'Mpx':>7} " + " ".join(f"{c:>12}" for c in cols)
           + f" {'null/min(r,w)':>14} {'e2e/model':>10} {'e2e/min':>8} {'e2e_c/model':>12}")
     for compress, size, mpx, b in rows:
+        if "read" not in b:  # --rss-only
+            continue
         floor_io = min(b["read"], b["write"])
         cells = " ".join(f"{b[c]:>12.2f}" if c in b else f"{'-':>12}" for c in cols)
         e2e_model = f"{b['e2e'] / b['model']:>10.2f}" if "e2e" in b else f"{'-':>10}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of geoseg in one command, for the lent GPU machine (docs/gpu.md):
-#   benchmarks/gpu_session.sh [smoke] [train] [tests] [stream-tests] [infer] [null]
+#   benchmarks/gpu_session.sh [smoke] [train] [tests] [stream-tests] [infer] [rss] [null]
 #   (default: smoke train tests infer null)
 # That machine has torch but no rasterio, shapely, pyproj, geopandas or torchgeo, and
 # ../shared does not travel. Prepare, here, from the project root (both folders git-ignored
@@ -51,10 +51,14 @@ for s in $steps; do
       echo "=== bench_infer: classic 64-channel U-Net, 512^2 tiles, eager and compiled, DEFLATE input"
       timeout 330 python3 benchmarks/bench_infer.py --device cuda --base-channels 64 --tile-size 512 \
         --overlap 64 --batch-size 16 --sizes 4096 16384 --compile --workdir /tmp/bi 2>&1 | tee "$out/bench_infer.log" ;;
+    rss)
+      echo "=== bench_infer: peak RSS at 4096^2 and 16384^2, and with 1 reader thread and MALLOC_ARENA_MAX=2"
+      timeout 200 python3 benchmarks/bench_infer.py --device cuda --base-channels 64 --tile-size 512 --overlap 64 \
+        --batch-size 16 --sizes 4096 16384 --rss-only --rss-variants 2 --workdir /tmp/bi 2>&1 | tee "$out/bench_rss.log" ;;
     null)
       echo "=== bench_infer: the pipeline's own cost (null predictor on the GPU), uncompressed and DEFLATE input"
       timeout 150 python3 benchmarks/bench_infer.py --device cuda --null-only --no-rss --tile-size 512 --overlap 64 \
         --batch-size 16 --sizes ${NULL_SIZE:-8192} --compress none deflate --workdir /tmp/bn 2>&1 | tee "$out/bench_null.log" ;;
-    *) echo "unknown step $s (smoke, train, tests, stream-tests, infer, null)"; exit 2 ;;
+    *) echo "unknown step $s (smoke, train, tests, stream-tests, infer, rss, null)"; exit 2 ;;
   esac
 done

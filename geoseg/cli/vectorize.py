@@ -35,7 +35,7 @@ def vectorize(
     boundary_class: Annotated[Optional[str], typer.Option(help="Field-boundary class of 3-class field models (id or name): not a polygon, separates fields.")] = None,
     probabilities: Annotated[Optional[Path], typer.Option(help="Probability raster from 'geoseg infer --probabilities': adds confidence_mean.")] = None,
     band_rows: Annotated[Optional[int], typer.Option(help="Rows per band (default: about 2 M pixels per band).", min=1)] = None,
-    workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU up to 4).", min=0)] = 0,
+    workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU beyond the two the merge and writer use, up to 4; 1 if fewer than 2).", min=0)] = 0,
     overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
 ) -> None:

@@ -33,6 +33,7 @@ import rasterio
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
 from geoseg.errors import Interrupted, NodataWarning, UsageError
 from geoseg.io.atomic import check_destination
+from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
@@ -335,6 +336,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
             if band is None:
                 break
             runner.push(band, lambda event, band=band: band.release(reader.buffers, event))
+            release_free_heap()  # the band's temporaries: else the heap's resident size creeps up with height
         t = time.perf_counter()
         stats = runner.close()
         stats["timings"] = {"setup": t_loop - t0, "waiting for input": waited,

@@ -15,7 +15,8 @@ from geoseg.errors import UsageError
 from geoseg.io.threads import prefetch_in_thread
 from geoseg.vector.measure import Measurer
 from geoseg.vector.post import EmitMaskStore, coverage_simplify, fill_holes as _fill_holes, parse_tolerance
-from geoseg.vector.parallel import auto_workers, band_polygons, release_free_heap
+from geoseg.io.heap import release_free_heap
+from geoseg.vector.parallel import auto_workers, band_polygons
 from geoseg.vector.seams import Chunk, SeamMerger
 from geoseg.vector.source import DEFAULT_BAND_PIXELS, ClassSource, ConfidenceSource, parse_names
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Sequence
 
+from geoseg.io.heap import release_free_heap
+
 from geoseg.vector.seams import BandPolygons, polygonize_band
 from geoseg.vector.source import ClassSource, ConfidenceSource
 
@@ -46,29 +48,6 @@ def auto_workers(width: int, height: int) -> int:
         return 1
     free = min(4, _cpus() - BUSY_WITHOUT_WORKERS)
     return free if free >= 2 else 1
-
-
-_LIBC: Any = None
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; elsewhere nothing).
-
-    Each band's ``shapes`` output is millions of small objects, freed when the band is
-    flattened. glibc keeps freed heap memory for reuse, and blocks still alive between bands
-    (open seam pieces, batches in flight) pin it, so without trimming the resident size crept
-    up band after band (1024 x 16384 Cropland Data Layer: 299 -> 482 MiB between bands).
-    """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC(0)
 
 
 def _init(cache_bytes: int) -> None:
