@@ -205,7 +205,8 @@ def _run_writer(job: dict[str, Any], schema: Any, cap: "_Capture", what: str) ->
 
     root = str(Path(__file__).resolve().parents[1])
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER_CODE, json.dumps(job), root],
+        # -P: no working directory first on sys.path (a json.py where the user works would run here)
+        proc = subprocess.Popen([sys.executable, "-P", "-c", _WRITER_CODE, json.dumps(job), root],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         assert proc.stdin is not None
         broken = False

@@ -161,3 +161,19 @@ def test_infer_writes_polygons_with_confidence(tmp_path: Path, model8: Path) -> 
     r = run("infer", str(img), "-m", str(model8), "-o", str(tmp_path / "x"), "--no-vector", "-q")
     assert r.returncode == 0, r.stderr
     assert "polygons:" not in r.stdout and not list((tmp_path / "x").glob("*_polygons.*"))
+
+
+def test_writer_process_never_imports_from_the_working_directory(tmp_path: Path, make_raster) -> None:
+    """The polygon writer runs in a child Python: a json.py where the user works must not run in it."""
+    cls = make_raster(np.repeat(np.arange(4, dtype=np.uint8), 16).reshape(8, 8), name="c.tif", nodata=255)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "json.py").write_text("open('PWNED', 'w').write('ran')\nfrom json_real_never import x\n")
+    launcher = "import sys; sys.argv = ['geoseg', *sys.argv[1:]]; from geoseg.cli import main; main()"
+    # -P: the launcher itself must not import from the working directory either (the console script does not)
+    r = subprocess.run([sys.executable, "-P", "-c", launcher, "vectorize", str(cls), "-o", str(work / "p.gpkg"),
+                        "-q"], cwd=work, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-800:]
+    assert not (work / "PWNED").exists()
+    assert (work / "p.gpkg").exists()
