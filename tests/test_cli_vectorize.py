@@ -177,3 +177,10 @@ def test_writer_process_never_imports_from_the_working_directory(tmp_path: Path,
     assert r.returncode == 0, r.stderr[-800:]
     assert not (work / "PWNED").exists()
     assert (work / "p.gpkg").exists()
+
+
+def test_one_polygon_is_singular(tmp_path: Path, make_raster) -> None:
+    cls = make_raster(np.ones((6, 7), np.uint8), name="one.tif", nodata=255)
+    r = run("vectorize", str(cls), "-o", str(tmp_path / "one.gpkg"), "-q")
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "1 polygon (" in r.stderr and "1 polygons" not in r.stderr

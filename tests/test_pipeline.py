@@ -231,6 +231,18 @@ def test_refuses_when_disk_is_too_small(make_raster, tmp_path, monkeypatch):
     src = make_raster(np.zeros((3, 64, 64), np.float32))
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(RasterWriteError, match="GB free"):
+    # sizes in a unit that shows them (the message once said "needs about 0.0 GB ... only 0.0 GB free")
+    with pytest.raises(RasterWriteError, match=r"needs about \d+ kB free .* only 1 kB are free"):
         predict_raster(src, PointwiseModel(3, 2), tmp_path / "c.tif", tile_size=32, overlap=8)
     assert not [p for p in tmp_path.iterdir() if p.name != "r.tif"]
+
+
+def test_band_list_errors_name_the_option_they_came_from():
+    from geoseg.errors import UsageError
+    from geoseg.io.raster import parse_bands
+
+    assert parse_bands("4, 3,2", "--rgb") == [4, 3, 2]
+    with pytest.raises(UsageError, match=r"^--rgb 'a,b,c'"):
+        parse_bands("a,b,c", "--rgb")
+    with pytest.raises(UsageError, match=r"^--bands "):
+        parse_bands("x")

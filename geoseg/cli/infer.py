@@ -116,7 +116,7 @@ def infer(
     if preview:
         from geoseg.preview import write_preview
 
-        write_preview(report.classes_path, paths["preview"], image=image, rgb=parse_bands(rgb),
+        write_preview(report.classes_path, paths["preview"], image=image, rgb=parse_bands(rgb, "--rgb"),
                       polygons=vector_path, overwrite=overwrite)
         out.print(f"preview: {paths['preview']}")
 
@@ -145,7 +145,7 @@ def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool) ->
     for w in vrep.warnings:
         warn_line(w)
     out.print(f"polygons: {vrep.path}", soft_wrap=True)
-    err.print(f"{vrep.polygons} polygons in {vrep.seconds:.1f} s", soft_wrap=True)
+    err.print(f"{vrep.polygons} polygon{'' if vrep.polygons == 1 else 's'} in {vrep.seconds:.1f} s", soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ def preview(
     from geoseg.preview import write_preview
 
     dest = output or classes.with_name(f"{classes.stem}_preview.png")
-    bands = parse_bands(rgb)
+    bands = parse_bands(rgb, "--rgb")
     if bands is not None and len(bands) != 3:
         from geoseg.errors import UsageError
 

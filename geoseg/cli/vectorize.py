@@ -61,6 +61,6 @@ def vectorize(
         extra.append(f"{report.dropped_small} below --min-area dropped")
     if report.holes_filled:
         extra.append(f"{report.holes_filled} holes filled")
-    err.print(f"{report.polygons} polygons ({report.format}, simplify {report.simplify}) from "
+    err.print(f"{report.polygons} polygon{'' if report.polygons == 1 else 's'} ({report.format}, simplify {report.simplify}) from "
               f"{report.width}x{report.height} px in {report.seconds:.1f} s"
               + (f"; {', '.join(extra)}" if extra else ""), soft_wrap=True)

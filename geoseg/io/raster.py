@@ -162,14 +162,14 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
         valid &= np.isfinite(out)
 
 
-def parse_bands(text: str | None) -> list[int] | None:
-    """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based)."""
+def parse_bands(text: str | None, option: str = "--bands") -> list[int] | None:
+    """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based); errors name ``option``, the flag the text came from."""
     if text is None or not str(text).strip():
         return None
     try:
         out = [int(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
-        raise UsageError(f"--bands {text!r}: expected comma-separated 1-based band numbers like 4,3,2") from None
+        raise UsageError(f"{option} {text!r}: expected comma-separated 1-based band numbers like 4,3,2") from None
     if not out:
         return None
     return out

@@ -55,6 +55,14 @@ def check_disk(out_path: Path, prob_path: Path | None, width: int, height: int, 
             need /= 2  # staging files already exist
         free = shutil.disk_usage(d if str(d) else ".").free
         if need > free:
-            raise RasterWriteError(f"{d}: needs about {need / 1e9:.1f} GB free for this run's outputs and "
-                                   f"staging files but only {free / 1e9:.1f} GB are free; free space or "
+            raise RasterWriteError(f"{d}: needs about {_size(need)} free for this run's outputs and "
+                                   f"staging files but only {_size(free)} are free; free space or "
                                    "choose another output directory")
+
+
+def _size(nbytes: float) -> str:
+    """``3.2 GB``, ``45 MB`` or ``512 kB``: never "0.0 GB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}" if nbytes < 100 * scale else f"{nbytes / scale:.0f} {unit}"
+    return f"{max(nbytes / 1e3, 1):.0f} kB"
