@@ -350,3 +350,31 @@ def test_auto_workers_leave_cores_to_the_merge_and_the_writer(monkeypatch: pytes
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cpus: set(range(c)), raising=False)
         assert auto_workers(1024, 16384) == want, cpus
         assert auto_workers(1024, 1024) == 1
+
+
+@pytest.mark.parametrize("crs,lon,lat,res", [("EPSG:3857", 10.0, 50.0, 30.0), ("EPSG:32633", 11.5, 48.0, 20.0),
+                                             ("EPSG:32633", 15.0, 60.0, 10.0), ("EPSG:4326", 10.0, 50.0, 3e-4),
+                                             ("EPSG:5070", -75.0, 45.0, 30.0)])
+def test_areas_and_perimeters_are_ground_values_in_any_crs(make_raster, crs, lon, lat, res) -> None:
+    """area_m2 / perimeter_m within 0.5% of pyproj's geodesic values (Web Mercator was +60% at 50 N)."""
+    import pyproj
+    from rasterio.transform import from_origin
+
+    to_crs = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    x0, y0 = to_crs.transform(lon, lat)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 3, size=(6, 6)).astype(np.uint8)
+    data = np.kron(blocks, np.ones((40, 40), np.uint8))
+    path = make_raster(data, name=f"m_{crs.replace(':', '')}_{lat}.tif", crs=crs, transform=from_origin(x0, y0, res, res))
+    gdf = vectorize(path)
+    geod = pyproj.Geod(ellps="WGS84") if crs != "EPSG:5070" else pyproj.Geod(ellps="GRS80")
+    to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    for geom, area, perim in zip(gdf.geometry, gdf.area_m2, gdf.perimeter_m):
+        g = shapely.ops.transform(to_ll.transform, shapely.segmentize(geom, res * 5))
+        ga, gp = geod.geometry_area_perimeter(g)
+        assert area == pytest.approx(abs(ga), rel=5e-3)
+        assert perim == pytest.approx(gp, rel=5e-3)
+    # --min-area works on the same ground areas
+    cut = float(gdf.area_m2.min()) * 1.5
+    small = vectorize(path, min_area=cut)
+    assert small.area_m2.min() >= cut and len(small) < len(gdf)

@@ -28,7 +28,7 @@ def vectorize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output file; format from the extension: .gpkg .shp .geojson .parquet .fgb.")],
     classes: Annotated[Optional[str], typer.Option(help="Keep only these classes, ids or names, e.g. 1,5 or corn,soy.")] = None,
     class_names: Annotated[Optional[str], typer.Option(help="Class names for rasters without a geoseg class table, e.g. 1=corn,5=soy.")] = None,
-    min_area: Annotated[Optional[float], typer.Option(help="Drop polygons smaller than this, m² (equal-area for geographic CRSs).", min=0)] = None,
+    min_area: Annotated[Optional[float], typer.Option(help="Drop polygons smaller than this, m² on the ground (in any CRS).", min=0)] = None,
     sieve: Annotated[Optional[int], typer.Option(help="Merge regions smaller than this many pixels into their largest neighbour first.", min=0)] = None,
     fill_holes: Annotated[Optional[float], typer.Option(help="Fill holes smaller than this, m², when no polygon lies in them.", min=0)] = None,
     simplify: Annotated[Optional[str], typer.Option(help="Coverage simplification tolerance: CRS units (15) or pixels (1.5px). Default: none.")] = None,
