@@ -30,7 +30,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geoseg.classes import ClassSchema
-from geoseg.errors import LabelError, UsageError, VectorError
+from geoseg.errors import LabelError, NodataWarning, UsageError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.io.raster import open_raster
 from geoseg.metrics import ObjectMetrics, SegmentationMetrics, connected_objects, match_objects, metrics_from_confusion
@@ -221,8 +221,13 @@ class _RasterTruth:
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
+        # without declared nodata the warp would fill the pixels outside the truth's footprint with 0,
+        # a class: an alpha band marks the footprint instead, so those pixels are never scored
         self.vrt = WarpedVRT(self.src, crs=pds.crs, transform=pds.transform, width=pds.width, height=pds.height,
-                             resampling=Resampling.nearest, nodata=self.src.nodata)
+                             resampling=Resampling.nearest, nodata=self.src.nodata,
+                             add_alpha=self.src.nodata is None)
+        self.not_classes = 0  # labelled pixels whose value cannot be a class (< 0 or >= 256)
+        self.path = path
 
     def __enter__(self) -> "_RasterTruth":
         return self
@@ -230,6 +235,9 @@ class _RasterTruth:
     def __exit__(self, *exc: Any) -> None:
         self.vrt.close()
         self.src.close()
+        if self.not_classes and exc[0] is None:
+            warnings.warn(f"{self.path}: {self.not_classes} truth pixels hold values that cannot be classes "
+                          "(below 0 or above 255); they were not scored", NodataWarning, stacklevel=3)
 
     def read(self, win: Window) -> tuple[np.ndarray, np.ndarray, None]:
         a = self.vrt.read(1, window=win, masked=True)
@@ -237,8 +245,9 @@ class _RasterTruth:
         t = np.asarray(a.data).astype(np.int64)
         for v in self.ignore:
             labelled &= t != v
-        labelled &= (t >= 0) & (t < 256)
-        return t, labelled, None
+        classes = (t >= 0) & (t < 256)
+        self.not_classes += int((labelled & ~classes).sum())
+        return t, labelled & classes, None
 
 
 class _VectorTruth:

@@ -129,3 +129,23 @@ def test_evaluate_cli(tmp_path: Path, make_raster: Callable[..., Path], capsys: 
         main(["evaluate", str(pred), str(far), "-o", str(tmp_path), "--overwrite"])
     assert e.value.code == 1
     assert "does not overlap" in capsys.readouterr().err
+
+
+def test_truth_covering_part_of_the_prediction_scores_only_its_footprint(tmp_path: Path,
+                                                                        make_raster: Callable[..., Path]) -> None:
+    """A truth raster without nodata that covers a corner: pixels outside it are not class 0 (issue 21);
+    values that cannot be classes are not scored and said so."""
+    from geoseg.errors import NodataWarning
+    from geoseg.evaluate import evaluate
+
+    pred = _pred(make_raster)  # 20 x 30, classes 1, 2, 5
+    t = np.full((10, 10), 1, dtype=np.uint16)  # the top-left 10 x 10 pixels, all crop, no nodata declared
+    t[9, 9] = 300  # not a class
+    truth = make_raster(t, name="corner.tif", transform=TR)
+    out = tmp_path / "o"
+    out.mkdir()
+    with pytest.warns(NodataWarning, match="1 truth pixels hold values that cannot be classes"):
+        r = evaluate(pred, truth, out_dir=out, ignore_values=[])
+    m = r.metrics
+    assert m.total == 100 - 1 - 1  # the footprint, less the prediction's nodata pixel and the value 300
+    assert m.overall_accuracy == 1.0
