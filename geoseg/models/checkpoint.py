@@ -79,7 +79,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     try:
-        model = build_model(meta.arch, meta.num_bands, meta.num_classes, **meta.arch_args)
+        # the weights come from the file: pretrained weights a checkpoint names (encoder_weights) are
+        # never fetched, so loading a checkpoint never reaches the network
+        args = {**meta.arch_args, **({"encoder_weights": None} if "encoder_weights" in meta.arch_args else {})}
+        model = build_model(meta.arch, meta.num_bands, meta.num_classes, **args)
     except Exception as e:  # noqa: BLE001 - any build failure is a bad checkpoint
         raise CheckpointError(f"{path}: cannot build architecture {meta.arch!r}: {str(e).splitlines()[0]}") from None
     try:
