@@ -70,12 +70,13 @@ class Measurer:
         self.factor = 1.0
         self._to_ea: Any = None
         self._geod: Any = None
+        self._to_lonlat: Any = None
+        self.planar_area = self.planar_length = True
         if crs is None:
             warnings.warn("raster has no CRS; areas and perimeters assume its units are metres",
                           GeoreferenceWarning, stacklevel=3)
             return
         pcrs = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-        self._to_lonlat: Any = None
         self.planar_area = self.planar_length = not pcrs.is_geographic
         if not pcrs.is_geographic:
             unit = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
