@@ -18,7 +18,7 @@ from rasterio.enums import ColorInterp, Resampling
 
 from geoseg.classes import ClassSchema, default_colour
 from geoseg.errors import RasterReadError, UsageError
-from geoseg.io.atomic import atomic_output
+from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.io.raster import open_raster
 
 _S2_LIKE = {"B8A", "B08", "B8", "B10", "B11", "B12", "B09", "B9"}
@@ -96,6 +96,8 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
         overwrite: replace an existing PNG.
         title: figure title (default: the class raster's name).
     """
+    # an output that is one of the inputs is refused, even with overwrite (as every command does)
+    check_destination(output, overwrite=overwrite, inputs=[p for p in (classes, image, polygons) if p is not None])
     import matplotlib
 
     matplotlib.use("Agg")

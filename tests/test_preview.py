@@ -62,3 +62,16 @@ def test_preview_cli(tmp_path, capsys):
     main(["preview", str(src), "-o", str(tmp_path / "cdl.png"), "--max-side", "256"])
     assert (tmp_path / "cdl.png").stat().st_size > 1000
     assert "preview:" in capsys.readouterr().out
+
+
+def test_preview_never_replaces_an_input(make_raster, tmp_path):
+    """-o equal to an input is refused even with --overwrite (issue 21: it replaced the input)."""
+    from geoseg.errors import RasterWriteError
+
+    cls = make_raster(np.arange(16, dtype=np.uint8).reshape(4, 4) % 3, name="c.tif", nodata=255)
+    img = make_raster(np.ones((3, 4, 4), np.uint16), name="i.tif")
+    before = {p: p.read_bytes() for p in (cls, img)}
+    for dest in (cls, img):
+        with pytest.raises(RasterWriteError, match="same as an input"):
+            write_preview(cls, dest, image=img, overwrite=True)
+    assert {p: p.read_bytes() for p in (cls, img)} == before
