@@ -246,3 +246,19 @@ def test_band_list_errors_name_the_option_they_came_from():
         parse_bands("a,b,c", "--rgb")
     with pytest.raises(UsageError, match=r"^--bands "):
         parse_bands("x")
+
+
+def test_a_second_run_on_the_same_output_is_refused_and_harms_nothing(make_raster, tmp_path):
+    """Two runs writing one destination destroyed each other (issue 21): the second gets one clear error."""
+    from geoseg.errors import UsageError
+    from geoseg.io.atomic import destination_lock
+
+    src = make_raster(np.random.default_rng(0).normal(size=(3, 40, 40)).astype(np.float32))
+    out = tmp_path / "c.tif"
+    with destination_lock(out):  # a run in progress (here or in another process)
+        with pytest.raises(UsageError, match="another geoseg run is writing this output"):
+            predict_raster(src, PointwiseModel(3, 2), out, tile_size=16, overlap=4)
+        assert not out.exists()
+    rep = predict_raster(src, PointwiseModel(3, 2), out, tile_size=16, overlap=4)  # free again
+    assert rep.classes_path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "r.tif"]  # no lock or staging left

@@ -378,3 +378,17 @@ def test_areas_and_perimeters_are_ground_values_in_any_crs(make_raster, crs, lon
     cut = float(gdf.area_m2.min()) * 1.5
     small = vectorize(path, min_area=cut)
     assert small.area_m2.min() >= cut and len(small) < len(gdf)
+
+
+def test_a_second_vectorize_on_the_same_output_is_refused(tmp_path) -> None:
+    """The later of two runs silently replaced the earlier's output (issue 21): now one clear error."""
+    from geoseg.errors import UsageError
+    from geoseg.io.atomic import destination_lock
+
+    out = tmp_path / "p.gpkg"
+    with destination_lock(out):
+        with pytest.raises(UsageError, match="another geoseg run is writing this output"):
+            vectorize(shared_file(MASK), out)
+        assert not out.exists()
+    vectorize(shared_file(MASK), out)
+    assert out.exists() and not [p for p in tmp_path.iterdir() if p.name != "p.gpkg"]

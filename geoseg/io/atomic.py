@@ -46,6 +46,44 @@ def check_destination(path: str | os.PathLike[str], *, overwrite: bool,
     return p
 
 
+@contextlib.contextmanager
+def destination_lock(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` as a destination for the duration of a run.
+
+    A second run writing the same destination (in this or another process) gets one clear
+    :class:`~geoseg.errors.UsageError` at once instead of destroying the first run's files. The
+    lock is an ``flock`` on ``.<name>.geoseg-tmp-lock`` beside the destination, removed at the end;
+    the operating system releases it if the process dies.
+    """
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    from geoseg.errors import UsageError
+
+    p = Path(path)
+    lock = p.with_name(f".{p.name}{TMP_MARKER}-lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield  # an unwritable directory is reported by the write itself
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{p}: another geoseg run is writing this output now; wait for it to finish or "
+                             "choose another output") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+    finally:
+        os.close(fd)
+
+
 def temp_path_for(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
     """A unique temporary path beside ``path`` with the same extension."""
     p = Path(path)

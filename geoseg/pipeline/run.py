@@ -32,7 +32,7 @@ import rasterio
 
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
 from geoseg.errors import Interrupted, NodataWarning, UsageError
-from geoseg.io.atomic import check_destination
+from geoseg.io.atomic import check_destination, destination_lock
 from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
@@ -198,100 +198,102 @@ def predict_raster(
         if prob_path.resolve() == out_path.resolve():
             raise UsageError("class and probability outputs must be different files")
 
-    # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
-    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), open_raster(source) as ds:
-        info = inspect(ds)
-        paths = ([model] if isinstance(model, (str, os.PathLike))
-                 else list(model) if isinstance(model, (list, tuple)) else None)
-        if paths is not None:
-            from geoseg.predict import TorchPredictor
+    # one run at a time per destination: a second one gets a clear error instead of destroying this one
+    with destination_lock(out_path), destination_lock(prob_path):
+        # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
+        with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), open_raster(source) as ds:
+            info = inspect(ds)
+            paths = ([model] if isinstance(model, (str, os.PathLike))
+                     else list(model) if isinstance(model, (list, tuple)) else None)
+            if paths is not None:
+                from geoseg.predict import TorchPredictor
 
-            predictor: Any = TorchPredictor.from_checkpoint(paths, device=device, tta=tta, precision=precision,
-                                                            compile=compile)
-        else:
-            predictor = model
-        meta: ModelMeta = predictor.meta
-        size = tile_size or meta.tile_size
-        ov = meta.overlap if overlap is None else overlap
-        band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
-        grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
-        on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
-        threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
-        if max_memory_mb is not None:
-            max_strip_width = min(max_strip_width, strip_width_for_budget(
-                max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb or 64))
-        strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
-        cache = (int(gdal_cache_mb * 2**20) if gdal_cache_mb is not None else 64 * 2**20 if max_memory_mb
-                 else block_cache_bytes(ds, band_idx, max(b - a for a, b in strips), size))
-        check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
-        schema = meta.schema
-        k = meta.num_classes
+                predictor: Any = TorchPredictor.from_checkpoint(paths, device=device, tta=tta, precision=precision,
+                                                                compile=compile)
+            else:
+                predictor = model
+            meta: ModelMeta = predictor.meta
+            size = tile_size or meta.tile_size
+            ov = meta.overlap if overlap is None else overlap
+            band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
+            grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
+            on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
+            threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
+            if max_memory_mb is not None:
+                max_strip_width = min(max_strip_width, strip_width_for_budget(
+                    max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb or 64))
+            strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
+            cache = (int(gdal_cache_mb * 2**20) if gdal_cache_mb is not None else 64 * 2**20 if max_memory_mb
+                     else block_cache_bytes(ds, band_idx, max(b - a for a, b in strips), size))
+            check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
+            schema = meta.schema
+            k = meta.num_classes
 
-        staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
-        key = {
-            "source": file_fingerprint(source),
-            "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
-                      else [file_fingerprint(p) for p in paths] if paths is not None
-                      else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
-            "options": {"bands": band_idx, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
-                        "precision": getattr(predictor, "precision", precision),
-                        "probabilities": str(prob_path) if prob_path else None,
-                        "probability_dtype": probability_dtype, "strips": strips},
-        }
-        key = json.loads(json.dumps(key))  # the form it takes once saved (tuples become lists)
-        state = find_resume_state(out_path, key, staged) if resume else RunState(key)
-        if not resume:
-            clear_state(out_path, staged)
-        for dest in (out_path, prob_path):
-            if dest is not None:
-                remove_leftovers(dest)
-        start = (state.strip, state.rows_done)
+            staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
+            key = {
+                "source": file_fingerprint(source),
+                "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
+                          else [file_fingerprint(p) for p in paths] if paths is not None
+                          else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
+                "options": {"bands": band_idx, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
+                            "precision": getattr(predictor, "precision", precision),
+                            "probabilities": str(prob_path) if prob_path else None,
+                            "probability_dtype": probability_dtype, "strips": strips},
+            }
+            key = json.loads(json.dumps(key))  # the form it takes once saved (tuples become lists)
+            state = find_resume_state(out_path, key, staged) if resume else RunState(key)
+            if not resume:
+                clear_state(out_path, staged)
+            for dest in (out_path, prob_path):
+                if dest is not None:
+                    remove_leftovers(dest)
+            start = (state.strip, state.rows_done)
 
-        tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
-                "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
-        common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform,
-                      resume=resume)
-        sinks: list[GeoTiffSink] = []
-        interrupted = ok = False
-        try:
-            sinks.append(GeoTiffSink(out_path, count=1, dtype="uint8", nodata=schema.nodata,
-                                     colormap=schema.colormap(), descriptions=["class"], tags=tags,
-                                     resampling="nearest", staging=staged[0], **common))
-            if prob_path is not None:
-                fdt = probability_dtype == "float32"
-                sinks.append(GeoTiffSink(prob_path, count=k + 1, dtype=probability_dtype,
-                                         nodata=float("nan") if fdt else None,
-                                         descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
-                                         tags={**tags, "scale": "1" if fdt else "1/255"},
-                                         resampling="average", mask=not fdt, staging=staged[1], **common))
-            writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
+            tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
+                    "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
+            common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform,
+                          resume=resume)
+            sinks: list[GeoTiffSink] = []
+            interrupted = ok = False
             try:
-                with rasterio.Env(GDAL_CACHEMAX=cache):  # process-wide in GDAL: the reader threads' handles too
-                    stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
-                                    batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
-                                    prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
-                                    accumulate=accumulate, on_progress=on_progress, t0=t0)
-            finally:
-                writer.close()
-            # two phases: every COG is built before any is renamed into place, so an interruption
-            # leaves either all outputs or none (the renames take microseconds)
-            t_cog = time.perf_counter()
-            for s in sinks:
-                s.finalize()
-            for s in sinks:
-                s.publish()
-            clear_state(out_path, staged)
-            stats["timings"]["writing COGs"] = time.perf_counter() - t_cog
-            ok = True
-        except (KeyboardInterrupt, Interrupted):
-            interrupted = True
-            raise
-        finally:
-            if not ok:
+                sinks.append(GeoTiffSink(out_path, count=1, dtype="uint8", nodata=schema.nodata,
+                                         colormap=schema.colormap(), descriptions=["class"], tags=tags,
+                                         resampling="nearest", staging=staged[0], **common))
+                if prob_path is not None:
+                    fdt = probability_dtype == "float32"
+                    sinks.append(GeoTiffSink(prob_path, count=k + 1, dtype=probability_dtype,
+                                             nodata=float("nan") if fdt else None,
+                                             descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
+                                             tags={**tags, "scale": "1" if fdt else "1/255"},
+                                             resampling="average", mask=not fdt, staging=staged[1], **common))
+                writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
+                try:
+                    with rasterio.Env(GDAL_CACHEMAX=cache):  # process-wide in GDAL: the reader threads' handles too
+                        stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
+                                        batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
+                                        prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
+                                        accumulate=accumulate, on_progress=on_progress, t0=t0)
+                finally:
+                    writer.close()
+                # two phases: every COG is built before any is renamed into place, so an interruption
+                # leaves either all outputs or none (the renames take microseconds)
+                t_cog = time.perf_counter()
                 for s in sinks:
-                    s.abort(keep_staging=interrupted)
-                if not interrupted:
-                    clear_state(out_path, staged)
+                    s.finalize()
+                for s in sinks:
+                    s.publish()
+                clear_state(out_path, staged)
+                stats["timings"]["writing COGs"] = time.perf_counter() - t_cog
+                ok = True
+            except (KeyboardInterrupt, Interrupted):
+                interrupted = True
+                raise
+            finally:
+                if not ok:
+                    for s in sinks:
+                        s.abort(keep_staging=interrupted)
+                    if not interrupted:
+                        clear_state(out_path, staged)
 
     widest = max(b - a for a, b in strips)
     return PredictionReport(

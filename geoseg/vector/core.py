@@ -12,10 +12,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from geoseg.errors import UsageError
+from geoseg.io.atomic import destination_lock
+from geoseg.io.heap import release_free_heap
 from geoseg.io.threads import prefetch_in_thread
 from geoseg.vector.measure import Measurer
 from geoseg.vector.post import EmitMaskStore, coverage_simplify, fill_holes as _fill_holes, parse_tolerance
-from geoseg.io.heap import release_free_heap
 from geoseg.vector.parallel import auto_workers, band_polygons
 from geoseg.vector.seams import Chunk, SeamMerger
 from geoseg.vector.source import DEFAULT_BAND_PIXELS, ClassSource, ConfidenceSource, parse_names
@@ -289,7 +290,8 @@ def vectorize(
                                  crs=crs_wkt, simplify=plan.simplify_desc, empty=True,
                                  warnings=list(plan.warnings))
         try:
-            with _bounded_block_cache(plan.cache_bytes):
+            # one run at a time per destination: a second one gets a clear error, not a silent replacement
+            with destination_lock(dest[0] if dest else None), _bounded_block_cache(plan.cache_bytes):
                 batches = prefetch_in_thread(_batches(plan, conf_src, report, on_progress, t0))
                 schema = arrow_schema(conf_src is not None)
                 if dest is None:
