@@ -67,3 +67,7 @@ class NodataWarning(UserWarning):
 
 class GeoreferenceWarning(UserWarning):
     """The input has no or an unusual georeference."""
+
+
+class ResumeWarning(UserWarning):
+    """``--resume`` found nothing to resume, so the run started from the beginning."""

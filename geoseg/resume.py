@@ -94,12 +94,14 @@ class RunState:
             return None
 
 
-def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> RunState:
-    """The saved state for ``dest`` if it matches ``key``; raise a clear error otherwise."""
+def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> RunState | None:
+    """The saved state for ``dest`` if it matches ``key``; None if there is nothing to resume (no
+    state or staging files: the caller starts from the beginning); a clear error if it belongs to a
+    run with another input, model or options."""
     sp = state_path(dest)
     st = RunState.load(sp)
     if st is None or not all(p.exists() for p in staged):
-        raise UsageError(f"{dest}: no interrupted run to resume here; run without --resume")
+        return None
     if st.key != key:
         old, new = {**st.key, **st.key.get("options", {})}, {**key, **key.get("options", {})}
         diff = sorted(k for k in set(old) | set(new) if k != "options" and old.get(k) != new.get(k))

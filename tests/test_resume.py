@@ -78,9 +78,15 @@ def test_resume_after_interrupt_is_identical(raster, tmp_path, fail_after, strip
     assert not list(part.glob(".*geoseg-tmp*"))
 
 
-def test_resume_refuses_other_options_or_nothing(raster, tmp_path):
-    with pytest.raises(UsageError, match="no interrupted run"):
-        run(raster, tmp_path, ConvModel(), resume=True)
+def test_resume_refuses_other_options_and_starts_over_when_there_is_nothing(raster, tmp_path):
+    from geoseg.errors import ResumeWarning
+
+    # nothing to resume: the run starts from the beginning and says so (issue 21; it was an error)
+    with pytest.warns(ResumeWarning, match="nothing to resume here; started from the beginning"):
+        rep = run(raster, tmp_path, ConvModel(), resume=True)
+    assert rep.resumed_from is None and (tmp_path / "c.tif").exists()
+    for name in ("c.tif", "p.tif"):
+        (tmp_path / name).unlink()
     with pytest.raises(KeyboardInterrupt):
         run(raster, tmp_path, ConvModel(3))
     with pytest.raises(UsageError, match="different overlap"):
@@ -225,3 +231,31 @@ def test_sigterm_stops_train_and_vectorize_with_one_line(tmp_path, command):
     else:
         assert not (tmp_path / "v.gpkg").exists()
     assert not [q for q in tmp_path.iterdir() if "geoseg-tmp" in q.name]
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint(raster, tmp_path):
+    """SIGKILL-like death (os._exit at the first batch, no cleanup) before any periodic checkpoint:
+    --resume continues from the start and gives the uninterrupted bytes (issue 21: "no interrupted run")."""
+    ref, part = tmp_path / "ref", tmp_path / "part"
+    ref.mkdir()
+    part.mkdir()
+    run(raster, ref, ConvModel())
+    child = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_resume as T
+class Dies(T.ConvModel):
+    def predict(self, batch):
+        os._exit(9)
+Dies.__qualname__ = "ConvModel"  # the resume key records the predictor's type and metadata
+from geoseg.pipeline import predict_raster
+predict_raster({str(raster)!r}, Dies(), {str(part / 'c.tif')!r}, probabilities={str(part / 'p.tif')!r},
+               tile_size=32, overlap=8, batch_size=3, checkpoint_seconds=3600)
+"""
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr[-800:]
+    assert list(part.glob(".*geoseg-tmp-state.json"))  # the state exists from the first moment
+    rep = run(raster, part, ConvModel(), resume=True)
+    assert rep.resumed_from == (0, 0)
+    for name in ("c.tif", "p.tif"):
+        assert (part / name).read_bytes() == (ref / name).read_bytes()

@@ -31,7 +31,7 @@ import numpy as np
 import rasterio
 
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
-from geoseg.errors import Interrupted, NodataWarning, UsageError
+from geoseg.errors import Interrupted, NodataWarning, ResumeWarning, UsageError
 from geoseg.io.atomic import check_destination, destination_lock
 from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
@@ -241,7 +241,12 @@ def predict_raster(
                             "probability_dtype": probability_dtype, "strips": strips},
             }
             key = json.loads(json.dumps(key))  # the form it takes once saved (tuples become lists)
-            state = find_resume_state(out_path, key, staged) if resume else RunState(key)
+            found = find_resume_state(out_path, key, staged) if resume else None
+            if resume and found is None:
+                warnings.warn(f"{out_path}: nothing to resume here; started from the beginning", ResumeWarning,
+                              stacklevel=2)
+            resume = found is not None
+            state = found or RunState(key)
             if not resume:
                 clear_state(out_path, staged)
             for dest in (out_path, prob_path):
@@ -267,6 +272,7 @@ def predict_raster(
                                              tags={**tags, "scale": "1" if fdt else "1/255"},
                                              resampling="average", mask=not fdt, staging=staged[1], **common))
                 writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
+                writer.checkpoint()  # the run state exists from the first moment: --resume works after any kill
                 try:
                     with rasterio.Env(GDAL_CACHEMAX=cache):  # process-wide in GDAL: the reader threads' handles too
                         stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
