@@ -56,18 +56,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     """Warnings as one 'warning: ...' line on stderr (no file/line noise unless --debug)."""
-    from rich.console import Console
+    from geoseg.cli._console import SafeConsole, styled
 
     if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
         return
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[yellow]warning:[/] {str(message).replace('[', chr(92) + '[')}", markup=True)
+    SafeConsole(stderr=True, soft_wrap=True).print(styled("warning:", "yellow", f" {message}"))
 
 
 def _err(msg: str) -> None:
-    from rich.console import Console
+    from geoseg.cli._console import SafeConsole, styled
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}", markup=True)
+    SafeConsole(stderr=True, soft_wrap=True).print(styled("error:", "bold red", f" {msg}"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     except GeosegError as e:
         if debug:
             raise
-        _err(str(e).replace("[", r"\["))
+        _err(str(e))  # shown literally: the console parses no markup
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         if debug:

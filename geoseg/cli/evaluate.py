@@ -21,24 +21,30 @@ def _f(v: float) -> str:
 def metrics_table(m: "SegmentationMetrics", title: str = "per-class scores") -> Any:
     """A rich table of per-class IoU/precision/recall/F1/support plus the macro row."""
     from rich.table import Table
+    from rich.text import Text
+
+    from geoseg.cli._console import safe_line
 
     t = Table("class", "IoU", "precision", "recall", "F1", "support", title=title)
     for row in m.per_class():
-        t.add_row(str(row["class"]), _f(row["iou"]), _f(row["precision"]), _f(row["recall"]),  # type: ignore[arg-type]
+        t.add_row(safe_line(row["class"]), _f(row["iou"]), _f(row["precision"]), _f(row["recall"]),  # type: ignore[arg-type]
                   _f(row["f1"]), str(row["support"]))  # type: ignore[arg-type]
-    t.add_row("[bold]macro[/]", _f(m.miou), _f(m.macro_precision), _f(m.macro_recall), _f(m.macro_f1),
+    t.add_row(Text("macro", style="bold"), _f(m.miou), _f(m.macro_precision), _f(m.macro_recall), _f(m.macro_f1),
               str(m.total), end_section=True)
-    t.add_row("[bold]overall accuracy[/]", "", "", "", _f(m.overall_accuracy), "")
+    t.add_row(Text("overall accuracy", style="bold"), "", "", "", _f(m.overall_accuracy), "")
     return t
 
 
 def confusion_table(m: "SegmentationMetrics") -> Any:
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table("truth \\ prediction", *m.names, title="confusion matrix (pixels)")
+    from geoseg.cli._console import safe_line
+
+    t = Table("truth \\ prediction", *(safe_line(n) for n in m.names), title="confusion matrix (pixels)")
     for name, row in zip(m.names, m.matrix):
-        t.add_row(name, *(f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row)
-                          for i in [list(m.names).index(name)]))
+        t.add_row(safe_line(name), *(Text(str(v), style="bold") if i == j else str(v) for j, v in enumerate(row)
+                                     for i in [list(m.names).index(name)]))
     return t
 
 

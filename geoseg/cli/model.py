@@ -53,23 +53,25 @@ def info(path: Annotated[Path, typer.Argument(help="Checkpoint file (.pt).")],
 
     from rich.table import Table
 
-    from geoseg.cli._console import out
+    from rich.text import Text
+
+    from geoseg.cli._console import out, safe_line, styled
     from geoseg.models import read_meta
 
     meta = read_meta(path)
     if json_out:
         typer.echo(json.dumps(meta.to_dict(), indent=2))
         return
-    out.print(f"[bold]{path}[/]: {meta.arch} {meta.arch_args}")
+    out.print(styled(safe_line(path), "bold", f": {meta.arch} {meta.arch_args}"))
     out.print(f"tile size {meta.tile_size}, overlap {meta.overlap}")
     t = Table("band", "name", "mean", "std", title="input bands")
     for i, (b, m, s) in enumerate(zip(meta.bands, meta.mean, meta.std), start=1):
-        t.add_row(str(i), b, f"{m:.4g}", f"{s:.4g}")
+        t.add_row(str(i), safe_line(b), f"{m:.4g}", f"{s:.4g}")
     out.print(t)
     c = Table("id", "name", "colour", title=f"classes (output nodata {meta.schema.nodata})")
     for ci in meta.schema.classes:
         hexc = "#%02x%02x%02x" % ci.colour
-        c.add_row(str(ci.id), ci.name, f"[{hexc}]■[/] {hexc}")
+        c.add_row(str(ci.id), safe_line(ci.name), Text.assemble(("■", hexc), f" {hexc}"))
     out.print(c)
     if meta.training:
         for k, v in meta.training.items():

@@ -1,0 +1,38 @@
+"""User text reaches the terminal as it is: no markup parsing, no escape sequences (issue 21)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "geoseg", *args], cwd=cwd, capture_output=True)
+
+
+def test_markup_and_escape_codes_in_class_names_are_shown_literally(tmp_path: Path) -> None:
+    from geoseg.classes import ClassSchema
+    from geoseg.modelinit import init_checkpoint
+    from geoseg.models import read_meta
+
+    names = ["[red]crop[/]", "\x1b[31mevil\x1b[0m", "[/] broken"]
+    ckpt = init_checkpoint(tmp_path / "m.pt", bands=3, classes=3, base_channels=4, depth=1, class_names=names)
+    assert [c.name for c in read_meta(ckpt).schema.classes] == names
+    r = _cli("model", "info", str(ckpt))
+    assert r.returncode == 0, r.stderr.decode()[-800:]
+    text = r.stdout.decode()
+    assert b"\x1b[31m" not in r.stdout
+    assert "[red]crop[/]" in text and "[/] broken" in text and "\\x1b[31mevil" in text
+
+
+def test_markup_in_a_file_name_gives_the_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "x[/]\x1b[2J.tif"
+    r = _cli("infer", str(bad), "-o", str(tmp_path / "o"))
+    err = r.stderr.decode()
+    assert r.returncode != 0
+    assert "Traceback" not in err and "unexpected" not in err
+    assert "x[/]\\x1b[2J.tif: file not found" in err
+    assert b"\x1b[2J" not in r.stderr
