@@ -7,6 +7,8 @@ and overlap, and how the model was made. Stored as JSON inside the checkpoint.
 
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +83,10 @@ class ModelMeta:
             raise CheckpointError("model metadata lists no input bands")
         if len(self.mean) != n or len(self.std) != n:
             raise CheckpointError(f"normalization has {len(self.mean)} means and {len(self.std)} stds for {n} bands")
-        if any(s <= 0 for s in self.std):
-            raise CheckpointError("normalization std must be > 0 for every band")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):  # NaN fails "<= 0" too: ask for what is valid
+            raise CheckpointError(f"normalization std must be a finite number > 0 for every band, got {self.std}")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise CheckpointError(f"normalization mean must be finite for every band, got {self.mean}")
 
     @property
     def num_bands(self) -> int:

@@ -180,3 +180,38 @@ def test_uint16_values_above_int16_reach_the_model_unchanged(make_raster, tmp_pa
     with rasterio.open(tmp_path / "c.tif") as ds:
         c = ds.read(1)
     assert (c[:, :10] == 0).all() and (c[:, 10:] == 1).all()
+
+
+def test_values_beyond_float32_are_nodata_with_a_warning(make_raster, tmp_path):
+    """A float64 pixel of 1e39 made whole blocks class 0 with exit 0 (issue 21)."""
+    from geoseg.errors import NodataWarning
+
+    data = np.random.default_rng(1).normal(size=(2, 30, 30))
+    data[1, 5, 7] = 1e39
+    src = make_raster(data.astype(np.float64))
+    meta = ModelMeta("pointwise", {}, ["a", "b"], [0.0] * 2, [1.0] * 2, ClassSchema.default(2), 16, 4)
+
+    class Sign:
+        def __init__(self) -> None:
+            self.meta = meta
+
+        def predict(self, batch):
+            assert np.isfinite(batch).all()
+            p = (batch[:, :1] > 0).astype(np.float32)
+            return np.concatenate([p, 1 - p], axis=1)
+
+    with pytest.warns(NodataWarning, match="1 pixel holds values beyond float32's range"):
+        predict_raster(src, Sign(), tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        c = ds.read(1)
+    expect = np.where(data[0] > 0, 0, 1)
+    expect[5, 7] = 255
+    np.testing.assert_array_equal(c, expect)
+
+
+def test_checkpoint_normalization_must_be_finite():
+    from geoseg.errors import CheckpointError
+
+    for mean, std in [([0.0, 0.0], [1.0, float("nan")]), ([float("inf"), 0.0], [1.0, 1.0]), ([0.0, 0.0], [1.0, 0.0])]:
+        with pytest.raises(CheckpointError, match="normalization"):
+            ModelMeta("pointwise", {}, ["a", "b"], mean, std, ClassSchema.default(2), 16, 4)

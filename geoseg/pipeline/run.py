@@ -353,6 +353,10 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
     finally:
         bands.close()  # type: ignore[attr-defined]  # stop the readers now, before the caller closes the dataset
         runner.release()
+    if stats["overflow"]:
+        n = stats["overflow"]
+        warnings.warn(f"{ds.name}: {n} pixel{'s hold' if n != 1 else ' holds'} values beyond float32's range "
+                      "after normalization; nodata there", NodataWarning, stacklevel=3)
     if total and stats["run"] == 0:
         warnings.warn(f"{ds.name}: no valid pixels (all nodata); the outputs are entirely nodata", NodataWarning,
                       stacklevel=3)
