@@ -40,7 +40,7 @@ def _scale_range(pcrs: Any, to_lonlat: Any, transform: Any, width: int, height: 
 
     u = np.linspace(0.0, 1.0, 5)
     cols, rows = np.meshgrid(u * width, u * height)
-    x, y = transform * (cols.ravel(), rows.ravel())
+    x, y = transform @ (cols.ravel(), rows.ravel())
     lon, lat = to_lonlat.transform(np.asarray(x), np.asarray(y))
     try:
         f = pyproj.Proj(pcrs).get_factors(lon, lat)
@@ -90,7 +90,7 @@ class Measurer:
             ell = pcrs.ellipsoid
             a, rf = ell.semi_major_metre, ell.inverse_flattening
             geod_args = f"+a={a} +rf={rf}" if rf else f"+R={a}"
-            cx, cy = transform * (width / 2.0, height / 2.0)
+            cx, cy = transform @ (width / 2.0, height / 2.0)
             if self._to_lonlat is not None:
                 cx, cy = self._to_lonlat.transform(cx, cy)
             ea = pyproj.CRS.from_proj4(f"+proj=laea +lat_0={cy} +lon_0={cx} {geod_args} +units=m +no_defs")
