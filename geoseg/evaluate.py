@@ -119,7 +119,7 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
     pred_path, truth_path = Path(prediction), Path(truth)
     outs: dict[str, Path] = {}
     if out_dir is not None:
-        d = Path(out_dir)
+        d = Path(out_dir)  # created by the caller (the CLI's output_directory), as infer's -o is
         if not d.is_dir():
             raise UsageError(f"{d}: output directory does not exist; create it first")
         stem = pred_path.stem

@@ -36,3 +36,26 @@ def test_markup_in_a_file_name_gives_the_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in err and "unexpected" not in err
     assert "x[/]\\x1b[2J.tif: file not found" in err
     assert b"\x1b[2J" not in r.stderr
+
+
+def test_output_directories_are_created_and_removed_again_when_a_command_fails(tmp_path: Path) -> None:
+    """evaluate -o refused a missing DIR where infer -o creates it; a refused infer left an empty -o (issue 21)."""
+    new = tmp_path / "a" / "b"
+    r = _cli("infer", str(tmp_path / "missing.tif"), "-o", str(new))
+    assert r.returncode != 0 and b"file not found" in r.stderr
+    assert not (tmp_path / "a").exists()  # nothing was written: the directories it made are gone
+    r = _cli("evaluate", str(tmp_path / "missing.tif"), str(tmp_path / "t.tif"), "-o", str(new))
+    assert r.returncode != 0 and b"does not exist" not in r.stderr and b"file not found" in r.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_evaluate_creates_its_output_directory(tmp_path: Path, make_raster) -> None:
+    import numpy as np
+
+    a = (np.arange(400).reshape(20, 20) % 3).astype(np.uint8)
+    pred = make_raster(a, name="pred.tif", nodata=255)
+    truth = make_raster(a, name="truth.tif")
+    new = tmp_path / "x" / "y"
+    r = _cli("evaluate", str(pred), str(truth), "-o", str(new), "--ignore-value", "255")
+    assert r.returncode == 0, r.stderr.decode()[-500:]
+    assert (new / "pred_metrics.csv").exists()

@@ -61,18 +61,20 @@ def evaluate(
     """Score PREDICTION against TRUTH: per-class IoU, precision, recall, F1, macro mIoU, accuracy, confusion matrix."""
     from rich.table import Table
 
-    from geoseg.cli._console import err, out
+    from geoseg.cli._console import err, out, safe_line
     from geoseg.evaluate import evaluate as run
+    from geoseg.io.atomic import output_directory
 
-    r = run(prediction, truth, class_field=class_field, out_dir=out_dir or prediction.parent,
-            ignore_values=ignore_value or None, object_level=objects, overwrite=overwrite)
+    with output_directory(out_dir):  # -o DIR is created as infer's is; removed again if evaluate fails
+        r = run(prediction, truth, class_field=class_field, out_dir=out_dir or prediction.parent,
+                ignore_values=ignore_value or None, object_level=objects, overwrite=overwrite)
     out.print(metrics_table(r.metrics))
     out.print(confusion_table(r.metrics))
     if r.objects:
         t = Table("class", "truth objects", "predicted", "matched", "precision", "recall", "F1",
                   title="objects (one-to-one, IoU > 0.5)")
         for o in r.objects:
-            t.add_row(o.name, str(o.truth_objects), str(o.predicted_objects), str(o.matched), _f(o.precision),
+            t.add_row(safe_line(o.name), str(o.truth_objects), str(o.predicted_objects), str(o.matched), _f(o.precision),
                       _f(o.recall), _f(o.f1))
         out.print(t)
     if r.note:

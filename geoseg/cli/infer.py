@@ -69,25 +69,32 @@ def infer(
     no_vector: Annotated[bool, typer.Option("--no-vector", help="Do not write polygons.")] = False,
 ) -> None:
     """Segment IMAGE: write <stem>_classes.tif (a COG with colour table) and optionally probabilities."""
-    from geoseg.cli._console import err, out
-    from geoseg.cli._progress import progress_bar
     from geoseg.errors import UsageError
-    from geoseg.io.raster import parse_bands
-    from geoseg.pipeline import default_output_paths, predict_raster
+    from geoseg.io.atomic import output_directory
 
     models = list(model or [DEFAULT_MODEL])
     model_path = models[0] if len(models) == 1 else models
     if not model and not DEFAULT_MODEL.exists():
         raise UsageError("no model given and the demo model is missing; pass -m model.pt "
                          "(create one with 'geoseg model init' or 'geoseg train')")
-    if out_dir is not None and not out_dir.is_dir():
-        from geoseg.errors import RasterWriteError
+    with output_directory(out_dir):  # created if missing; removed again if the run fails before writing
+        _run_infer(image, model_path, out_dir, probabilities, probability_dtype, bands, tile_size, overlap, blend,
+                   batch_size, device, tta, max_strip_width, read_threads, compile, max_memory, overwrite, resume,
+                   checkpoint_seconds, quiet, preview, rgb, vector_format, vector_out, no_vector)
 
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RasterWriteError(f"{out_dir}: cannot create the output directory ({e.strerror}); "
-                                   "choose another with -o") from None
+
+def _run_infer(image: Path, model_path: object, out_dir: Optional[Path], probabilities: bool,
+               probability_dtype: "ProbDtype", bands: Optional[str], tile_size: Optional[int],
+               overlap: Optional[int], blend: "Blend", batch_size: int, device: str, tta: "Tta",
+               max_strip_width: int, read_threads: Optional[int], compile: bool, max_memory: Optional[float],
+               overwrite: bool, resume: bool, checkpoint_seconds: float, quiet: bool, preview: bool,
+               rgb: Optional[str], vector_format: "VectorFormat", vector_out: Optional[Path],
+               no_vector: bool) -> None:
+    from geoseg.cli._console import err, out
+    from geoseg.cli._progress import progress_bar
+    from geoseg.io.raster import parse_bands
+    from geoseg.pipeline import default_output_paths, predict_raster
+
     paths = default_output_paths(image, out_dir)
     if preview:
         from geoseg.io.atomic import check_destination

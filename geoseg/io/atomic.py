@@ -47,6 +47,35 @@ def check_destination(path: str | os.PathLike[str], *, overwrite: bool,
 
 
 @contextlib.contextmanager
+def output_directory(path: str | os.PathLike[str] | None) -> Iterator[Path | None]:
+    """Create the output directory ``path`` (and missing parents) for a command, as ``-o DIR`` does
+    everywhere; if the command then fails, remove the directories it created that are still empty.
+
+    Raises:
+        RasterWriteError: the directory cannot be created.
+    """
+    if path is None:
+        yield None
+        return
+    d = Path(path)
+    created = [p for p in [d, *d.parents] if not p.exists()][::-1]
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RasterWriteError(f"{d}: cannot create the output directory ({e.strerror}); "
+                               "choose another with -o") from None
+    if not d.is_dir():
+        raise RasterWriteError(f"{d}: is not a directory; choose another with -o")
+    try:
+        yield d
+    except BaseException:
+        for p in reversed(created):  # deepest first; a directory something was written to stays
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def destination_lock(path: str | os.PathLike[str] | None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` as a destination for the duration of a run.
 
