@@ -262,3 +262,13 @@ def test_a_second_run_on_the_same_output_is_refused_and_harms_nothing(make_raste
     rep = predict_raster(src, PointwiseModel(3, 2), out, tile_size=16, overlap=4)  # free again
     assert rep.classes_path.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "r.tif"]  # no lock or staging left
+
+
+def test_a_tile_larger_than_the_raster_is_cut_to_it(make_raster, tmp_path):
+    """--tile-size 16384 on a 17 x 13 raster allocated 8+ GB (issue 21): one tile of the raster's size."""
+    data = np.random.default_rng(2).normal(size=(3, 17, 13)).astype(np.float32)
+    model = PointwiseModel(3, 4, depth=3)
+    rep = predict_raster(make_raster(data), model, tmp_path / "c.tif", tile_size=16384, overlap=64)
+    assert rep.tile_size == 24 and rep.tiles_run == 1  # 17 rounded up to the model's multiple, 8
+    with rasterio.open(rep.classes_path) as c:
+        assert (c.read(1) == model.probs(data).argmax(0)).all()

@@ -215,6 +215,7 @@ def predict_raster(
             meta: ModelMeta = predictor.meta
             size = tile_size or meta.tile_size
             ov = meta.overlap if overlap is None else overlap
+            size, ov = _fit_tile(size, ov, info.height, info.width, meta.size_multiple)
             band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
             grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
             on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
@@ -312,6 +313,19 @@ def predict_raster(
         class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"])
 
 
+
+
+def _fit_tile(size: int, overlap: int, height: int, width: int, multiple: int) -> tuple[int, int]:
+    """A tile no larger than the raster needs: when one tile covers it, its side is the raster's longer
+    side rounded up to the model's multiple (``--tile-size 16384`` on a 17 x 13 raster allocated 8 GB of
+    reflection padding). Larger rasters keep the tile asked for."""
+    if size < 1:
+        return size, overlap  # TileGrid says what is wrong
+    m = max(1, multiple)
+    extent = max(m, -(-max(height, width) // m) * m)
+    if size <= extent:
+        return size, overlap
+    return extent, min(overlap, extent - 1)
 
 
 def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,
