@@ -161,7 +161,9 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
 
     aspect = w / h
     fig_w = 10.0
-    fig, ax = plt.subplots(figsize=(fig_w, max(3.0, fig_w / aspect * 0.8)))
+    # the figure's height follows the image's shape within 3-12 inches (1200 px): a 1 x N raster asked for
+    # a figure of 960 000 pixels (several GB); the image keeps its aspect inside the axes
+    fig, ax = plt.subplots(figsize=(fig_w, min(12.0, max(3.0, fig_w / aspect * 0.8))))
     extent = (bounds.left, bounds.right, bounds.bottom, bounds.top)
     ax.imshow(overlay, extent=extent, interpolation="nearest")
     if polygons is not None and outlines:

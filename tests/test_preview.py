@@ -75,3 +75,12 @@ def test_preview_never_replaces_an_input(make_raster, tmp_path):
         with pytest.raises(RasterWriteError, match="same as an input"):
             write_preview(cls, dest, image=img, overwrite=True)
     assert {p: p.read_bytes() for p in (cls, img)} == before
+
+
+@pytest.mark.parametrize("shape", [(3000, 1), (1, 3000)])
+def test_preview_of_a_one_pixel_wide_raster_is_bounded(make_raster, tmp_path, shape):
+    """A 1 x N raster asked matplotlib for a figure of ~1e6 pixels a side, 5-9 GB (issue 21)."""
+    cls = make_raster((np.arange(shape[0] * shape[1]) // 7 % 3).astype(np.uint8).reshape(shape), nodata=255)
+    out = write_preview(cls, tmp_path / "p.png")
+    with rasterio.open(out) as png:
+        assert png.width <= 1600 and png.height <= 1600
