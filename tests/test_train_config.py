@@ -71,3 +71,21 @@ def test_config_module_is_torch_free() -> None:
            "print('torch' in sys.modules, 'torchgeo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_a_class_called_ignore_is_a_class_and_one_class_is_refused():
+    """A class literally named 'ignore' was dropped without a word; one class gave 'val macro IoU 1.000' (issue 21)."""
+    import pytest
+
+    from geoseg.errors import LabelError
+    from geoseg.train.data import build_schema
+
+    schema, lut = build_schema(["crop", "ignore", "water"], {}, numeric_ids=False)
+    assert [c.name for c in schema.classes] == ["crop", "ignore", "water"]
+    with pytest.warns(UserWarning, match="--class-map drops the labels water"):
+        schema, lut = build_schema(["crop", "ignore", "water"], {"water": "ignore"}, numeric_ids=False)
+    assert [c.name for c in schema.classes] == ["crop", "ignore"] and "water" not in lut
+    with pytest.raises(LabelError, match="one class only"):
+        build_schema(["crop"], {}, numeric_ids=False)
+    with pytest.raises(LabelError, match="one class only"), pytest.warns(UserWarning):
+        build_schema(["3", "4"], {"4": ""}, numeric_ids=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -186,13 +187,22 @@ def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids:
         raise UsageError(f"--class-map source(s) {', '.join(unknown)} are not among the label values "
                          f"({', '.join(keys[:20])}); check the spelling")
     groups: dict[str, list[str]] = {}
+    dropped = []
     for k in keys:
-        target = class_map.get(k, k)
-        if target.strip().lower() in ("", "ignore"):
+        # only --class-map drops: a label that is itself called "ignore" is a class like any other
+        if k in class_map and class_map[k].strip().lower() in ("", "ignore"):
+            dropped.append(k)
             continue
-        groups.setdefault(target, []).append(k)
+        groups.setdefault(class_map.get(k, k), []).append(k)
+    if dropped:
+        warnings.warn(f"--class-map drops the labels {', '.join(dropped[:20])}: their pixels are not trained on",
+                      UserWarning, stacklevel=2)
     if not groups:
         raise LabelError("no classes left after --class-map (every class was dropped)")
+    if len(groups) == 1:
+        only = next(iter(groups))
+        raise LabelError(f"the labels hold one class only ({only}); a segmentation model needs at least two: add "
+                         "examples of the other classes (for example background)")
 
     def as_int(s: str) -> int | None:
         try:
