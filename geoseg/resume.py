@@ -110,6 +110,26 @@ def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> Ru
     return st
 
 
+def check_staging(dest: Path, staged: list[Path], rows: int = 512) -> None:
+    """Read the staging files of an interrupted run back, a band of rows at a time; a damaged one
+    (truncated, overwritten) gets a clear error before any work, rather than "write failed (disk
+    full?)" halfway through the resumed run."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    for p in staged:
+        try:
+            with rasterio.open(p) as ds:
+                for r in range(0, ds.height, rows):
+                    ds.read(window=Window(0, r, ds.width, min(rows, ds.height - r)))
+        except (RasterioIOError, OSError) as e:
+            msg = str(e).splitlines()[0][:120] if str(e) else ""
+            why = "truncated or overwritten" if not msg or "previous exception" in msg else msg
+            raise UsageError(f"{dest}: the interrupted run's staging file {p.name} is damaged ({why}); run "
+                             "without --resume to start over") from None
+
+
 def remove_leftovers(dest: Path) -> None:
     """Delete temporary files of an earlier, killed run for ``dest``.
 

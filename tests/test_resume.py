@@ -259,3 +259,17 @@ predict_raster({str(raster)!r}, Dies(), {str(part / 'c.tif')!r}, probabilities={
     assert rep.resumed_from == (0, 0)
     for name in ("c.tif", "p.tif"):
         assert (part / name).read_bytes() == (ref / name).read_bytes()
+
+
+def test_resume_on_a_damaged_staging_file_says_so(raster, tmp_path):
+    """It said "write failed (disk full?)" halfway through (issue 21)."""
+    with pytest.raises(KeyboardInterrupt):
+        run(raster, tmp_path, ConvModel(4))
+    staging = next(tmp_path.glob(".c.tif*partial.tif"))
+    with open(staging, "r+b") as f:
+        f.truncate(staging.stat().st_size // 3)
+    with pytest.raises(UsageError, match=r"staging file .* is damaged \(truncated or overwritten\); run without "
+                                         r"--resume to start over"):
+        run(raster, tmp_path, ConvModel(), resume=True)
+    run(raster, tmp_path, ConvModel())  # without --resume: starts over
+    assert not list(tmp_path.glob(".*geoseg-tmp*"))

@@ -41,7 +41,7 @@ from geoseg.pipeline.budget import check_disk, strip_width_for_budget
 from geoseg.pipeline.plan import plan_run
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
-from geoseg.resume import (RunState, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
+from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
 from geoseg.tiling import TileGrid, column_strips
 
@@ -247,6 +247,8 @@ def predict_raster(
                 warnings.warn(f"{out_path}: nothing to resume here; started from the beginning", ResumeWarning,
                               stacklevel=2)
             resume = found is not None
+            if resume:
+                check_staging(out_path, staged)
             state = found or RunState(key)
             if not resume:
                 clear_state(out_path, staged)
