@@ -71,3 +71,21 @@ class GeoreferenceWarning(UserWarning):
 
 class ResumeWarning(UserWarning):
     """``--resume`` found nothing to resume, so the run started from the beginning."""
+
+
+def error_text(e: BaseException, limit: int = 200) -> str:
+    """The most specific first line of ``e`` and the exceptions it was raised from.
+
+    rasterio says "Read failed. See previous exception for details." and keeps GDAL's own
+    message (e.g. a VRT's missing source file) in ``__cause__``: that is the one to show.
+    """
+    seen: list[str] = []
+    cur: BaseException | None = e
+    while cur is not None and len(seen) < 8:
+        text = str(cur).strip()
+        if text:
+            seen.append(text.splitlines()[0])
+        cur = cur.__cause__ or cur.__context__
+    specific = [t for t in seen if "previous exception" not in t.lower()]
+    return (specific[-1] if specific else seen[0] if seen else type(e).__name__)[:limit]
+

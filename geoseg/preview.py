@@ -17,7 +17,7 @@ import rasterio
 from rasterio.enums import ColorInterp, Resampling
 
 from geoseg.classes import ClassSchema, default_colour
-from geoseg.errors import RasterReadError, UsageError
+from geoseg.errors import RasterReadError, UsageError, error_text
 from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.io.raster import open_raster
 
@@ -197,7 +197,7 @@ def _draw_polygons(ax: object, path: str | os.PathLike[str], crs: object, limit:
     try:
         info = pyogrio.read_info(path)
     except Exception as e:  # noqa: BLE001 - any unreadable vector is a user error here
-        raise RasterReadError(f"{path}: cannot read polygons ({str(e).splitlines()[0][:160]})") from None
+        raise RasterReadError(f"{path}: cannot read polygons ({error_text(e, 160)})") from None
     if info.get("features", 0) > limit:
         return  # too many to draw legibly; the raster outlines already show the boundaries
     import geopandas as gpd

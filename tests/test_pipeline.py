@@ -272,3 +272,18 @@ def test_a_tile_larger_than_the_raster_is_cut_to_it(make_raster, tmp_path):
     assert rep.tile_size == 24 and rep.tiles_run == 1  # 17 rounded up to the model's multiple, 8
     with rasterio.open(rep.classes_path) as c:
         assert (c.read(1) == model.probs(data).argmax(0)).all()
+
+
+def test_a_vrt_with_a_missing_source_names_it(make_raster, tmp_path):
+    """The error said "Read failed. See previous exception for details." (issue 21)."""
+    import rasterio.shutil
+
+    from geoseg.errors import RasterReadError
+
+    src = make_raster(np.ones((3, 40, 40), np.float32), name="part.tif")
+    vrt = tmp_path / "mosaic.vrt"
+    rasterio.shutil.copy(src, vrt, driver="VRT")
+    src.unlink()
+    with pytest.raises(RasterReadError, match=r"part\.tif: No such file or directory"):
+        predict_raster(vrt, PointwiseModel(3, 2), tmp_path / "c.tif", tile_size=16, overlap=4)
+    assert not (tmp_path / "c.tif").exists()

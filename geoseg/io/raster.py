@@ -13,7 +13,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import BandMismatchError, GeoreferenceWarning, RasterReadError, UsageError
+from geoseg.errors import BandMismatchError, GeoreferenceWarning, RasterReadError, UsageError, error_text
 
 _SUPPORTED_KINDS = "uifb"  # unsigned, signed, float, bool
 
@@ -32,7 +32,7 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             ds = rasterio.open(p)
     except RasterioIOError as e:
-        msg = str(e).splitlines()[0] if str(e) else "unreadable"
+        msg = error_text(e, 400) if str(e) else "unreadable"
         if "not recognized as being in a supported file format" in msg or "not recognised" in msg:
             msg = "not a raster GDAL can read (wrong or damaged file)"
         raise RasterReadError(f"{p}: cannot open as a raster: {msg[:200]}") from None
@@ -123,7 +123,7 @@ def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Win
         masks = ds.read_masks(list(bands), window=window)
     except RasterioIOError as e:
         raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
-                              f"(file truncated or damaged?): {str(e).splitlines()[0][:160]}") from None
+                              f"(file truncated or damaged?): {error_text(e, 160)}") from None
     valid = masks > 0
     if data.dtype.kind == "f":
         valid &= np.isfinite(data)
@@ -157,7 +157,7 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
                 valid[...] = 1
     except RasterioIOError as e:
         raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
-                              f"(file truncated or damaged?): {str(e).splitlines()[0][:160]}") from None
+                              f"(file truncated or damaged?): {error_text(e, 160)}") from None
     if valid is not None and out.dtype.kind == "f":
         valid &= np.isfinite(out)
 

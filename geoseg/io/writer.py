@@ -21,7 +21,7 @@ import rasterio.shutil
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import RasterWriteError
+from geoseg.errors import RasterWriteError, error_text
 from geoseg.io.atomic import TMP_MARKER, commit, remove_quietly, temp_path_for
 
 #: Creation options of the intermediate file: tiled and uncompressed, so blocks are
@@ -111,7 +111,7 @@ class GeoTiffSink:
                         self._ds.update_tags(i, **bt)
         except (RasterioIOError, OSError) as e:
             remove_quietly(self.staging)
-            raise RasterWriteError(f"{self.dest}: cannot create output: {str(e).splitlines()[0][:200]}") from None
+            raise RasterWriteError(f"{self.dest}: cannot create output: {error_text(e, 200)}") from None
 
     def write(self, data: np.ndarray, row: int, col: int) -> None:
         """Write ``data`` (count, h, w) with its top-left at (row, col)."""
@@ -119,7 +119,7 @@ class GeoTiffSink:
         try:
             self._ds.write(data, indexes=self._bands, window=Window(col, row, w, h))
         except (RasterioIOError, OSError) as e:
-            raise RasterWriteError(f"{self.dest}: write failed (disk full?): {str(e).splitlines()[0][:200]}") from None
+            raise RasterWriteError(f"{self.dest}: write failed (disk full?): {error_text(e, 200)}") from None
 
     def write_mask(self, mask: np.ndarray, row: int, col: int) -> None:
         """Write the dataset mask (h, w) uint8, 255 valid / 0 nodata, with its top-left at (row, col)."""
@@ -127,7 +127,7 @@ class GeoTiffSink:
         try:
             self._ds.write(mask, self.count + 1, window=Window(col, row, w, h))
         except (RasterioIOError, OSError) as e:
-            raise RasterWriteError(f"{self.dest}: write failed (disk full?): {str(e).splitlines()[0][:200]}") from None
+            raise RasterWriteError(f"{self.dest}: write failed (disk full?): {error_text(e, 200)}") from None
 
     def flush(self) -> None:
         """Push written blocks and the file index to disk (resume checkpoints)."""
@@ -155,7 +155,7 @@ class GeoTiffSink:
                                      OVERVIEW_RESAMPLING=self.resampling.upper(), **COG_OPTIONS)
         except (RasterioIOError, OSError) as e:
             remove_quietly(self._final_tmp)
-            raise RasterWriteError(f"{self.dest}: cannot finish output: {str(e).splitlines()[0][:200]}") from None
+            raise RasterWriteError(f"{self.dest}: cannot finish output: {error_text(e, 200)}") from None
         finally:
             if vrt is not None:
                 remove_quietly(vrt)

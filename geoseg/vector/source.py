@@ -13,7 +13,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.classes import ClassSchema, parse_class_names
-from geoseg.errors import RasterReadError, UsageError
+from geoseg.errors import RasterReadError, UsageError, error_text
 from geoseg.io.raster import open_raster
 
 #: pixels per band when ``band_rows`` is not given: memory per band stays constant
@@ -122,7 +122,7 @@ class ClassSource:
             valid = self.ds.read_masks(1, window=w) > 0
         except RasterioIOError as e:
             raise RasterReadError(f"{self.name}: read failed at rows {r0}..{r1} (file truncated or damaged?): "
-                                  f"{str(e).splitlines()[0][:160]}") from None
+                                  f"{error_text(e, 160)}") from None
         if data.dtype.kind == "f":
             valid &= np.isfinite(data)
         return _cast(data, valid, self.dtype, self.name), valid
@@ -189,7 +189,7 @@ class ConfidenceSource:
             m = self.ds.read_masks(self.band, window=w) > 0
         except RasterioIOError as e:
             raise RasterReadError(f"{self.ds.name}: read failed at rows {r0}..{r1}: "
-                                  f"{str(e).splitlines()[0][:160]}") from None
+                                  f"{error_text(e, 160)}") from None
         v *= self.scale
         v[~m] = np.nan
         return v
