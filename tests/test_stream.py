@@ -215,3 +215,34 @@ def test_checkpoint_normalization_must_be_finite():
     for mean, std in [([0.0, 0.0], [1.0, float("nan")]), ([float("inf"), 0.0], [1.0, 1.0]), ([0.0, 0.0], [1.0, 0.0])]:
         with pytest.raises(CheckpointError, match="normalization"):
             ModelMeta("pointwise", {}, ["a", "b"], mean, std, ClassSchema.default(2), 16, 4)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_row_blender_matches_the_numpy_reference_accumulator(dtype):
+    """RowBlender (torch, the production path) against RowBandAccumulator (numpy float64, the reference):
+    random tiles, weights and validity, added and popped band by band."""
+    torch = pytest.importorskip("torch")
+    from geoseg.blend import RowBandAccumulator
+    from geoseg.predict.stream import RowBlender
+
+    rng = np.random.default_rng(5)
+    k, height, width, col0 = 4, 24, 70, 10
+    ref = RowBandAccumulator(k, height, width, col0=col0)
+    blend = RowBlender(k, height, width, col0, 0, torch.device("cpu"), getattr(torch, dtype))
+    base = 0
+    for step in range(6):
+        for _ in range(5):
+            h, w = rng.integers(4, height + 1), rng.integers(4, 40)
+            row, col = base + rng.integers(0, height - h + 1), col0 + rng.integers(-10, width)
+            p = rng.dirichlet(np.ones(k), size=(h, w)).transpose(2, 0, 1).astype(np.float32)
+            wt = rng.uniform(1e-3, 1, size=(h, w)).astype(np.float32)
+            v = rng.random((h, w)) > 0.2
+            ref.add(p, wt, row, col, v)
+            blend.add(torch.from_numpy(p), torch.from_numpy(wt), row, col, torch.from_numpy(v))
+        base += int(rng.integers(1, 9))
+        c_ref, p_ref, v_ref = ref.pop_rows(base)
+        c, p, v = blend.pop(base, 0, probabilities=True)
+        np.testing.assert_array_equal(v.numpy(), v_ref)
+        np.testing.assert_allclose(p.numpy()[:, v_ref], p_ref[:, v_ref], atol=1e-6 if dtype == "float64" else 1e-5)
+        same = c.numpy()[v_ref] == c_ref[v_ref]
+        assert same.mean() == 1.0 if dtype == "float64" else same.mean() >= 0.999
