@@ -56,9 +56,13 @@ def info(path: Annotated[Path, typer.Argument(help="Checkpoint file (.pt).")],
     from rich.text import Text
 
     from geoseg.cli._console import out, safe_line, styled
-    from geoseg.models import read_meta
+    from geoseg.modelmeta import peek_meta
 
-    meta = read_meta(path)
+    meta = peek_meta(path)  # without torch: a few MB instead of 1.7 GB
+    if meta is None:
+        from geoseg.models import read_meta
+
+        meta = read_meta(path)
     if json_out:
         typer.echo(json.dumps(meta.to_dict(), indent=2))
         return
