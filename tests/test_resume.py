@@ -208,7 +208,7 @@ def test_sigterm_stops_train_and_vectorize_with_one_line(tmp_path, command):
         started = tmp_path / "m.last.pt"
     else:
         args = ["vectorize", str(shared_file("usda_cdl_kansas/2021_30m_cdls.tif")), "-o", str(tmp_path / "v.gpkg"),
-                "--band-rows", "16", "--workers", "1", "-q"]
+                "--band-rows", "4", "--workers", "1", "-q"]
         started = None
     p = subprocess.Popen([sys.executable, "-m", "geoseg", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -218,7 +218,7 @@ def test_sigterm_stops_train_and_vectorize_with_one_line(tmp_path, command):
             break
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
-    if p.returncode == 0:
+    if p.returncode == 0 or " polygons (" in err:  # done (its summary printed) before the signal came
         pytest.skip("finished before the signal")
     assert p.returncode == 130, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
