@@ -28,63 +28,20 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SCENE = ROOT.parent / "shared" / "data" / "ftw_baselines" / "inference-img.tif"
 PY = sys.executable
 TARGET = 1.10
 
-#: run a command, sample the RSS of its process tree, print one JSON line
-_WRAPPER = textwrap.dedent("""
-    import json, os, resource, subprocess, sys, time
-
-    def tree_rss(root):
-        kids, rss = {}, {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{d}/statm") as f:
-                    rss[int(d)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-                kids.setdefault(ppid, []).append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-        todo, total, n = [root], 0, 0
-        while todo:
-            p = todo.pop()
-            total += rss.get(p, 0)
-            n += p in rss
-            todo.extend(kids.get(p, []))
-        return total, n
-
-    t = time.perf_counter()
-    p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = procs = 0
-    while p.poll() is None:
-        total, n = tree_rss(p.pid)
-        peak, procs = max(peak, total), max(procs, n)
-        time.sleep(0.02)
-    dt = time.perf_counter() - t
-    err = p.stderr.read()
-    if p.returncode:
-        sys.stderr.write(err[-3000:])
-        sys.exit(p.returncode)
-    print(json.dumps({"seconds": dt, "rss_mib": peak / 2**20, "procs": procs,
-                      "largest_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-""")
-
-
 def measure(cmd: list[str], root: Path = ROOT) -> dict[str, float]:
     """Run ``cmd`` in a fresh process tree; wall seconds, peak tree RSS and largest process (MiB)."""
+    from _rss import measure_tree
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    out = subprocess.run([PY, "-c", _WRAPPER, *cmd], capture_output=True, text=True, env=env, cwd=str(root))
-    if out.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return measure_tree(cmd, env=env, cwd=root)
 
 
 def build(workdir: Path) -> tuple[Path, Path]:

@@ -22,11 +22,11 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 CDL = ROOT.parent / "shared" / "data" / "usda_cdl_kansas" / "2021_30m_cdls.tif"
 PY = sys.executable
 
@@ -65,53 +65,12 @@ def build(size: int, path: Path) -> None:
 
 
 def measure(cmd: list[str]) -> dict[str, float]:
-    """Run ``cmd`` under a fresh wrapper; return wall seconds and peak RSS (MiB).
+    """Run ``cmd`` in a fresh process tree; wall seconds and peak RSS (MiB): ``rss_mib`` summed over the
+    tree (worker processes count), ``rss_max_mib`` the largest single process (``benchmarks/_rss.py``)."""
+    from _rss import measure_tree
 
-    ``rss_mib`` is the peak of the *sum* of RSS over the command's whole process tree
-    (sampled from /proc every 50 ms), so worker processes count; ``rss_max_mib`` is
-    ``getrusage(RUSAGE_CHILDREN).ru_maxrss``, the largest single process.
-    """
-    wrapper = textwrap.dedent("""
-        import json, os, resource, subprocess, sys, time
-
-        def tree_rss(root):
-            kids, rss = {}, {}
-            for d in os.listdir("/proc"):
-                if not d.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                    with open(f"/proc/{d}/statm") as f:
-                        rss[int(d)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-                    kids.setdefault(ppid, []).append(int(d))
-                except (OSError, ValueError, IndexError):
-                    pass
-            todo, total = [root], 0
-            while todo:
-                p = todo.pop()
-                total += rss.get(p, 0)
-                todo.extend(kids.get(p, []))
-            return total
-
-        t = time.perf_counter()
-        p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        peak = 0
-        while p.poll() is None:
-            peak = max(peak, tree_rss(p.pid))
-            time.sleep(0.05)
-        dt = time.perf_counter() - t
-        err = p.stderr.read()
-        if p.returncode:
-            sys.stderr.write(err[-2000:])
-            sys.exit(p.returncode)
-        print(json.dumps({"seconds": dt, "rss_mib": peak / 2**20,
-                          "rss_max_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-    """)
-    out = subprocess.run([PY, "-c", wrapper, *cmd], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = measure_tree(cmd, interval=0.05)
+    return {**r, "rss_max_mib": r["largest_mib"]}
 
 
 GEOSEG = """
