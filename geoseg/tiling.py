@@ -122,6 +122,20 @@ class TileGrid:
             yield from self.row_of_tiles(i)
 
 
+def fit_tile(size: int, overlap: int, height: int, width: int, align: int = 1) -> tuple[int, int]:
+    """``(size, overlap)`` no larger than the raster needs: when one tile covers the raster, its side
+    is the raster's longer side rounded up to ``align`` (``--tile-size 16384`` on a 17 x 13 raster
+    allocated 8 GB of reflection padding). Larger rasters keep the tile asked for; invalid values
+    are left for :func:`check_tile_params` to report."""
+    if size < 1:
+        return size, overlap
+    m = max(1, align)
+    extent = max(m, -(-max(height, width) // m) * m)
+    if size <= extent:
+        return size, overlap
+    return extent, min(overlap, extent - 1)
+
+
 def column_strips(width: int, size: int, overlap: int, max_width: int, align: int = 1) -> list[tuple[int, int]]:
     """Split ``[0, width)`` into output column strips of at most about ``max_width`` pixels.
 

@@ -69,8 +69,12 @@ def infer(
     no_vector: Annotated[bool, typer.Option("--no-vector", help="Do not write polygons.")] = False,
 ) -> None:
     """Segment IMAGE: write <stem>_classes.tif (a COG with colour table) and optionally probabilities."""
+    from geoseg.cli._console import err, out
+    from geoseg.cli._progress import progress_bar
     from geoseg.errors import UsageError
-    from geoseg.io.atomic import output_directory
+    from geoseg.io.atomic import check_destination, output_directory
+    from geoseg.io.raster import parse_bands
+    from geoseg.pipeline import default_output_paths, predict_raster
 
     models = list(model or [DEFAULT_MODEL])
     model_path = models[0] if len(models) == 1 else models
@@ -78,54 +82,36 @@ def infer(
         raise UsageError("no model given and the demo model is missing; pass -m model.pt "
                          "(create one with 'geoseg model init' or 'geoseg train')")
     with output_directory(out_dir):  # created if missing; removed again if the run fails before writing
-        _run_infer(image, model_path, out_dir, probabilities, probability_dtype, bands, tile_size, overlap, blend,
-                   batch_size, device, tta, max_strip_width, read_threads, compile, max_memory, overwrite, resume,
-                   checkpoint_seconds, quiet, preview, rgb, vector_format, vector_out, no_vector)
+        paths = default_output_paths(image, out_dir)
+        if preview:
+            check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
+        vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
+        with progress_bar(quiet) as on_progress, _resumable():
+            report = predict_raster(
+                image, model_path, paths["classes"],
+                probabilities=paths["probabilities"] if probabilities else None,
+                probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
+                overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
+                overwrite=overwrite, resume=resume, checkpoint_seconds=checkpoint_seconds,
+                max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
+                compile=compile, on_progress=on_progress)
+        if report.resumed_from is not None:
+            err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} "
+                      "were already done")
+        out.print(f"classes: {report.classes_path}")
+        if report.probabilities_path:
+            out.print(f"probabilities: {report.probabilities_path}")
+        err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
+                  f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
+                  f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
+        if vector_path is not None:
+            _write_polygons(report, vector_path, overwrite, quiet)
+        if preview:
+            from geoseg.preview import write_preview
 
-
-def _run_infer(image: Path, model_path: object, out_dir: Optional[Path], probabilities: bool,
-               probability_dtype: "ProbDtype", bands: Optional[str], tile_size: Optional[int],
-               overlap: Optional[int], blend: "Blend", batch_size: int, device: str, tta: "Tta",
-               max_strip_width: int, read_threads: Optional[int], compile: bool, max_memory: Optional[float],
-               overwrite: bool, resume: bool, checkpoint_seconds: float, quiet: bool, preview: bool,
-               rgb: Optional[str], vector_format: "VectorFormat", vector_out: Optional[Path],
-               no_vector: bool) -> None:
-    from geoseg.cli._console import err, out
-    from geoseg.cli._progress import progress_bar
-    from geoseg.io.raster import parse_bands
-    from geoseg.pipeline import default_output_paths, predict_raster
-
-    paths = default_output_paths(image, out_dir)
-    if preview:
-        from geoseg.io.atomic import check_destination
-
-        check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
-    vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
-    with progress_bar(quiet) as on_progress, _resumable():
-        report = predict_raster(
-            image, model_path, paths["classes"],
-            probabilities=paths["probabilities"] if probabilities else None,
-            probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
-            overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
-            overwrite=overwrite, resume=resume, checkpoint_seconds=checkpoint_seconds,
-            max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
-            compile=compile, on_progress=on_progress)
-    if report.resumed_from is not None:
-        err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} were already done")
-    out.print(f"classes: {report.classes_path}")
-    if report.probabilities_path:
-        out.print(f"probabilities: {report.probabilities_path}")
-    err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
-              f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
-              f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
-    if vector_path is not None:
-        _write_polygons(report, vector_path, overwrite, quiet)
-    if preview:
-        from geoseg.preview import write_preview
-
-        write_preview(report.classes_path, paths["preview"], image=image, rgb=parse_bands(rgb, "--rgb"),
-                      polygons=vector_path, overwrite=overwrite)
-        out.print(f"preview: {paths['preview']}")
+            write_preview(report.classes_path, paths["preview"], image=image, rgb=parse_bands(rgb, "--rgb"),
+                          polygons=vector_path, overwrite=overwrite)
+            out.print(f"preview: {paths['preview']}")
 
 
 # --- polygons after inference (geoseg.vector); kept apart from the inference code above ---

@@ -118,16 +118,12 @@ def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Win
         ``(data, valid)``: data (bands, h, w) float32 (or native); valid (bands, h, w) bool,
         False where the band is nodata (declared nodata, internal mask, alpha) or not finite.
     """
-    try:
-        data = ds.read(list(bands), window=window, out_dtype=None if native else "float32")
-        masks = ds.read_masks(list(bands), window=window)
-    except RasterioIOError as e:
-        raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
-                              f"(file truncated or damaged?): {error_text(e, 160)}") from None
-    valid = masks > 0
-    if data.dtype.kind == "f":
-        valid &= np.isfinite(data)
-    return data, valid
+    dtype = np.result_type(*(ds.dtypes[b - 1] for b in bands)) if native else np.dtype(np.float32)
+    shape = (len(bands), int(window.height), int(window.width))
+    data = np.empty(shape, dtype=dtype)
+    valid = np.empty(shape, dtype=np.uint8)
+    read_into(ds, bands, window, data, valid)
+    return data, valid.astype(bool)
 
 
 def validity_kind(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> tuple[bool, bool]:
@@ -145,8 +141,8 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
               valid: np.ndarray | None = None, masked: bool = True) -> None:
     """Read ``bands`` in ``window`` into ``out`` (bands, h, w) in the raster's own type (views welcome).
 
-    ``valid`` (bands, h, w) uint8, if given, receives the validity of :func:`read_window`:
-    nonzero where the value is not masked (when ``masked``) and finite (floating types).
+    ``valid`` (bands, h, w) uint8, if given, receives the validity: nonzero where the value is not
+    masked (declared nodata, internal mask, alpha; when ``masked``) and finite (floating types).
     """
     try:
         ds.read(list(bands), window=window, out=out)

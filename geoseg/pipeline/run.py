@@ -43,7 +43,7 @@ from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
-from geoseg.tiling import TileGrid, column_strips
+from geoseg.tiling import TileGrid, column_strips, fit_tile
 
 
 class Predictor(Protocol):
@@ -215,7 +215,7 @@ def predict_raster(
             meta: ModelMeta = predictor.meta
             size = tile_size or meta.tile_size
             ov = meta.overlap if overlap is None else overlap
-            size, ov = _fit_tile(size, ov, info.height, info.width, meta.size_multiple)
+            size, ov = fit_tile(size, ov, info.height, info.width, meta.size_multiple)
             band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
             grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
             on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
@@ -224,8 +224,9 @@ def predict_raster(
                 max_strip_width = min(max_strip_width, strip_width_for_budget(
                     max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb or 64))
             strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
+            widest = max(b - a for a, b in strips)
             cache = (int(gdal_cache_mb * 2**20) if gdal_cache_mb is not None else 64 * 2**20 if max_memory_mb
-                     else block_cache_bytes(ds, band_idx, max(b - a for a, b in strips), size))
+                     else block_cache_bytes(ds, band_idx, widest, size))
             check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
             schema = meta.schema
             k = meta.num_classes
@@ -304,7 +305,6 @@ def predict_raster(
                     if not interrupted:
                         clear_state(out_path, staged)
 
-    widest = max(b - a for a, b in strips)
     return PredictionReport(
         classes_path=out_path, probabilities_path=prob_path,
         width=info.width, height=info.height, tiles_total=stats["total"], tiles_run=stats["run"],
@@ -313,21 +313,6 @@ def predict_raster(
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
         accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
         class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"])
-
-
-
-
-def _fit_tile(size: int, overlap: int, height: int, width: int, multiple: int) -> tuple[int, int]:
-    """A tile no larger than the raster needs: when one tile covers it, its side is the raster's longer
-    side rounded up to the model's multiple (``--tile-size 16384`` on a 17 x 13 raster allocated 8 GB of
-    reflection padding). Larger rasters keep the tile asked for."""
-    if size < 1:
-        return size, overlap  # TileGrid says what is wrong
-    m = max(1, multiple)
-    extent = max(m, -(-max(height, width) // m) * m)
-    if size <= extent:
-        return size, overlap
-    return extent, min(overlap, extent - 1)
 
 
 def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,

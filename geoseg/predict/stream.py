@@ -126,8 +126,9 @@ class RowBlender:
 
 
 def _argmax0(s: torch.Tensor) -> torch.Tensor:
-    """``s.argmax(dim=0)`` as uint8 (the first of equal maxima), by a running comparison over the
-    classes: on a CPU this is ~10x faster than torch's reduction over a leading strided axis."""
+    """``s.argmax(dim=0)`` (the first of equal maxima). On a CPU, as uint8 by a running comparison over
+    the classes: ~10x faster there than torch's reduction over a leading strided axis. On a GPU, and
+    for more than 255 classes, torch's own (int64)."""
     if s.shape[0] > 255 or s.is_cuda:
         return s.argmax(dim=0)
     best = s[0].clone()

@@ -66,7 +66,6 @@ class Measurer:
 
         self.transform = transform
         self.abs_det = abs(transform.a * transform.e - transform.b * transform.d)
-        self.geographic = False
         self.factor = 1.0
         self._to_ea: Any = None
         self._geod: Any = None
@@ -85,8 +84,7 @@ class Measurer:
             areal, linear = _scale_range(pcrs, self._to_lonlat, transform, width, height)
             self.planar_area = areal <= SCALE_TOLERANCE
             self.planar_length = linear <= SCALE_TOLERANCE
-        self.geographic = pcrs.is_geographic
-        if pcrs.is_geographic or not self.planar_area or not self.planar_length:
+        if not (self.planar_area and self.planar_length):  # always so for a geographic CRS
             ell = pcrs.ellipsoid
             a, rf = ell.semi_major_metre, ell.inverse_flattening
             geod_args = f"+a={a} +rf={rf}" if rf else f"+R={a}"
