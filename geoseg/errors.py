@@ -55,6 +55,10 @@ class LabelError(GeosegError, ValueError):
     """Training labels are empty, do not overlap the image, or are malformed."""
 
 
+class BatchError(GeosegError):
+    """Some inputs of a batch failed (each was reported by name; the others were written)."""
+
+
 class Interrupted(GeosegError):
     """The run was interrupted by SIGINT or SIGTERM."""
 

@@ -11,7 +11,7 @@ import typer
 
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
 from geoseg.cli import app
-from geoseg.cli._options import OverwriteOpt
+from geoseg.cli._options import BlockRowsOpt, InputsArg, OverwriteOpt, SchedulerOpt
 
 Blend = Enum("Blend", {k: k for k in BLEND_WINDOWS}, type=str)  # type: ignore[misc]
 
@@ -41,9 +41,9 @@ class VectorFormat(str, Enum):
 
 @app.command()
 def infer(
-    image: Annotated[Path, typer.Argument(help="Input GeoTIFF (any size, any number of bands).")],
+    images: InputsArg,
     model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt); repeat to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside the input).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside each input). Outputs are <stem>_classes.tif etc.; inputs sharing a stem get distinct names.")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
     probability_dtype: Annotated[ProbDtype, typer.Option(help="Probability raster type: uint8 (0-255) or float32 (0-1).")] = ProbDtype.uint8,
     bands: Annotated[Optional[str], typer.Option(help="Input bands in model order, 1-based, e.g. 4,3,2,8.")] = None,
@@ -58,17 +58,22 @@ def infer(
     compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile for the fixed tile shape (a GPU: faster after a warm-up of about a minute; see docs/gpu.md).")] = False,
     max_memory: Annotated[Optional[float], typer.Option(help="Keep inference buffers under about this many MB (narrows column strips; the model itself is extra).", min=1)] = None,
     overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same input, model and options (rows already written are kept).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs, model and options (rows already written are kept; inputs and blocks already complete are skipped).")] = False,
     checkpoint_seconds: Annotated[float, typer.Option(help="How often finished rows are flushed and recorded for --resume, seconds.", min=0)] = 30.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Also write <stem>_preview.png: the image, the classes as an overlay with a legend, polygon outlines.")] = False,
     rgb: Annotated[Optional[str], typer.Option(help="Preview bands for red,green,blue, 1-based (default: from band names/colour interpretation).")] = None,
     # --- polygons (geoseg.vector) ---
     vector_format: Annotated[VectorFormat, typer.Option(help="Polygon format written after inference (ignored with --vector-out, whose extension decides).")] = VectorFormat.gpkg,
-    vector_out: Annotated[Optional[Path], typer.Option(help="Polygon output path (default: <stem>_polygons.<format> beside the class raster).")] = None,
+    vector_out: Annotated[Optional[Path], typer.Option(help="Polygon output path (default: <stem>_polygons.<format> beside the class raster; one input only).")] = None,
     no_vector: Annotated[bool, typer.Option("--no-vector", help="Do not write polygons.")] = False,
+    # --- a Dask cluster (geoseg.distributed) ---
+    scheduler: SchedulerOpt = None,
+    workers: Annotated[Optional[int], typer.Option(help="Start a local Dask cluster of this many worker processes, one thread each (one per GPU on GPU machines).", min=1)] = None,
+    block_rows: BlockRowsOpt = None,
 ) -> None:
-    """Segment IMAGE: write <stem>_classes.tif (a COG with colour table) and optionally probabilities."""
+    """Segment IMAGES: write <stem>_classes.tif (a COG with colour table) and optionally probabilities for each."""
+    from geoseg.batch import BatchItem, expand_inputs, plan_outputs
     from geoseg.cli._console import err, out
     from geoseg.cli._progress import progress_bar
     from geoseg.errors import UsageError
@@ -81,37 +86,79 @@ def infer(
     if not model and not DEFAULT_MODEL.exists():
         raise UsageError("no model given and the demo model is missing; pass -m model.pt "
                          "(create one with 'geoseg model init' or 'geoseg train')")
+    inputs = expand_inputs(images)
+    if vector_out is not None and len(inputs) > 1:
+        raise UsageError("--vector-out names one file but there are several inputs; use -o DIR and --vector-format")
+    options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
+                   overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
+                   max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
+                   compile=compile)
     with output_directory(out_dir):  # created if missing; removed again if the run fails before writing
-        paths = default_output_paths(image, out_dir)
-        if preview:
-            check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
-        vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
-        with progress_bar(quiet) as on_progress, _resumable():
-            report = predict_raster(
-                image, model_path, paths["classes"],
-                probabilities=paths["probabilities"] if probabilities else None,
-                probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
-                overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
-                overwrite=overwrite, resume=resume, checkpoint_seconds=checkpoint_seconds,
-                max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
-                compile=compile, on_progress=on_progress)
-        if report.resumed_from is not None:
-            err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} "
-                      "were already done")
-        out.print(f"classes: {report.classes_path}")
-        if report.probabilities_path:
-            out.print(f"probabilities: {report.probabilities_path}")
-        err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
-                  f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
-                  f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
-        if vector_path is not None:
-            _write_polygons(report, vector_path, overwrite, quiet)
-        if preview:
-            from geoseg.preview import write_preview
+        items = plan_outputs(inputs, out_dir)
 
-            write_preview(report.classes_path, paths["preview"], image=image, rgb=parse_bands(rgb, "--rgb"),
-                          polygons=vector_path, overwrite=overwrite)
-            out.print(f"preview: {paths['preview']}")
+        def outputs(item: BatchItem) -> dict[str, Path]:
+            return default_output_paths(item.source, item.out_dir, item.stem)
+
+        def complete(item: BatchItem) -> bool:  # --resume: every output this command writes is there
+            paths = outputs(item)
+            want = [paths["classes"]] + ([paths["probabilities"]] if probabilities else []) + (
+                [paths["preview"]] if preview else []) + (
+                [_vector_path(paths, vector_format, vector_out)] if not no_vector else [])
+            return all(p.exists() for p in want)
+
+        if scheduler is not None or workers is not None:
+            from geoseg.cli._cluster import infer_on_cluster
+
+            infer_on_cluster(items, outputs, model_path, options, scheduler=scheduler, workers=workers,
+                             block_rows=block_rows, probabilities=probabilities, overwrite=overwrite, resume=resume,
+                             complete=complete if resume else None, quiet=quiet,
+                             polygons=None if no_vector else lambda paths: _vector_path(paths, vector_format, None),
+                             preview=(lambda item, paths: _write_preview(item.source, paths, rgb, overwrite))
+                             if preview else None)
+            return
+
+        def run_one(item: BatchItem) -> None:
+            image = item.source
+            paths = outputs(item)
+            if preview:
+                check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
+            vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
+            with progress_bar(quiet) as on_progress, _resumable():
+                report = predict_raster(
+                    image, model_path, paths["classes"],
+                    probabilities=paths["probabilities"] if probabilities else None, overwrite=overwrite,
+                    resume=resume, checkpoint_seconds=checkpoint_seconds, on_progress=on_progress, **options)
+            if report.resumed_from is not None:
+                err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} "
+                          "were already done")
+            out.print(f"classes: {report.classes_path}")
+            if report.probabilities_path:
+                out.print(f"probabilities: {report.probabilities_path}")
+            err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
+                      f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
+                      f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
+            if vector_path is not None:
+                _write_polygons(report, vector_path, overwrite, quiet)
+            if preview:
+                _write_preview(image, paths, rgb, overwrite, vector_path)
+
+        if len(items) == 1:
+            run_one(items[0])  # one input: exactly as always, its error is the command's
+        else:
+            from geoseg.cli._batch import run_sequential
+
+            run_sequential(items, run_one, complete if resume else None)
+
+
+def _write_preview(image: str, paths: dict[str, Path], rgb: str | None, overwrite: bool,
+                   polygons: Path | None = None) -> None:
+    from geoseg.cli._console import out
+    from geoseg.io.raster import parse_bands
+    from geoseg.preview import write_preview
+
+    write_preview(paths["classes"], paths["preview"], image=image, rgb=parse_bands(rgb, "--rgb"),
+                  polygons=polygons, overwrite=overwrite)
+    out.print(f"preview: {paths['preview']}")
 
 
 # --- polygons after inference (geoseg.vector); kept apart from the inference code above ---
@@ -120,11 +167,17 @@ def _vector_destination(paths: dict[str, Path], fmt: "VectorFormat", vector_out:
     """The polygon path, checked before the long inference starts (None with --no-vector)."""
     if no_vector:
         return None
-    from geoseg.export import EXTENSIONS, check_output
+    from geoseg.export import check_output
 
-    path = vector_out or paths["polygons"].with_suffix(EXTENSIONS[fmt.value])
+    path = _vector_path(paths, fmt, vector_out)
     check_output(path, overwrite=overwrite, inputs=[image, paths["classes"]])
     return path
+
+
+def _vector_path(paths: dict[str, Path], fmt: "VectorFormat", vector_out: Path | None) -> Path:
+    from geoseg.export import EXTENSIONS
+
+    return vector_out or paths["polygons"].with_suffix(EXTENSIONS[fmt.value])
 
 
 def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool) -> None:

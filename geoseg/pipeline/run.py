@@ -102,16 +102,18 @@ class PredictionReport:
         return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
 
 
-def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
-                         ) -> dict[str, Path]:
-    """``<out_dir>/<stem>_classes.tif``, ``_probabilities.tif``, ``_polygons.gpkg``, ``_preview.png``."""
+def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None,
+                         stem: str | None = None) -> dict[str, Path]:
+    """``<out_dir>/<stem>_classes.tif``, ``_probabilities.tif``, ``_polygons.gpkg``, ``_preview.png``
+    (``stem``: the source's unless given, e.g. by :func:`geoseg.batch.plan_outputs`)."""
     src = Path(source)
     d = Path(out_dir) if out_dir is not None else src.parent
+    stem = stem or src.stem
     return {
-        "classes": d / f"{src.stem}_classes.tif",
-        "probabilities": d / f"{src.stem}_probabilities.tif",
-        "polygons": d / f"{src.stem}_polygons.gpkg",
-        "preview": d / f"{src.stem}_preview.png",
+        "classes": d / f"{stem}_classes.tif",
+        "probabilities": d / f"{stem}_probabilities.tif",
+        "polygons": d / f"{stem}_polygons.gpkg",
+        "preview": d / f"{stem}_preview.png",
     }
 
 
