@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import OverwriteOpt
+from geoseg.cli._options import BlockRowsOpt, OverwriteOpt, SchedulerOpt
+from geoseg.cli.infer import VectorFormat
 
 
 def _ints_or_names(text: str | None) -> list[int | str] | None:
@@ -24,8 +25,9 @@ def _ints_or_names(text: str | None) -> list[int | str] | None:
 
 @app.command()
 def vectorize(
-    raster: Annotated[Path, typer.Argument(help="Class raster (band 1 holds integer class ids; nodata is skipped).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output file; format from the extension: .gpkg .shp .geojson .parquet .fgb.")],
+    rasters: Annotated[List[str], typer.Argument(help="Class rasters (band 1 holds integer class ids; nodata is skipped): files, directories, glob patterns or @list.txt.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output file; format from the extension: .gpkg .shp .geojson .parquet .fgb. With several inputs (or an existing directory): a directory receiving <stem>.<format> for each.")],
+    format: Annotated[VectorFormat, typer.Option("--format", help="Polygon format when -o is a directory.")] = VectorFormat.gpkg,
     classes: Annotated[Optional[str], typer.Option(help="Keep only these classes, ids or names, e.g. 1,5 or corn,soy.")] = None,
     class_names: Annotated[Optional[str], typer.Option(help="Class names for rasters without a geoseg class table, e.g. 1=corn,5=soy.")] = None,
     min_area: Annotated[Optional[float], typer.Option(help="Drop polygons smaller than this, m² on the ground (in any CRS).", min=0)] = None,
@@ -35,24 +37,74 @@ def vectorize(
     boundary_class: Annotated[Optional[str], typer.Option(help="Field-boundary class of 3-class field models (id or name): not a polygon, separates fields.")] = None,
     probabilities: Annotated[Optional[Path], typer.Option(help="Probability raster from 'geoseg infer --probabilities': adds confidence_mean.")] = None,
     band_rows: Annotated[Optional[int], typer.Option(help="Rows per band (default: about 2 M pixels per band).", min=1)] = None,
-    workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU beyond the two the merge and writer use, up to 4; 1 if fewer than 2).", min=0)] = 0,
+    workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU beyond the two the merge and writer use, up to 4; 1 if fewer than 2). With several inputs and N > 1: a local Dask cluster of N workers.", min=0)] = 0,
     overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="With several inputs: skip those whose output is already complete.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    scheduler: SchedulerOpt = None,
+    block_rows: BlockRowsOpt = None,
 ) -> None:
-    """Turn RASTER into polygons, identical to a whole-raster polygonization, in bounded memory."""
-    from geoseg.cli._console import err, out, warn_line
-    from geoseg.cli._progress import progress_bar
-    from geoseg.vector import vectorize as run
+    """Turn RASTERS into polygons, identical to a whole-raster polygonization, in bounded memory."""
+    from geoseg.batch import BatchItem, expand_inputs, plan_outputs
+    from geoseg.errors import UsageError
+    from geoseg.export import EXTENSIONS
+    from geoseg.io.atomic import output_directory
 
+    inputs = expand_inputs(rasters)
+    if probabilities is not None and len(inputs) > 1:
+        raise UsageError("--probabilities names one raster but there are several inputs; vectorize them one by one")
     boundary: int | str | None = None
     if boundary_class is not None:
         b = boundary_class.strip()
         boundary = int(b) if b.lstrip("-").isdigit() else b
+    options = dict(classes=_ints_or_names(classes), class_names=class_names, min_area=min_area, sieve=sieve,
+                   fill_holes=fill_holes, simplify=simplify, boundary_class=boundary, band_rows=band_rows)
+    many = len(inputs) > 1 or output.is_dir()
+    cluster = scheduler is not None or (many and workers > 1)
+    if not many and not cluster:
+        _vectorize_one(inputs[0], output, options, probabilities, overwrite, workers, quiet)
+        return
+    if not many:  # one input on a cluster: its bands are polygonized by the workers
+        from geoseg.cli._cluster import vectorize_on_cluster
+
+        vectorize_on_cluster([(inputs[0], output)], options, probabilities=probabilities, overwrite=overwrite,
+                             scheduler=scheduler, workers=None, block_rows=block_rows, resume=resume, quiet=quiet)
+        return
+    with output_directory(output):
+        items = plan_outputs(inputs, output)
+
+        def dest(item: BatchItem) -> Path:
+            return item.out_dir / f"{item.stem}{EXTENSIONS[format.value]}"
+
+        if cluster:
+            from geoseg.cli._cluster import vectorize_on_cluster
+
+            vectorize_on_cluster([(i.source, dest(i)) for i in items], options, probabilities=None,
+                                 overwrite=overwrite, scheduler=scheduler, workers=workers if workers > 1 else None,
+                                 block_rows=block_rows, resume=resume, quiet=quiet)
+            return
+        from geoseg.cli._batch import run_sequential
+
+        run_sequential(items, lambda i: _vectorize_one(i.source, dest(i), options, None, overwrite, workers, quiet),
+                       (lambda i: dest(i).exists()) if resume else None)
+
+
+def _vectorize_one(raster: str, output: Path, options: dict[str, Any], probabilities: Path | None,
+                   overwrite: bool, workers: int, quiet: bool) -> None:
+    from geoseg.cli._console import err, out, warn_line
+    from geoseg.cli._progress import progress_bar
+    from geoseg.vector import vectorize as run
+
     with progress_bar(quiet, description="rows") as on_progress:
-        report = run(raster, output, classes=_ints_or_names(classes), class_names=class_names,
-                     min_area=min_area, sieve=sieve, fill_holes=fill_holes, simplify=simplify,
-                     boundary_class=boundary, probabilities=probabilities, overwrite=overwrite,
-                     band_rows=band_rows, workers=workers, on_progress=on_progress)
+        report = run(raster, output, probabilities=probabilities, overwrite=overwrite, workers=workers,
+                     on_progress=on_progress, **options)
+    print_report(report)
+
+
+def print_report(report: Any) -> None:
+    """The lines ``geoseg vectorize`` prints about one finished output."""
+    from geoseg.cli._console import err, out, warn_line
+
     for w in report.warnings:
         warn_line(w)
     out.print(f"polygons: {report.path}", soft_wrap=True)

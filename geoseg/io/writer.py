@@ -69,8 +69,14 @@ class GeoTiffSink:
                  colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
                  descriptions: list[str] | None = None, tags: Mapping[str, str] | None = None,
                  band_tags: list[Mapping[str, str]] | None = None, resampling: str = "nearest",
-                 staging: Path | None = None, resume: bool = False, mask: bool = False) -> None:
+                 staging: Path | None = None, resume: bool = False, mask: bool = False, row_offset: int = 0,
+                 cog: bool = True) -> None:
         self.dest = Path(dest)
+        #: rows passed to :meth:`write` count from the raster's top; this file starts at this row
+        #: (a block of rows, :func:`geoseg.pipeline.assemble.assemble_blocks`)
+        self.row_offset = row_offset
+        #: False: the staging file itself is published (a block part), no COG
+        self.cog = cog
         self.resampling = resampling
         self.staging = staging or temp_path_for(self.dest)
         self.count = count
@@ -117,7 +123,7 @@ class GeoTiffSink:
         """Write ``data`` (count, h, w) with its top-left at (row, col)."""
         _, h, w = data.shape
         try:
-            self._ds.write(data, indexes=self._bands, window=Window(col, row, w, h))
+            self._ds.write(data, indexes=self._bands, window=Window(col, row - self.row_offset, w, h))
         except (RasterioIOError, OSError) as e:
             raise RasterWriteError(f"{self.dest}: write failed (disk full?): {error_text(e, 200)}") from None
 
@@ -125,7 +131,7 @@ class GeoTiffSink:
         """Write the dataset mask (h, w) uint8, 255 valid / 0 nodata, with its top-left at (row, col)."""
         h, w = mask.shape
         try:
-            self._ds.write(mask, self.count + 1, window=Window(col, row, w, h))
+            self._ds.write(mask, self.count + 1, window=Window(col, row - self.row_offset, w, h))
         except (RasterioIOError, OSError) as e:
             raise RasterWriteError(f"{self.dest}: write failed (disk full?): {error_text(e, 200)}") from None
 
@@ -133,16 +139,16 @@ class GeoTiffSink:
         """Push written blocks and the file index to disk (resume checkpoints)."""
         # rasterio exposes no FlushCache; closing and reopening writes everything out
         self._ds.close()
-        fd = os.open(self.staging, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(self.staging)
         self._ds = rasterio.open(self.staging, "r+")
 
     def finalize(self) -> Path:
-        """Close and convert the staging file to a COG in a temporary file beside ``dest``."""
+        """Close and convert the staging file to a COG in a temporary file beside ``dest`` (or, with
+        ``cog=False``, flush the staging file, which is then published itself)."""
         self._ds.close()
+        if not self.cog:  # publish() flushes it to disk before the rename
+            self._final_tmp = self.staging
+            return self.staging
         self._final_tmp = temp_path_for(self.dest)
         vrt = temp_path_for(self.dest, ".vrt") if self.has_mask else None
         try:
@@ -176,7 +182,7 @@ class GeoTiffSink:
         """Close and remove temporary files (keep the staging file for resuming if asked)."""
         with contextlib.suppress(Exception):
             self._ds.close()
-        if getattr(self, "_final_tmp", None) is not None:
+        if getattr(self, "_final_tmp", None) is not None and self._final_tmp != self.staging:
             remove_quietly(self._final_tmp)
         if not keep_staging:
             remove_quietly(self.staging)
@@ -187,6 +193,14 @@ class GeoTiffSink:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _mask_band_vrt(staging: Path, vrt: Path) -> None:

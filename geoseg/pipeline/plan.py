@@ -24,8 +24,9 @@ class RowJob:
     height: int  # rows of the tiles inside the raster
     cols: tuple[int, ...]  # tile column starts that touch the strip
     first: bool  # first tile row of the strip in this run: the accumulator starts here
-    last: bool  # the raster's last tile row: the strip ends here
-    skip_until: int  # rows of the strip already written by an earlier run (resume)
+    last: bool  # the last tile row of the strip in this run: its rows finish here, up to ``end``
+    skip_until: int  # rows of the strip already written by an earlier run (resume) or by another block
+    end: int | None = None  # with ``last``: the row the strip's output ends at (None: the raster's height)
 
     @property
     def col_lo(self) -> int:
@@ -72,4 +73,35 @@ def plan_run(grid: TileGrid, strips: list[tuple[int, int]], start: tuple[int, in
         for n, r in enumerate(todo):
             jobs.append(RowJob(s_i, (a, b), r, min(grid.size, grid.height - r), cols, n == 0,
                                r == rows[-1], skip))
+    return RunPlan(grid, tuple(strips), tuple(jobs))
+
+
+def block_bounds(grid: TileGrid, rows: int) -> list[tuple[int, int]]:
+    """Split the raster's rows into blocks ``[r0, r1)`` of about ``rows`` rows whose bounds are tile row
+    starts (the last block ends at the raster's height): each is run by :func:`plan_block`."""
+    bounds = [0]
+    for r in grid.row_starts[1:]:
+        if r - bounds[-1] >= rows:
+            bounds.append(r)
+    bounds.append(grid.height)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def plan_block(grid: TileGrid, strips: list[tuple[int, int]], r0: int, r1: int) -> RunPlan:
+    """The tile rows that write output rows ``[r0, r1)``, strip by strip, exactly as a whole run does.
+
+    ``r0`` and ``r1`` are tile row starts (or ``r1`` the height; :func:`block_bounds`). The plan
+    runs every tile row that touches the block, from the one above ``r0`` that reaches into it,
+    like a resumed run (rows above ``r0`` are not written), and stops after the last one above
+    ``r1``: rows ``[r0, r1)`` then hold the same sums, added in the same order, as in a run of the
+    whole raster, so they are the same bytes. Rows at and below ``r1`` are the next block's.
+    """
+    if r0 not in grid.row_starts or not (r1 == grid.height or r1 in grid.row_starts) or r1 <= r0:
+        raise ValueError(f"block rows [{r0}, {r1}) do not fall on the tile grid")
+    todo = [r for r in grid.row_starts if r < r1 and r + grid.size > r0]
+    end = None if r1 == grid.height else r1
+    jobs = [RowJob(s_i, (a, b), r, min(grid.size, grid.height - r), tuple(tiles_touching(grid.col_starts, grid.size,
+                                                                                          a, b)),
+                   n == 0, n == len(todo) - 1, r0, end)
+            for s_i, (a, b) in enumerate(strips) for n, r in enumerate(todo)]
     return RunPlan(grid, tuple(strips), tuple(jobs))

@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import rasterio
+from affine import Affine
 
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
 from geoseg.errors import Interrupted, NodataWarning, ResumeWarning, UsageError
@@ -38,7 +39,7 @@ from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
 from geoseg.pipeline.budget import check_disk, strip_width_for_budget
-from geoseg.pipeline.plan import plan_run
+from geoseg.pipeline.plan import plan_block, plan_run
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
@@ -96,6 +97,9 @@ class PredictionReport:
     #: seconds spent: setup, waiting for input, the main thread queueing the device stages,
     #: draining the device and the writer, writing the COGs
     timings: dict[str, float] = field(default_factory=dict)
+    #: how each output (classes, probabilities) was created: the arguments of its
+    #: :class:`~geoseg.io.writer.GeoTiffSink` but the paths (assembling block parts uses them)
+    sink_specs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def megapixels_per_second(self) -> float:
@@ -143,6 +147,8 @@ def predict_raster(
     accumulate: str = "auto",
     compile: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    rows: tuple[int, int] | None = None,
+    load_model: Callable[..., Any] | None = None,
 ) -> PredictionReport:
     """Segment ``source`` with ``model`` and write a class raster (and optionally probabilities).
 
@@ -176,6 +182,12 @@ def predict_raster(
             ``float64``.
         compile: compile the model with ``torch.compile`` (checkpoint paths only; see docs/gpu.md).
         on_progress: called after each batch with a :class:`Progress`.
+        rows: write only output rows ``[r0, r1)`` (tile row starts, :func:`geoseg.pipeline.plan.block_bounds`)
+            into ``output``/``probabilities`` as plain GeoTIFF *parts* of that many rows, exactly the
+            bytes a whole run computes there; :func:`geoseg.pipeline.assemble.assemble_blocks` joins the
+            parts into the whole run's COGs (the report's ``sink_specs``). No resume inside a block.
+        load_model: builds the predictor from checkpoint paths (default
+            :meth:`geoseg.predict.TorchPredictor.from_checkpoint`; a Dask worker passes its cache).
 
     Returns:
         A :class:`PredictionReport`.
@@ -210,8 +222,8 @@ def predict_raster(
             if paths is not None:
                 from geoseg.predict import TorchPredictor
 
-                predictor: Any = TorchPredictor.from_checkpoint(paths, device=device, tta=tta, precision=precision,
-                                                                compile=compile)
+                predictor: Any = (load_model or TorchPredictor.from_checkpoint)(
+                    paths, device=device, tta=tta, precision=precision, compile=compile)
             else:
                 predictor = model
             meta: ModelMeta = predictor.meta
@@ -229,7 +241,12 @@ def predict_raster(
             widest = max(b - a for a, b in strips)
             cache = (int(gdal_cache_mb * 2**20) if gdal_cache_mb is not None else 64 * 2**20 if max_memory_mb
                      else block_cache_bytes(ds, band_idx, widest, size))
-            check_disk(out_path, prob_path, info.width, info.height, meta.num_classes, probability_dtype, resume)
+            r0, r1 = rows if rows is not None else (0, info.height)
+            if rows is not None:
+                resume = False  # a block is the unit of resuming: it is complete or rerun
+                if r0 not in grid.row_starts or not (r1 == grid.height or r1 in grid.row_starts) or r1 <= r0:
+                    raise UsageError(f"rows {r0}..{r1} are not a block of the tile grid (see block_bounds)")
+            check_disk(out_path, prob_path, info.width, r1 - r0, meta.num_classes, probability_dtype, resume)
             schema = meta.schema
             k = meta.num_classes
 
@@ -262,26 +279,28 @@ def predict_raster(
 
             tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
                     "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
-            common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform,
-                          resume=resume)
+            common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
+            specs = [dict(count=1, dtype="uint8", nodata=schema.nodata, colormap=schema.colormap(),
+                          descriptions=["class"], tags=tags, resampling="nearest", **common)]
+            if prob_path is not None:
+                fdt = probability_dtype == "float32"
+                specs.append(dict(count=k + 1, dtype=probability_dtype, nodata=float("nan") if fdt else None,
+                                  descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
+                                  tags={**tags, "scale": "1" if fdt else "1/255"}, resampling="average",
+                                  mask=not fdt, **common))
+            part = {} if rows is None else dict(height=r1 - r0, transform=info.transform * Affine.translation(0, r0),
+                                                row_offset=r0, cog=False)
             sinks: list[GeoTiffSink] = []
             interrupted = ok = False
             try:
-                sinks.append(GeoTiffSink(out_path, count=1, dtype="uint8", nodata=schema.nodata,
-                                         colormap=schema.colormap(), descriptions=["class"], tags=tags,
-                                         resampling="nearest", staging=staged[0], **common))
-                if prob_path is not None:
-                    fdt = probability_dtype == "float32"
-                    sinks.append(GeoTiffSink(prob_path, count=k + 1, dtype=probability_dtype,
-                                             nodata=float("nan") if fdt else None,
-                                             descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
-                                             tags={**tags, "scale": "1" if fdt else "1/255"},
-                                             resampling="average", mask=not fdt, staging=staged[1], **common))
+                for dest, spec, stage in zip([out_path, prob_path], specs, staged):
+                    sinks.append(GeoTiffSink(dest, staging=stage, resume=resume, **{**spec, **part}))
                 writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
                 writer.checkpoint()  # the run state exists from the first moment: --resume works after any kill
                 try:
                     with rasterio.Env(GDAL_CACHEMAX=cache):  # process-wide in GDAL: the reader threads' handles too
-                        stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
+                        plan = plan_run(grid, strips, start) if rows is None else plan_block(grid, strips, r0, r1)
+                        stats = _stream(ds, band_idx, plan, predictor, blend=blend,
                                         batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
                                         prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
                                         accumulate=accumulate, on_progress=on_progress, t0=t0)
@@ -314,7 +333,8 @@ def predict_raster(
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
         accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
-        class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"])
+        class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"],
+        sink_specs=specs)
 
 
 def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,

@@ -345,7 +345,7 @@ class StreamRunner:
             h, w = job.height, min(g.size, g.width - c)
             bl.add(probs[:, :h, :w], self._weights(job, c)[:h, :w], job.row, c, valid)
         if job.last and j == len(job.cols) - 1:
-            self._finish_rows(job.strip_index, g.height)
+            self._finish_rows(job.strip_index, g.height if job.end is None else job.end)
 
     def _finish_rows(self, strip_index: int, upto: int) -> None:
         bl = self.blender
