@@ -9,9 +9,18 @@ The geometry is :class:`geoseg.tiling.TileGrid`'s, the one its tests check.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
-from geoseg.tiling import TileGrid, tiles_touching
+from geoseg.tiling import TileGrid, fit_tile, tiles_touching
+
+
+def tile_grid(height: int, width: int, meta: Any, tile_size: int | None = None, overlap: int | None = None
+              ) -> TileGrid:
+    """The tile grid a run uses: the model's tile size and overlap unless given, fitted to the raster."""
+    size = tile_size or meta.tile_size
+    ov = meta.overlap if overlap is None else overlap
+    size, ov = fit_tile(size, ov, height, width, meta.size_multiple)
+    return TileGrid(height, width, size, ov, meta.size_multiple)
 
 
 @dataclass(frozen=True)

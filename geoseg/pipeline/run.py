@@ -39,12 +39,12 @@ from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
 from geoseg.pipeline.budget import check_disk, strip_width_for_budget
-from geoseg.pipeline.plan import plan_block, plan_run
+from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
-from geoseg.tiling import TileGrid, column_strips, fit_tile
+from geoseg.tiling import column_strips
 
 
 class Predictor(Protocol):
@@ -227,11 +227,9 @@ def predict_raster(
             else:
                 predictor = model
             meta: ModelMeta = predictor.meta
-            size = tile_size or meta.tile_size
-            ov = meta.overlap if overlap is None else overlap
-            size, ov = fit_tile(size, ov, info.height, info.width, meta.size_multiple)
+            grid = tile_grid(info.height, info.width, meta, tile_size, overlap)
+            size, ov = grid.size, grid.overlap
             band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
-            grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
             on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
             threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
             if max_memory_mb is not None:

@@ -80,11 +80,12 @@ class _Plan:
 
     def __init__(self, src: ClassSource, *, classes: Sequence[int | str] | None, boundary_class: int | str | None,
                  min_area: float | None, fill_holes: float | None, simplify: Any, sieve: int | None,
-                 band_rows: int | None, workers: int | None = None) -> None:
+                 band_rows: int | None, workers: int | None = None, executor: Any = None) -> None:
         self.src = src
         if workers is not None and workers < 0:
             raise UsageError(f"--workers must be >= 0 (0: automatic), got {workers}")
         self.workers = 1 if workers is None else auto_workers(src.width, src.height) if workers == 0 else int(workers)
+        self.executor = executor
         self.keep = None if classes is None else [src.resolve_class(c, "--classes") for c in classes]
         self.boundary = None if boundary_class is None else src.resolve_class(boundary_class, "--boundary-class")
         if self.keep is not None and self.boundary is not None and self.boundary in self.keep:
@@ -123,7 +124,7 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
     pending_vertices = 0
     try:
         for bp in band_polygons(src, plan.band_rows, sieve=plan.sieve, keep=plan.keep, boundary=plan.boundary,
-                                conf=conf_src, keep_emit=store is not None, workers=plan.workers,
+                                conf=conf_src, keep_emit=store is not None, workers=plan.workers, executor=plan.executor,
                                 cache_bytes=plan.cache_bytes):
             if store is not None:
                 store.write_bits(bp.r0, bp.emit_bits)
@@ -228,6 +229,7 @@ def vectorize(
     band_rows: int | None = None,
     workers: int | None = None,
     on_progress: Callable[[VectorProgress], None] | None = None,
+    executor: Any = None,
 ) -> Any:
     """Polygonize a class raster of any size into valid, non-overlapping polygons.
 
@@ -263,6 +265,9 @@ def vectorize(
             process use, up to 4, and 1 when fewer than 2 are left (what the CLI does). The seam merge and the
             writing stay in this process; results are identical whatever the count.
         on_progress: called after each band with a :class:`VectorProgress` (from a worker thread).
+        executor: polygonize the bands there instead: anything with ``submit(fn, *args)`` returning
+            futures, e.g. a ``dask.distributed.Client`` (its workers must see ``source``); ``workers``
+            then says how many it runs at once. The merge stays here; the polygons are the same.
 
     Returns:
         A GeoDataFrame when ``output`` is None, else a :class:`VectorizeReport`.
@@ -279,7 +284,8 @@ def vectorize(
         dest = check_output(output, overwrite=overwrite, inputs=[source] + ([probabilities] if probabilities else []))
     with ClassSource(source, names) as src:
         plan = _Plan(src, classes=classes, boundary_class=boundary_class, min_area=min_area,
-                     fill_holes=fill_holes, simplify=simplify, sieve=sieve, band_rows=band_rows, workers=workers)
+                     fill_holes=fill_holes, simplify=simplify, sieve=sieve, band_rows=band_rows, workers=workers,
+                     executor=executor)
         conf_src = ConfidenceSource(probabilities, src) if probabilities is not None else None
         if conf_src is not None:
             plan.cache_bytes += _cache_bytes(conf_src.ds, plan.band_rows, None, bands=[conf_src.band])

@@ -54,17 +54,27 @@ def _init(cache_bytes: int) -> None:
     os.environ["GDAL_CACHEMAX"] = str(int(cache_bytes))
 
 
+def _opened(path: str, make: Any) -> Any:
+    """A source this process keeps open, by path and (a long-lived Dask worker sees files replaced) its
+    size and mtime."""
+    try:
+        st = os.stat(path)
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        key = path
+    src = _OPEN.get(key)
+    if src is None:
+        src = _OPEN[key] = make()
+    return src
+
+
 def _job(path: str, r0: int, r1: int, sieve: int | None, keep: Sequence[int] | None, boundary: int | None,
          conf_path: str | None, keep_emit: bool) -> BandPolygons:
-    src = _OPEN.get(path)
-    if src is None:
-        src = _OPEN[path] = ClassSource(path)
+    src = _opened(path, lambda: ClassSource(path))
     band = src.band(r0, r1, sieve=sieve, keep=keep, boundary=boundary)
     conf = None
     if conf_path is not None:
-        cs = _OPEN.get(conf_path)
-        if cs is None:
-            cs = _OPEN[conf_path] = ConfidenceSource(conf_path, src)
+        cs = _opened(conf_path, lambda: ConfidenceSource(conf_path, src))
         conf = cs.read(r0, r1)
     bp = polygonize_band(band, conf, keep_emit)
     del band, conf
@@ -74,9 +84,13 @@ def _job(path: str, r0: int, r1: int, sieve: int | None, keep: Sequence[int] | N
 
 def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: Sequence[int] | None,
                   boundary: int | None, conf: ConfidenceSource | None, keep_emit: bool, workers: int,
-                  cache_bytes: int) -> Iterator[BandPolygons]:
-    """Polygonized bands of ``src`` in row order, from ``workers`` processes (1: in-process)."""
+                  cache_bytes: int, executor: Any = None) -> Iterator[BandPolygons]:
+    """Polygonized bands of ``src`` in row order, from ``workers`` processes (1: in-process), or from
+    ``executor`` (e.g. a Dask client) with ``2 * workers`` bands in flight."""
     starts = list(range(0, src.height, band_rows))
+    if executor is not None:
+        yield from _submitted(executor, src, starts, band_rows, sieve, keep, boundary, conf, keep_emit, max(1, workers))
+        return
     if workers <= 1 or len(starts) < 2:
         for r0 in starts:
             r1 = min(src.height, r0 + band_rows)
@@ -111,3 +125,26 @@ def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: 
         finally:
             for f in pending:
                 f.cancel()
+
+
+def _submitted(executor: Any, src: ClassSource, starts: list[int], band_rows: int, sieve: int | None,
+               keep: Sequence[int] | None, boundary: int | None, conf: ConfidenceSource | None, keep_emit: bool,
+               workers: int) -> Iterator[BandPolygons]:
+    """The bands polygonized by ``executor`` (its workers open the rasters by path), at most ``2 * workers``
+    in flight, yielded in row order."""
+    from collections import deque
+
+    conf_path = conf.ds.name if conf is not None else None
+    keep_l = list(keep) if keep is not None else None
+    pending: deque[Any] = deque()
+    try:
+        for r0 in starts:
+            pending.append(executor.submit(_job, src.ds.name, r0, min(src.height, r0 + band_rows), sieve, keep_l,
+                                           boundary, conf_path, keep_emit))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()

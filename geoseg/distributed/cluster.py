@@ -1,0 +1,97 @@
+"""A Dask client: to an existing scheduler, or to a local cluster started for one command.
+
+Local clusters run one worker *process* per ``workers``, one thread each (the model's
+own threads are the parallelism inside a worker; Dask's nanny sets ``OMP_NUM_THREADS=1``),
+so N workers use N cores, or N GPUs (:func:`geoseg.distributed.tasks.cached_model`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Sequence
+
+from geoseg.errors import GeosegError, UsageError
+
+#: how long connecting to a scheduler may take before the command gives up, seconds
+CONNECT_TIMEOUT_S = 30
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--scheduler/--workers need Dask: pip install 'dask[distributed]'") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def client_for(scheduler: str | None, workers: int | None) -> Iterator[Any]:
+    """A ``distributed.Client`` to ``scheduler``, or to a local cluster of ``workers`` processes
+    (closed again at the end)."""
+    distributed = _import_distributed()
+    if scheduler is not None and workers is not None:
+        raise UsageError("--scheduler and --workers exclude each other: the scheduler's cluster has its own workers")
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            raise UsageError(f"{scheduler}: cannot reach the Dask scheduler ({str(e).splitlines()[0][:120]}); "
+                             "check the address and that 'dask scheduler' runs there") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = int(workers or 1)
+    # the workers' own Python finds this geoseg, whatever the current directory
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.environ.get("PYTHONPATH", "")
+    if root not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = root + (os.pathsep + path if path else "")
+    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address="127.0.0.1:0", host="127.0.0.1", silence_logs=50)
+    try:
+        client = distributed.Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def dashboard(client: Any) -> str | None:
+    """The dashboard's address (None without bokeh, which serves it)."""
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard is not an error
+        return None
+
+
+def check_storage(client: Any, readable: Sequence[str], writable: Sequence[str]) -> None:
+    """Fail with one line naming the first worker and path it cannot see.
+
+    Every input, checkpoint and output folder must be on storage all workers see (a shared
+    file system, or GDAL paths such as ``/vsis3/`` where they have credentials).
+    """
+    from geoseg.distributed.tasks import storage_problems
+
+    workers = client.scheduler_info(n_workers=-1)["workers"] if _accepts_n(client) else client.scheduler_info()["workers"]
+    if not workers:
+        raise UsageError("the Dask cluster has no workers; start some with 'dask worker <scheduler address>'")
+    found = client.run(storage_problems, list(readable), list(writable))
+    for addr in sorted(found):
+        if found[addr]:
+            raise StorageError(f"worker {addr} {found[addr][0]}; inputs, models and outputs must be on storage "
+                               "every worker sees (a shared file system, or /vsis3/-style paths)")
+
+
+def _accepts_n(client: Any) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+class StorageError(GeosegError):
+    """A worker cannot see an input or output path."""

@@ -1,0 +1,148 @@
+"""What runs on a Dask worker: whole inputs, blocks of rows, the storage check. Torch-free at import.
+
+Each worker process keeps the models it loaded (:func:`cached_model`), keyed by the
+checkpoints' content hashes and the device options, so a model is loaded once per worker,
+not once per task. Every task writes through the atomic outputs of the single-process code
+(staging files, renamed when complete), so a worker killed mid-task leaves no partial file
+under a final name and the task can simply run again elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+_MODELS: dict[tuple[Any, ...], Any] = {}
+_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
+_HASHES: dict[tuple[str, int, int], str] = {}
+_GUARD = threading.Lock()
+#: how many times this process loaded a model (the tests check that a worker loads it once)
+LOADS = 0
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a checkpoint's content (:func:`geoseg.resume.file_fingerprint`), cached by size and mtime."""
+    from geoseg.resume import file_fingerprint
+
+    st = os.stat(path)
+    k = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    h = _HASHES.get(k)
+    if h is None:
+        fp = file_fingerprint(path)
+        h = _HASHES[k] = fp.get("sha256") or fp["sha256_sampled"]
+    return h
+
+
+def _device(device: str) -> str:
+    """``auto`` on a worker of a local cluster on a machine with several GPUs: the worker's own GPU
+    (worker ``i`` takes GPU ``i`` modulo their number): one worker per GPU."""
+    if device != "auto":
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return device
+    import torch
+
+    n = torch.cuda.device_count()
+    if n > 1 and isinstance(name, int):
+        return f"cuda:{name % n}"
+    return device
+
+
+def cached_model(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> tuple[Any, threading.Lock]:
+    """This worker's predictor for ``paths`` and options, loaded on first use; with its lock (one
+    run at a time uses a model)."""
+    global LOADS
+    kwargs["device"] = _device(kwargs.get("device", "auto"))
+    key = (tuple(content_hash(p) for p in paths), tuple(sorted(kwargs.items())))
+    with _GUARD:
+        lock = _LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        model = _MODELS.get(key)
+        if model is None:
+            from geoseg.predict import TorchPredictor
+
+            model = _MODELS[key] = TorchPredictor.from_checkpoint(list(paths), **kwargs)
+            LOADS += 1
+    return model, lock
+
+
+def _loader(lock_holder: list[threading.Lock]) -> Any:
+    def load(paths: Sequence[str], **kwargs: Any) -> Any:
+        model, lock = cached_model(paths, **kwargs)
+        lock.acquire()
+        lock_holder.append(lock)
+        return model
+
+    return load
+
+
+def _done_earlier(paths: Sequence[Path], since_ns: int) -> bool:
+    """Outputs published by an earlier attempt of this task (its worker died before reporting)."""
+    try:
+        return all(p.stat().st_mtime_ns >= since_ns for p in paths)
+    except OSError:
+        return False
+
+
+def infer_task(source: str, model: Sequence[str], classes: str, probabilities: str | None, options: dict[str, Any],
+               overwrite: bool, resume: bool, since_ns: int, rows: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run ``predict_raster`` on a whole input (or on its block ``rows``, as parts); a small summary."""
+    from geoseg.pipeline import predict_raster
+
+    outs = [Path(classes)] + ([Path(probabilities)] if probabilities else [])
+    if _done_earlier(outs, since_ns):
+        return {"again": True}
+    held: list[threading.Lock] = []
+    try:
+        rep = predict_raster(source, list(model), classes, probabilities=probabilities, overwrite=overwrite,
+                             resume=resume, rows=rows, load_model=_loader(held), **options)
+    finally:
+        for lk in held:
+            lk.release()
+    return {"width": rep.width, "height": rep.height, "tiles": rep.tiles_run, "seconds": rep.seconds,
+            "device": rep.device, "specs": rep.sink_specs, "loads": LOADS, "worker_pid": os.getpid()}
+
+
+def vectorize_task(source: str, output: str, options: dict[str, Any], probabilities: str | None, overwrite: bool,
+                   since_ns: int) -> dict[str, Any]:
+    """Vectorize a whole input in this worker; a small summary."""
+    from geoseg.vector import vectorize
+
+    if _done_earlier([Path(output)], since_ns):
+        return {"again": True}
+    rep = vectorize(source, output, probabilities=probabilities, overwrite=overwrite, workers=1, **options)
+    return {"polygons": rep.polygons, "seconds": rep.seconds, "warnings": list(rep.warnings)}
+
+
+def storage_problems(readable: Sequence[str], writable: Sequence[str]) -> list[str]:
+    """What this worker cannot see: inputs it cannot read, output folders it cannot write (run on every
+    worker by :func:`geoseg.distributed.cluster.check_storage`)."""
+    import uuid
+
+    problems = []
+    for p in readable:
+        if p.startswith("/vsi"):
+            import rasterio
+            from rasterio.errors import RasterioIOError
+
+            try:
+                with rasterio.open(p):
+                    pass
+            except RasterioIOError:
+                problems.append(f"cannot read {p}")
+        elif not os.access(p, os.R_OK):
+            problems.append(f"cannot read {p}")
+    for d in writable:
+        probe = Path(d) / f".geoseg-tmp-probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            problems.append(f"cannot write to {d} ({e.strerror})")
+    return problems
