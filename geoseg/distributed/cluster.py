@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from geoseg.errors import GeosegError, UsageError
@@ -73,14 +74,28 @@ def check_storage(client: Any, readable: Sequence[str], writable: Sequence[str])
     """Fail with one line naming the first worker and path it cannot see.
 
     Every input, checkpoint and output folder must be on storage all workers see (a shared
-    file system, or GDAL paths such as ``/vsis3/`` where they have credentials).
+    file system, or GDAL paths such as ``/vsis3/`` where they have credentials). The client
+    writes a probe file into each output folder; a worker that does not find it there sees
+    another storage under the same path.
     """
+    import uuid
+
     from geoseg.distributed.tasks import storage_problems
 
-    workers = client.scheduler_info(n_workers=-1)["workers"] if _accepts_n(client) else client.scheduler_info()["workers"]
-    if not workers:
+    info = client.scheduler_info(n_workers=-1) if _accepts_n(client) else client.scheduler_info()
+    if not info["workers"]:
         raise UsageError("the Dask cluster has no workers; start some with 'dask worker <scheduler address>'")
-    found = client.run(storage_problems, list(readable), list(writable))
+    probe = f".geoseg-tmp-probe-{uuid.uuid4().hex}"
+    made = []
+    try:
+        for d in writable:
+            (Path(d) / probe).write_bytes(b"")
+            made.append(Path(d) / probe)
+        found = client.run(storage_problems, list(readable), [(d, probe) for d in writable])
+    finally:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.unlink()
     for addr in sorted(found):
         if found[addr]:
             raise StorageError(f"worker {addr} {found[addr][0]}; inputs, models and outputs must be on storage "

@@ -145,6 +145,18 @@ def _finish(client: Any, job: InferJob, summary: BatchSummary, pending_vectors: 
     except GeosegError as e:
         summary.fail(job.source, e)
         return
+    if job.polygons is not None and len(job.bounds) > 1:  # a large input: its bands on the cluster too
+        from geoseg.vector import vectorize
+
+        try:
+            rep = vectorize(job.classes, job.polygons, probabilities=job.probabilities, overwrite=overwrite,
+                            executor=client, workers=max(1, len(client.scheduler_info()["workers"])))
+        except GeosegError as e:
+            summary.fail(job.source, e)
+            return
+        job.results[-1] = {"polygons": {"polygons": rep.polygons}}
+        _collect(job, None, summary, on_done)
+        return
     if job.polygons is not None:
         f = client.submit(vectorize_task, str(job.classes), str(job.polygons), {},
                           str(job.probabilities) if job.probabilities else None, overwrite, time.time_ns(),

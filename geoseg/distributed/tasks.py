@@ -120,14 +120,15 @@ def vectorize_task(source: str, output: str, options: dict[str, Any], probabilit
     return {"polygons": rep.polygons, "seconds": rep.seconds, "warnings": list(rep.warnings)}
 
 
-def storage_problems(readable: Sequence[str], writable: Sequence[str]) -> list[str]:
-    """What this worker cannot see: inputs it cannot read, output folders it cannot write (run on every
-    worker by :func:`geoseg.distributed.cluster.check_storage`)."""
+def storage_problems(readable: Sequence[str], writable: Sequence[tuple[str, str]]) -> list[str]:
+    """What this worker cannot see: inputs it cannot read; output folders where it cannot find the probe
+    file the client wrote there (another storage under the same name) or cannot write. Run on every
+    worker by :func:`geoseg.distributed.cluster.check_storage`."""
     import uuid
 
     problems = []
     for p in readable:
-        if p.startswith("/vsi"):
+        if p.startswith("/vsi") or "://" in p:
             import rasterio
             from rasterio.errors import RasterioIOError
 
@@ -137,12 +138,15 @@ def storage_problems(readable: Sequence[str], writable: Sequence[str]) -> list[s
             except RasterioIOError:
                 problems.append(f"cannot read {p}")
         elif not os.access(p, os.R_OK):
-            problems.append(f"cannot read {p}")
-    for d in writable:
-        probe = Path(d) / f".geoseg-tmp-probe-{uuid.uuid4().hex}"
+            problems.append(f"cannot see {p}")
+    for d, probe in writable:
+        if not (Path(d) / probe).exists():
+            problems.append(f"cannot see the output folder {d} (a file the client wrote there is not visible)")
+            continue
+        mine = Path(d) / f".geoseg-tmp-probe-{uuid.uuid4().hex}"
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
+            mine.write_bytes(b"")
+            mine.unlink()
         except OSError as e:
-            problems.append(f"cannot write to {d} ({e.strerror})")
+            problems.append(f"cannot write to the output folder {d} ({e.strerror})")
     return problems

@@ -1,0 +1,300 @@
+"""Many inputs, and a real Dask cluster: a ``dask scheduler`` and ``dask worker`` processes on
+127.0.0.1 (random ports), started and stopped here. Outputs must equal the sequential run's,
+byte for byte (polygons: the same geometries and attributes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from conftest import ROOT, SAMPLE
+
+pytest.importorskip("distributed")
+
+#: every wait in this module ends within this many seconds
+WAIT_S = 60
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", GEOSEG_DEBUG="")
+    return env
+
+
+def _cli(*args: object, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geoseg", *map(str, args)], capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=timeout)
+
+
+class Cluster:
+    """A scheduler and worker processes, each a real ``dask`` command line."""
+
+    def __init__(self, d: Path) -> None:
+        self.d = d
+        self.workers: list[subprocess.Popen[bytes]] = []
+        sched_file = d / "scheduler.json"
+        self.scheduler = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=open(d / "scheduler.log", "wb"))
+        deadline = time.monotonic() + WAIT_S
+        while not sched_file.exists() or not sched_file.read_text().strip():
+            if time.monotonic() > deadline or self.scheduler.poll() is not None:
+                self.close()
+                raise RuntimeError("the dask scheduler did not start: " + (d / "scheduler.log").read_text()[-500:])
+            time.sleep(0.1)
+        self.address = json.loads(sched_file.read_text())["address"]
+
+    def add_worker(self, wrap: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """A ``dask worker`` (no nanny: a SIGKILL removes it) with one thread."""
+        n = len(self.workers)
+        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1", "--no-nanny",
+               "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{n}"]
+        if wrap:  # the last item of ``wrap`` is a shell command line that ends with the worker's
+            cmd = [*wrap[:-1], wrap[-1] + " " + " ".join(cmd)]
+        p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=open(self.d / f"worker{n}.log", "wb"))
+        self.workers.append(p)
+        return p
+
+    def wait_workers(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=WAIT_S) as c:
+            c.wait_for_workers(n, timeout=WAIT_S)
+
+    def close(self) -> None:
+        for p in [*self.workers, self.scheduler]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*self.workers, self.scheduler]:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        c.add_worker()
+        c.add_worker()
+        c.wait_workers(2)
+        yield c
+    finally:
+        c.close()
+
+
+def _small_rasters(d: Path, n: int = 6) -> list[Path]:
+    """``n`` small 7-band rasters cut from the sample field image, two of them sharing a stem."""
+    with rasterio.open(SAMPLE / "field.tif") as src:
+        data, profile = src.read(), src.profile
+    out = []
+    for i in range(n):
+        sub = d / ("a" if i < n - 1 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        name = f"r{i}.tif" if i < n - 1 else "r0.tif"  # b/r0.tif clashes with a/r0.tif
+        h, w = 90 + 7 * i, 110 - 5 * i
+        p = sub / name
+        prof = dict(profile, height=h, width=w, transform=from_origin(500000 + 100 * i, 5300000, 10, 10))
+        with rasterio.open(p, "w", **prof) as o:
+            o.write(data[:, 10 * i:10 * i + h, 5 * i:5 * i + w])
+        out.append(p)
+    return out
+
+
+def _large_raster(d: Path) -> Path:
+    """A 7-band raster of 250 x 260 pixels: four blocks of rows at 64-pixel tiles and 48-row blocks."""
+    with rasterio.open(SAMPLE / "field.tif") as src:
+        data, profile = src.read(), src.profile
+    p = d / "large.tif"
+    with rasterio.open(p, "w", **dict(profile, height=250, width=260)) as o:
+        o.write(data[:, :250, :260])
+    return p
+
+
+def _same_polygons(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> None:
+    import pyogrio
+
+    ga, gb = pyogrio.read_dataframe(a), pyogrio.read_dataframe(b)
+    ga, gb = ga.drop(columns=[c for c in ignore if c in ga]), gb.drop(columns=[c for c in ignore if c in gb])
+    assert len(ga) == len(gb) > 0
+    ga, gb = ga.sort_values(list(ga.columns.drop("geometry"))), gb.sort_values(list(gb.columns.drop("geometry")))
+    assert list(ga.geometry.to_wkb()) == list(gb.geometry.to_wkb())
+    assert ga.drop(columns="geometry").reset_index(drop=True).equals(gb.drop(columns="geometry").reset_index(drop=True))
+
+
+def _outputs(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+# --- many inputs, one after another (no cluster) ---
+
+def test_many_inputs_sequential_with_a_failure(tmp_path: Path) -> None:
+    ins = _small_rasters(tmp_path / "in", 3)
+    bad = tmp_path / "in" / "a" / "broken.tif"
+    bad.write_text("not a raster")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# inputs\nin/a\n\nin/b/r0.tif\n")
+    r = _cli("infer", f"@{lst}", "-o", tmp_path / "out", "-q", "--no-vector")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "broken.tif" in r.stderr and "3 of 4 inputs done, 1 failed" in r.stderr
+    # a/r0.tif and b/r0.tif share a stem: their outputs take their folders' names
+    assert _outputs(tmp_path / "out") == ["a_r0_classes.tif", "b_r0_classes.tif", "r1_classes.tif"]
+    # the same input alone writes the same bytes
+    r1 = _cli("infer", ins[1], "-o", tmp_path / "one", "-q", "--no-vector")
+    assert r1.returncode == 0, r1.stderr
+    assert (tmp_path / "one" / "r1_classes.tif").read_bytes() == (tmp_path / "out" / "r1_classes.tif").read_bytes()
+    # --resume skips the complete inputs; without it nothing is overwritten
+    r2 = _cli("infer", tmp_path / "in" / "a" / "r*.tif", "-o", tmp_path / "out", "-q", "--no-vector", "--resume")
+    assert r2.returncode == 0 and "already complete" in r2.stderr, r2.stderr
+    r3 = _cli("infer", tmp_path / "in" / "a" / "r1.tif", tmp_path / "in" / "b", "-o", tmp_path / "out", "-q",
+              "--no-vector")
+    assert r3.returncode != 0 and "--overwrite" in r3.stderr
+
+
+def test_vectorize_many_inputs(tmp_path: Path) -> None:
+    ins = _small_rasters(tmp_path / "in", 2)
+    cls = tmp_path / "cls"
+    assert _cli("infer", *ins, "-o", cls, "-q", "--no-vector").returncode == 0
+    r = _cli("vectorize", cls, "-o", tmp_path / "poly", "-q")
+    assert r.returncode == 0, r.stderr
+    assert _outputs(tmp_path / "poly") == ["a_r0_classes.gpkg", "b_r0_classes.gpkg"]
+    one = _cli("vectorize", cls / "b_r0_classes.tif", "-o", tmp_path / "one.gpkg", "-q")
+    assert one.returncode == 0, one.stderr
+    _same_polygons(tmp_path / "one.gpkg", tmp_path / "poly" / "b_r0_classes.gpkg")
+
+
+# --- on a real cluster ---
+
+def test_six_rasters_on_the_cluster_equal_sequential(tmp_path: Path, cluster: Cluster) -> None:
+    ins = _small_rasters(tmp_path / "in")
+    seq = _cli("infer", tmp_path / "in" / "a", tmp_path / "in" / "b", "-o", tmp_path / "seq", "-q", "--probabilities")
+    assert seq.returncode == 0, seq.stderr
+    r = _cli("infer", tmp_path / "in" / "a", tmp_path / "in" / "b", "-o", tmp_path / "dask", "-q", "--probabilities",
+             "--scheduler", cluster.address)
+    assert r.returncode == 0, r.stderr
+    assert "dashboard http://" in r.stderr
+    assert _outputs(tmp_path / "seq") == _outputs(tmp_path / "dask")
+    tifs = [n for n in _outputs(tmp_path / "seq") if n.endswith(".tif")]
+    assert len(tifs) == 12
+    for n in tifs:
+        assert (tmp_path / "seq" / n).read_bytes() == (tmp_path / "dask" / n).read_bytes(), n
+    for n in _outputs(tmp_path / "seq"):
+        if n.endswith(".gpkg"):
+            _same_polygons(tmp_path / "seq" / n, tmp_path / "dask" / n)
+    # each worker loaded the model once, whatever the number of its tasks
+    from distributed import Client
+
+    from geoseg.distributed import tasks
+
+    with Client(cluster.address, timeout=WAIT_S) as c:
+        loads = c.run(lambda: tasks.LOADS)
+    assert loads and all(n <= 1 for n in loads.values()), loads
+    # vectorize of several inputs on the cluster: the same polygons as one by one
+    pv = _cli("vectorize", *[tmp_path / "seq" / n for n in tifs if "classes" in n][:3], "-o", tmp_path / "vec",
+              "-q", "--scheduler", cluster.address)
+    assert pv.returncode == 0, pv.stderr
+    # (infer's polygons also have the mean confidence: it had the probabilities)
+    _same_polygons(tmp_path / "vec" / "a_r0_classes.gpkg", tmp_path / "seq" / "a_r0_polygons.gpkg",
+                   ignore=("confidence_mean",))
+
+
+def test_one_raster_in_four_blocks_equals_one_run(tmp_path: Path, cluster: Cluster) -> None:
+    from geoseg.distributed.jobs import block_rows_for
+    from geoseg.pipeline.plan import block_bounds
+    from geoseg.tiling import TileGrid
+
+    src = _large_raster(tmp_path)
+    assert len(block_bounds(TileGrid(250, 260, 64, 16), block_rows_for(260, 48))) == 4
+    opts = ["--tile-size", "64", "--overlap", "16", "--probabilities", "-q"]
+    seq = _cli("infer", src, "-o", tmp_path / "seq", *opts)
+    assert seq.returncode == 0, seq.stderr
+    r = _cli("infer", src, "-o", tmp_path / "dask", *opts, "--scheduler", cluster.address, "--block-rows", "48")
+    assert r.returncode == 0, r.stderr
+    assert _outputs(tmp_path / "dask") == ["large_classes.tif", "large_polygons.gpkg", "large_probabilities.tif"]
+    for n in ("large_classes.tif", "large_probabilities.tif"):
+        assert (tmp_path / "seq" / n).read_bytes() == (tmp_path / "dask" / n).read_bytes(), n
+    _same_polygons(tmp_path / "seq" / "large_polygons.gpkg", tmp_path / "dask" / "large_polygons.gpkg")
+    # vectorize alone, its bands polygonized by the workers
+    v = _cli("vectorize", tmp_path / "seq" / "large_classes.tif", "-o", tmp_path / "v.gpkg", "--band-rows", "37",
+             "-q", "--scheduler", cluster.address)
+    assert v.returncode == 0, v.stderr
+    one = _cli("vectorize", tmp_path / "seq" / "large_classes.tif", "-o", tmp_path / "one.gpkg", "--band-rows", "37",
+               "-q")
+    assert one.returncode == 0, one.stderr
+    _same_polygons(tmp_path / "one.gpkg", tmp_path / "v.gpkg")
+
+
+def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path, cluster: Cluster) -> None:
+    from distributed import Client
+
+    ins = _small_rasters(tmp_path / "in")
+    big = _large_raster(tmp_path / "in")
+    opts = ["--tile-size", "64", "--overlap", "16", "-q", "--no-vector", "--probabilities"]
+    seq = _cli("infer", tmp_path / "in" / "a", tmp_path / "in" / "b", big, "-o", tmp_path / "seq", *opts)
+    assert seq.returncode == 0, seq.stderr
+    victim = cluster.add_worker()
+    cluster.wait_workers(3)
+    job = subprocess.Popen([sys.executable, "-m", "geoseg", "infer", str(tmp_path / "in" / "a"),
+                            str(tmp_path / "in" / "b"), str(big), "-o",
+                            str(tmp_path / "dask"), *opts, "--scheduler", cluster.address, "--block-rows", "48"],
+                           env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = False
+    try:
+        with Client(cluster.address, timeout=WAIT_S) as c:
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and job.poll() is None:
+                busy = {a for a, ks in c.processing().items() if ks}
+                mine = [a for a, w in c.scheduler_info()["workers"].items() if w.get("name") == "w2"]
+                if mine and mine[0] in busy:
+                    os.kill(victim.pid, signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.05)
+        out, err = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert killed, "the extra worker never got a task"
+    assert job.returncode == 0, err
+    assert _outputs(tmp_path / "seq") == _outputs(tmp_path / "dask")  # no partial file under a final name
+    for n in _outputs(tmp_path / "seq"):
+        assert (tmp_path / "seq" / n).read_bytes() == (tmp_path / "dask" / n).read_bytes(), n
+
+
+def test_a_worker_that_cannot_see_the_output_is_named(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs unshare -m (a private mount namespace) to give a worker another file system")
+    out = tmp_path / "out"
+    out.mkdir()
+    src = _small_rasters(tmp_path / "in", 1)[0]
+    c = Cluster(tmp_path)
+    try:
+        c.add_worker()
+        # this worker sees an empty tmpfs at `out`: another storage under the same path
+        c.add_worker(wrap=["unshare", "-m", "--propagation", "private", "sh", "-c",
+                           f"mount -t tmpfs none {out} && exec"])
+        c.wait_workers(2)
+        r = _cli("infer", src, "-o", out, "-q", "--scheduler", c.address)
+    finally:
+        c.close()
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("Dask:")]
+    assert len(lines) == 1 and lines[0].startswith("error: worker tcp://127.0.0.1:"), r.stderr
+    assert f"cannot see the output folder {out}" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert _outputs(out) == []
