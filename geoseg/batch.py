@@ -2,7 +2,7 @@
 
 ``geoseg infer`` and ``geoseg vectorize`` take several inputs: files, directories (their
 ``*.tif``/``*.tiff`` files), glob patterns (``'tiles/*.tif'``, expanded here when the shell
-did not) and ``@list.txt`` (one input per line; blank lines and ``#`` comments are skipped;
+did not; one that matches nothing is taken as a file name, as shells do) and ``@list.txt`` (one input per line; blank lines and ``#`` comments are skipped;
 relative paths are relative to the list file's folder). GDAL paths (``/vsis3/...``) pass
 through unchanged.
 
@@ -35,8 +35,8 @@ def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[str]:
     """The input rasters named by ``args``, in order, each once.
 
     Raises:
-        UsageError: an argument names nothing (empty directory, glob without matches,
-            unreadable or empty list file). A missing file is passed on: reading it fails
+        UsageError: an argument names nothing (a directory without rasters, an unreadable
+            or empty list file). A missing file is passed on: reading it fails
             for that input alone, with the command's usual message.
     """
     found: list[str] = []
@@ -86,9 +86,8 @@ def _expand_one(text: str, base: Path | None = None) -> list[str]:
         return [text]
     if _GLOB_CHARS & set(text):
         files = sorted(q for q in glob.glob(text) if Path(q).is_file())
-        if not files:
-            raise UsageError(f"{text}: no file matches this pattern")
-        return files
+        if files:
+            return files
     return [text]  # missing: the command reports it for this input, as for any unreadable file
 
 

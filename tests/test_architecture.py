@@ -15,7 +15,9 @@ from conftest import ROOT
 TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.modelmeta", "geoseg.tiling", "geoseg.blend",
               "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.pipeline",
               "geoseg.resume", "geoseg.vectorize", "geoseg.vector", "geoseg.export", "geoseg.preview",
-              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.cli"]
+              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.cli", "geoseg.batch",
+              "geoseg.pipeline.assemble", "geoseg.distributed.cluster", "geoseg.distributed.jobs",
+              "geoseg.distributed.tasks"]
 CLI_FREE = [m for m in TORCH_FREE if not m.startswith("geoseg.cli")] + ["geoseg.models", "geoseg.predict",
                                                                        "geoseg.train"]
 
@@ -48,3 +50,10 @@ def test_cli_choices_match_the_registries() -> None:
 
     assert [a.value for a in Arch] == list(MODELS) == list(ARCHITECTURES)
     assert [t.value for t in Tta] == list(TTA)
+
+
+@pytest.mark.parametrize("module", ["geoseg.pipeline", "geoseg.pipeline.assemble", "geoseg.vector", "geoseg.batch",
+                                    "geoseg.predict", "geoseg.cli"])
+def test_dask_stays_in_geoseg_distributed(module):
+    """Dask is imported by geoseg.distributed when a cluster is asked for, never by the core."""
+    assert _imports(module, ("dask", "distributed")) == []
