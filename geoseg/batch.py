@@ -85,7 +85,7 @@ def _expand_one(text: str, base: Path | None = None) -> list[str]:
     if p.exists():
         return [text]
     if _GLOB_CHARS & set(text):
-        files = sorted(q for q in glob.glob(text) if Path(q).is_file())
+        files = sorted(q for q in glob.glob(text, recursive=True) if Path(q).is_file())
         if files:
             return files
     return [text]  # missing: the command reports it for this input, as for any unreadable file

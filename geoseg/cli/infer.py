@@ -112,8 +112,10 @@ def infer(
             infer_on_cluster(items, outputs, model_path, options, scheduler=scheduler, workers=workers,
                              block_rows=block_rows, probabilities=probabilities, overwrite=overwrite, resume=resume,
                              complete=complete if resume else None, quiet=quiet,
-                             polygons=None if no_vector else lambda paths: _vector_path(paths, vector_format, None),
-                             preview=(lambda item, paths: _write_preview(item.source, paths, rgb, overwrite))
+                             polygons=None if no_vector else lambda paths: _vector_path(paths, vector_format, vector_out),
+                             preview=(lambda item, paths: _write_preview(
+                                 item.source, paths, rgb, overwrite,
+                                 None if no_vector else _vector_path(paths, vector_format, vector_out)))
                              if preview else None)
             return
 
