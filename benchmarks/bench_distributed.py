@@ -8,7 +8,8 @@ Not a test: run on demand, e.g.
 Inputs: ``sample_data/field.tif`` (7 bands, uint8) mirror-tiled to ``--small`` rasters of
 ``--small-size``² and one raster of ``--large-size``², the demo model, CPU, fp32, no polygons.
 One thread everywhere: each worker is a process with one thread (Dask's nanny sets
-``OMP_NUM_THREADS=1``) and the in-process run is given ``torch.set_num_threads(1)``. Timed:
+``OMP_NUM_THREADS=1``; a worker's model gets as many torch threads as the worker has, one) and
+the in-process run's model is made with ``threads=1``. Timed:
 
 * in-process: ``predict_raster`` on each input in turn (what ``geoseg infer`` does without a
   cluster; the model is loaded for every input, as there);
@@ -50,15 +51,17 @@ def _raster(path: Path, size: int) -> Path:
 
 
 def _in_process(inputs: list[Path], out: Path) -> float:
-    import torch
-
     from geoseg.pipeline import predict_raster
 
-    torch.set_num_threads(1)
+    from geoseg.predict import TorchPredictor
+
+    def one_thread(paths: list[str], **kw: object) -> TorchPredictor:  # as a worker's model (tasks._threads)
+        return TorchPredictor.from_checkpoint(paths, threads=1, **kw)
+
     out.mkdir()
     t = time.perf_counter()
     for p in inputs:
-        predict_raster(p, MODEL, out / f"{p.stem}_classes.tif")
+        predict_raster(p, MODEL, out / f"{p.stem}_classes.tif", load_model=one_thread)
     return time.perf_counter() - t
 
 

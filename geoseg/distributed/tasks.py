@@ -54,11 +54,23 @@ def _device(device: str) -> str:
     return device
 
 
+def _threads() -> int | None:
+    """Threads of a model on a CPU: as many as the worker has (``dask worker --nthreads``; one in
+    ``--workers N`` clusters), so N workers on N cores do not fight over them."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
 def cached_model(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> tuple[Any, threading.Lock]:
     """This worker's predictor for ``paths`` and options, loaded on first use; with its lock (one
     run at a time uses a model)."""
     global LOADS
     kwargs["device"] = _device(kwargs.get("device", "auto"))
+    kwargs.setdefault("threads", _threads())
     key = (tuple(content_hash(p) for p in paths), tuple(sorted(kwargs.items())))
     with _GUARD:
         lock = _LOCKS.setdefault(key, threading.Lock())
@@ -96,7 +108,7 @@ def infer_task(source: str, model: Sequence[str], classes: str, probabilities: s
     from geoseg.pipeline import predict_raster
 
     outs = [Path(classes)] + ([Path(probabilities)] if probabilities else [])
-    if _done_earlier(outs, since_ns):
+    if rows is None and _done_earlier(outs, since_ns):  # a block simply runs again (its parts are the job's own)
         return {"again": True}
     held: list[threading.Lock] = []
     try:
