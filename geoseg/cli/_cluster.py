@@ -89,10 +89,10 @@ def infer_on_cluster(items: Sequence[BatchItem], outputs: Callable[[BatchItem], 
 
 
 def vectorize_on_cluster(pairs: Sequence[tuple[str, Path]], options: dict[str, Any], *, probabilities: Path | None,
-                         overwrite: bool, scheduler: str | None, workers: int | None, block_rows: int | None,
-                         resume: bool, quiet: bool) -> None:
+                         overwrite: bool, scheduler: str | None, workers: int | None, resume: bool,
+                         quiet: bool) -> None:
     """Several inputs: one task each. One input: its row bands are polygonized by the workers and merged
-    here (``block_rows`` rows a band, default the command's), the same polygons as one process."""
+    here, the same polygons as one process."""
     from geoseg.cli._batch import finish
     from geoseg.cli._console import err, out, styled
     from geoseg.cli.vectorize import print_report
@@ -109,10 +109,9 @@ def vectorize_on_cluster(pairs: Sequence[tuple[str, Path]], options: dict[str, A
         if len(pairs) == 1:
             from geoseg.vector import vectorize
 
-            opts = dict(options, band_rows=block_rows or options.get("band_rows"))
             n = len(client.scheduler_info()["workers"])
             report = vectorize(abs_pairs[0][0], abs_pairs[0][1], probabilities=probabilities, overwrite=overwrite,
-                               executor=client, workers=n, on_progress=bar, **opts)
+                               executor=client, workers=n, on_progress=bar, **options)
             print_report(report)
             return
         vectorize_many(client, abs_pairs, options, overwrite=overwrite, summary=summary,

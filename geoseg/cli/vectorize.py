@@ -8,7 +8,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import BlockRowsOpt, OverwriteOpt, SchedulerOpt
+from geoseg.cli._options import OverwriteOpt, SchedulerOpt
 from geoseg.cli.infer import VectorFormat
 
 
@@ -42,9 +42,11 @@ def vectorize(
     resume: Annotated[bool, typer.Option("--resume", help="With several inputs: skip those whose output is already complete.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     scheduler: SchedulerOpt = None,
-    block_rows: BlockRowsOpt = None,
 ) -> None:
-    """Turn RASTERS into polygons, identical to a whole-raster polygonization, in bounded memory."""
+    """Turn RASTERS into polygons, identical to a whole-raster polygonization, in bounded memory.
+
+    On a cluster (--scheduler, or --workers N with several inputs) each input is one task; a single input
+    has its row bands (--band-rows) polygonized by the workers and merged here."""
     from geoseg.batch import BatchItem, expand_inputs, plan_outputs
     from geoseg.errors import UsageError
     from geoseg.export import EXTENSIONS
@@ -68,7 +70,7 @@ def vectorize(
         from geoseg.cli._cluster import vectorize_on_cluster
 
         vectorize_on_cluster([(inputs[0], output)], options, probabilities=probabilities, overwrite=overwrite,
-                             scheduler=scheduler, workers=None, block_rows=block_rows, resume=resume, quiet=quiet)
+                             scheduler=scheduler, workers=None, resume=resume, quiet=quiet)
         return
     with output_directory(output):
         items = plan_outputs(inputs, output)
@@ -81,7 +83,7 @@ def vectorize(
 
             vectorize_on_cluster([(i.source, dest(i)) for i in items], options, probabilities=None,
                                  overwrite=overwrite, scheduler=scheduler, workers=workers if workers > 1 else None,
-                                 block_rows=block_rows, resume=resume, quiet=quiet)
+                                 resume=resume, quiet=quiet)
             return
         from geoseg.cli._batch import run_sequential
 
@@ -91,7 +93,6 @@ def vectorize(
 
 def _vectorize_one(raster: str, output: Path, options: dict[str, Any], probabilities: Path | None,
                    overwrite: bool, workers: int, quiet: bool) -> None:
-    from geoseg.cli._console import err, out, warn_line
     from geoseg.cli._progress import progress_bar
     from geoseg.vector import vectorize as run
 
