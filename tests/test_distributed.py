@@ -276,6 +276,40 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path, cluster: Cluste
         assert (tmp_path / "seq" / n).read_bytes() == (tmp_path / "dask" / n).read_bytes(), n
 
 
+def test_resume_runs_only_the_missing_blocks(tmp_path: Path, cluster: Cluster) -> None:
+    from distributed import Client
+
+    src = _large_raster(tmp_path)
+    opts = ["--tile-size", "64", "--overlap", "16", "--probabilities", "--no-vector", "-q", "--block-rows", "48"]
+    seq = _cli("infer", src, "-o", tmp_path / "seq", *opts[:-2])
+    assert seq.returncode == 0, seq.stderr
+    blocks = tmp_path / "dask" / ".large_classes.tif.geoseg-tmp-blocks"
+    job = subprocess.Popen([sys.executable, "-m", "geoseg", "infer", str(src), "-o", str(tmp_path / "dask"), *opts,
+                            "--scheduler", cluster.address], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:  # the client dies once a block is complete
+        deadline = time.monotonic() + WAIT_S
+        while not list(blocks.glob("probabilities-rows-*.tif")) and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.05)
+        os.kill(job.pid, signal.SIGKILL)
+    finally:
+        job.wait(timeout=WAIT_S)
+    with Client(cluster.address, timeout=WAIT_S) as c:  # the tasks already running finish; wait for them
+        deadline = time.monotonic() + WAIT_S
+        while any(c.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    done = len([p for p in blocks.glob("classes-rows-*.tif")
+                if (blocks / p.name.replace("classes", "probabilities")).exists()])
+    assert 1 <= done and not (tmp_path / "dask" / "large_classes.tif").exists()
+    r = _cli("infer", src, "-o", tmp_path / "dask", *opts, "--scheduler", cluster.address, "--resume")
+    assert r.returncode == 0, r.stderr
+    ran = 4 - done if done < 4 else 1  # one block always runs (it carries the outputs' creation arguments)
+    assert f"{ran} task{'s' if ran != 1 else ''} ran on the cluster" in r.stderr, r.stderr
+    for n in ("large_classes.tif", "large_probabilities.tif"):
+        assert (tmp_path / "seq" / n).read_bytes() == (tmp_path / "dask" / n).read_bytes(), n
+    assert not blocks.exists()
+
+
 def test_a_worker_that_cannot_see_the_output_is_named(tmp_path: Path) -> None:
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
         pytest.skip("needs unshare -m (a private mount namespace) to give a worker another file system")

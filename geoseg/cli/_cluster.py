@@ -76,9 +76,17 @@ def infer_on_cluster(items: Sequence[BatchItem], outputs: Callable[[BatchItem], 
             preview(item, paths)
 
     readable = [j.source for j in jobs] + models
+    tasks = [0]
+
+    def on_task(d: int, t: int) -> None:
+        tasks[0] = t
+        if bar is not None:
+            bar(_Tasks(d, t))
+
     with _cluster(scheduler, workers, readable, [j.classes.parent for j in jobs]) as client, _bar(quiet) as bar:
         infer_many(client, jobs, models, options, overwrite=overwrite, resume=resume, block_rows=block_rows,
-                   summary=summary, on_task=(lambda d, t: bar(_Tasks(d, t))) if bar else None, on_done=done)
+                   summary=summary, on_task=on_task, on_done=done)
+    err.print(f"{tasks[0]} task{'s' if tasks[0] != 1 else ''} ran on the cluster", soft_wrap=True)
     summary.done = [names.get(s, s) for s in summary.done]
     summary.failed = [(names.get(s, s), m.replace(s, names.get(s, s), 1)) for s, m in summary.failed]
     for _, msg in summary.failed:

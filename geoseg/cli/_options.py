@@ -11,7 +11,7 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existin
 # --- many inputs and Dask clusters (geoseg.batch, geoseg.distributed) ---
 InputsArg = Annotated[List[str], typer.Argument(
     help="Inputs: files, directories (their .tif/.tiff files), glob patterns, or @list.txt (one path a line).",
-    show_default=False)]
+    show_default=False, metavar="IMAGE")]
 SchedulerOpt = Annotated[Optional[str], typer.Option(
     help="Run on this existing Dask cluster, e.g. tcp://10.0.0.5:8786 (inputs and outputs on storage all its "
          "workers see; see docs/distributed.md).")]

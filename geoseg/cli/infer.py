@@ -72,7 +72,7 @@ def infer(
     workers: Annotated[Optional[int], typer.Option(help="Start a local Dask cluster of this many worker processes, one thread each (one per GPU on GPU machines).", min=1)] = None,
     block_rows: BlockRowsOpt = None,
 ) -> None:
-    """Segment IMAGES: write <stem>_classes.tif (a COG with colour table) and optionally probabilities for each."""
+    """Segment each IMAGE: write <stem>_classes.tif (a COG with colour table) and optionally probabilities."""
     from geoseg.batch import BatchItem, expand_inputs, plan_outputs
     from geoseg.cli._console import err, out
     from geoseg.cli._progress import progress_bar

@@ -25,7 +25,7 @@ def _ints_or_names(text: str | None) -> list[int | str] | None:
 
 @app.command()
 def vectorize(
-    rasters: Annotated[List[str], typer.Argument(help="Class rasters (band 1 holds integer class ids; nodata is skipped): files, directories, glob patterns or @list.txt.", show_default=False)],
+    rasters: Annotated[List[str], typer.Argument(help="Class rasters (band 1 holds integer class ids; nodata is skipped): files, directories, glob patterns or @list.txt.", show_default=False, metavar="RASTER")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output file; format from the extension: .gpkg .shp .geojson .parquet .fgb. With several inputs (or an existing directory): a directory receiving <stem>.<format> for each.")],
     format: Annotated[VectorFormat, typer.Option("--format", help="Polygon format when -o is a directory.")] = VectorFormat.gpkg,
     classes: Annotated[Optional[str], typer.Option(help="Keep only these classes, ids or names, e.g. 1,5 or corn,soy.")] = None,
@@ -43,7 +43,7 @@ def vectorize(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     scheduler: SchedulerOpt = None,
 ) -> None:
-    """Turn RASTERS into polygons, identical to a whole-raster polygonization, in bounded memory.
+    """Turn each RASTER into polygons, identical to a whole-raster polygonization, in bounded memory.
 
     On a cluster (--scheduler, or --workers N with several inputs) each input is one task; a single input
     has its row bands (--band-rows) polygonized by the workers and merged here."""
