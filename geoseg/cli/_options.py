@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
 
+from geoseg.architectures import ARCHITECTURES, help_line
+
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+#: the --arch choices: the architecture table's names (torch-free, so --help stays fast)
+Arch = Enum("Arch", [(name, name) for name in ARCHITECTURES], type=str)  # type: ignore[misc]
+ARCH_HELP = f"Architecture. {help_line()}."

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
+from geoseg.cli._options import ARCH_HELP, Arch
 
 model_app = typer.Typer(help="Create and inspect model checkpoints.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -16,14 +17,15 @@ app.add_typer(model_app, name="model")
 @model_app.command("init")
 def init(
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint file to write (.pt).")],
-    arch: Annotated[str, typer.Option(help="Architecture: unet (ours), smp-unet (segmentation-models-pytorch) or tempcnn (per-pixel, time series).")] = "unet",
+    arch: Annotated[Arch, typer.Option(help=ARCH_HELP)] = "unet",  # type: ignore[assignment]
     bands: Annotated[int, typer.Option(help="Number of input bands.", min=1)] = 3,
     classes: Annotated[int, typer.Option(help="Number of output classes.", min=1, max=255)] = 2,
     class_names: Annotated[Optional[str], typer.Option(help="Comma-separated class names, e.g. background,field,boundary.")] = None,
     band_names: Annotated[Optional[str], typer.Option(help="Comma-separated band names, e.g. B4,B3,B2,B8.")] = None,
-    base_channels: Annotated[int, typer.Option(help="unet: channels of the first level.", min=1)] = 32,
-    depth: Annotated[int, typer.Option(help="unet: number of poolings.", min=1, max=8)] = 3,
-    encoder: Annotated[str, typer.Option(help="smp-unet: encoder name (no weights are downloaded).")] = "efficientnet-b3",
+    base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
+    depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="smp-*: encoder name, e.g. resnet34, efficientnet-b3 (random weights; nothing is downloaded) [resnet18].")] = None,
+    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-*: encoder depth (5; smp-fpn and smp-pspnet also 3 or 4) [5, smp-pspnet 3].", min=3, max=5)] = None,
     stats_from: Annotated[Optional[Path], typer.Option(help="Compute per-band normalization from this raster (nodata excluded).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-band means, comma-separated (default 0).")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-band standard deviations, comma-separated (default 1).")] = None,
@@ -37,12 +39,12 @@ def init(
     from geoseg.modelinit import init_checkpoint
 
     path = init_checkpoint(
-        output, arch=arch, bands=bands, classes=classes,
+        output, arch=Arch(arch).value, bands=bands, classes=classes,
         class_names=_split(class_names), band_names=_split(band_names),
-        base_channels=base_channels, depth=depth, encoder=encoder, stats_from=stats_from,
+        base_channels=base_channels, depth=depth, encoder=encoder, encoder_depth=encoder_depth, stats_from=stats_from,
         mean=_floats(mean), std=_floats(std), tile_size=tile_size, overlap=overlap, seed=seed,
         overwrite=overwrite)
-    out.print(f"wrote untrained {arch} checkpoint to {path}")
+    out.print(f"wrote untrained {Arch(arch).value} checkpoint to {path}")
 
 
 @model_app.command("info")
