@@ -84,6 +84,9 @@ def export_onnx(checkpoint: str | os.PathLike[str], output: str | os.PathLike[st
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
             raise UsageError(f"{meta.arch} cannot be exported to ONNX: {str(e).strip().splitlines()[0][:200]}") from None
         proto = program.model_proto
+        if not proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
+            raise UsageError(f"{meta.arch} exported with a fixed batch size (the exporter specialized it); "
+                             "report this with the model's architecture")
         proto.producer_name = "geoseg"
         proto.doc_string = f"geoseg {meta.arch} segmentation model: normalised tiles in, class probabilities out"
         props = {"geoseg_meta": meta.to_json(), **deepness_metadata(meta, resolution_cm)}
