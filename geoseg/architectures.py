@@ -155,7 +155,3 @@ def from_torchgeo(model: str) -> Architecture | None:
     """The architecture torchgeo's ``SemanticSegmentationTask`` calls ``model``, if geoseg has it."""
     return next((a for a in ARCHITECTURES.values() if a.torchgeo == model), None)
 
-
-def help_line() -> str:
-    """The ``--arch`` help: every name with its summary."""
-    return "; ".join(f"{a.name}: {a.summary}" for a in ARCHITECTURES.values())

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from geoseg.architectures import ARCHITECTURES, help_line
+from geoseg.architectures import ARCHITECTURES
 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
 #: the --arch choices: the architecture table's names (torch-free, so --help stays fast)
 Arch = Enum("Arch", [(name, name) for name in ARCHITECTURES], type=str)  # type: ignore[misc]
-ARCH_HELP = f"Architecture. {help_line()}."
+ARCH_HELP = ("Architecture: unet (geoseg's U-Net), smp-* (segmentation-models-pytorch decoders, any smp encoder) "
+             "or tempcnn (per pixel, time series); the table with defaults is in docs/models.md.")
