@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import ARCH_HELP, Arch
+from geoseg.cli._options import ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt
 
 model_app = typer.Typer(help="Create, import, export and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -22,10 +22,10 @@ def init(
     classes: Annotated[int, typer.Option(help="Number of output classes.", min=1, max=255)] = 2,
     class_names: Annotated[Optional[str], typer.Option(help="Comma-separated class names, e.g. background,field,boundary.")] = None,
     band_names: Annotated[Optional[str], typer.Option(help="Comma-separated band names, e.g. B4,B3,B2,B8.")] = None,
-    base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
-    depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="smp-*: encoder name, e.g. resnet34, efficientnet-b3 (random weights; nothing is downloaded) [resnet18].")] = None,
-    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-*: encoder depth (5; smp-fpn and smp-pspnet also 3 or 4) [5, smp-pspnet 3].", min=3, max=5)] = None,
+    base_channels: BaseChannelsOpt = None,
+    depth: DepthOpt = None,
+    encoder: EncoderOpt = None,
+    encoder_depth: EncoderDepthOpt = None,
     stats_from: Annotated[Optional[Path], typer.Option(help="Compute per-band normalization from this raster (nodata excluded).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-band means, comma-separated (default 0).")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-band standard deviations, comma-separated (default 1).")] = None,
@@ -53,10 +53,10 @@ def import_(
     output: Annotated[Path, typer.Option("-o", "--output", help="geoseg checkpoint to write (.pt).")],
     preset: Annotated[Optional[str], typer.Option(help="Metadata of a known family: ftw (Fields of The World: 8 bands B4,B3,B2,B8 of two dates, image / 3000, background/field/boundary, tile 1024, overlap 128).")] = None,
     arch: Annotated[Optional[Arch], typer.Option(help="Architecture of a plain state dict (Lightning checkpoints name their own).")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="smp-*: the state dict's encoder, e.g. efficientnet-b3 [resnet18].")] = None,
-    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-*: encoder depth [5].", min=3, max=5)] = None,
-    base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
-    depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
+    encoder: EncoderOpt = None,
+    encoder_depth: EncoderDepthOpt = None,
+    base_channels: BaseChannelsOpt = None,
+    depth: DepthOpt = None,
     band_names: Annotated[Optional[str], typer.Option(help="Comma-separated input band names in model order [band_1...].")] = None,
     scale: Annotated[Optional[float], typer.Option(help="The model took image / SCALE (e.g. 3000 for Sentinel-2 L2A reflectance x 10000 in FTW).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-band means subtracted before the model, comma-separated (with --std).")] = None,

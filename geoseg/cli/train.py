@@ -10,7 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import ARCH_HELP, Arch
+from geoseg.architectures import ARCHITECTURES
+from geoseg.cli._options import ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt
+
+TEMPCNN = ARCHITECTURES["tempcnn"].defaults
 
 
 class Weights(str, Enum):
@@ -32,13 +35,13 @@ def train(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
     arch: Annotated[Optional[Arch], typer.Option(help=ARCH_HELP + " [unet]")] = None,
-    base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
-    depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="smp-*: encoder, e.g. resnet34, efficientnet-b3 [resnet18].")] = None,
-    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-*: encoder depth (5; smp-fpn and smp-pspnet also 3 or 4) [5, smp-pspnet 3].", min=3, max=5)] = None,
+    base_channels: BaseChannelsOpt = None,
+    depth: DepthOpt = None,
+    encoder: EncoderOpt = None,
+    encoder_depth: EncoderDepthOpt = None,
     encoder_weights: Annotated[Optional[Path], typer.Option(help="smp-*: pretrained encoder weights from a file you downloaded (timm, smp or torchgeo state dict; .pt, .pth, .safetensors); other band counts are adapted. Nothing is downloaded [random init].")] = None,
-    bands_per_date: Annotated[Optional[int], typer.Option(help="tempcnn: bands per date, bands ordered date by date [1].", min=1)] = None,
-    context: Annotated[Optional[int], typer.Option(help="tempcnn: odd side in pixels of the neighbourhood whose mean profile is read beside each pixel's, e.g. 7 [1 = the pixel alone].", min=1)] = None,
+    bands_per_date: Annotated[Optional[int], typer.Option(help=f"tempcnn: bands per date, bands ordered date by date [{TEMPCNN['bands_per_date']}].", min=1)] = None,
+    context: Annotated[Optional[int], typer.Option(help=f"tempcnn: odd side in pixels of the neighbourhood whose mean profile is read beside each pixel's, e.g. 7 [{TEMPCNN['context']}: the pixel alone].", min=1)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [20].", min=1)] = None,
     samples_per_epoch: Annotated[Optional[int], typer.Option(help="Training chips per epoch [about the non-overlapping chips of the training regions].", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Chips per step [8].", min=1)] = None,
