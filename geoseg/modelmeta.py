@@ -93,8 +93,12 @@ class ModelMeta:
     def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
         if d.get("format") != FORMAT:
             raise CheckpointError("not a geoseg checkpoint (format marker missing)")
-        if int(d.get("format_version", -1)) > FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format {d.get('format_version')} is newer than this geoseg "
+        version = d.get("format_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"checkpoint format_version {version!r} is not a version number (1 to "
+                                  f"{FORMAT_VERSION}); the file was not written by geoseg or was edited")
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format {version} is newer than this geoseg "
                                   f"supports ({FORMAT_VERSION}); upgrade geoseg")
         try:
             return cls(

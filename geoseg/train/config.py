@@ -225,7 +225,10 @@ class TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise UsageError(f"{p}: config file not found")
-        text = p.read_text(encoding="utf-8")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{p}: config is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         try:
             if p.suffix.lower() == ".toml":
                 import tomllib

@@ -106,6 +106,33 @@ def make(out: Path) -> dict[str, Path]:
 
     torch.save({"geoseg_meta": "{}", "state_dict": {}, "evil": Evil()}, out / "evil.pt")
     f["evil_model"] = out / "evil.pt"
+    for name, version in (("odd_version", '"abc"'), ("zero_version", "0"), ("list_version", "[1]")):
+        odd = dict(payload)
+        odd["geoseg_meta"] = payload["geoseg_meta"].replace('"format_version": 1', f'"format_version": {version}')
+        torch.save(odd, out / f"{name}.pt")
+        f[f"{name}_model"] = out / f"{name}.pt"
+    # models from elsewhere: an ONNX export, a text file named .onnx, a torchgeo Lightning checkpoint
+    from geoseg.models.onnx_export import export_onnx
+
+    f["model_onnx"] = export_onnx(f["model"], out / "model.onnx")
+    (out / "text.onnx").write_text("not a model\n")
+    f["text_onnx"] = out / "text.onnx"
+    import segmentation_models_pytorch as smp
+
+    net = smp.Unet(encoder_name="mobilenet_v2", encoder_weights=None, in_channels=3, classes=2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"model": "unet", "backbone": "mobilenet_v2", "in_channels": 3, "num_classes": 2,
+                                     "model_kwargs": {}},
+                "pytorch-lightning_version": "2.5.0"}, out / "lightning.ckpt")
+    f["lightning"] = out / "lightning.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"model": "fcn", "backbone": "resnet18", "in_channels": 3, "num_classes": 2}},
+               out / "lightning_fcn.ckpt")
+    f["lightning_fcn"] = out / "lightning_fcn.ckpt"
+    torch.save({"model.conv.weight": torch.zeros(8, 3, 3, 3)}, out / "tiny_state.pth")
+    f["tiny_state"] = out / "tiny_state.pth"
+    (out / "latin1.yaml").write_bytes("epochs: 1\noutput: m\xe9.pt\n".encode("latin-1"))
+    f["latin1_config"] = out / "latin1.yaml"
     # vectors
     import geopandas as gpd
     from shapely.geometry import Polygon, box
