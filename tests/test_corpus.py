@@ -75,6 +75,13 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "evaluate_no_overlap": (["evaluate", "{classes}", "{labels_far}", "--class-field", "class", "-o", "{out}"],
                             "error", "overlap"),
     "evaluate_truth_not_raster": (["evaluate", "{classes}", "{text}", "-o", "{out}"], "error", "text.tif"),
+    # a damaged tile in the middle of an otherwise good file, read by every command that reads rasters
+    "preview_corrupt_tile": (["preview", "{corrupt_tile}", "-o", "{out}/p.png"], "error", "read failed"),
+    "evaluate_corrupt_prediction": (["evaluate", "{corrupt_tile}", "{classes}", "-o", "{out}/ev"], "error",
+                                    "corrupt_tile.tif: read failed"),
+    "evaluate_corrupt_truth": (["evaluate", "{classes}", "{corrupt_tile}", "-o", "{out}/ev"], "error",
+                               "corrupt_tile.tif: read failed"),
+    "vectorize_corrupt_tile": (["vectorize", "{corrupt_tile}", "-o", "{out}/v.gpkg"], "error", "read failed"),
     # model metadata of odd shapes, configs in other encodings
     "model_info_text_version": (["model", "info", "{odd_version_model}"], "error", "format_version 'abc'"),
     "infer_zero_version": (["infer", "{good}", "-m", "{zero_version_model}", "-o", "{out}"], "error",

@@ -46,6 +46,15 @@ def make(out: Path) -> dict[str, Path]:
     full = f["good"].read_bytes()
     (out / "truncated.tif").write_bytes(full[: len(full) // 3])
     f["truncated"] = out / "truncated.tif"
+    # a class raster whose first DEFLATE tile is garbage (the rest of the file is fine)
+    f["corrupt_tile"] = _tif(out / "corrupt_tile.tif", cls, nodata=255, tiled=True, blockxsize=16, blockysize=16,
+                             compress="deflate")
+    with rasterio.open(f["corrupt_tile"]) as ds:
+        off = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    raw = bytearray(f["corrupt_tile"].read_bytes())
+    raw[off:off + size] = b"\x13" * size
+    f["corrupt_tile"].write_bytes(bytes(raw))
     (out / "text.tif").write_text("just some text\n")
     f["text"] = out / "text.tif"
     (out / "page.tif").write_text("<!doctype html><html><body>404 Not Found</body></html>")
