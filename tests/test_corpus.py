@@ -82,6 +82,12 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "evaluate_corrupt_truth": (["evaluate", "{classes}", "{corrupt_tile}", "-o", "{out}/ev"], "error",
                                "corrupt_tile.tif: read failed"),
     "vectorize_corrupt_tile": (["vectorize", "{corrupt_tile}", "-o", "{out}/v.gpkg"], "error", "read failed"),
+    # a polygon with a NaN vertex: skipped with a warning where polygons are read
+    "train_nan_coordinate_polygon": (["train", "--image", "{good}", "--vector-labels", "{labels_nan}",
+                                      "--class-field", "class", "-o", "{out}/m.pt", "--val-split", "0", *TRAIN], "ok",
+                                     "skipped 1 polygon(s) with NaN or infinite coordinates"),
+    "evaluate_nan_coordinate_polygon": (["evaluate", "{classes}", "{labels_nan}", "--class-field", "id", "-o",
+                                         "{out}/ev"], "ok", "skipped 1 polygon(s) with NaN"),
     # model metadata of odd shapes, configs in other encodings
     "model_info_text_version": (["model", "info", "{odd_version_model}"], "error", "format_version 'abc'"),
     "infer_zero_version": (["infer", "{good}", "-m", "{zero_version_model}", "-o", "{out}"], "error",

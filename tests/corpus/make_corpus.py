@@ -164,6 +164,12 @@ def make(out: Path) -> dict[str, Path]:
                      geometry=[bowtie, box(x0 + 250, y0 + 250, x0 + 380, y0 + 460), Polygon()],
                      crs=CRS).to_file(out / "labels_invalid.gpkg")
     f["labels_invalid"] = out / "labels_invalid.gpkg"
+    nan_ring = Polygon([(x0 + 10, y0 + 10), (float("nan"), y0 + 10), (x0 + 200, y0 + 200), (x0 + 10, y0 + 200)])
+    gpd.GeoDataFrame({"class": ["a", "b", "a"], "id": [0, 1, 0]},
+                     geometry=[nan_ring, box(x0 + 250, y0 + 250, x0 + 380, y0 + 460), box(x0 + 10, y0 + 10, x0 + 150,
+                                                                                          y0 + 200)],
+                     crs=CRS).to_file(out / "labels_nan.gpkg")
+    f["labels_nan"] = out / "labels_nan.gpkg"
     g.set_crs(None, allow_override=True).to_file(out / "labels_nocrs.shp")
     for ext in (".prj",):
         (out / f"labels_nocrs{ext}").unlink(missing_ok=True)
