@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from geoseg.errors import OutputExistsError, RasterWriteError
+from geoseg.errors import OutputExistsError, RasterWriteError, error_text, is_disk_full
 
 #: Marker in every temporary name, so leftovers are recognisable (``*.geoseg-tmp*``).
 TMP_MARKER = ".geoseg-tmp"
@@ -169,6 +169,23 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False,
         if not tmp.exists():
             raise RasterWriteError(f"{dest}: nothing was written")
         commit(tmp, dest)
+    except Exception as e:
+        full = is_disk_full(e) or _nearly_full(dest.parent)  # some writers (torch) hide the ENOSPC
+        remove_quietly(tmp)
+        if full:
+            raise RasterWriteError(f"{dest}: the disk is full ({error_text(e, 120)}); free space there or "
+                                   "write elsewhere") from None
+        raise
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB left where a write just failed: the likely reason, whatever the writer said."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
