@@ -88,6 +88,11 @@ CASES: dict[str, tuple[list[str], str, str]] = {
                                      "skipped 1 polygon(s) with NaN or infinite coordinates"),
     "evaluate_nan_coordinate_polygon": (["evaluate", "{classes}", "{labels_nan}", "--class-field", "id", "-o",
                                          "{out}/ev"], "ok", "skipped 1 polygon(s) with NaN"),
+    # a VRT whose bands have different types: read one by one into their common type
+    "infer_vrt_mixed_types": (["infer", "{mixed_types}", "-m", "{model}", "-o", "{out}"], "ok", ""),
+    "preview_vrt_mixed_types": (["preview", "{classes}", "--image", "{mixed_types}", "-o", "{out}/p.png"], "ok", ""),
+    "train_vrt_mixed_types": (["train", "--image", "{mixed_types}", "--vector-labels", "{labels}", "--class-field",
+                               "class", "-o", "{out}/m.pt", "--val-split", "0", *TRAIN], "ok", ""),
     # model metadata of odd shapes, configs in other encodings
     "model_info_text_version": (["model", "info", "{odd_version_model}"], "error", "format_version 'abc'"),
     "infer_zero_version": (["infer", "{good}", "-m", "{zero_version_model}", "-o", "{out}"], "error",

@@ -149,6 +149,18 @@ def read_errors(name: str, window: Window | None = None) -> Iterator[None]:
         raise RasterReadError(f"{name}: read failed{rows} (file truncated or damaged?): {error_text(e, 160)}") from None
 
 
+def read_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int], **kwargs: Any) -> np.ndarray:
+    """``ds.read(bands, **kwargs)`` for bands of any mix of types (rasterio refuses several types in one
+    read): mixed bands are read one by one and stacked in their common type (masked arrays too)."""
+    if len({ds.dtypes[b - 1] for b in bands}) == 1:
+        return ds.read(list(bands), **kwargs)
+    parts = [ds.read(b, **kwargs) for b in bands]
+    common = np.result_type(*(p.dtype for p in parts))
+    if kwargs.get("masked"):
+        return np.ma.stack([p.astype(common) for p in parts])
+    return np.stack([p.astype(common) for p in parts])
+
+
 def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray,
               valid: np.ndarray | None = None, masked: bool = True) -> None:
     """Read ``bands`` in ``window`` into ``out`` (bands, h, w) in the raster's own type (views welcome).
@@ -157,7 +169,11 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
     masked (declared nodata, internal mask, alpha; when ``masked``) and finite (floating types).
     """
     with read_errors(ds.name, window):
-        ds.read(list(bands), window=window, out=out)
+        if len({ds.dtypes[b - 1] for b in bands}) == 1:
+            ds.read(list(bands), window=window, out=out)
+        else:  # bands of several types (a VRT stacking Byte and Float32): rasterio reads them one by one
+            for i, b in enumerate(bands):
+                ds.read(b, window=window, out=out[i], out_dtype=out.dtype)
         if valid is not None:
             if masked:
                 ds.read_masks(list(bands), window=window, out=valid)
