@@ -77,8 +77,24 @@ def evaluate(
             t.add_row(safe_line(o.name), str(o.truth_objects), str(o.predicted_objects), str(o.matched), _f(o.precision),
                       _f(o.recall), _f(o.f1))
         out.print(t)
+        note = merged_objects_note(r.metrics, r.objects)
+        if note:
+            err.print(note)
     if r.note:
         err.print(r.note)
     if r.pred_nodata_pixels:
         err.print(f"{r.pred_nodata_pixels} labelled pixels were skipped because the prediction is nodata there")
     out.print(f"metrics: {r.metrics_csv}\nconfusion: {r.confusion_csv}\nplot: {r.confusion_png}")
+
+
+def merged_objects_note(metrics: "SegmentationMetrics", objects: Any) -> str:
+    """Why a class can score well per pixel and zero per object: its predicted regions are connected
+    pixels of one class, so neighbouring objects that touch merge into one region matching none."""
+    iou = {row["class"]: row["iou"] for row in metrics.per_class()}
+    merged = [o.name for o in objects if o.truth_objects > 0 and o.matched < o.truth_objects / 2
+              and o.predicted_objects < o.truth_objects and iou.get(o.name, 0.0) >= 0.5]
+    if not merged:
+        return ""
+    return (f"note: {', '.join(merged)}: good pixel scores but few matched objects: predicted objects are connected "
+            "regions of one class, so objects that touch (neighbouring fields) merge into one region that matches "
+            "none of them; a model with a boundary class (e.g. background/field/boundary) separates them")
