@@ -97,9 +97,14 @@ class PredictionReport:
     #: draining the device and the writer, writing the COGs
     timings: dict[str, float] = field(default_factory=dict)
 
+    #: pixels this run computed (fewer than width x height after ``--resume``)
+    pixels_processed: int | None = None
+
     @property
     def megapixels_per_second(self) -> float:
-        return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
+        """Speed of this run: the pixels it processed (not those an earlier run wrote) per second."""
+        done = self.width * self.height if self.pixels_processed is None else self.pixels_processed
+        return done / 1e6 / max(self.seconds, 1e-9)
 
 
 def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
@@ -314,7 +319,15 @@ def predict_raster(
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
         accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
-        class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"])
+        class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"],
+        pixels_processed=info.width * info.height - _pixels_written_before(strips, start, info.height))
+
+
+def _pixels_written_before(strips: Sequence[tuple[int, int]], start: tuple[int, int], height: int) -> int:
+    """Pixels an earlier run wrote: the strips before ``start``'s, and its rows in that one."""
+    strip, rows = start
+    return sum((b - a) * height for a, b in strips[:strip]) + (rows * (strips[strip][1] - strips[strip][0])
+                                                                 if strip < len(strips) else 0)
 
 
 def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,
