@@ -21,9 +21,12 @@ def read_vector(path: str | os.PathLike[str], layer: str | int | None = None) ->
     """A GeoDataFrame of any vector file GDAL reads; GeoParquet through pyarrow (no GDAL needed)."""
     import geopandas as gpd
 
+    from geoseg.io.atomic import gdal_safe_path
+
     if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
         return gpd.read_parquet(path)
-    return gpd.read_file(path, layer=layer)
+    with gdal_safe_path(path) as p:
+        return gpd.read_file(p, layer=layer)
 
 
 def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
