@@ -145,8 +145,9 @@ def read_errors(name: str, window: Window | None = None) -> Iterator[None]:
     try:
         yield
     except RasterioIOError as e:
-        rows = f" at rows {window.row_off}..{window.row_off + window.height}" if window is not None else ""
-        raise RasterReadError(f"{name}: read failed{rows} (file truncated or damaged?): {error_text(e, 160)}") from None
+        what = (f"read failed at rows {window.row_off}..{window.row_off + window.height}" if window is not None
+                else "read failed")
+        raise RasterReadError(f"{name}: {what} (file truncated or damaged?): {error_text(e, 160)}") from None
 
 
 def read_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int], **kwargs: Any) -> np.ndarray:
