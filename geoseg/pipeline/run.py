@@ -37,7 +37,7 @@ from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
-from geoseg.pipeline.budget import check_disk, strip_width_for_budget
+from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_run
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
@@ -227,9 +227,9 @@ def predict_raster(
             grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
             on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
             threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
-            if max_memory_mb is not None:
-                max_strip_width = min(max_strip_width, strip_width_for_budget(
-                    max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb or 64))
+            max_strip_width = fit_strip_width(max_strip_width, min(info.width, max_strip_width), max_memory_mb,
+                                              size, meta.num_bands, meta.num_classes, min(batch_size, len(grid)),
+                                              prefetch, gdal_cache_mb or 64)  # no batch is larger than the raster
             strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
             widest = max(b - a for a, b in strips)
             cache = (int(gdal_cache_mb * 2**20) if gdal_cache_mb is not None else 64 * 2**20 if max_memory_mb
