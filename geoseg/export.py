@@ -129,6 +129,11 @@ def _geojson_batch(crs: Any) -> Any:
         g = shapely.from_wkb(np.asarray(batch.column(i).to_pylist(), dtype=object))
         if tr is not None:
             g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+            xy = shapely.get_coordinates(g)
+            if not np.isfinite(xy).all():
+                raise VectorError("polygons lie outside where the raster's CRS maps to the Earth, so they cannot "
+                                  "be written as GeoJSON longitude/latitude; check the raster's georeferencing, "
+                                  "or write .gpkg/.fgb (coordinates kept as they are)")
         g = shapely.orient_polygons(g, exterior_cw=False)
         return batch.set_column(i, "geometry", pa.array(shapely.to_wkb(g), type=pa.large_binary()))
 
@@ -159,6 +164,10 @@ def _write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs:
     layer_options: dict[str, str] = {}
     out_crs = crs.to_wkt() if crs is not None and hasattr(crs, "to_wkt") else crs
     if fmt.name == "geojson":
+        if crs is None:
+            raise VectorError(f"{dest or tmp.name}: GeoJSON holds longitude/latitude (RFC 7946), but the raster has "
+                              "no CRS to convert from; write .gpkg, .fgb or .shp (pixel coordinates kept), or "
+                              "assign the raster's CRS first")
         transform = _geojson_batch(crs)
         layer_options["RFC7946"] = "YES"
         out_crs = "EPSG:4326" if crs is not None else None

@@ -42,6 +42,9 @@ def make(out: Path) -> dict[str, Path]:
     f["good"] = _tif(out / "good.tif", img)
     cls = (rng.random((48, 40)) > 0.5).astype(np.uint8)
     f["classes"] = _tif(out / "classes.tif", cls, nodata=255)
+    f["classes_nocrs"] = _tif(out / "classes_nocrs.tif", cls, nodata=255, crs=None, transform=Affine.identity())
+    f["classes_far"] = _tif(out / "classes_far.tif", cls, nodata=255,
+                            transform=Affine(10.0, 0.0, 5e13, 0.0, -10.0, 9e13))  # beyond the Earth in UTM
     # rasters that are not what they claim
     full = f["good"].read_bytes()
     (out / "truncated.tif").write_bytes(full[: len(full) // 3])
