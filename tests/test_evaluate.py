@@ -172,3 +172,27 @@ def test_touching_objects_get_an_explanation_beside_zero_object_scores(tmp_path,
           str(tmp_path / "ev")])
     cap = capsys.readouterr()
     assert "│ class_1 │ 4 " in cap.out and "objects that touch" in " ".join(cap.err.split())
+
+
+def test_ignore_value_applies_to_polygon_truth(tmp_path):
+    """Polygons whose class is an --ignore-value are not scored (it applied to raster truth only)."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.transform import from_origin
+    from shapely.geometry import box
+
+    from geoseg.evaluate import evaluate
+
+    a = np.ones((60, 60), np.uint8)
+    with rasterio.open(tmp_path / "pred.tif", "w", driver="GTiff", width=60, height=60, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 5300000, 10, 10), nodata=255) as d:
+        d.write(a, 1)
+    # a 10x10 px polygon of class 1 (right) and a 20x20 px one of class 0 meaning "unlabelled" (wrong if scored)
+    gpd.GeoDataFrame({"id": [1, 0]}, geometry=[box(500000, 5299900, 500100, 5300000),
+                                               box(500200, 5299600, 500400, 5299800)],
+                     crs="EPSG:32633").to_file(tmp_path / "truth.gpkg")
+    scored = evaluate(tmp_path / "pred.tif", tmp_path / "truth.gpkg", class_field="id", object_level=False)
+    assert scored.metrics.matrix.sum() == 100 + 400
+    ignored = evaluate(tmp_path / "pred.tif", tmp_path / "truth.gpkg", class_field="id", ignore_values=[0],
+                       object_level=False)
+    assert ignored.metrics.matrix.sum() == 100 and ignored.metrics.matrix.trace() == 100

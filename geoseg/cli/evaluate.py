@@ -54,7 +54,7 @@ def evaluate(
     truth: Annotated[Path, typer.Argument(help="Truth: a label raster, or polygons (GPKG, GeoJSON, Shapefile...).")],
     class_field: Annotated[Optional[str], typer.Option(help="Polygon attribute holding the class name or id.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Write <stem>_metrics.csv, _confusion.csv, _confusion.png here (default: beside the prediction).")] = None,
-    ignore_value: Annotated[Optional[list[int]], typer.Option(help="Truth raster value meaning unlabelled; repeatable [0 unless 0 is a class].")] = None,
+    ignore_value: Annotated[Optional[list[int]], typer.Option(help="Truth value meaning unlabelled: a truth raster value, or a class value (or id) of truth polygons, which are then not scored; repeatable [rasters: 0 unless 0 is a class; polygons: none].")] = None,
     objects: Annotated[bool, typer.Option("--objects/--no-objects", help="Object-level precision/recall/F1 (one-to-one matching at IoU > 0.5).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
 ) -> None:
