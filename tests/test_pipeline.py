@@ -306,3 +306,18 @@ def test_a_vrt_with_a_missing_source_names_it(make_raster, tmp_path):
     with pytest.raises(RasterReadError, match=r"part\.tif: No such file or directory"):
         predict_raster(vrt, PointwiseModel(3, 2), tmp_path / "c.tif", tile_size=16, overlap=4)
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_nodata_value_marks_an_undeclared_collar(make_raster, tmp_path):
+    """A zero collar the raster does not declare is a class without --nodata, and nodata with nodata=0."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(100, 3000, size=(3, 64, 80)).astype(np.uint16)
+    data[:, :, :16] = 0  # the collar, not declared
+    src = make_raster(data)
+    plain = predict_raster(src, PointwiseModel(3, 4), tmp_path / "a.tif", tile_size=32, overlap=8)
+    marked = predict_raster(src, PointwiseModel(3, 4), tmp_path / "b.tif", tile_size=32, overlap=8, nodata=0)
+    with rasterio.open(plain.classes_path) as a, rasterio.open(marked.classes_path) as b:
+        ca, cb = a.read(1), b.read(1)
+    assert (ca[:, :16] != 255).all()
+    assert (cb[:, :16] == 255).all()
+    assert (ca[:, 16:] == cb[:, 16:]).mean() > 0.99  # away from the collar, the same classes

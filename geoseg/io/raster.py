@@ -163,11 +163,12 @@ def read_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int], **kwargs: An
 
 
 def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray,
-              valid: np.ndarray | None = None, masked: bool = True) -> None:
+              valid: np.ndarray | None = None, masked: bool = True, nodata: float | None = None) -> None:
     """Read ``bands`` in ``window`` into ``out`` (bands, h, w) in the raster's own type (views welcome).
 
     ``valid`` (bands, h, w) uint8, if given, receives the validity: nonzero where the value is not
-    masked (declared nodata, internal mask, alpha; when ``masked``) and finite (floating types).
+    masked (declared nodata, internal mask, alpha; when ``masked``), finite (floating types) and not
+    ``nodata`` (a value the user names as nodata, e.g. an undeclared zero collar).
     """
     with read_errors(ds.name, window):
         if len({ds.dtypes[b - 1] for b in bands}) == 1:
@@ -182,6 +183,8 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
                 valid[...] = 1
     if valid is not None and out.dtype.kind == "f":
         valid &= np.isfinite(out)
+    if valid is not None and nodata is not None:
+        valid &= out != nodata
 
 
 def parse_bands(text: str | None, option: str = "--bands") -> list[int] | None:

@@ -128,6 +128,7 @@ def predict_raster(
     probabilities: str | os.PathLike[str] | None = None,
     probability_dtype: str = "uint8",
     bands: Sequence[int] | None = None,
+    nodata: float | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = DEFAULT_BLEND,
@@ -158,6 +159,8 @@ def predict_raster(
         probabilities: also write per-class probabilities plus a confidence band here.
         probability_dtype: ``uint8`` (0-255 scaled, nodata in the mask band) or ``float32`` (NaN nodata).
         bands: 1-based input bands in model order (default: all non-alpha bands).
+        nodata: an input value to treat as nodata in every band, beside the raster's own nodata and
+            masks (an undeclared zero collar); such pixels get the output nodata.
         tile_size: tile side in pixels (default: the checkpoint's).
         overlap: overlap in pixels (default: the checkpoint's).
         blend: blend window, one of :data:`geoseg.blend.BLEND_WINDOWS`.
@@ -244,7 +247,7 @@ def predict_raster(
                 "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
                           else [file_fingerprint(p) for p in paths] if paths is not None
                           else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
-                "options": {"bands": band_idx, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
+                "options": {"bands": band_idx, "nodata": nodata, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
                             "precision": getattr(predictor, "precision", precision),
                             "probabilities": str(prob_path) if prob_path else None,
                             "probability_dtype": probability_dtype, "strips": strips},
@@ -289,7 +292,7 @@ def predict_raster(
                         stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
                                         batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
                                         prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
-                                        accumulate=accumulate, on_progress=on_progress, t0=t0)
+                                        accumulate=accumulate, on_progress=on_progress, t0=t0, nodata=nodata)
                 finally:
                     writer.close()
                 # two phases: every COG is built before any is renamed into place, so an interruption
@@ -332,7 +335,8 @@ def _pixels_written_before(strips: Sequence[tuple[int, int]], start: tuple[int, 
 
 def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,
             writer: RowWriter, probabilities: bool, prob_dtype: str, prefetch: int, threads: int,
-            accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float) -> dict[str, Any]:
+            accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float,
+            nodata: float | None = None) -> dict[str, Any]:
     """Read the plan's row bands and run the device stages on them; the run's counts."""
     from geoseg.predict.stream import StreamRunner, pinned_alloc
 
@@ -349,7 +353,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
                           prob_dtype=prob_dtype, emit=writer.put, accumulate=accumulate, on_batch=progress)
     # row bands in page-locked memory on a GPU: copied to it asynchronously, no staging copy
     reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch,
-                           alloc=pinned_alloc if runner.cuda else None)
+                           alloc=pinned_alloc if runner.cuda else None, nodata=nodata)
     bands = iter(reader)
     waited, t_loop = 0.0, time.perf_counter()
     try:
