@@ -42,7 +42,7 @@ class VectorFormat(str, Enum):
 @app.command()
 def infer(
     images: InputsArg,
-    model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt); repeat to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
+    model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt), or an ONNX model (.onnx, run by onnxruntime); repeat .pt files to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside each input). Outputs are <stem>_classes.tif etc.; inputs sharing a stem get distinct names.")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
     probability_dtype: Annotated[ProbDtype, typer.Option(help="Probability raster type: uint8 (0-255) or float32 (0-1).")] = ProbDtype.uint8,

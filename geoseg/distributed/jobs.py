@@ -210,7 +210,10 @@ def _bounds(job: InferJob, model: Sequence[str], options: dict[str, Any], block_
 
 def _meta(model: Sequence[str]) -> Any:
     from geoseg.modelmeta import peek_meta
+    from geoseg.predict.onnx import OnnxPredictor, is_onnx
 
+    if is_onnx(model[0]):
+        return OnnxPredictor(model[0]).meta
     meta = peek_meta(model[0])
     if meta is None:
         from geoseg.models import read_meta

@@ -69,17 +69,20 @@ def cached_model(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> tupl
     """This worker's predictor for ``paths`` and options, loaded on first use; with its lock (one
     run at a time uses a model)."""
     global LOADS
-    kwargs["device"] = _device(kwargs.get("device", "auto"))
-    kwargs.setdefault("threads", _threads())
+    from geoseg.predict.onnx import is_onnx
+
+    if not any(is_onnx(p) for p in paths):  # ONNX models run on the CPU as exported
+        kwargs["device"] = _device(kwargs.get("device", "auto"))
+        kwargs.setdefault("threads", _threads())
     key = (tuple(content_hash(p) for p in paths), tuple(sorted(kwargs.items())))
     with _GUARD:
         lock = _LOCKS.setdefault(key, threading.Lock())
     with lock:
         model = _MODELS.get(key)
         if model is None:
-            from geoseg.predict import TorchPredictor
+            from geoseg.predict import load_predictor
 
-            model = _MODELS[key] = TorchPredictor.from_checkpoint(list(paths), **kwargs)
+            model = _MODELS[key] = load_predictor(list(paths), **kwargs)
             LOADS += 1
     return model, lock
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -137,25 +138,53 @@ def validity_kind(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> tuple[
     return masked, floating
 
 
+@contextmanager
+def read_errors(name: str, window: Window | None = None) -> Iterator[None]:
+    """Turn a failed read of raster ``name`` (a damaged tile, a truncated file, a dead remote source)
+    into one :class:`RasterReadError` line that names the file, the rows and GDAL's reason."""
+    try:
+        yield
+    except RasterioIOError as e:
+        what = (f"read failed at rows {window.row_off}..{window.row_off + window.height}" if window is not None
+                else "read failed")
+        raise RasterReadError(f"{name}: {what} (file truncated or damaged?): {error_text(e, 160)}") from None
+
+
+def read_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int], **kwargs: Any) -> np.ndarray:
+    """``ds.read(bands, **kwargs)`` for bands of any mix of types (rasterio refuses several types in one
+    read): mixed bands are read one by one and stacked in their common type (masked arrays too)."""
+    if len({ds.dtypes[b - 1] for b in bands}) == 1:
+        return ds.read(list(bands), **kwargs)
+    parts = [ds.read(b, **kwargs) for b in bands]
+    common = np.result_type(*(p.dtype for p in parts))
+    if kwargs.get("masked"):
+        return np.ma.stack([p.astype(common) for p in parts])
+    return np.stack([p.astype(common) for p in parts])
+
+
 def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray,
-              valid: np.ndarray | None = None, masked: bool = True) -> None:
+              valid: np.ndarray | None = None, masked: bool = True, nodata: float | None = None) -> None:
     """Read ``bands`` in ``window`` into ``out`` (bands, h, w) in the raster's own type (views welcome).
 
     ``valid`` (bands, h, w) uint8, if given, receives the validity: nonzero where the value is not
-    masked (declared nodata, internal mask, alpha; when ``masked``) and finite (floating types).
+    masked (declared nodata, internal mask, alpha; when ``masked``), finite (floating types) and not
+    ``nodata`` (a value the user names as nodata, e.g. an undeclared zero collar).
     """
-    try:
-        ds.read(list(bands), window=window, out=out)
+    with read_errors(ds.name, window):
+        if len({ds.dtypes[b - 1] for b in bands}) == 1:
+            ds.read(list(bands), window=window, out=out)
+        else:  # bands of several types (a VRT stacking Byte and Float32): rasterio reads them one by one
+            for i, b in enumerate(bands):
+                ds.read(b, window=window, out=out[i], out_dtype=out.dtype)
         if valid is not None:
             if masked:
                 ds.read_masks(list(bands), window=window, out=valid)
             else:
                 valid[...] = 1
-    except RasterioIOError as e:
-        raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
-                              f"(file truncated or damaged?): {error_text(e, 160)}") from None
     if valid is not None and out.dtype.kind == "f":
         valid &= np.isfinite(out)
+    if valid is not None and nodata is not None:
+        valid &= out != nodata
 
 
 def parse_bands(text: str | None, option: str = "--bands") -> list[int] | None:
