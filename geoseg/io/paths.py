@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: URL schemes and the GDAL virtual file system that reads them
 SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "ftp": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/",
@@ -44,6 +47,13 @@ def name_stem(path: str | os.PathLike[str]) -> str:
     text = gdal_path(path).split("?", 1)[0].rstrip("/")
     base = text.rsplit("/", 1)[-1]
     return base.rsplit(".", 1)[0] if "." in base[1:] else base
+
+
+def beside(path: str | os.PathLike[str]) -> "Path":
+    """The folder outputs of ``path`` go to by default: its own, or the working directory for a URL."""
+    from pathlib import Path
+
+    return Path(".") if is_virtual(path) else Path(path).parent
 
 
 def remote_fingerprint(path: str, ds: Any) -> dict[str, Any]:
