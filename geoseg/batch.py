@@ -2,9 +2,11 @@
 
 ``geoseg infer`` and ``geoseg vectorize`` take several inputs: files, directories (their
 ``*.tif``/``*.tiff`` files), glob patterns (``'tiles/*.tif'``, expanded here when the shell
-did not; one that matches nothing is taken as a file name, as shells do) and ``@list.txt`` (one input per line; blank lines and ``#`` comments are skipped;
-relative paths are relative to the list file's folder). GDAL paths (``/vsis3/...``) pass
-through unchanged.
+did not; one that matches nothing is taken as a file name, as shells do) and ``@list.txt``
+(one input per line; blank lines and ``#`` comments are skipped; relative paths are relative
+to the list file's folder). URLs and GDAL paths (``https://...``, ``s3://...``, ``/vsis3/...``;
+:mod:`geoseg.io.paths`) pass through unchanged; their outputs go to ``-o DIR`` (default: the
+working directory).
 
 Every input gets an output *stem* in its output directory: the input's stem, or, when
 two inputs would share one there (``a/x.tif`` and ``b/x.tif`` into the same ``-o DIR``),
@@ -28,7 +30,10 @@ _GLOB_CHARS = set("*?[")
 
 
 def is_gdal_path(text: str) -> bool:
-    return text.startswith("/vsi") or "://" in text
+    """A URL or GDAL ``/vsi`` path (:func:`geoseg.io.paths.is_virtual`): passed on as it is."""
+    from geoseg.io.paths import is_virtual
+
+    return is_virtual(text)
 
 
 def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -122,18 +127,20 @@ def plan_outputs(inputs: Sequence[str], out_dir: str | os.PathLike[str] | None) 
 
 
 def _parent(source: str) -> Path:
-    if is_gdal_path(source):
-        raise UsageError(f"{source}: a GDAL path has no folder to write beside; give an output directory with -o")
-    return Path(source).parent
+    from geoseg.io.paths import beside
+
+    return beside(source)  # a URL's outputs: the working directory
 
 
 def _stem(source: str) -> str:
-    return Path(source.rstrip("/")).stem
+    from geoseg.io.paths import name_stem
+
+    return name_stem(source)
 
 
 def _distinct_names(paths: list[str]) -> list[str]:
     """``a/x.tif``, ``b/x.tif`` -> ``a_x``, ``b_x`` (the paths below their common folder)."""
-    parts = [list(Path(p).with_suffix("").parts) for p in paths]
+    parts = [list(Path(p.split("://", 1)[-1]).with_suffix("").parts) for p in paths]
     common = 0
     while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
         common += 1

@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from geoseg.classes import ClassSchema
 from geoseg.errors import LabelError, NodataWarning, UsageError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination
+from geoseg.io.paths import gdal_path, is_virtual, name_stem
 from geoseg.io.raster import open_raster, read_errors
 from geoseg.metrics import ObjectMetrics, SegmentationMetrics, connected_objects, match_objects, metrics_from_confusion
 
@@ -117,18 +118,21 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
     Raises:
         GeosegError: unreadable inputs, no overlap, no labelled pixel, bad class field.
     """
-    pred_path, truth_path = Path(prediction), Path(truth)
+    # URLs and /vsi paths stay strings (Path() would fold their '//')
+    pred_path: Any = gdal_path(prediction) if is_virtual(prediction) else Path(prediction)
+    truth_path: Any = gdal_path(truth) if is_virtual(truth) else Path(truth)
     outs: dict[str, Path] = {}
     if out_dir is not None:
         d = Path(out_dir)  # created by the caller (the CLI's output_directory), as infer's -o is
         if not d.is_dir():
             raise UsageError(f"{d}: output directory does not exist; create it first")
-        stem = pred_path.stem
+        stem = name_stem(pred_path)
         outs = {"metrics": d / f"{stem}_metrics.csv", "confusion": d / f"{stem}_confusion.csv",
                 "png": d / f"{stem}_confusion.png"}
         for p in outs.values():
             check_destination(p, overwrite=overwrite, inputs=[pred_path, truth_path])
-    is_vector = truth_path.suffix.lower() not in (".tif", ".tiff", ".vrt", ".img", ".jp2")
+    is_vector = os.path.splitext(str(truth_path).split("?", 1)[0])[1].lower() not in (
+        ".tif", ".tiff", ".vrt", ".img", ".jp2")
     with open_raster(pred_path) as pds:
         if pds.crs is None:
             raise UsageError(f"{pred_path}: prediction has no CRS; it cannot be aligned with the truth")

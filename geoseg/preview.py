@@ -177,7 +177,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
         handles.append(Patch(facecolor=(0.92, 0.92, 0.92), edgecolor="black", label="nodata"))
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    ax.set_title(title or Path(classes).name, fontsize=10)
+    ax.set_title(title or os.fspath(classes).split("?", 1)[0].rsplit("/", 1)[-1], fontsize=10)
     ax.tick_params(labelsize=7)
     unit = crs.linear_units if crs is not None and crs.is_projected else ("degrees" if crs else "pixels")
     ax.set_xlabel(f"{crs.to_string() if crs else 'no CRS'} ({unit})", fontsize=8)

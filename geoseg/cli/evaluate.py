@@ -50,8 +50,8 @@ def confusion_table(m: "SegmentationMetrics") -> Any:
 
 @app.command()
 def evaluate(
-    prediction: Annotated[Path, typer.Argument(help="Predicted class raster (e.g. from 'geoseg infer').")],
-    truth: Annotated[Path, typer.Argument(help="Truth: a label raster, or polygons (GPKG, GeoJSON, Shapefile...).")],
+    prediction: Annotated[str, typer.Argument(help="Predicted class raster (e.g. from 'geoseg infer'); a file, URL or GDAL /vsi path.")],
+    truth: Annotated[str, typer.Argument(help="Truth: a label raster, or polygons (GPKG, GeoJSON, Shapefile...); a file, URL or GDAL /vsi path.")],
     class_field: Annotated[Optional[str], typer.Option(help="Polygon attribute holding the class name or id.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Write <stem>_metrics.csv, _confusion.csv, _confusion.png here (default: beside the prediction).")] = None,
     ignore_value: Annotated[Optional[list[int]], typer.Option(help="Truth value meaning unlabelled: a truth raster value, or a class value (or id) of truth polygons, which are then not scored; repeatable [rasters: 0 unless 0 is a class; polygons: none].")] = None,
@@ -64,9 +64,10 @@ def evaluate(
     from geoseg.cli._console import err, out, safe_line
     from geoseg.evaluate import evaluate as run
     from geoseg.io.atomic import output_directory
+    from geoseg.io.paths import beside
 
     with output_directory(out_dir):  # -o DIR is created as infer's is; removed again if evaluate fails
-        r = run(prediction, truth, class_field=class_field, out_dir=out_dir or prediction.parent,
+        r = run(prediction, truth, class_field=class_field, out_dir=out_dir or beside(prediction),
                 ignore_values=ignore_value or None, object_level=objects, overwrite=overwrite)
     out.print(metrics_table(r.metrics))
     out.print(confusion_table(r.metrics))

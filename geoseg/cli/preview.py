@@ -13,8 +13,8 @@ from geoseg.cli._options import OverwriteOpt
 
 @app.command()
 def preview(
-    classes: Annotated[Path, typer.Argument(help="Class raster (from geoseg infer, or any integer class map).")],
-    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="The image the classes came from, shown underneath.")] = None,
+    classes: Annotated[str, typer.Argument(help="Class raster (from geoseg infer, or any integer class map); a file, URL or GDAL /vsi path.")],
+    image: Annotated[Optional[str], typer.Option("--image", "-i", help="The image the classes came from, shown underneath; a file, URL or GDAL /vsi path.")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write (default: <classes stem>_preview.png beside it).")] = None,
     rgb: Annotated[Optional[str], typer.Option(help="Image bands for red,green,blue, 1-based (default: from colour interpretation or band names, else 1,2,3).")] = None,
     polygons: Annotated[Optional[Path], typer.Option(help="Polygon file whose outlines to draw (default: class boundaries of the raster).")] = None,
@@ -27,7 +27,9 @@ def preview(
     from geoseg.io.raster import parse_bands
     from geoseg.preview import write_preview
 
-    dest = output or classes.with_name(f"{classes.stem}_preview.png")
+    from geoseg.io.paths import beside, name_stem
+
+    dest = output or beside(classes) / f"{name_stem(classes)}_preview.png"
     bands = parse_bands(rgb, "--rgb")
     if bands is not None and len(bands) != 3:
         from geoseg.errors import UsageError
