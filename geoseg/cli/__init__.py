@@ -36,6 +36,16 @@ def _plain_type(self: Any, ctx: Any) -> str | None:
 
 _typer_display_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = _plain_type  # type: ignore[method-assign]
+_typer_argument_type = typer.core.TyperArgument.display_type_rich
+
+
+def _argument_type(self: Any, ctx: Any) -> str | None:
+    """Arguments' type column: none for the lists of inputs (``{IMAGE}...`` says it; not ``<list[str]>``)."""
+    text = _typer_argument_type(self, ctx)
+    return None if text is not None and "list[" in text else text
+
+
+typer.core.TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="geoseg",

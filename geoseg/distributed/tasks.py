@@ -142,13 +142,15 @@ def storage_problems(readable: Sequence[str], writable: Sequence[tuple[str, str]
     import uuid
 
     problems = []
+    from geoseg.io.paths import gdal_path, is_virtual
+
     for p in readable:
-        if p.startswith("/vsi") or "://" in p:
+        if is_virtual(p):
             import rasterio
             from rasterio.errors import RasterioIOError
 
             try:
-                with rasterio.open(p):
+                with rasterio.open(gdal_path(p)):
                     pass
             except RasterioIOError:
                 problems.append(f"cannot read {p}")
