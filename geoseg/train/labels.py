@@ -31,11 +31,14 @@ def read_vector(path: str | os.PathLike[str], layer: str | int | None = None) ->
 
 def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
     """Read training polygons; refuse missing CRS, missing field, empty files, non-polygons."""
-    p = Path(path)
-    if not p.exists():
-        raise VectorError(f"{p}: vector label file not found")
-    if p.is_file() and p.stat().st_size == 0:
-        raise LabelError(f"{p}: vector label file is empty")
+    from geoseg.io.paths import gdal_path, is_virtual
+
+    p: Any = gdal_path(path) if is_virtual(path) else Path(path)  # a URL stays a string
+    if not is_virtual(path):
+        if not p.exists():
+            raise VectorError(f"{p}: vector label file not found")
+        if p.is_file() and p.stat().st_size == 0:
+            raise LabelError(f"{p}: vector label file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
