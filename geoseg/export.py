@@ -76,14 +76,9 @@ def style_path(path: str | os.PathLike[str]) -> Path | None:
 
 def check_output(path: str | os.PathLike[str], *, overwrite: bool,
                  inputs: Sequence[str | os.PathLike[str]] = ()) -> tuple[Path, str]:
-    """Check format and destination (and the style's, see :func:`style_path`) before any work;
-    returns ``(path, format name)``."""
+    """Check format and destination before any work; returns ``(path, format name)``."""
     fmt = format_for(path)
-    dest = check_destination(path, overwrite=overwrite, inputs=inputs)
-    qml = style_path(dest)
-    if qml is not None:
-        check_destination(qml, overwrite=overwrite, inputs=inputs)
-    return dest, fmt.name
+    return check_destination(path, overwrite=overwrite, inputs=inputs), fmt.name
 
 
 class _Capture:
@@ -141,11 +136,8 @@ def write_batches(path: str | os.PathLike[str], schema: Any, batches: Iterable[A
     """
     dest = Path(path)
     fmt = format_for(dest)
-    qml = style_path(dest) if style is not None else None
     if not checked:
         check_destination(dest, overwrite=overwrite)
-        if qml is not None:
-            check_destination(qml, overwrite=overwrite)
     with atomic_output(dest, overwrite=overwrite, checked=True) as tmp:
         lname = layer or dest.stem
         if fmt.driver is None:
@@ -154,8 +146,8 @@ def write_batches(path: str | os.PathLike[str], schema: Any, batches: Iterable[A
             count = _write_ogr(tmp, fmt, schema, batches, crs, geometry_type, lname)
         if style is not None and fmt.name == "gpkg":
             gpkg_layer_style(tmp, lname, style())
-    if qml is not None and style is not None:
-        write_qml(dest, style())
+    if style is not None and style_path(dest) is not None:
+        write_qml(dest, style(), overwrite=overwrite)
     return count
 
 

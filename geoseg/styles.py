@@ -118,12 +118,29 @@ def vector_qml(classes: Iterable[ClassInfo], field: str = CLASS_FIELD) -> str:
 """
 
 
-def write_qml(layer_path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` atomically as the ``.qml`` beside ``layer_path`` (its destination already checked
-    with :func:`~geoseg.io.atomic.check_destination`, which decides on overwriting)."""
+def write_qml(layer_path: str | os.PathLike[str], text: str, *, overwrite: bool = False) -> Path | None:
+    """Write ``text`` atomically as the ``.qml`` beside ``layer_path``; returns its path.
+
+    A ``.qml`` already there with the same text is left as it is (several formats of one layer
+    share it); a different one is kept unless ``overwrite``, with a :class:`StyleWarning`, and
+    None is returned: a style never fails the run whose output it describes.
+    """
+    import warnings
+
+    from geoseg.errors import StyleWarning
     from geoseg.io.atomic import atomic_output
 
     dest = qml_path(layer_path)
+    if dest.exists() and not overwrite:
+        try:
+            same = dest.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            warnings.warn(f"{dest}: a different style file exists; kept it (pass --overwrite to replace it)",
+                          StyleWarning, stacklevel=2)
+            return None
+        return dest
     with atomic_output(dest, checked=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return dest

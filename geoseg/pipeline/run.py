@@ -43,7 +43,7 @@ from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
-from geoseg.styles import qml_path, raster_qml, write_qml
+from geoseg.styles import raster_qml, write_qml
 from geoseg.tiling import TileGrid, column_strips, fit_tile
 
 
@@ -193,7 +193,6 @@ def predict_raster(
         raise UsageError("probability dtype must be uint8 or float32")
     out_path = Path(output) if output is not None else default_output_paths(source, None)["classes"]
     check_destination(out_path, overwrite=overwrite, inputs=[source])
-    check_destination(qml_path(out_path), overwrite=overwrite, inputs=[source])  # its QGIS style
     prob_path = Path(probabilities) if probabilities is not None else None
     if prob_path is not None:
         check_destination(prob_path, overwrite=overwrite, inputs=[source])
@@ -295,7 +294,7 @@ def predict_raster(
                     s.finalize()
                 for s in sinks:
                     s.publish()
-                write_qml(out_path, raster_qml(schema))
+                write_qml(out_path, raster_qml(schema), overwrite=overwrite)
                 clear_state(out_path, staged)
                 stats["timings"]["writing COGs"] = time.perf_counter() - t_cog
                 ok = True
