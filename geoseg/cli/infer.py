@@ -45,6 +45,8 @@ def infer(
     model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt); repeat to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside the input).")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
+    classes_out: Annotated[Optional[Path], typer.Option(help="Class raster path (default: <stem>_classes.tif in the output directory).")] = None,
+    probabilities_out: Annotated[Optional[Path], typer.Option(help="Probability raster path (implies --probabilities; default: <stem>_probabilities.tif beside the class raster's default).")] = None,
     probability_dtype: Annotated[ProbDtype, typer.Option(help="Probability raster type: uint8 (0-255) or float32 (0-1).")] = ProbDtype.uint8,
     bands: Annotated[Optional[str], typer.Option(help="Input bands in model order, 1-based, e.g. 4,3,2,8.")] = None,
     tile_size: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's).", min=16)] = None,
@@ -84,6 +86,9 @@ def infer(
                          "(create one with 'geoseg model init' or 'geoseg train')")
     with output_directory(out_dir):  # created if missing; removed again if the run fails before writing
         paths = default_output_paths(image, out_dir)
+        paths["classes"] = classes_out or paths["classes"]
+        paths["probabilities"] = probabilities_out or paths["probabilities"]
+        probabilities = probabilities or probabilities_out is not None
         if preview:
             check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
         vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)

@@ -101,15 +101,16 @@ def _pump(stream: Any, q: "queue.Queue[str | None]") -> None:
 
 def run(command: Sequence[str], args: Sequence[str], *, on_progress: Callable[[float | None, str], None],
         on_message: Callable[[str], None], is_canceled: Callable[[], bool],
-        cwd: str | None = None) -> tuple[int, bool]:
-    """Run ``command args --progress json``; returns ``(exit code, canceled)``.
+        cwd: str | None = None, progress: bool = True) -> tuple[int, bool]:
+    """Run ``command args --progress json`` (without ``--progress`` when ``progress`` is false: a
+    command without progress); returns ``(exit code, canceled)``.
 
     ``on_progress(fraction or None, stage)`` gets every progress line, ``on_message`` every other
     line of stdout and stderr. When ``is_canceled()`` turns true the process gets SIGTERM (geoseg
     removes partial outputs and keeps what ``--resume`` needs), then a kill after
     :data:`STOP_SECONDS`.
     """
-    full = [*command, *args, "--progress", "json"]
+    full = [*command, *args, *(["--progress", "json"] if progress else [])]
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
     proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
                             errors="replace", env=clean_env(), cwd=cwd, creationflags=flags)
@@ -138,6 +139,8 @@ def run(command: Sequence[str], args: Sequence[str], *, on_progress: Callable[[f
             on_progress(event.get("fraction"), str(event.get("stage", "")))
         elif line.strip():
             on_message(line)
+    for s in (proc.stdout, proc.stderr):
+        s.close()
     return proc.wait(), canceled
 
 
