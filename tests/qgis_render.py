@@ -7,6 +7,7 @@ and its classes' (value, label, colour).
 """
 
 import json
+import os
 import sys
 
 from qgis.core import (QgsApplication, QgsMapRendererCustomPainterJob, QgsMapSettings, QgsRasterLayer,
@@ -32,7 +33,9 @@ for p in paths:
     if isinstance(lyr, QgsRasterLayer) and r.rasterTransparency() is not None:
         transparent = [[e.min, e.max, e.percentTransparent]
                        for e in r.rasterTransparency().transparentSingleValuePixelList()]
-    info.append({"path": p, "renderer": r.type(), "classes": classes, "transparent": transparent})
+    e = lyr.extent()
+    info.append({"path": p, "renderer": r.type(), "classes": classes, "transparent": transparent,
+                 "extent": [e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()]})
     layers.append(lyr)
 settings = QgsMapSettings()
 settings.setLayers(layers[::-1])  # the last layer is drawn on top
@@ -49,4 +52,5 @@ job.waitForFinished()
 painter.end()
 assert image.save(out, "PNG"), out
 print(json.dumps(info))
-app.exitQgis()
+sys.stdout.flush()
+os._exit(0)  # QGIS 3.22 can crash tearing down PyQGIS objects at exit; the PNG is written
