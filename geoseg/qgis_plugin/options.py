@@ -10,4 +10,4 @@ PROBABILITY_DTYPE = ["uint8", "float32"]
 ARCH = ["unet", "smp-unet", "tempcnn"]
 
 #: polygon formats geoseg writes, by extension (the first is the default)
-VECTOR_EXTENSIONS = ["gpkg", "shp", "geojson", "fgb", "parquet"]
+VECTOR_EXTENSIONS = ["gpkg", "shp", "geojson", "parquet", "fgb"]
