@@ -198,3 +198,18 @@ def test_a_missing_geoseg_command_is_one_clear_message(qgis, tmp_path) -> None:
     assert r.returncode != 0
     assert "does not exist or is not executable" in r.stdout + r.stderr
     assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_outputs_are_loaded_into_the_project_with_their_styles(qgis) -> None:
+    """As after a run from Processing's dialog: both outputs land in the project, styled by class."""
+    d, env = qgis
+    plugins = d / "config" / "profiles" / "default" / "python" / "plugins"
+    r = subprocess.run([SYSTEM_PYTHON, str(ROOT / "tests" / "qgis_load.py"), str(plugins), str(SAMPLE / "field.tif")],
+                       capture_output=True, text=True, timeout=300,
+                       env={**env, "GEOSEG_COMMAND": str(d / "geoseg")})  # a standalone app reads no profile
+    assert r.returncode == 0, r.stderr[-3000:]
+    layers = json.loads(r.stdout.strip().splitlines()[-1])
+    from geoseg.modelmeta import peek_meta
+
+    names = peek_meta(SAMPLE / "demo_model.pt").schema.names
+    assert layers == [["Classes", "paletted", names], ["Polygons", "categorizedSymbol", names]]
