@@ -36,6 +36,18 @@ def plugin_files() -> list[tuple[Path, str]]:
     return files
 
 
+def file_bytes(path: Path) -> bytes:
+    """A plugin file's content; ``metadata.txt`` gets this geoseg's version (the one place it is kept)."""
+    from geoseg import __version__
+
+    data = path.read_bytes()
+    if path.name == "metadata.txt" and path.parent == SOURCE:
+        lines = [f"version={__version__}" if line.startswith("version=") else line
+                 for line in data.decode("utf-8").splitlines()]
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+    return data
+
+
 def build_zip(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write the plugin zip (installable with QGIS's 'Install from ZIP') atomically to ``dest``."""
     dest = Path(dest)
@@ -44,7 +56,7 @@ def build_zip(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     with atomic_output(dest, overwrite=overwrite) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for path, name in plugin_files():
-                z.write(path, name)
+                z.writestr(name, file_bytes(path))
     return dest
 
 
@@ -105,7 +117,7 @@ def install(*, profile: str = "default", profiles_path: str | os.PathLike[str] |
             for path, name in plugin_files():
                 dest = staging / Path(name).relative_to(PLUGIN_DIR)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, dest)
+                dest.write_bytes(file_bytes(path))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         ini = prof / "QGIS" / "QGIS3.ini"

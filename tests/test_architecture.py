@@ -15,7 +15,8 @@ from conftest import ROOT
 TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.modelmeta", "geoseg.tiling", "geoseg.blend",
               "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.pipeline",
               "geoseg.resume", "geoseg.vectorize", "geoseg.vector", "geoseg.export", "geoseg.preview",
-              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.cli"]
+              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.styles", "geoseg.qgis_package",
+              "geoseg.qgis_plugin.runner", "geoseg.qgis_plugin.options", "geoseg.cli"]
 CLI_FREE = [m for m in TORCH_FREE if not m.startswith("geoseg.cli")] + ["geoseg.models", "geoseg.predict",
                                                                        "geoseg.train"]
 

@@ -54,7 +54,10 @@ def test_build_zip(tmp_path) -> None:
     expected = {f"geoseg_qgis/{p.name}" for p in PLUGIN.iterdir() if p.is_file() and p.suffix != ".pyc"}
     assert expected | {"geoseg_qgis/LICENSE"} == set(names)
     meta = zipfile.ZipFile(out).read("geoseg_qgis/metadata.txt").decode()
+    from geoseg import __version__
+
     assert "hasProcessingProvider=yes" in meta and "qgisMinimumVersion=3.22" in meta
+    assert f"\nversion={__version__}\n" in meta
     r = _cli("qgis", "build", "-o", str(out))  # never replaced unasked
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "--overwrite" in r.stderr
 

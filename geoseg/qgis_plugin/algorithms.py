@@ -15,8 +15,6 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
 from . import runner
 from .options import ARCH, BLEND, PROBABILITY_DTYPE, TTA
 
-HELP_URL = "https://github.com/geoseg/geoseg/blob/main/docs/qgis.md"
-
 
 class LoadDefaultStyle(QgsProcessingLayerPostProcessorInterface):
     """Applies the style geoseg stored with a layer (the .qml beside it, or the GeoPackage's
@@ -73,11 +71,8 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
         return ""
 
     def shortHelpString(self):
-        return self.HELP + f"\n\nRuns the geoseg command line of the environment set under Settings > Options > " \
-                           f"Processing > Providers > geoseg. See {HELP_URL}"
-
-    def helpUrl(self):
-        return HELP_URL
+        return self.HELP + ("\n\nRuns the geoseg command line of the environment set under Settings > Options > "
+                            "Processing > Providers > geoseg (see docs/qgis.md in geoseg's documentation).")
 
     def createInstance(self):
         return type(self)()
