@@ -81,8 +81,12 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
         v = self.parameterAsString(parameters, name, context)
         return v.strip() if v else ""
 
-    def run_geoseg(self, args, feedback):
-        """Run ``geoseg ARGS --progress json``; raises QgsProcessingException on failure or cancel."""
+    def run_geoseg(self, args, feedback, stages=None):
+        """Run ``geoseg ARGS --progress json``; raises QgsProcessingException on failure or cancel.
+
+        ``stages`` maps progress stages to their (start %, end %) of the bar (default :data:`STAGES`).
+        """
+        stages = self.STAGES if stages is None else stages
         from .provider import command_setting
 
         try:
@@ -94,7 +98,7 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
         messages = []
 
         def on_progress(fraction, stage):
-            lo, hi = self.STAGES.get(stage, (0, 100))
+            lo, hi = stages.get(stage, (0, 100))
             feedback.setProgressText(stage)
             if fraction is not None:
                 feedback.setProgress(lo + (hi - lo) * fraction)
@@ -127,7 +131,7 @@ class InferAlgorithm(GeosegAlgorithm):
             "class raster (a Cloud Optimized GeoTIFF with class colours and names), optionally per-class "
             "probabilities and polygons. A canceled run keeps its finished rows: run it again with the same "
             "outputs and 'Resume' checked to continue.")
-    STAGES = {"tiles": (0, 90), "polygons": (90, 100)}
+    STAGES = {"tiles": (0, 90), "polygons": (90, 100)}  # with polygons; without, the tiles fill the bar
 
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -190,7 +194,7 @@ class InferAlgorithm(GeosegAlgorithm):
         args += ["--vector-out", polys] if polys else ["--no-vector"]
         if self.parameterAsBool(parameters, "RESUME", context):
             args.append("--resume")
-        self.run_geoseg(args, feedback)
+        self.run_geoseg(args, feedback, stages=None if polys else {})
         for p in (classes, probs, polys):
             self.load_with_style(p, context)
         return {"OUTPUT": classes, "PROBABILITIES": probs or None, "POLYGONS": polys or None}
