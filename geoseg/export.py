@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from geoseg.errors import GeosegError, RasterWriteError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination
-from geoseg.styles import qml_path, write_qml
+from geoseg.styles import STYLE_TABLE, qml_path, write_qml
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def gpkg_layer_style(path: Path, layer: str, qml: str) -> None:
     values: list[Any] = ["", "", layer, geom, layer, qml, "", True, "geoseg: classes in their colours", "", ""]
     data = [np.array([v], dtype=bool if isinstance(v, bool) else object) for v in values] + [now]
     try:
-        write(str(path), None, data, _LAYER_STYLES_FIELDS, layer="layer_styles", driver="GPKG", geometry_type=None,
+        write(str(path), None, data, _LAYER_STYLES_FIELDS, layer=STYLE_TABLE, driver="GPKG", geometry_type=None,
               append=True)
     except Exception as e:  # pyogrio raises its own and GDAL's error types
         raise RasterWriteError(f"{path}: cannot store the layer style: {str(e)[:200]}") from None

@@ -194,15 +194,18 @@ def _size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def _draw_polygons(ax: object, path: str | os.PathLike[str], crs: object, limit: int = 20000) -> None:
     import pyogrio
 
+    from geoseg.styles import data_layer
+
+    layer = data_layer(path)  # not the GeoPackage's style table
     try:
-        info = pyogrio.read_info(path)
+        info = pyogrio.read_info(path, layer=layer)
     except Exception as e:  # noqa: BLE001 - any unreadable vector is a user error here
         raise RasterReadError(f"{path}: cannot read polygons ({error_text(e, 160)})") from None
     if info.get("features", 0) > limit:
         return  # too many to draw legibly; the raster outlines already show the boundaries
     import geopandas as gpd
 
-    gdf = gpd.read_file(path)
+    gdf = gpd.read_file(path, layer=layer)
     if gdf.empty:
         return
     if crs is not None and gdf.crs is not None and gdf.crs != crs:

@@ -21,6 +21,9 @@ QGIS_VERSION = "3.22.0"
 #: the polygon attribute the vector style is categorized on
 CLASS_FIELD = "class_id"
 
+#: the GeoPackage table where QGIS keeps layer styles
+STYLE_TABLE = "layer_styles"
+
 #: polygon outline colour and width (mm)
 OUTLINE = ("35,35,35,255", "0.26")
 
@@ -28,6 +31,20 @@ OUTLINE = ("35,35,35,255", "0.26")
 def qml_path(path: str | os.PathLike[str]) -> Path:
     """Where QGIS looks for the default style of the layer file ``path``: same name, ``.qml``."""
     return Path(path).with_suffix(".qml")
+
+
+def data_layer(path: str | os.PathLike[str]) -> str | None:
+    """The layer to read from the vector file ``path``: the first one that is not the
+    :data:`STYLE_TABLE` (None: the file has no style table, so its default layer is right)."""
+    import pyogrio
+
+    try:
+        names = [str(n) for n, _ in pyogrio.list_layers(path)]
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the read that follows
+        return None
+    if STYLE_TABLE not in names:
+        return None
+    return next((n for n in names if n != STYLE_TABLE), None)
 
 
 def _rgba(c: ClassInfo) -> str:

@@ -194,3 +194,27 @@ def test_progress_json_lines(inferred, tmp_path) -> None:
     fractions = [e["fraction"] for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert "\x1b" not in r.stderr  # no bar drawn
+
+
+def test_readers_skip_the_style_table(inferred, tmp_path) -> None:
+    """geoseg's own readers (preview outlines, training and truth polygons) read the polygons, never the
+    style table, and say nothing about it; also when the style table was written first."""
+    import warnings
+
+    import pyogrio
+
+    from geoseg.preview import write_preview
+    from geoseg.styles import data_layer
+    from geoseg.train.labels import read_vector
+
+    d, _ = inferred
+    gpkg = d / "field_polygons.gpkg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_preview(d / "field_classes.tif", tmp_path / "p.png", polygons=gpkg)
+        assert len(read_vector(gpkg)) == pyogrio.read_info(gpkg, layer="field_polygons")["features"]
+    styles_first = tmp_path / "s.gpkg"
+    pyogrio.write_dataframe(pyogrio.read_dataframe(gpkg, layer="layer_styles"), styles_first, layer="layer_styles")
+    pyogrio.write_dataframe(pyogrio.read_dataframe(gpkg, layer="field_polygons"), styles_first, layer="fields")
+    assert data_layer(styles_first) == "fields" and data_layer(d / "field_classes.tif") is None
+    assert len(read_vector(styles_first)) > 0 and "class_id" in read_vector(styles_first).columns
