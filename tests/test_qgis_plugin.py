@@ -213,3 +213,21 @@ def test_outputs_are_loaded_into_the_project_with_their_styles(qgis) -> None:
 
     names = peek_meta(SAMPLE / "demo_model.pt").schema.names
     assert layers == [["Classes", "paletted", names], ["Polygons", "categorizedSymbol", names]]
+
+
+def test_qgis_process_evaluate_and_preview_match_the_cli(runs, tmp_path) -> None:
+    cli, alg, env = runs
+    truth = SAMPLE / "field_training_polygons.gpkg"
+    _geoseg_cli("evaluate", str(alg / "c.tif"), str(truth), "--class-field", "class", "-o", str(tmp_path / "cli"))
+    r = _qgis_process(env, "--json", "run", "geoseg:evaluate", "--", f"PREDICTION={alg / 'c.tif'}", f"TRUTH={truth}",
+                      "CLASS_FIELD=class", f"OUTPUT_FOLDER={tmp_path / 'alg'}")
+    results = json.loads(r.stdout[r.stdout.index("{"):])["results"]
+    assert Path(results["METRICS"]) == tmp_path / "alg" / "c_metrics.csv"
+    for name in ("c_metrics.csv", "c_confusion.csv"):
+        assert (tmp_path / "alg" / name).read_text() == (tmp_path / "cli" / name).read_text()
+    _qgis_process(env, "run", "geoseg:preview", "--", f"CLASSES={alg / 'c.tif'}", f"IMAGE={SAMPLE / 'field.tif'}",
+                  f"OUTPUT={tmp_path / 'p.png'}")
+    _geoseg_cli("preview", str(alg / "c.tif"), "--image", str(SAMPLE / "field.tif"), "-o", str(tmp_path / "c.png"))
+    import matplotlib.image
+
+    assert np.array_equal(matplotlib.image.imread(tmp_path / "p.png"), matplotlib.image.imread(tmp_path / "c.png"))
