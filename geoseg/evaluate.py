@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from geoseg.classes import ClassSchema
 from geoseg.errors import LabelError, NodataWarning, UsageError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination
-from geoseg.io.raster import open_raster
+from geoseg.io.raster import open_raster, read_errors
 from geoseg.metrics import ObjectMetrics, SegmentationMetrics, connected_objects, match_objects, metrics_from_confusion
 
 #: object-level matching reads whole rasters; above this many pixels it is skipped
@@ -150,7 +150,8 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
             for r0 in range(0, H, block_rows):
                 h = min(block_rows, H - r0)
                 win = Window(0, r0, W, h)
-                pred = pds.read(1, window=win).astype(np.int64)
+                with read_errors(str(pred_path), win):
+                    pred = pds.read(1, window=win).astype(np.int64)
                 t, labelled, inst = truth_reader.read(win)
                 pvalid = np.ones_like(labelled) if pnod is None else pred != int(pnod)
                 ok = labelled & pvalid & (pred >= 0) & (pred < 256)
@@ -240,7 +241,8 @@ class _RasterTruth:
                           "(below 0 or above 255); they were not scored", NodataWarning, stacklevel=3)
 
     def read(self, win: Window) -> tuple[np.ndarray, np.ndarray, None]:
-        a = self.vrt.read(1, window=win, masked=True)
+        with read_errors(str(self.path), win):
+            a = self.vrt.read(1, window=win, masked=True)
         labelled = ~np.ma.getmaskarray(a)
         t = np.asarray(a.data).astype(np.int64)
         for v in self.ignore:

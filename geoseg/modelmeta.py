@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+# the architecture table owns these; re-exported for the modules that read them from here
+from geoseg.architectures import (ARCHITECTURES, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PER_PIXEL,  # noqa: F401
+                                  default_overlap, size_multiple)
 from geoseg.classes import ClassSchema
 from geoseg.errors import CheckpointError
 
@@ -21,42 +24,13 @@ FORMAT = "geoseg-checkpoint"
 #: bumped when the layout changes incompatibly
 FORMAT_VERSION = 1
 
-#: Default tile side in pixels.
-DEFAULT_TILE_SIZE = 256
-#: Default overlap in pixels between neighbouring tiles. About the U-Net's
-#: receptive-field radius, so that blended seams match a whole-image pass.
-DEFAULT_OVERLAP = 64
-
-#: Registered architectures (the builders live in ``geoseg.models.registry``, which needs
-#: torch; this list does not, so configuration checks and ``--help`` stay torch-free).
-ARCHITECTURES = ("unet", "smp-unet", "tempcnn")
-#: Architectures that classify each pixel on its own (receptive field of one pixel).
-PER_PIXEL = frozenset({"tempcnn"})
-
-
-def default_overlap(arch: str, tile: int, arch_args: dict[str, Any] | None = None) -> int:
-    """Overlap a trained model recommends: its receptive field for per-pixel models (none
-    for a pixel alone, ``context - 1`` for a tempcnn reading a neighbourhood), else up to 64 px."""
-    if arch in PER_PIXEL:
-        return min(int((arch_args or {}).get("context", 1)) - 1, tile // 4)
-    return min(DEFAULT_OVERLAP, tile // 4)
-
-
-def size_multiple(arch: str, arch_args: dict[str, Any]) -> int:
-    """Tile sides must be multiples of this for ``arch`` (``2**poolings``)."""
-    if arch == "unet":
-        return int(2 ** int(arch_args.get("depth", 3)))
-    if arch == "smp-unet":
-        return int(2 ** int(arch_args.get("encoder_depth", 5)))
-    return 1
-
 
 @dataclass
 class ModelMeta:
     """Metadata stored in a checkpoint beside the weights.
 
     Attributes:
-        arch: registry name (``unet``, ``smp-unet``).
+        arch: registry name, a key of :data:`geoseg.architectures.ARCHITECTURES`.
         arch_args: keyword arguments of the architecture.
         bands: names of the input bands, in model order.
         mean: per-band mean subtracted before the model (input units).
@@ -119,8 +93,12 @@ class ModelMeta:
     def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
         if d.get("format") != FORMAT:
             raise CheckpointError("not a geoseg checkpoint (format marker missing)")
-        if int(d.get("format_version", -1)) > FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format {d.get('format_version')} is newer than this geoseg "
+        version = d.get("format_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"checkpoint format_version {version!r} is not a version number (1 to "
+                                  f"{FORMAT_VERSION}); the file was not written by geoseg or was edited")
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format {version} is newer than this geoseg "
                                   f"supports ({FORMAT_VERSION}); upgrade geoseg")
         try:
             return cls(

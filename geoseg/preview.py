@@ -19,7 +19,7 @@ from rasterio.enums import ColorInterp, Resampling
 from geoseg.classes import ClassSchema, default_colour
 from geoseg.errors import RasterReadError, UsageError, error_text
 from geoseg.io.atomic import atomic_output, check_destination
-from geoseg.io.raster import open_raster
+from geoseg.io.raster import open_raster, read_errors
 
 _S2_LIKE = {"B8A", "B08", "B8", "B10", "B11", "B12", "B09", "B9"}
 
@@ -106,7 +106,8 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
 
     with open_raster(classes) as cds:
         h, w = _shape_for(cds, max_side)
-        cls = cds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
+        with read_errors(str(classes)):
+            cls = cds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         nodata = cds.nodata
         try:
             cmap = cds.colormap(1)
@@ -140,7 +141,8 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
             for b in bands:
                 if not 1 <= b <= ids.count:
                     raise UsageError(f"--rgb band {b} does not exist; {image} has bands 1..{ids.count}")
-            data = ids.read(bands, out_shape=(3, h, w), resampling=Resampling.nearest, masked=True)
+            with read_errors(str(image)):
+                data = ids.read(bands, out_shape=(3, h, w), resampling=Resampling.nearest, masked=True)
             valid = ~np.ma.getmaskarray(data).all(axis=0)
             arr = np.ma.filled(data.astype(np.float64), np.nan)
             valid &= np.isfinite(arr).all(axis=0)

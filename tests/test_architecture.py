@@ -12,11 +12,12 @@ import pytest
 
 from conftest import ROOT
 
-TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.modelmeta", "geoseg.tiling", "geoseg.blend",
+TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.architectures", "geoseg.modelmeta",
+              "geoseg.tiling", "geoseg.blend",
               "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.pipeline",
               "geoseg.resume", "geoseg.vectorize", "geoseg.vector", "geoseg.export", "geoseg.preview",
-              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.styles", "geoseg.qgis_package",
-              "geoseg.qgis_plugin.runner", "geoseg.qgis_plugin.options", "geoseg.cli"]
+              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.predict.onnx", "geoseg.styles",
+              "geoseg.qgis_package", "geoseg.qgis_plugin.runner", "geoseg.qgis_plugin.options", "geoseg.cli"]
 CLI_FREE = [m for m in TORCH_FREE if not m.startswith("geoseg.cli")] + ["geoseg.models", "geoseg.predict",
                                                                        "geoseg.train"]
 
@@ -40,12 +41,14 @@ def test_cli_libraries_stay_in_cli(module):
 
 
 def test_cli_choices_match_the_registries() -> None:
-    """The CLI's --arch and --tta choices are spelled out (so --help needs no torch); they must not drift."""
+    """The CLI's --arch choices come from the architecture table, every family there has a builder, and
+    the --tta choices (spelled out, so --help needs no torch) match the engine's."""
+    from geoseg.architectures import ARCHITECTURES
+    from geoseg.cli._options import Arch
     from geoseg.cli.infer import Tta
-    from geoseg.cli.train import Arch
-    from geoseg.modelmeta import ARCHITECTURES
-    from geoseg.models.registry import MODELS
+    from geoseg.models.registry import BUILDERS
     from geoseg.predict.engine import TTA
 
-    assert [a.value for a in Arch] == list(MODELS) == list(ARCHITECTURES)
+    assert [a.value for a in Arch] == list(ARCHITECTURES)
+    assert {a.family for a in ARCHITECTURES.values()} <= set(BUILDERS)
     assert [t.value for t in Tta] == list(TTA)

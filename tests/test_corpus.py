@@ -75,6 +75,80 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "evaluate_no_overlap": (["evaluate", "{classes}", "{labels_far}", "--class-field", "class", "-o", "{out}"],
                             "error", "overlap"),
     "evaluate_truth_not_raster": (["evaluate", "{classes}", "{text}", "-o", "{out}"], "error", "text.tif"),
+    # a damaged tile in the middle of an otherwise good file, read by every command that reads rasters
+    "preview_corrupt_tile": (["preview", "{corrupt_tile}", "-o", "{out}/p.png"], "error", "read failed"),
+    "evaluate_corrupt_prediction": (["evaluate", "{corrupt_tile}", "{classes}", "-o", "{out}/ev"], "error",
+                                    "corrupt_tile.tif: read failed"),
+    "evaluate_corrupt_truth": (["evaluate", "{classes}", "{corrupt_tile}", "-o", "{out}/ev"], "error",
+                               "corrupt_tile.tif: read failed"),
+    "vectorize_corrupt_tile": (["vectorize", "{corrupt_tile}", "-o", "{out}/v.gpkg"], "error", "read failed"),
+    # a polygon with a NaN vertex: skipped with a warning where polygons are read
+    "train_nan_coordinate_polygon": (["train", "--image", "{good}", "--vector-labels", "{labels_nan}",
+                                      "--class-field", "class", "-o", "{out}/m.pt", "--val-split", "0", *TRAIN], "ok",
+                                     "skipped 1 polygon(s) with NaN or infinite coordinates"),
+    "evaluate_nan_coordinate_polygon": (["evaluate", "{classes}", "{labels_nan}", "--class-field", "id", "-o",
+                                         "{out}/ev"], "ok", "skipped 1 polygon(s) with NaN"),
+    # model metadata of odd shapes, configs in other encodings
+    "model_info_text_version": (["model", "info", "{odd_version_model}"], "error", "format_version 'abc'"),
+    "infer_zero_version": (["infer", "{good}", "-m", "{zero_version_model}", "-o", "{out}"], "error",
+                           "format_version 0"),
+    "infer_list_version": (["infer", "{good}", "-m", "{list_version_model}", "-o", "{out}"], "error",
+                           "format_version [1]"),
+    "train_latin1_config": (["train", "--config", "{latin1_config}", "--image", "{good}", "--vector-labels",
+                             "{labels}", "--class-field", "class", "-o", "{out}/m.pt"], "error", "not UTF-8"),
+    # ONNX models
+    "infer_onnx": (["infer", "{good}", "-m", "{model_onnx}", "-o", "{out}"], "ok", ""),
+    "infer_onnx_with_tta": (["infer", "{good}", "-m", "{model_onnx}", "-o", "{out}", "--tta", "flips"], "error",
+                            "--tta"),
+    "infer_onnx_on_gpu_only_options": (["infer", "{good}", "-m", "{model_onnx}", "-o", "{out}", "--compile"],
+                                       "error", "--compile"),
+    "infer_onnx_tile_too_big": (["infer", "{good}", "-m", "{model_onnx}", "-o", "{out}", "--tile-size", "48"],
+                                "error", "at most 32"),
+    "infer_onnx_in_ensemble": (["infer", "{good}", "-m", "{model_onnx}", "-m", "{model}", "-o", "{out}"], "error",
+                               "ensemble"),
+    "infer_text_onnx": (["infer", "{good}", "-m", "{text_onnx}", "-o", "{out}"], "error", "not a loadable ONNX"),
+    "model_info_onnx": (["model", "info", "{model_onnx}"], "ok", ""),
+    "model_info_text_onnx": (["model", "info", "{text_onnx}"], "error", "not a loadable ONNX"),
+    "model_export_needs_onnx_name": (["model", "export", "{model}", "-o", "{out}/m.pt"], "error", ".onnx suffix"),
+    "model_export_truncated": (["model", "export", "{truncated_model}", "-o", "{out}/m.onnx"], "error",
+                               "truncated.pt"),
+    "model_export_bad_resolution": (["model", "export", "{model}", "-o", "{out}/m.onnx", "--resolution", "-5"],
+                                    "error", "--resolution"),
+    # importing checkpoints
+    "model_import_lightning": (["model", "import", "{lightning}", "-o", "{out}/m.pt", "--scale", "3000"], "ok", ""),
+    "model_import_lightning_no_scaling": (["model", "import", "{lightning}", "-o", "{out}/m.pt"], "error",
+                                          "--scale"),
+    "model_import_preset_of_other_bands": (["model", "import", "{lightning}", "-o", "{out}/m.pt", "--preset", "ftw"],
+                                           "error", "8 band names for a model with 3 input bands"),
+    "model_import_unknown_preset": (["model", "import", "{lightning}", "-o", "{out}/m.pt", "--preset", "nope"],
+                                    "error", "--preset 'nope'"),
+    "model_import_arch_disagrees": (["model", "import", "{lightning}", "-o", "{out}/m.pt", "--scale", "1",
+                                     "--arch", "smp-fpn"], "error", "disagrees"),
+    "model_import_unsupported_torchgeo_model": (["model", "import", "{lightning_fcn}", "-o", "{out}/m.pt", "--scale",
+                                                 "1"], "error", "'fcn' has no geoseg architecture"),
+    "model_import_crafted_pickle": (["model", "import", "{evil_model}", "-o", "{out}/m.pt", "--scale", "1"], "error",
+                                    "refused"),
+    "model_import_geoseg_checkpoint": (["model", "import", "{model}", "-o", "{out}/m.pt"], "error",
+                                       "already a geoseg checkpoint"),
+    "model_import_text": (["model", "import", "{text}", "-o", "{out}/m.pt"], "error", "not a torch checkpoint"),
+    "model_import_state_dict_without_arch": (["model", "import", "{tiny_state}", "-o", "{out}/m.pt", "--scale", "1"],
+                                             "error", "pass --arch"),
+    "model_import_state_dict_of_another_net": (["model", "import", "{tiny_state}", "-o", "{out}/m.pt", "--scale", "1",
+                                                "--arch", "smp-unet"], "error", "not those of smp-unet"),
+    # architecture options
+    "model_init_encoder_for_unet": (["model", "init", "-o", "{out}/m.pt", "--encoder", "resnet34"], "error",
+                                    "--encoder does not apply to --arch unet"),
+    "model_init_bad_encoder_depth": (["model", "init", "-o", "{out}/m.pt", "--arch", "smp-unet", "--encoder-depth",
+                                      "3"], "error", "supports --encoder-depth 5"),
+    "model_init_unknown_encoder": (["model", "init", "-o", "{out}/m.pt", "--arch", "smp-fpn", "--encoder",
+                                    "resnet9000"], "error", "cannot build encoder 'resnet9000'"),
+    "train_encoder_weights_missing": (["train", "--image", "{good}", "--vector-labels", "{labels}", "--class-field",
+                                       "class", "-o", "{out}/m.pt", "--arch", "smp-unet", "--encoder-weights",
+                                       "{out}/none.pth"], "error", "file not found"),
+    "train_encoder_weights_not_weights": (["train", "--image", "{good}", "--vector-labels", "{labels}",
+                                           "--class-field", "class", "-o", "{out}/m.pt", "--arch", "smp-unet",
+                                           "--encoder-weights", "{text}", "--tile-size", "32", "--epochs", "1", "-q"],
+                                          "error", "not a torch weights file"),
 }
 
 
@@ -90,7 +164,7 @@ def _digest(paths: list[Path]) -> dict[Path, str]:
 
 
 def test_corpus_is_large_enough():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 60
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -123,3 +123,16 @@ def test_troubleshooting_messages_exist_in_code():
     source = "\n".join(p.read_text() for p in (ROOT / "geoseg").rglob("*.py"))
     missing = [f for f in fragments if f not in source]
     assert not missing, f"documented messages not found in the code: {missing}"
+
+
+def test_models_page_lists_the_architecture_table():
+    """docs/models.md shows every architecture of the table with its summary, defaults and size multiple."""
+    from geoseg.architectures import ARCHITECTURES
+
+    text = (ROOT / "docs" / "models.md").read_text()
+    for a in ARCHITECTURES.values():
+        defaults = ", ".join(f"{k}={v}" for k, v in a.defaults.items() if k != "encoder_weights")
+        row = f"| `{a.name}` | {a.summary} | {defaults} | {a.size_multiple()} |"
+        assert row in text, row
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert len([r for r in rows if r.split("`")[1] in ARCHITECTURES]) == len(ARCHITECTURES)

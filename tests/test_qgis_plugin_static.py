@@ -23,7 +23,7 @@ def test_plugin_choices_match_geoseg() -> None:
     from geoseg.blend import BLEND_WINDOWS
     from geoseg.cli.infer import ProbDtype, Tta, VectorFormat
     from geoseg.export import EXTENSIONS
-    from geoseg.modelmeta import ARCHITECTURES
+    from geoseg.architectures import ARCHITECTURES
 
     assert options.BLEND == list(BLEND_WINDOWS)
     assert options.TTA == [t.value for t in Tta]

@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from geoseg.architectures import ARCHITECTURES
+
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+#: the --arch choices: the architecture table's names (torch-free, so --help stays fast)
+Arch = Enum("Arch", [(name, name) for name in ARCHITECTURES], type=str)  # type: ignore[misc]
+ARCH_HELP = ("Architecture: unet (geoseg's U-Net), smp-* (segmentation-models-pytorch decoders, any smp encoder) "
+             "or tempcnn (per pixel, time series); the table with defaults is in docs/models.md.")
+
+
+def _default(arch: str, key: str) -> object:
+    return ARCHITECTURES[arch].defaults[key]
+
+
+def _depths() -> str:
+    """The encoder depths and defaults, from the table."""
+    smp = [a for a in ARCHITECTURES.values() if a.family == "smp"]
+    others = [f"{a.name} {'-'.join(map(str, (min(a.encoder_depths), max(a.encoder_depths))))}"
+              for a in smp if len(a.encoder_depths) > 1]
+    odd = [f"{a.name} {a.defaults['encoder_depth']}" for a in smp if a.defaults["encoder_depth"] != 5]
+    return f"5; {', '.join(others)} [5; {', '.join(odd)}]"
+
+
+# the architecture options every command that builds a network shares; defaults shown from the table
+BaseChannelsOpt = Annotated[Optional[int], typer.Option(
+    help=f"unet: channels of the first level [{_default('unet', 'base_channels')}].", min=1)]
+DepthOpt = Annotated[Optional[int], typer.Option(
+    help=f"unet: number of poolings [{_default('unet', 'depth')}].", min=1, max=8)]
+EncoderOpt = Annotated[Optional[str], typer.Option(
+    help=f"smp-*: encoder, e.g. resnet34, efficientnet-b3 [{_default('smp-unet', 'encoder')}].")]
+EncoderDepthOpt = Annotated[Optional[int], typer.Option(help=f"smp-*: encoder depth: {_depths()}.", min=3, max=5)]
 
 
 class ProgressMode(str, Enum):

@@ -42,7 +42,7 @@ class VectorFormat(str, Enum):
 @app.command()
 def infer(
     image: Annotated[Path, typer.Argument(help="Input GeoTIFF (any size, any number of bands).")],
-    model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt); repeat to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
+    model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt), or an ONNX model (.onnx, run by onnxruntime); repeat .pt files to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside the input).")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
     classes_out: Annotated[Optional[Path], typer.Option(help="Class raster path (default: <stem>_classes.tif in the output directory).")] = None,

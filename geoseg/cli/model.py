@@ -1,4 +1,4 @@
-"""``geoseg model init`` and ``geoseg model info``."""
+"""``geoseg model init``, ``import``, ``export`` and ``info``."""
 
 from __future__ import annotations
 
@@ -8,22 +8,24 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
+from geoseg.cli._options import ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt
 
-model_app = typer.Typer(help="Create and inspect model checkpoints.", no_args_is_help=True)
+model_app = typer.Typer(help="Create, import, export and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
 @model_app.command("init")
 def init(
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint file to write (.pt).")],
-    arch: Annotated[str, typer.Option(help="Architecture: unet (ours), smp-unet (segmentation-models-pytorch) or tempcnn (per-pixel, time series).")] = "unet",
+    arch: Annotated[Arch, typer.Option(help=ARCH_HELP)] = "unet",  # type: ignore[assignment]
     bands: Annotated[int, typer.Option(help="Number of input bands.", min=1)] = 3,
     classes: Annotated[int, typer.Option(help="Number of output classes.", min=1, max=255)] = 2,
     class_names: Annotated[Optional[str], typer.Option(help="Comma-separated class names, e.g. background,field,boundary.")] = None,
     band_names: Annotated[Optional[str], typer.Option(help="Comma-separated band names, e.g. B4,B3,B2,B8.")] = None,
-    base_channels: Annotated[int, typer.Option(help="unet: channels of the first level.", min=1)] = 32,
-    depth: Annotated[int, typer.Option(help="unet: number of poolings.", min=1, max=8)] = 3,
-    encoder: Annotated[str, typer.Option(help="smp-unet: encoder name (no weights are downloaded).")] = "efficientnet-b3",
+    base_channels: BaseChannelsOpt = None,
+    depth: DepthOpt = None,
+    encoder: EncoderOpt = None,
+    encoder_depth: EncoderDepthOpt = None,
     stats_from: Annotated[Optional[Path], typer.Option(help="Compute per-band normalization from this raster (nodata excluded).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-band means, comma-separated (default 0).")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-band standard deviations, comma-separated (default 1).")] = None,
@@ -37,18 +39,73 @@ def init(
     from geoseg.modelinit import init_checkpoint
 
     path = init_checkpoint(
-        output, arch=arch, bands=bands, classes=classes,
+        output, arch=Arch(arch).value, bands=bands, classes=classes,
         class_names=_split(class_names), band_names=_split(band_names),
-        base_channels=base_channels, depth=depth, encoder=encoder, stats_from=stats_from,
+        base_channels=base_channels, depth=depth, encoder=encoder, encoder_depth=encoder_depth, stats_from=stats_from,
         mean=_floats(mean), std=_floats(std), tile_size=tile_size, overlap=overlap, seed=seed,
         overwrite=overwrite)
-    out.print(f"wrote untrained {arch} checkpoint to {path}")
+    out.print(f"wrote untrained {Arch(arch).value} checkpoint to {path}")
+
+
+@model_app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="External checkpoint: a Lightning .ckpt of torchgeo's SemanticSegmentationTask (Fields of The World's included) or a state dict (.pt/.pth) of an smp or geoseg network.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="geoseg checkpoint to write (.pt).")],
+    preset: Annotated[Optional[str], typer.Option(help="Metadata of a known family: ftw (Fields of The World: 8 bands B4,B3,B2,B8 of two dates, image / 3000, background/field/boundary, tile 1024, overlap 128).")] = None,
+    arch: Annotated[Optional[Arch], typer.Option(help="Architecture of a plain state dict (Lightning checkpoints name their own).")] = None,
+    encoder: EncoderOpt = None,
+    encoder_depth: EncoderDepthOpt = None,
+    base_channels: BaseChannelsOpt = None,
+    depth: DepthOpt = None,
+    band_names: Annotated[Optional[str], typer.Option(help="Comma-separated input band names in model order [band_1...].")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="The model took image / SCALE (e.g. 3000 for Sentinel-2 L2A reflectance x 10000 in FTW).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-band means subtracted before the model, comma-separated (with --std).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-band standard deviations, comma-separated (with --mean).")] = None,
+    class_names: Annotated[Optional[str], typer.Option(help="Comma-separated class names in output order [class_0...].")] = None,
+    colours: Annotated[Optional[str], typer.Option(help="Comma-separated class colours as #rrggbb [by class name].")] = None,
+    tile_size: Annotated[Optional[int], typer.Option(help="Recommended tile size in pixels [preset's, else 256].", min=16)] = None,
+    overlap: Annotated[Optional[int], typer.Option(help="Recommended overlap in pixels [preset's, else 64].", min=0)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Turn an external checkpoint into a self-describing geoseg checkpoint (reading it runs no code)."""
+    from geoseg.cli._console import out, safe_line
+    from geoseg.models.importer import ImportOptions, import_checkpoint
+
+    opts = ImportOptions(preset=preset, arch=Arch(arch).value if arch else None, encoder=encoder,
+                         encoder_depth=encoder_depth, base_channels=base_channels, depth=depth,
+                         band_names=_split(band_names), mean=_floats(mean), std=_floats(std), scale=scale,
+                         class_names=_split(class_names), colours=_colours(colours), tile_size=tile_size,
+                         overlap=overlap)
+    path, meta = import_checkpoint(source, output, opts, overwrite=overwrite)
+    out.print(f"wrote {meta.arch} {meta.arch_args.get('encoder', '')} checkpoint to {safe_line(path)}: "
+              f"{meta.num_bands} bands, classes {', '.join(safe_line(n) for n in meta.schema.names)}")
+
+
+@model_app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="geoseg checkpoint (.pt).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write (.onnx).")],
+    resolution: Annotated[Optional[float], typer.Option(help="Pixel size of the training imagery in cm, for the Deepness QGIS plugin (which rescales other imagery to it) [not recorded].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Export a checkpoint to ONNX: dynamic batch, the checkpoint's tile size, probabilities out, metadata inside (geoseg's and the Deepness plugin's keys)."""
+    from geoseg.cli._console import out, safe_line
+    from geoseg.models.onnx_export import export_onnx
+
+    if output.suffix.lower() != ".onnx":
+        from geoseg.errors import UsageError
+
+        raise UsageError(f"{safe_line(output)}: name the ONNX file with a .onnx suffix (geoseg infer -m picks "
+                         "onnxruntime by it)")
+    path = export_onnx(checkpoint, output, resolution_cm=resolution, overwrite=overwrite)
+    out.print(f"wrote {safe_line(path)} ({path.stat().st_size / 2**20:.1f} MiB); run it with geoseg infer -m "
+              f"{safe_line(path)}, or open it in the Deepness QGIS plugin")
 
 
 @model_app.command("info")
-def info(path: Annotated[Path, typer.Argument(help="Checkpoint file (.pt).")],
+def info(path: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or ONNX model (.onnx).")],
          json_out: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False) -> None:
-    """Print a checkpoint's metadata: architecture, bands, normalization, classes, tiling, training."""
+    """Print a model's metadata: architecture, bands, normalization, classes, tiling, training."""
     import json
 
     from rich.table import Table
@@ -58,8 +115,14 @@ def info(path: Annotated[Path, typer.Argument(help="Checkpoint file (.pt).")],
     from geoseg.cli._console import out, safe_line, styled
     from geoseg.modelmeta import peek_meta
 
-    meta = peek_meta(path)  # without torch: a few MB instead of 1.7 GB
-    if meta is None:
+    from geoseg.predict.onnx import is_onnx
+
+    meta = peek_meta(path) if not is_onnx(path) else None  # without torch: a few MB instead of 1.7 GB
+    if meta is None and is_onnx(path):
+        from geoseg.predict.onnx import read_onnx_meta
+
+        meta = read_onnx_meta(path)
+    elif meta is None:
         from geoseg.models import read_meta
 
         meta = read_meta(path)
@@ -97,3 +160,20 @@ def _floats(text: str | None) -> list[float] | None:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _colours(text: str | None) -> list[tuple[int, int, int]] | None:
+    from geoseg.errors import UsageError
+
+    if not text:
+        return None
+    colours = []
+    for item in text.split(","):
+        h = item.strip().lstrip("#")
+        if len(h) != 6:
+            raise UsageError(f"--colours: {item.strip()!r} is not a #rrggbb colour")
+        try:
+            colours.append((int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)))
+        except ValueError:
+            raise UsageError(f"--colours: {item.strip()!r} is not a #rrggbb colour") from None
+    return colours

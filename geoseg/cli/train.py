@@ -10,13 +10,11 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import ProgressMode, ProgressOpt
+from geoseg.architectures import ARCHITECTURES
+from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, ProgressMode,
+                                  ProgressOpt)
 
-
-class Arch(str, Enum):
-    unet = "unet"
-    smp_unet = "smp-unet"
-    tempcnn = "tempcnn"
+TEMPCNN = ARCHITECTURES["tempcnn"].defaults
 
 
 class Weights(str, Enum):
@@ -37,13 +35,14 @@ def train(
     class_field: Annotated[Optional[str], typer.Option(help="Attribute of the polygons holding the class (name or number).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
-    arch: Annotated[Optional[Arch], typer.Option(help="Architecture; tempcnn: per-pixel temporal CNN for stacks of many dates [unet].")] = None,
-    base_channels: Annotated[Optional[int], typer.Option(help="unet: channels of the first level [16].", min=1)] = None,
-    depth: Annotated[Optional[int], typer.Option(help="unet: number of poolings [3].", min=1, max=8)] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="smp-unet: encoder (random init, nothing downloaded) [resnet18].")] = None,
-    encoder_depth: Annotated[Optional[int], typer.Option(help="smp-unet: encoder depth (only 5 is supported by the model registry) [5].", min=3, max=5)] = None,
-    bands_per_date: Annotated[Optional[int], typer.Option(help="tempcnn: bands per date, bands ordered date by date [1].", min=1)] = None,
-    context: Annotated[Optional[int], typer.Option(help="tempcnn: odd side in pixels of the neighbourhood whose mean profile is read beside each pixel's, e.g. 7 [1 = the pixel alone].", min=1)] = None,
+    arch: Annotated[Optional[Arch], typer.Option(help=ARCH_HELP + " [unet]")] = None,
+    base_channels: BaseChannelsOpt = None,
+    depth: DepthOpt = None,
+    encoder: EncoderOpt = None,
+    encoder_depth: EncoderDepthOpt = None,
+    encoder_weights: Annotated[Optional[Path], typer.Option(help="smp-*: pretrained encoder weights from a file you downloaded (timm, smp or torchgeo state dict; .pt, .pth, .safetensors); other band counts are adapted. Nothing is downloaded [random init].")] = None,
+    bands_per_date: Annotated[Optional[int], typer.Option(help=f"tempcnn: bands per date, bands ordered date by date [{TEMPCNN['bands_per_date']}].", min=1)] = None,
+    context: Annotated[Optional[int], typer.Option(help=f"tempcnn: odd side in pixels of the neighbourhood whose mean profile is read beside each pixel's, e.g. 7 [{TEMPCNN['context']}: the pixel alone].", min=1)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [20].", min=1)] = None,
     samples_per_epoch: Annotated[Optional[int], typer.Option(help="Training chips per epoch [about the non-overlapping chips of the training regions].", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Chips per step [8].", min=1)] = None,
@@ -80,7 +79,7 @@ def train(
         "vector_labels": str(vector_labels) if vector_labels else None,
         "class_field": class_field, "output": str(output) if output else None,
         "arch": arch.value if arch else None, "base_channels": base_channels, "depth": depth, "encoder": encoder,
-        "encoder_depth": encoder_depth, "bands_per_date": bands_per_date, "context": context, "epochs": epochs, "samples_per_epoch": samples_per_epoch,
+        "encoder_depth": encoder_depth, "encoder_weights": str(encoder_weights) if encoder_weights else None, "bands_per_date": bands_per_date, "context": context, "epochs": epochs, "samples_per_epoch": samples_per_epoch,
         "batch_size": batch_size, "tile_size": tile_size, "lr": lr, "weight_decay": weight_decay,
         "class_weights": class_weights.value if class_weights else None, "dice": dice,
         "augment": augment.value if augment else None, "jitter": jitter, "band_dropout": band_dropout, "ema": ema,

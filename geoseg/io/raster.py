@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -137,6 +138,17 @@ def validity_kind(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> tuple[
     return masked, floating
 
 
+@contextmanager
+def read_errors(name: str, window: Window | None = None) -> Iterator[None]:
+    """Turn a failed read of raster ``name`` (a damaged tile, a truncated file, a dead remote source)
+    into one :class:`RasterReadError` line that names the file, the rows and GDAL's reason."""
+    try:
+        yield
+    except RasterioIOError as e:
+        rows = f" at rows {window.row_off}..{window.row_off + window.height}" if window is not None else ""
+        raise RasterReadError(f"{name}: read failed{rows} (file truncated or damaged?): {error_text(e, 160)}") from None
+
+
 def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray,
               valid: np.ndarray | None = None, masked: bool = True) -> None:
     """Read ``bands`` in ``window`` into ``out`` (bands, h, w) in the raster's own type (views welcome).
@@ -144,16 +156,13 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
     ``valid`` (bands, h, w) uint8, if given, receives the validity: nonzero where the value is not
     masked (declared nodata, internal mask, alpha; when ``masked``) and finite (floating types).
     """
-    try:
+    with read_errors(ds.name, window):
         ds.read(list(bands), window=window, out=out)
         if valid is not None:
             if masked:
                 ds.read_masks(list(bands), window=window, out=valid)
             else:
                 valid[...] = 1
-    except RasterioIOError as e:
-        raise RasterReadError(f"{ds.name}: read failed at rows {window.row_off}..{window.row_off + window.height} "
-                              f"(file truncated or damaged?): {error_text(e, 160)}") from None
     if valid is not None and out.dtype.kind == "f":
         valid &= np.isfinite(out)
 

@@ -76,8 +76,9 @@ class TempCNN(nn.Module):
         z = x.permute(0, 2, 3, 1).reshape(n * h * w, self.dates, bands).transpose(1, 2)
         if pixels is not None:
             return self.head(self.dense(self.conv(z[pixels])))
-        if self.training or len(z) <= self.chunk:
-            # training batches go in whole: batch norm needs more than one pixel per chunk
+        if self.training or torch.compiler.is_exporting() or len(z) <= self.chunk:
+            # training batches go in whole: batch norm needs more than one pixel per chunk (and an
+            # exported graph keeps its batch dimension free)
             y = self.head(self.dense(self.conv(z)))
         else:
             y = torch.cat([self.head(self.dense(self.conv(part))) for part in z.split(self.chunk)])

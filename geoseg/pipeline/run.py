@@ -147,7 +147,8 @@ def predict_raster(
 
     Args:
         source: input GeoTIFF (any size; read by windows).
-        model: a checkpoint path, several (an ensemble: their class probabilities averaged), or an
+        model: a checkpoint path, several (an ensemble: their class probabilities averaged), an ONNX
+            model (``.onnx``, run by onnxruntime, :class:`geoseg.predict.OnnxPredictor`), or an
             object with ``meta`` and ``predict`` (see :class:`Predictor`).
         output: class raster path (default ``<source stem>_classes.tif`` beside the source).
         probabilities: also write per-class probabilities plus a confidence band here.
@@ -207,14 +208,15 @@ def predict_raster(
             paths = ([model] if isinstance(model, (str, os.PathLike))
                      else list(model) if isinstance(model, (list, tuple)) else None)
             if paths is not None:
-                from geoseg.predict import TorchPredictor
+                from geoseg.predict import load_predictor
 
-                predictor: Any = TorchPredictor.from_checkpoint(paths, device=device, tta=tta, precision=precision,
-                                                                compile=compile)
+                predictor: Any = load_predictor(paths, device=device, tta=tta, precision=precision, compile=compile)
             else:
                 predictor = model
             meta: ModelMeta = predictor.meta
             size = tile_size or meta.tile_size
+            if hasattr(predictor, "check_tile"):  # a graph of fixed tile size (ONNX)
+                predictor.check_tile(size)
             ov = meta.overlap if overlap is None else overlap
             size, ov = fit_tile(size, ov, info.height, info.width, meta.size_multiple)
             band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)

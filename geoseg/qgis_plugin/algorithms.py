@@ -137,8 +137,8 @@ class InferAlgorithm(GeosegAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         P = self.addParameter  # noqa: N806
         P(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
-        P(QgsProcessingParameterFile("MODEL", "Model checkpoint (.pt; empty: the demo model)", extension="pt",
-                                     optional=True))
+        P(QgsProcessingParameterFile("MODEL", "Model (.pt checkpoint or .onnx; empty: the demo model)",
+                                     fileFilter="geoseg models (*.pt *.onnx);;All files (*.*)", optional=True))
         P(QgsProcessingParameterString("BANDS", "Input bands in model order, 1-based (e.g. 4,3,2,8; empty: all)",
                                        optional=True))
         P(QgsProcessingParameterNumber("TILE_SIZE", "Tile size in pixels (0: the model's)", minValue=0,
@@ -265,6 +265,8 @@ class TrainAlgorithm(GeosegAlgorithm):
                                             types=[QgsProcessing.TypeVectorPolygon]))
         P(QgsProcessingParameterString("CLASS_FIELD", "Polygon attribute holding the class", optional=True))
         P(QgsProcessingParameterEnum("ARCH", "Architecture", options=ARCH, defaultValue=0))
+        P(QgsProcessingParameterString("ENCODER", "smp-* architectures: encoder, e.g. resnet34 (empty: the default)",
+                                       optional=True))
         P(QgsProcessingParameterNumber("EPOCHS", "Maximum epochs", minValue=1, defaultValue=20))
         P(QgsProcessingParameterNumber("BATCH_SIZE", "Chips per step", minValue=1, defaultValue=8))
         P(QgsProcessingParameterNumber("TILE_SIZE", "Chip side in pixels", minValue=16, defaultValue=64))
@@ -294,6 +296,8 @@ class TrainAlgorithm(GeosegAlgorithm):
                  "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
                  "--tile-size", str(self.parameterAsInt(parameters, "TILE_SIZE", context)),
                  "--device", self.string(parameters, "DEVICE", context) or "auto"]
+        if self.string(parameters, "ENCODER", context):
+            args += ["--encoder", self.string(parameters, "ENCODER", context)]
         if self.string(parameters, "CONFIG", context):
             args += ["--config", self.string(parameters, "CONFIG", context)]
         if self.parameterAsBool(parameters, "RESUME", context):

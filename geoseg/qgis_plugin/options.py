@@ -7,7 +7,8 @@ The plugin cannot import geoseg (QGIS's Python lacks torch), so these lists are 
 BLEND = ["hann", "triangular", "uniform", "crop"]
 TTA = ["none", "flips", "d4"]
 PROBABILITY_DTYPE = ["uint8", "float32"]
-ARCH = ["unet", "smp-unet", "tempcnn"]
+ARCH = ["unet", "smp-unet", "smp-unetplusplus", "smp-manet", "smp-linknet", "smp-fpn", "smp-pspnet", "smp-deeplabv3",
+        "smp-deeplabv3plus", "smp-upernet", "smp-segformer", "tempcnn"]
 
 #: polygon formats geoseg writes, by extension (the first is the default)
 VECTOR_EXTENSIONS = ["gpkg", "shp", "geojson", "parquet", "fgb"]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from geoseg.errors import UsageError
-from geoseg.modelmeta import ARCHITECTURES, PER_PIXEL, size_multiple
+from geoseg.architectures import ARCHITECTURES, PER_PIXEL, size_multiple
+from geoseg.architectures import arch_args as complete_arch_args
 
 #: Value of the label tensors where a pixel is not used by the loss or the metrics.
 IGNORE_INDEX = 255
@@ -34,12 +35,17 @@ class TrainConfig:
         class_field: attribute of ``vector_labels`` holding the class (name or number).
         output: best-checkpoint path (``.pt``); ``<stem>.last.pt``, ``<stem>.metrics.csv``
             and ``<stem>.curves.png`` are written beside it.
-        arch: ``unet``, ``smp-unet`` or ``tempcnn`` (per-pixel temporal CNN for stacks of
-            many dates; chips can then be small, e.g. 8 px).
+        arch: a name in :data:`geoseg.architectures.ARCHITECTURES`: ``unet``, the ``smp-*``
+            decoders, or ``tempcnn`` (per-pixel temporal CNN for stacks of many dates; chips can
+            then be small, e.g. 8 px).
+        The architecture options below are None for the table's default; one that ``arch``
+        does not take is an error.
         base_channels: unet channels of the first level.
         depth: unet number of poolings.
-        encoder: smp-unet encoder name (random init; no weights are downloaded).
-        encoder_depth: smp-unet encoder depth.
+        encoder: smp-* encoder name.
+        encoder_depth: smp-* encoder depth.
+        encoder_weights: smp-*: a file of pretrained encoder weights (timm, smp or torchgeo
+            state dict, ``.pt``/``.pth``/``.safetensors``) to start from; nothing is downloaded.
         bands_per_date: tempcnn: bands per date (the bands are ordered date by date).
         context: tempcnn: odd side in pixels of the neighbourhood whose mean profile the
             model reads beside each pixel's own (1 = the pixel alone; e.g. 7 damps the
@@ -88,12 +94,13 @@ class TrainConfig:
     class_field: str | None = None
     output: str = "model.pt"
     arch: str = "unet"
-    base_channels: int = 16
-    depth: int = 3
-    encoder: str = "resnet18"
-    encoder_depth: int = 5
-    bands_per_date: int = 1
-    context: int = 1
+    base_channels: int | None = None
+    depth: int | None = None
+    encoder: str | None = None
+    encoder_depth: int | None = None
+    encoder_weights: str | None = None
+    bands_per_date: int | None = None
+    context: int | None = None
     epochs: int = 20
     samples_per_epoch: int | None = None
     batch_size: int = 8
@@ -130,14 +137,16 @@ class TrainConfig:
         if self.arch not in ARCHITECTURES:
             raise UsageError(f"--arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         min_tile = 1 if self.arch in PER_PIXEL else 16
+        args = self.arch_args  # raises on an option the architecture does not take
+        context = int(args.get("context", 1))
         checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
                   ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers is None or self.num_workers >= 0),
-                  ("depth", 1 <= self.depth <= 8), ("base-channels", self.base_channels >= 1),
+                  ("depth", 1 <= args.get("depth", 1) <= 8), ("base-channels", args.get("base_channels", 1) >= 1),
                   ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0),
                   ("band-dropout", 0 <= self.band_dropout < 1), ("ema", 0 <= self.ema < 1),
-                  ("bands-per-date", self.bands_per_date >= 1),
-                  ("context", self.context >= 1 and self.context % 2 == 1)]
+                  ("bands-per-date", args.get("bands_per_date", 1) >= 1),
+                  ("context", context >= 1 and context % 2 == 1)]
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"--{name} {getattr(self, name.replace('-', '_'))!r} is out of range")
@@ -151,15 +160,14 @@ class TrainConfig:
             raise UsageError(f"--class-weights {self.class_weights!r}: choose none or auto")
         if self.augment not in ("none", "d4"):
             raise UsageError(f"--augment {self.augment!r}: choose d4 or none")
-        if self.arch == "smp-unet" and self.encoder_depth != 5:
-            # geoseg.models builds smp.Unet with its default 5-block decoder
-            raise UsageError("smp-unet supports only --encoder-depth 5 in this version")
-        if self.context != 1 and self.arch != "tempcnn":
-            raise UsageError(f"--context {self.context} applies to --arch tempcnn only")
-        if self.tile_size < self.context:
-            raise UsageError(f"--tile-size {self.tile_size} is smaller than --context {self.context}: chips need "
-                             f"labels beyond {self.context // 2} px of their edges; use --tile-size "
-                             f"{max(16, 2 * self.context)}")
+        if self.encoder_weights is not None and "encoder" not in args:
+            raise UsageError(f"--encoder-weights applies to the smp-* architectures, not --arch {self.arch}")
+        if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
+            raise UsageError(f"--encoder-weights {self.encoder_weights}: file not found")
+        if self.tile_size < context:
+            raise UsageError(f"--tile-size {self.tile_size} is smaller than --context {context}: chips need "
+                             f"labels beyond {context // 2} px of their edges; use --tile-size "
+                             f"{max(16, 2 * context)}")
         mult = self.size_multiple
         if self.tile_size % mult:
             raise UsageError(f"--tile-size {self.tile_size} must be a multiple of {mult} for {self.arch}; "
@@ -168,11 +176,10 @@ class TrainConfig:
 
     @property
     def arch_args(self) -> dict[str, Any]:
-        if self.arch == "unet":
-            return {"base_channels": self.base_channels, "depth": self.depth}
-        if self.arch == "tempcnn":
-            return {"bands_per_date": self.bands_per_date, "context": self.context}
-        return {"encoder": self.encoder, "encoder_weights": None, "encoder_depth": self.encoder_depth}
+        """The architecture's complete keyword arguments: the table's defaults and the options given."""
+        return complete_arch_args(self.arch, base_channels=self.base_channels, depth=self.depth,
+                                  encoder=self.encoder, encoder_depth=self.encoder_depth,
+                                  bands_per_date=self.bands_per_date, context=self.context)
 
     @property
     def size_multiple(self) -> int:
@@ -218,7 +225,10 @@ class TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise UsageError(f"{p}: config file not found")
-        text = p.read_text(encoding="utf-8")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{p}: config is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         try:
             if p.suffix.lower() == ".toml":
                 import tomllib

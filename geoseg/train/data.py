@@ -384,7 +384,7 @@ def _dense_lut(mapping: dict[int, int]) -> np.ndarray:
 
 def _check_fits(cfg: TrainConfig, grid: ImageGrid) -> None:
     if cfg.tile_size > min(grid.width, grid.height):
-        m = 2 ** (cfg.depth if cfg.arch == "unet" else cfg.encoder_depth)
+        m = cfg.size_multiple
         fit = min(grid.width, grid.height) // m * m
         raise UsageError(f"--tile-size {cfg.tile_size} exceeds the image ({grid.width}x{grid.height} px); "
                          f"use --tile-size <= {fit}")

@@ -51,11 +51,23 @@ def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
         fields = [c for c in gdf.columns if c != gdf.geometry.name]
         raise VectorError(f"{p}: has no field {class_field!r}; available fields: {', '.join(fields) or 'none'}")
     gdf = gdf[~gdf.geometry.isna() & ~gdf.geometry.is_empty]
+    import numpy as np
+    import shapely
+
+    # a NaN or infinite vertex cannot be repaired or drawn: such polygons are skipped, and said so
+    coords = shapely.get_coordinates(gdf.geometry.values, include_z=False, return_index=True)
+    bad_rows = np.unique(coords[1][~np.isfinite(coords[0]).all(axis=1)])
+    if len(bad_rows):
+        keep = np.ones(len(gdf), bool)
+        keep[bad_rows] = False
+        gdf = gdf[keep]
+        warnings.warn(f"{p}: skipped {len(bad_rows)} polygon(s) with NaN or infinite coordinates; fix them in a GIS",
+                      UserWarning, stacklevel=2)
+        if len(gdf) == 0:
+            raise LabelError(f"{p}: every polygon has NaN or infinite coordinates")
     invalid = ~gdf.geometry.is_valid
     if invalid.any():
         # self-intersections (bow-ties) and the like: repair, keep the polygonal parts, say so
-        import shapely
-
         fixed = shapely.make_valid(gdf.geometry[invalid].values)
         polys = [shapely.union_all([g for g in shapely.get_parts(f) if g.geom_type in ("Polygon", "MultiPolygon")])
                  if f.geom_type == "GeometryCollection" else f for f in fixed]

@@ -39,7 +39,7 @@ from geoseg.train.config import IGNORE_INDEX, TrainConfig
 
 #: config fields that must not change when resuming
 _RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "base_channels", "depth", "encoder",
-                 "encoder_depth", "tile_size", "class_map", "ignore_values", "val_split", "val_block", "seed",
+                 "encoder_depth", "encoder_weights", "tile_size", "class_map", "ignore_values", "val_split", "val_block", "seed",
                  "class_weights", "dice", "bands_per_date", "context")
 
 
@@ -283,7 +283,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     else:
         mean, std = D.normalization_stats(grid)
         if cfg.arch == "tempcnn":
-            mean, std = D.pool_over_dates(mean, std, cfg.bands_per_date)
+            mean, std = D.pool_over_dates(mean, std, cfg.arch_args["bands_per_date"])
     schema = plan.schema
     n_cls = len(schema)
     fabric = _fabric(cfg)
@@ -294,6 +294,14 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         cfg = replace(cfg, num_workers=D.auto_workers(fabric.device, cfg.devices))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, len(grid.band_names), n_cls, **cfg.arch_args)
+    if cfg.encoder_weights is not None and payload is None:  # a resumed run has its own weights
+        from geoseg.models.encoder_weights import load_encoder_weights
+
+        loaded = load_encoder_weights(model, cfg.encoder_weights)
+        encoder_start = {"file": str(cfg.encoder_weights), "tensors": loaded.matched, "of": loaded.total,
+                         "adapted": loaded.adapted}
+    else:
+        encoder_start = None
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -334,7 +342,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
     # inference (tiles overlap): they are left out, except along the image's own edges
     train_bm = D.BatchMaker(grid, plan.lut, mean, std, regions=plan.train_regions, clip=plan.clip_train,
                             augment=cfg.augment, jitter=cfg.jitter, band_dropout=cfg.band_dropout,
-                            seed=cfg.seed, margin=cfg.context // 2,  # context is 1 unless tempcnn
+                            seed=cfg.seed, margin=int(cfg.arch_args.get("context", 1)) // 2,
                             on_device=on_cuda)  # on a GPU, normalization and augmentation run there
     pin = fabric.device.type == "cuda"
     train_loader = fabric.setup_dataloaders(D.make_loader(train_ds, sampler, train_bm, cfg, pin_memory=pin),
@@ -357,6 +365,8 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             "label_kind": plan.kind, "ignore_index": IGNORE_INDEX, "normalization": "training images, nodata excluded",
             "torchgeo": _version("torchgeo"), "torch": torch.__version__, "device": str(fabric.device),
         }
+        if encoder_start is not None:
+            training["encoder_weights"] = encoder_start
         if cfg.class_weights == "auto" and weight is not None:
             training["class_weights"] = [float(v) for v in weight.cpu()]
         if record is not None:

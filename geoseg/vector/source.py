@@ -9,12 +9,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.classes import ClassInfo, ClassSchema, default_colour, parse_class_names
-from geoseg.errors import RasterReadError, UsageError, error_text
-from geoseg.io.raster import open_raster
+from geoseg.errors import RasterReadError, UsageError
+from geoseg.io.raster import open_raster, read_errors
 
 #: pixels per band when ``band_rows`` is not given: memory per band stays constant
 #: whatever the raster width (rows = max(16, DEFAULT_BAND_PIXELS // width)). ``shapes``
@@ -130,12 +129,9 @@ class ClassSource:
 
     def _read(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         w = Window(0, r0, self.width, r1 - r0)
-        try:
+        with read_errors(self.name, w):
             data = self.ds.read(1, window=w)
             valid = self.ds.read_masks(1, window=w) > 0
-        except RasterioIOError as e:
-            raise RasterReadError(f"{self.name}: read failed at rows {r0}..{r1} (file truncated or damaged?): "
-                                  f"{error_text(e, 160)}") from None
         if data.dtype.kind == "f":
             valid &= np.isfinite(data)
         return _cast(data, valid, self.dtype, self.name), valid
@@ -197,12 +193,9 @@ class ConfidenceSource:
 
     def read(self, r0: int, r1: int) -> np.ndarray:
         w = Window(0, r0, self.ds.width, r1 - r0)
-        try:
+        with read_errors(self.ds.name, w):
             v = self.ds.read(self.band, window=w).astype(np.float64)
             m = self.ds.read_masks(self.band, window=w) > 0
-        except RasterioIOError as e:
-            raise RasterReadError(f"{self.ds.name}: read failed at rows {r0}..{r1}: "
-                                  f"{error_text(e, 160)}") from None
         v *= self.scale
         v[~m] = np.nan
         return v

@@ -46,6 +46,15 @@ def make(out: Path) -> dict[str, Path]:
     full = f["good"].read_bytes()
     (out / "truncated.tif").write_bytes(full[: len(full) // 3])
     f["truncated"] = out / "truncated.tif"
+    # a class raster whose first DEFLATE tile is garbage (the rest of the file is fine)
+    f["corrupt_tile"] = _tif(out / "corrupt_tile.tif", cls, nodata=255, tiled=True, blockxsize=16, blockysize=16,
+                             compress="deflate")
+    with rasterio.open(f["corrupt_tile"]) as ds:
+        off = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    raw = bytearray(f["corrupt_tile"].read_bytes())
+    raw[off:off + size] = b"\x13" * size
+    f["corrupt_tile"].write_bytes(bytes(raw))
     (out / "text.tif").write_text("just some text\n")
     f["text"] = out / "text.tif"
     (out / "page.tif").write_text("<!doctype html><html><body>404 Not Found</body></html>")
@@ -106,6 +115,33 @@ def make(out: Path) -> dict[str, Path]:
 
     torch.save({"geoseg_meta": "{}", "state_dict": {}, "evil": Evil()}, out / "evil.pt")
     f["evil_model"] = out / "evil.pt"
+    for name, version in (("odd_version", '"abc"'), ("zero_version", "0"), ("list_version", "[1]")):
+        odd = dict(payload)
+        odd["geoseg_meta"] = payload["geoseg_meta"].replace('"format_version": 1', f'"format_version": {version}')
+        torch.save(odd, out / f"{name}.pt")
+        f[f"{name}_model"] = out / f"{name}.pt"
+    # models from elsewhere: an ONNX export, a text file named .onnx, a torchgeo Lightning checkpoint
+    from geoseg.models.onnx_export import export_onnx
+
+    f["model_onnx"] = export_onnx(f["model"], out / "model.onnx")
+    (out / "text.onnx").write_text("not a model\n")
+    f["text_onnx"] = out / "text.onnx"
+    import segmentation_models_pytorch as smp
+
+    net = smp.Unet(encoder_name="mobilenet_v2", encoder_weights=None, in_channels=3, classes=2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"model": "unet", "backbone": "mobilenet_v2", "in_channels": 3, "num_classes": 2,
+                                     "model_kwargs": {}},
+                "pytorch-lightning_version": "2.5.0"}, out / "lightning.ckpt")
+    f["lightning"] = out / "lightning.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"model": "fcn", "backbone": "resnet18", "in_channels": 3, "num_classes": 2}},
+               out / "lightning_fcn.ckpt")
+    f["lightning_fcn"] = out / "lightning_fcn.ckpt"
+    torch.save({"model.conv.weight": torch.zeros(8, 3, 3, 3)}, out / "tiny_state.pth")
+    f["tiny_state"] = out / "tiny_state.pth"
+    (out / "latin1.yaml").write_bytes("epochs: 1\noutput: m\xe9.pt\n".encode("latin-1"))
+    f["latin1_config"] = out / "latin1.yaml"
     # vectors
     import geopandas as gpd
     from shapely.geometry import Polygon, box
@@ -128,6 +164,12 @@ def make(out: Path) -> dict[str, Path]:
                      geometry=[bowtie, box(x0 + 250, y0 + 250, x0 + 380, y0 + 460), Polygon()],
                      crs=CRS).to_file(out / "labels_invalid.gpkg")
     f["labels_invalid"] = out / "labels_invalid.gpkg"
+    nan_ring = Polygon([(x0 + 10, y0 + 10), (float("nan"), y0 + 10), (x0 + 200, y0 + 200), (x0 + 10, y0 + 200)])
+    gpd.GeoDataFrame({"class": ["a", "b", "a"], "id": [0, 1, 0]},
+                     geometry=[nan_ring, box(x0 + 250, y0 + 250, x0 + 380, y0 + 460), box(x0 + 10, y0 + 10, x0 + 150,
+                                                                                          y0 + 200)],
+                     crs=CRS).to_file(out / "labels_nan.gpkg")
+    f["labels_nan"] = out / "labels_nan.gpkg"
     g.set_crs(None, allow_override=True).to_file(out / "labels_nocrs.shp")
     for ext in (".prj",):
         (out / f"labels_nocrs{ext}").unlink(missing_ok=True)
