@@ -93,3 +93,18 @@ def error_text(e: BaseException, limit: int = 200) -> str:
     specific = [t for t in seen if "previous exception" not in t.lower()]
     return (specific[-1] if specific else seen[0] if seen else type(e).__name__)[:limit]
 
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it came from) says the disk or the user's quota is full."""
+    import errno
+
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False

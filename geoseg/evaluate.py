@@ -104,8 +104,9 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
         truth: label raster, or a vector file of polygons.
         class_field: attribute of the polygons holding the class name or id (vector truth).
         out_dir: write CSVs and the PNG here (None: write nothing).
-        ignore_values: truth raster values meaning unlabelled (default: 0 unless 0 is a
-            class of the prediction), in addition to the truth's nodata.
+        ignore_values: truth values meaning unlabelled: raster values (default: 0 unless 0 is a
+            class of the prediction), in addition to the truth's nodata; for polygons, class-field
+            values or the class ids they map to (default: none), whose polygons are not scored.
         object_level: also match objects one-to-one at IoU > ``iou_threshold`` per class
             (polygons are the truth objects for vector truth; 4-connected components
             otherwise). Skipped for rasters over :data:`MAX_OBJECT_PIXELS`.
@@ -137,7 +138,7 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
         pnod = pds.nodata
         H, W = pds.height, pds.width
         if is_vector:
-            truth_reader = _VectorTruth(truth_path, class_field, pds, schema)
+            truth_reader = _VectorTruth(truth_path, class_field, pds, schema, ignore_values)
         else:
             truth_reader = _RasterTruth(truth_path, pds, schema, ignore_values)
         with truth_reader:
@@ -255,7 +256,8 @@ class _RasterTruth:
 class _VectorTruth:
     """Polygons reprojected to the prediction CRS, rasterized per window (class and instance ids)."""
 
-    def __init__(self, path: Path, class_field: str | None, pds: Any, schema: ClassSchema | None) -> None:
+    def __init__(self, path: Path, class_field: str | None, pds: Any, schema: ClassSchema | None,
+                 ignore_values: Sequence[int] | None = None) -> None:
         import shapely
 
         from geoseg.train.labels import read_polygons
@@ -263,6 +265,16 @@ class _VectorTruth:
         if not class_field:
             raise UsageError(f"{path}: vector truth needs --class-field, the attribute holding each polygon's class")
         gdf = read_polygons(path, class_field)
+        if ignore_values:
+            # polygons whose class value (or the class id it maps to) means "unlabelled" are not scored
+            from geoseg.train.labels import class_key
+
+            ignored = {str(int(v)) for v in ignore_values}
+            keep = [class_key(v) not in ignored for v in gdf[class_field]]
+            gdf = gdf[keep]
+            if len(gdf) == 0:
+                raise LabelError(f"{path}: every polygon has an ignored {class_field!r} value "
+                                 f"({', '.join(sorted(ignored))})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gdf = gdf.to_crs(pds.crs)
@@ -274,8 +286,12 @@ class _VectorTruth:
         from geoseg.train.labels import class_key
 
         codes = _truth_codes(list(gdf[class_field]), schema, str(path), class_field)
+        cls = np.array([codes[class_key(v)] for v in gdf[class_field]], dtype=np.int64)
+        if ignore_values:  # also by the class id a name maps to
+            keep_ids = ~np.isin(cls, [int(v) for v in ignore_values])
+            gdf, cls = gdf[keep_ids], cls[keep_ids]
         self.geoms = gdf.geometry.to_numpy()
-        self.cls = np.array([codes[class_key(v)] for v in gdf[class_field]], dtype=np.int64)
+        self.cls = cls
         self.tree = shapely.STRtree(self.geoms)
         self.transform = pds.transform
         self.width = pds.width

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from geoseg.errors import GeosegError, RasterWriteError, VectorError
-from geoseg.io.atomic import atomic_output, check_destination
+from geoseg.io.atomic import atomic_output, check_destination, gdal_safe_path
 from geoseg.styles import STYLE_TABLE, qml_path, write_qml
 
 
@@ -81,6 +81,21 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool,
     return check_destination(path, overwrite=overwrite, inputs=inputs), fmt.name
 
 
+def _q(name: str) -> str:
+    """An SQL identifier, quoted (a layer named ``q"uote`` broke the index SQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def layer_name(stem: str) -> str:
+    """A layer name GDAL and SQL tools take for a file named ``stem``: control characters and double
+    quotes become ``_``, and a name that starts with punctuation GeoPackage refuses (``-x``, ``.x``)
+    gets a leading ``_``."""
+    import re
+
+    name = re.sub(r'[\x00-\x1f\x7f"]', "_", stem) or "polygons"
+    return name if (name[0].isalnum() or name[0] in "_ ") else "_" + name
+
+
 class _Capture:
     """Wrap a batch iterator so its exceptions survive the trip through Arrow's C stream."""
 
@@ -97,6 +112,8 @@ class _Capture:
                     b = self.transform(b)
                 self.count += b.num_rows
                 yield b
+        except GeneratorExit:  # closed by the consumer (a writer that died): not the batches' error
+            raise
         except BaseException as e:  # noqa: BLE001
             self.error = e
             raise
@@ -119,6 +136,11 @@ def _geojson_batch(crs: Any) -> Any:
         g = shapely.from_wkb(np.asarray(batch.column(i).to_pylist(), dtype=object))
         if tr is not None:
             g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+            xy = shapely.get_coordinates(g)
+            if not np.isfinite(xy).all():
+                raise VectorError("polygons lie outside where the raster's CRS maps to the Earth, so they cannot "
+                                  "be written as GeoJSON longitude/latitude; check the raster's georeferencing, "
+                                  "or write .gpkg/.fgb (coordinates kept as they are)")
         g = shapely.orient_polygons(g, exterior_cw=False)
         return batch.set_column(i, "geometry", pa.array(shapely.to_wkb(g), type=pa.large_binary()))
 
@@ -139,11 +161,11 @@ def write_batches(path: str | os.PathLike[str], schema: Any, batches: Iterable[A
     if not checked:
         check_destination(dest, overwrite=overwrite)
     with atomic_output(dest, overwrite=overwrite, checked=True) as tmp:
-        lname = layer or dest.stem
+        lname = layer or layer_name(dest.stem)
         if fmt.driver is None:
             count = _write_parquet(tmp, schema, batches, crs, geometry_type)
         else:
-            count = _write_ogr(tmp, fmt, schema, batches, crs, geometry_type, lname)
+            count = _write_ogr(tmp, fmt, schema, batches, crs, geometry_type, lname, dest)
         if style is not None and fmt.name == "gpkg":
             gpkg_layer_style(tmp, lname, style())
     if style is not None and style_path(dest) is not None:
@@ -160,6 +182,11 @@ def gpkg_layer_style(path: Path, layer: str, qml: str) -> None:
     """Store ``qml`` as the default style of ``layer`` in the GeoPackage ``path``: a row of its
     ``layer_styles`` table (created as QGIS does, an attribute table), which QGIS applies when it
     opens the layer."""
+    with gdal_safe_path(path) as safe:
+        _write_style_row(safe, layer, qml, path)
+
+
+def _write_style_row(path: str, layer: str, qml: str, shown: Path) -> None:
     import datetime
 
     import numpy as np
@@ -171,18 +198,22 @@ def gpkg_layer_style(path: Path, layer: str, qml: str) -> None:
     values: list[Any] = ["", "", layer, geom, layer, qml, "", True, "geoseg: classes in their colours", "", ""]
     data = [np.array([v], dtype=bool if isinstance(v, bool) else object) for v in values] + [now]
     try:
-        write(str(path), None, data, _LAYER_STYLES_FIELDS, layer=STYLE_TABLE, driver="GPKG", geometry_type=None,
+        write(path, None, data, _LAYER_STYLES_FIELDS, layer=STYLE_TABLE, driver="GPKG", geometry_type=None,
               append=True)
     except Exception as e:  # pyogrio raises its own and GDAL's error types
-        raise RasterWriteError(f"{path}: cannot store the layer style: {str(e)[:200]}") from None
+        raise RasterWriteError(f"{shown}: cannot store the layer style: {str(e)[:200]}") from None
 
 
 def _write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: Any, geometry_type: str,
-               layer: str) -> int:
+               layer: str, dest: Path | None = None) -> int:
     transform = None
     layer_options: dict[str, str] = {}
     out_crs = crs.to_wkt() if crs is not None and hasattr(crs, "to_wkt") else crs
     if fmt.name == "geojson":
+        if crs is None:
+            raise VectorError(f"{dest or tmp.name}: GeoJSON holds longitude/latitude (RFC 7946), but the raster has "
+                              "no CRS to convert from; write .gpkg, .fgb or .shp (pixel coordinates kept), or "
+                              "assign the raster's CRS first")
         transform = _geojson_batch(crs)
         layer_options["RFC7946"] = "YES"
         out_crs = "EPSG:4326" if crs is not None else None
@@ -201,22 +232,23 @@ def _write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs:
         # the writer process builds the index once the layer is complete (_gpkg_rtree)
         layer_options["SPATIAL_INDEX"] = "NO"
     cap = _Capture(batches, transform)
-    job = {"path": str(tmp), "layer": layer, "driver": fmt.driver, "geometry_type": geometry_type,
-           "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg"}
-    what = f"{tmp.name}: writing {fmt.driver}"
-    if WRITER_PROCESS:
-        _run_writer(job, schema, cap, what)
-    else:
-        import pyarrow as pa
+    what = f"{dest or tmp.name}: writing {fmt.driver}"
+    with gdal_safe_path(tmp) as path:  # a folder named with ';' or a newline, which pyogrio would mangle
+        job = {"path": path, "layer": layer, "driver": fmt.driver, "geometry_type": geometry_type,
+               "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg"}
+        if WRITER_PROCESS:
+            _run_writer(job, schema, cap, what)
+        else:
+            import pyarrow as pa
 
-        try:
-            _write_job(job, pa.RecordBatchReader.from_batches(schema, iter(cap)))
-        except BaseException as e:
-            if cap.error is not None:
-                raise cap.error from None
-            if isinstance(e, _WriteFailed):
-                raise RasterWriteError(f"{what} failed: {e}") from None
-            raise
+            try:
+                _write_job(job, pa.RecordBatchReader.from_batches(schema, iter(cap)))
+            except BaseException as e:
+                if cap.error is not None:
+                    raise cap.error from None
+                if isinstance(e, _WriteFailed):
+                    raise RasterWriteError(f"{what} failed: {e}") from None
+                raise
     if cap.error is not None:
         raise cap.error
     return cap.count
@@ -368,6 +400,8 @@ class _BoxSpill:
                 np.ascontiguousarray(bb[:, [0, 2, 1, 3]]).tofile(self.f)
                 self.count += len(bb)
                 yield b
+        except GeneratorExit:  # closed by the consumer (a writer that died): not the batches' error
+            raise
         except BaseException as e:  # noqa: BLE001
             self.error = e
             raise
@@ -485,7 +519,7 @@ def _gpkg_rtree(path: Path, layer: str, boxes: _BoxSpill, chunk: int = 1 << 16) 
         if not ddl or not ddl[0].upper().startswith("CREATE VIRTUAL TABLE") or not ext_rows:
             raise VectorError("could not find GDAL's R-tree definition")
         n = boxes.count
-        lo, hi, cnt = con.execute(f'SELECT min(fid), max(fid), count(*) FROM "{layer}"').fetchone() \
+        lo, hi, cnt = con.execute(f'SELECT min(fid), max(fid), count(*) FROM {_q(layer)}').fetchone() \
             if n else (None, None, 0)
         if n and (lo != 1 or hi != n or cnt != n):
             raise VectorError(f"unexpected feature ids {lo}..{hi} for {n} features")
@@ -530,7 +564,7 @@ def _rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
     """
     import numpy as np
 
-    node_size = con.execute(f'SELECT length(data) FROM "{rtree}_node" WHERE nodeno = 1').fetchone()[0]
+    node_size = con.execute(f'SELECT length(data) FROM {_q(rtree + "_node")} WHERE nodeno = 1').fetchone()[0]
     maxc = (node_size - 4) // 24
     cell = np.dtype([("id", ">i8"), ("b", ">f4", (4,))])
 
@@ -585,7 +619,7 @@ def _rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
         total += len(ids)
         o = str_order(b)
         nos, nb, next_no, nodes, rows = pack(ids[o], b[o], 0, next_no)
-        con.executemany(f'INSERT INTO "{rtree}_node" VALUES (?, ?)', nodes)
+        con.executemany(f'INSERT INTO {_q(rtree + "_node")} VALUES (?, ?)', nodes)
         # in id order: SQLite appends to the rowid table instead of inserting at random places
         rid = np.concatenate([rr for _, rr in rows])
         rno = np.repeat([no for no, _ in rows], [len(rr) for _, rr in rows])
@@ -594,30 +628,30 @@ def _rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
         if rid[-1] - rid[0] == len(rid) - 1:
             # consecutive ids (no empty geometry in this chunk): one statement, the node
             # numbers passed as a JSON array that SQLite unpacks in C (~3x executemany's speed)
-            con.execute(f'INSERT INTO "{rtree}_rowid" SELECT key + ?, value FROM json_each(?)',
+            con.execute(f'INSERT INTO {_q(rtree + "_rowid")} SELECT key + ?, value FROM json_each(?)',
                         (int(rid[0]), "[" + ",".join(map(str, rno.tolist())) + "]"))
         else:
-            con.executemany(f'INSERT INTO "{rtree}_rowid" VALUES (?, ?)', zip(rid.tolist(), rno.tolist()))
+            con.executemany(f'INSERT INTO {_q(rtree + "_rowid")} VALUES (?, ?)', zip(rid.tolist(), rno.tolist()))
         level_ids.append(nos)
         level_box.append(nb)
     if total == 0:
         return
     if leaves_pending is not None:
         ids, b = leaves_pending
-        con.execute(f'UPDATE "{rtree}_node" SET data = ? WHERE nodeno = 1', (blob(ids, b, 0),))
-        con.executemany(f'INSERT INTO "{rtree}_rowid" VALUES (?, 1)', ((int(i),) for i in ids))
+        con.execute(f'UPDATE {_q(rtree + "_node")} SET data = ? WHERE nodeno = 1', (blob(ids, b, 0),))
+        con.executemany(f'INSERT INTO {_q(rtree + "_rowid")} VALUES (?, 1)', ((int(i),) for i in ids))
         return
     ids, b = np.concatenate(level_ids), np.concatenate(level_box)
     depth = 1
     while len(ids) > maxc:
         o = str_order(b.astype(np.float64))
         nos, nb, next_no, nodes, rows = pack(ids[o], b[o], 0, next_no)
-        con.executemany(f'INSERT INTO "{rtree}_node" VALUES (?, ?)', nodes)
+        con.executemany(f'INSERT INTO {_q(rtree + "_node")} VALUES (?, ?)', nodes)
         con.executemany(f'INSERT INTO "{rtree}_parent" VALUES (?, ?)',
                         ((int(c), no) for no, cc in rows for c in cc))
         ids, b = nos, nb
         depth += 1
-    con.execute(f'UPDATE "{rtree}_node" SET data = ? WHERE nodeno = 1', (blob(ids, b, depth),))
+    con.execute(f'UPDATE {_q(rtree + "_node")} SET data = ? WHERE nodeno = 1', (blob(ids, b, depth),))
     con.executemany(f'INSERT INTO "{rtree}_parent" VALUES (?, 1)', ((int(c),) for c in ids))
 
 

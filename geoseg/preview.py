@@ -19,7 +19,7 @@ from rasterio.enums import ColorInterp, Resampling
 from geoseg.classes import ClassSchema, default_colour
 from geoseg.errors import RasterReadError, UsageError, error_text
 from geoseg.io.atomic import atomic_output, check_destination
-from geoseg.io.raster import open_raster, read_errors
+from geoseg.io.raster import open_raster, read_bands, read_errors
 
 _S2_LIKE = {"B8A", "B08", "B8", "B10", "B11", "B12", "B09", "B9"}
 
@@ -142,7 +142,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
                 if not 1 <= b <= ids.count:
                     raise UsageError(f"--rgb band {b} does not exist; {image} has bands 1..{ids.count}")
             with read_errors(str(image)):
-                data = ids.read(bands, out_shape=(3, h, w), resampling=Resampling.nearest, masked=True)
+                data = read_bands(ids, bands, out_shape=(h, w), resampling=Resampling.nearest, masked=True)
             valid = ~np.ma.getmaskarray(data).all(axis=0)
             arr = np.ma.filled(data.astype(np.float64), np.nan)
             valid &= np.isfinite(arr).all(axis=0)
@@ -196,18 +196,20 @@ def _size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def _draw_polygons(ax: object, path: str | os.PathLike[str], crs: object, limit: int = 20000) -> None:
     import pyogrio
 
+    from geoseg.io.atomic import gdal_safe_path
     from geoseg.styles import data_layer
 
-    layer = data_layer(path)  # not the GeoPackage's style table
-    try:
-        info = pyogrio.read_info(path, layer=layer)
-    except Exception as e:  # noqa: BLE001 - any unreadable vector is a user error here
-        raise RasterReadError(f"{path}: cannot read polygons ({error_text(e, 160)})") from None
-    if info.get("features", 0) > limit:
-        return  # too many to draw legibly; the raster outlines already show the boundaries
-    import geopandas as gpd
+    with gdal_safe_path(path) as safe:
+        layer = data_layer(safe)  # not the GeoPackage's style table
+        try:
+            info = pyogrio.read_info(safe, layer=layer)
+        except Exception as e:  # noqa: BLE001 - any unreadable vector is a user error here
+            raise RasterReadError(f"{path}: cannot read polygons ({error_text(e, 160)})") from None
+        if info.get("features", 0) > limit:
+            return  # too many to draw legibly; the raster outlines already show the boundaries
+        import geopandas as gpd
 
-    gdf = gpd.read_file(path, layer=layer)
+        gdf = gpd.read_file(safe, layer=layer)
     if gdf.empty:
         return
     if crs is not None and gdf.crs is not None and gdf.crs != crs:

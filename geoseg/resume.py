@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import UsageError
-from geoseg.io.atomic import TMP_MARKER
+from geoseg.io.atomic import TMP_MARKER, safe_stem
 
 STATE_VERSION = 2  # 2: uint8 probability staging files keep the mask as an extra band
 
@@ -30,12 +30,12 @@ STATE_VERSION = 2  # 2: uint8 probability staging files keep the mask as an extr
 def staging_path(dest: str | os.PathLike[str]) -> Path:
     """Fixed staging name for ``dest`` (so a later run can find it)."""
     p = Path(dest)
-    return p.with_name(f".{p.name}{TMP_MARKER}-partial.tif")
+    return p.with_name(f".{safe_stem(p.name)}{TMP_MARKER}-partial.tif")
 
 
 def state_path(dest: str | os.PathLike[str]) -> Path:
     p = Path(dest)
-    return p.with_name(f".{p.name}{TMP_MARKER}-state.json")
+    return p.with_name(f".{safe_stem(p.name)}{TMP_MARKER}-state.json")
 
 
 #: Files up to this size are hashed whole; larger ones by samples (reading a 4 GB input through

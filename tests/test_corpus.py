@@ -88,6 +88,17 @@ CASES: dict[str, tuple[list[str], str, str]] = {
                                      "skipped 1 polygon(s) with NaN or infinite coordinates"),
     "evaluate_nan_coordinate_polygon": (["evaluate", "{classes}", "{labels_nan}", "--class-field", "id", "-o",
                                          "{out}/ev"], "ok", "skipped 1 polygon(s) with NaN"),
+    # a VRT whose bands have different types: read one by one into their common type
+    "infer_vrt_mixed_types": (["infer", "{mixed_types}", "-m", "{model}", "-o", "{out}"], "ok", ""),
+    "preview_vrt_mixed_types": (["preview", "{classes}", "--image", "{mixed_types}", "-o", "{out}/p.png"], "ok", ""),
+    "train_vrt_mixed_types": (["train", "--image", "{mixed_types}", "--vector-labels", "{labels}", "--class-field",
+                               "class", "-o", "{out}/m.pt", "--val-split", "0", *TRAIN], "ok", ""),
+    # formats that cannot hold the data: a clear error, never empty or misplaced geometries
+    "vectorize_geojson_without_crs": (["vectorize", "{classes_nocrs}", "-o", "{out}/v.geojson"], "error",
+                                      "no CRS to convert from"),
+    "vectorize_gpkg_without_crs": (["vectorize", "{classes_nocrs}", "-o", "{out}/v.gpkg"], "ok", "no CRS"),
+    "vectorize_beyond_the_earth": (["vectorize", "{classes_far}", "-o", "{out}/v.geojson"], "error",
+                                   "maps to the Earth"),
     # model metadata of odd shapes, configs in other encodings
     "model_info_text_version": (["model", "info", "{odd_version_model}"], "error", "format_version 'abc'"),
     "infer_zero_version": (["infer", "{good}", "-m", "{zero_version_model}", "-o", "{out}"], "error",

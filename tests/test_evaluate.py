@@ -149,3 +149,50 @@ def test_truth_covering_part_of_the_prediction_scores_only_its_footprint(tmp_pat
     m = r.metrics
     assert m.total == 100 - 1 - 1  # the footprint, less the prediction's nodata pixel and the value 300
     assert m.overall_accuracy == 1.0
+
+
+def test_touching_objects_get_an_explanation_beside_zero_object_scores(tmp_path, capsys):
+    """Four touching truth fields of one class, predicted perfectly per pixel: one predicted region matches
+    none of them; the CLI says why instead of leaving a table of zeros beside perfect pixel scores."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.transform import from_origin
+    from shapely.geometry import box
+
+    from geoseg.cli import main
+
+    a = np.zeros((60, 60), np.uint8)
+    a[10:50, 10:50] = 1
+    with rasterio.open(tmp_path / "pred.tif", "w", driver="GTiff", width=60, height=60, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 5300000, 10, 10), nodata=255) as d:
+        d.write(a, 1)
+    polys = [box(500100 + i * 100, 5299500, 500200 + i * 100, 5299900) for i in range(4)]
+    gpd.GeoDataFrame({"id": [1] * 4}, geometry=polys, crs="EPSG:32633").to_file(tmp_path / "truth.gpkg")
+    main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "truth.gpkg"), "--class-field", "id", "-o",
+          str(tmp_path / "ev")])
+    cap = capsys.readouterr()
+    assert "│ class_1 │ 4 " in cap.out and "objects that touch" in " ".join(cap.err.split())
+
+
+def test_ignore_value_applies_to_polygon_truth(tmp_path):
+    """Polygons whose class is an --ignore-value are not scored (it applied to raster truth only)."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.transform import from_origin
+    from shapely.geometry import box
+
+    from geoseg.evaluate import evaluate
+
+    a = np.ones((60, 60), np.uint8)
+    with rasterio.open(tmp_path / "pred.tif", "w", driver="GTiff", width=60, height=60, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 5300000, 10, 10), nodata=255) as d:
+        d.write(a, 1)
+    # a 10x10 px polygon of class 1 (right) and a 20x20 px one of class 0 meaning "unlabelled" (wrong if scored)
+    gpd.GeoDataFrame({"id": [1, 0]}, geometry=[box(500000, 5299900, 500100, 5300000),
+                                               box(500200, 5299600, 500400, 5299800)],
+                     crs="EPSG:32633").to_file(tmp_path / "truth.gpkg")
+    scored = evaluate(tmp_path / "pred.tif", tmp_path / "truth.gpkg", class_field="id", object_level=False)
+    assert scored.metrics.matrix.sum() == 100 + 400
+    ignored = evaluate(tmp_path / "pred.tif", tmp_path / "truth.gpkg", class_field="id", ignore_values=[0],
+                       object_level=False)
+    assert ignored.metrics.matrix.sum() == 100 and ignored.metrics.matrix.trace() == 100

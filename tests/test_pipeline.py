@@ -222,6 +222,25 @@ def test_max_memory_narrows_strips_same_result(make_raster, tmp_path):
     assert not (tmp_path / "c.tif").exists()
 
 
+def test_without_max_memory_the_available_memory_bounds_the_run(make_raster, tmp_path, monkeypatch):
+    """No --max-memory: strips narrow only when the run would not fit in half the available memory,
+    with the same result, and settings that cannot fit at all (a huge batch) are refused up front."""
+    from geoseg.errors import UsageError
+    from geoseg.pipeline import budget, buffer_bytes
+
+    data = np.random.default_rng(2).normal(size=(3, 50, 700)).astype(np.float32)
+    src = make_raster(data)
+    a = predict_raster(src, PointwiseModel(3, 4), tmp_path / "a.tif", tile_size=32, overlap=8)
+    monkeypatch.setattr(budget, "available_memory_mb", lambda: 2 * buffer_bytes(200, 32, 3, 4, 8, 2, 64) / 2**20)
+    b = predict_raster(src, PointwiseModel(3, 4), tmp_path / "b.tif", tile_size=32, overlap=8)
+    assert a.strips == 1 and b.strips > 1
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    monkeypatch.setattr(budget, "available_memory_mb", lambda: 64.0)
+    with pytest.raises(UsageError, match="half the memory available"):
+        predict_raster(src, PointwiseModel(3, 4), tmp_path / "c.tif", tile_size=32, overlap=8, batch_size=4096)
+    assert not (tmp_path / "c.tif").exists()
+
+
 def test_refuses_when_disk_is_too_small(make_raster, tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
@@ -288,3 +307,18 @@ def test_a_vrt_with_a_missing_source_names_it(make_raster, tmp_path):
     with pytest.raises(RasterReadError, match=r"part\.tif: No such file or directory"):
         predict_raster(vrt, PointwiseModel(3, 2), tmp_path / "c.tif", tile_size=16, overlap=4)
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_nodata_value_marks_an_undeclared_collar(make_raster, tmp_path):
+    """A zero collar the raster does not declare is a class without --nodata, and nodata with nodata=0."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(100, 3000, size=(3, 64, 80)).astype(np.uint16)
+    data[:, :, :16] = 0  # the collar, not declared
+    src = make_raster(data)
+    plain = predict_raster(src, PointwiseModel(3, 4), tmp_path / "a.tif", tile_size=32, overlap=8)
+    marked = predict_raster(src, PointwiseModel(3, 4), tmp_path / "b.tif", tile_size=32, overlap=8, nodata=0)
+    with rasterio.open(plain.classes_path) as a, rasterio.open(marked.classes_path) as b:
+        ca, cb = a.read(1), b.read(1)
+    assert (ca[:, :16] != 255).all()
+    assert (cb[:, :16] == 255).all()
+    assert (ca[:, 16:] == cb[:, 16:]).mean() > 0.99  # away from the collar, the same classes

@@ -73,6 +73,9 @@ def test_resume_after_interrupt_is_identical(raster, tmp_path, fail_after, strip
     if fail_after >= 7:
         assert rep.resumed_from != (0, 0)  # rows were recorded before the interrupt
         assert model.batches < full.batches, rep.resumed_from  # finished rows were not recomputed
+        # the speed counts the pixels this run processed, not those the first run wrote
+        assert 0 < rep.pixels_processed < rep.width * rep.height
+        assert rep.megapixels_per_second == pytest.approx(rep.pixels_processed / 1e6 / rep.seconds)
     for name in ("c.tif", "p.tif"):
         assert (part / name).read_bytes() == (ref / name).read_bytes()
     assert not list(part.glob(".*geoseg-tmp*"))

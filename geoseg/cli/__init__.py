@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
         if debug:
             raise
+        from geoseg.errors import error_text, is_disk_full
+
+        if is_disk_full(e):
+            _err(f"the disk is full ({error_text(e, 120)}); free space or write the outputs elsewhere")
+            sys.exit(1)
         _err(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
              "(rerun with --debug for the traceback and report it)")
         sys.exit(1)

@@ -54,7 +54,7 @@ def evaluate(
     truth: Annotated[Path, typer.Argument(help="Truth: a label raster, or polygons (GPKG, GeoJSON, Shapefile...).")],
     class_field: Annotated[Optional[str], typer.Option(help="Polygon attribute holding the class name or id.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Write <stem>_metrics.csv, _confusion.csv, _confusion.png here (default: beside the prediction).")] = None,
-    ignore_value: Annotated[Optional[list[int]], typer.Option(help="Truth raster value meaning unlabelled; repeatable [0 unless 0 is a class].")] = None,
+    ignore_value: Annotated[Optional[list[int]], typer.Option(help="Truth value meaning unlabelled: a truth raster value, or a class value (or id) of truth polygons, which are then not scored; repeatable [rasters: 0 unless 0 is a class; polygons: none].")] = None,
     objects: Annotated[bool, typer.Option("--objects/--no-objects", help="Object-level precision/recall/F1 (one-to-one matching at IoU > 0.5).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
 ) -> None:
@@ -77,8 +77,24 @@ def evaluate(
             t.add_row(safe_line(o.name), str(o.truth_objects), str(o.predicted_objects), str(o.matched), _f(o.precision),
                       _f(o.recall), _f(o.f1))
         out.print(t)
+        note = merged_objects_note(r.metrics, r.objects)
+        if note:
+            err.print(note)
     if r.note:
         err.print(r.note)
     if r.pred_nodata_pixels:
         err.print(f"{r.pred_nodata_pixels} labelled pixels were skipped because the prediction is nodata there")
     out.print(f"metrics: {r.metrics_csv}\nconfusion: {r.confusion_csv}\nplot: {r.confusion_png}")
+
+
+def merged_objects_note(metrics: "SegmentationMetrics", objects: Any) -> str:
+    """Why a class can score well per pixel and zero per object: its predicted regions are connected
+    pixels of one class, so neighbouring objects that touch merge into one region matching none."""
+    iou = {row["class"]: row["iou"] for row in metrics.per_class()}
+    merged = [o.name for o in objects if o.truth_objects > 0 and o.matched < o.truth_objects / 2
+              and o.predicted_objects < o.truth_objects and iou.get(o.name, 0.0) >= 0.5]
+    if not merged:
+        return ""
+    return (f"note: {', '.join(merged)}: good pixel scores but few matched objects: predicted objects are connected "
+            "regions of one class, so objects that touch (neighbouring fields) merge into one region that matches "
+            "none of them; a model with a boundary class (e.g. background/field/boundary) separates them")

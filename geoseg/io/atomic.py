@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from geoseg.errors import OutputExistsError, RasterWriteError
+from geoseg.errors import OutputExistsError, RasterWriteError, error_text, is_disk_full
 
 #: Marker in every temporary name, so leftovers are recognisable (``*.geoseg-tmp*``).
 TMP_MARKER = ".geoseg-tmp"
@@ -113,11 +114,54 @@ def destination_lock(path: str | os.PathLike[str] | None) -> Iterator[None]:
         os.close(fd)
 
 
+def safe_stem(name: str) -> str:
+    """``name`` with every character but letters, digits, ``.``, ``_``, ``+`` and ``-`` replaced by ``_``.
+
+    Temporary and staging files get such names: GDAL and pyogrio misread some characters a file system
+    allows (``a;b.gpkg`` was written as ``.a``; a newline broke the GeoPackage index), and the final
+    rename gives the output the name the user chose.
+    """
+    return re.sub(r"[^\w.+-]", "_", name)
+
+
+_URL_MANGLED = re.compile(r"[;\n\r\t#?]")
+
+
+@contextlib.contextmanager
+def gdal_safe_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """``path`` as a name pyogrio passes to GDAL intact, for reading or writing.
+
+    pyogrio parses paths as URLs: ``a;b.gpkg`` loses ``;b.gpkg`` (URL parameters) and newlines
+    vanish. Such a path is reached through symbolic links in a temporary folder: to its folder when
+    only the folder's name is the problem (a file written there lands in the real folder), else to the
+    file and its Shapefile sidecars. Other paths, and GDAL paths such as ``/vsizip/``, pass unchanged.
+    """
+    import tempfile
+
+    text = os.fspath(path)
+    if text.startswith("/vsi") or not _URL_MANGLED.search(text):
+        yield text
+        return
+    src = Path(text).absolute()
+    with tempfile.TemporaryDirectory(prefix="geoseg-path-") as d:
+        if not _URL_MANGLED.search(src.name):
+            (Path(d) / "dir").symlink_to(src.parent, target_is_directory=True)
+            yield str(Path(d) / "dir" / src.name)
+            return
+        if _URL_MANGLED.search(str(src.parent)):
+            (Path(d) / "dir").symlink_to(src.parent, target_is_directory=True)
+            src = Path(d) / "dir" / src.name
+        for part in [src, *sidecars(src)]:
+            if part.exists():
+                (Path(d) / f"data{safe_stem(part.name[len(src.stem):])}").symlink_to(part)
+        yield str(Path(d) / f"data{safe_stem(src.suffix)}")
+
+
 def temp_path_for(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
-    """A unique temporary path beside ``path`` with the same extension."""
+    """A unique temporary path beside ``path`` with the same extension (and a name every library reads)."""
     p = Path(path)
     ext = p.suffix if suffix is None else suffix
-    return p.with_name(f".{p.stem}{TMP_MARKER}-{uuid.uuid4().hex[:8]}{ext}")
+    return p.with_name(f".{safe_stem(p.stem)}{TMP_MARKER}-{uuid.uuid4().hex[:8]}{safe_stem(ext)}")
 
 
 def sidecars(path: Path) -> list[Path]:
@@ -169,6 +213,23 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False,
         if not tmp.exists():
             raise RasterWriteError(f"{dest}: nothing was written")
         commit(tmp, dest)
+    except Exception as e:
+        full = is_disk_full(e) or _nearly_full(dest.parent)  # some writers (torch) hide the ENOSPC
+        remove_quietly(tmp)
+        if full:
+            raise RasterWriteError(f"{dest}: the disk is full ({error_text(e, 120)}); free space there or "
+                                   "write elsewhere") from None
+        raise
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB left where a write just failed: the likely reason, whatever the writer said."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False

@@ -145,19 +145,37 @@ def read_errors(name: str, window: Window | None = None) -> Iterator[None]:
     try:
         yield
     except RasterioIOError as e:
-        rows = f" at rows {window.row_off}..{window.row_off + window.height}" if window is not None else ""
-        raise RasterReadError(f"{name}: read failed{rows} (file truncated or damaged?): {error_text(e, 160)}") from None
+        what = (f"read failed at rows {window.row_off}..{window.row_off + window.height}" if window is not None
+                else "read failed")
+        raise RasterReadError(f"{name}: {what} (file truncated or damaged?): {error_text(e, 160)}") from None
+
+
+def read_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int], **kwargs: Any) -> np.ndarray:
+    """``ds.read(bands, **kwargs)`` for bands of any mix of types (rasterio refuses several types in one
+    read): mixed bands are read one by one and stacked in their common type (masked arrays too)."""
+    if len({ds.dtypes[b - 1] for b in bands}) == 1:
+        return ds.read(list(bands), **kwargs)
+    parts = [ds.read(b, **kwargs) for b in bands]
+    common = np.result_type(*(p.dtype for p in parts))
+    if kwargs.get("masked"):
+        return np.ma.stack([p.astype(common) for p in parts])
+    return np.stack([p.astype(common) for p in parts])
 
 
 def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out: np.ndarray,
-              valid: np.ndarray | None = None, masked: bool = True) -> None:
+              valid: np.ndarray | None = None, masked: bool = True, nodata: float | None = None) -> None:
     """Read ``bands`` in ``window`` into ``out`` (bands, h, w) in the raster's own type (views welcome).
 
     ``valid`` (bands, h, w) uint8, if given, receives the validity: nonzero where the value is not
-    masked (declared nodata, internal mask, alpha; when ``masked``) and finite (floating types).
+    masked (declared nodata, internal mask, alpha; when ``masked``), finite (floating types) and not
+    ``nodata`` (a value the user names as nodata, e.g. an undeclared zero collar).
     """
     with read_errors(ds.name, window):
-        ds.read(list(bands), window=window, out=out)
+        if len({ds.dtypes[b - 1] for b in bands}) == 1:
+            ds.read(list(bands), window=window, out=out)
+        else:  # bands of several types (a VRT stacking Byte and Float32): rasterio reads them one by one
+            for i, b in enumerate(bands):
+                ds.read(b, window=window, out=out[i], out_dtype=out.dtype)
         if valid is not None:
             if masked:
                 ds.read_masks(list(bands), window=window, out=valid)
@@ -165,6 +183,8 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
                 valid[...] = 1
     if valid is not None and out.dtype.kind == "f":
         valid &= np.isfinite(out)
+    if valid is not None and nodata is not None:
+        valid &= out != nodata
 
 
 def parse_bands(text: str | None, option: str = "--bands") -> list[int] | None:

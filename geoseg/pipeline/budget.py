@@ -27,8 +27,11 @@ def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: i
 
 
 def strip_width_for_budget(max_memory_mb: float, tile: int, bands: int, classes: int, batch: int,
-                           prefetch: int, gdal_cache_mb: float) -> int:
-    """Widest column strip whose :func:`buffer_bytes` fit in ``max_memory_mb``."""
+                           prefetch: int, gdal_cache_mb: float, *, what: str | None = None) -> int:
+    """Widest column strip whose :func:`buffer_bytes` fit in ``max_memory_mb``.
+
+    ``what`` names the budget in the error (default: the ``--max-memory`` option).
+    """
     budget = max_memory_mb * 2**20
     args = (tile, bands, classes, batch, prefetch)
     per_col = buffer_bytes(1, *args, 0) - buffer_bytes(0, *args, 0)
@@ -36,9 +39,51 @@ def strip_width_for_budget(max_memory_mb: float, tile: int, bands: int, classes:
     width = int((budget - fixed) // max(per_col, 1))
     if width < tile:
         need = buffer_bytes(tile, *args, gdal_cache_mb) / 2**20
-        raise UsageError(f"--max-memory {max_memory_mb:g} MB is too small for tile {tile} and batch {batch} "
-                         f"(needs about {need:.0f} MB); raise it or lower --tile-size/--batch-size")
+        if what is None:
+            raise UsageError(f"--max-memory {max_memory_mb:g} MB is too small for tile {tile} and batch {batch} "
+                             f"(needs about {need:.0f} MB); raise it or lower --tile-size/--batch-size")
+        raise UsageError(f"tile {tile} and batch {batch} need about {need:.0f} MB of buffers but {what} is "
+                         f"{max_memory_mb:.0f} MB; lower --batch-size or --tile-size")
     return max(tile, width)
+
+
+#: share of the memory available at the start that a run without ``--max-memory`` may use for buffers
+DEFAULT_MEMORY_SHARE = 0.5
+
+
+def available_memory_mb() -> float | None:
+    """Memory the system can give without swapping (``MemAvailable``), in MB; None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fit_strip_width(max_strip_width: int, widest: int, max_memory_mb: float | None, tile: int, bands: int,
+                    classes: int, batch: int, prefetch: int, gdal_cache_mb: float) -> int:
+    """The strip width limit a run uses: bounded by ``max_memory_mb`` when given; otherwise narrowed only
+    when the widest strip's buffers would not fit in half the available memory, and refused up front
+    when even one tile's would not (a batch of 100000 tiles, a tile of 65536 px)."""
+    if max_memory_mb is not None:
+        return min(max_strip_width, strip_width_for_budget(max_memory_mb, tile, bands, classes, batch, prefetch,
+                                                           gdal_cache_mb))
+    avail = available_memory_mb()
+    if avail is None:
+        return max_strip_width
+    budget = DEFAULT_MEMORY_SHARE * avail
+    if buffer_bytes(widest, tile, bands, classes, batch, prefetch, gdal_cache_mb) <= budget * 2**20:
+        return max_strip_width
+    return min(max_strip_width, strip_width_for_budget(budget, tile, bands, classes, batch, prefetch, gdal_cache_mb,
+                                                       what=f"half the memory available ({avail:.0f} MB)"))
 
 
 def check_disk(out_path: Path, prob_path: Path | None, width: int, height: int, classes: int, prob_dtype: str,

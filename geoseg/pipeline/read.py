@@ -128,8 +128,9 @@ class RowBandReader:
     """Yields the :class:`RowBand` of each job of ``plan`` in order (see the module docstring)."""
 
     def __init__(self, ds: Any, band_idx: list[int], plan: RunPlan, *, threads: int = 1, ahead: int = 2,
-                 alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None) -> None:
+                 alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None, nodata: float | None = None) -> None:
         self.ds = ds
+        self.nodata = nodata  # a value the user names as nodata, beside the raster's own masks
         self.band_idx = band_idx
         self.plan = plan
         self.threads = max(1, threads)
@@ -157,7 +158,7 @@ class RowBandReader:
 
     @property
     def checks_validity(self) -> bool:
-        return self.masked or self.floating
+        return self.masked or self.floating or self.nodata is not None
 
     def _read_chunk(self, job: RowJob, data: np.ndarray, valid: np.ndarray | None, piece: tuple[int, int],
                     index: int) -> np.ndarray | None:
@@ -183,7 +184,7 @@ class RowBandReader:
             win = Window(c_lo, a, data.shape[2], b - a)
             sl = (slice(None), slice(a - job.row, b - job.row), slice(None))
         v = valid[sl] if valid is not None else None
-        read_into(handle, self.band_idx, win, data[sl], v, self.masked)
+        read_into(handle, self.band_idx, win, data[sl], v, self.masked, self.nodata)
         return None if v is None else v.any(axis=(0, 1))
 
     def _start(self, job: RowJob, pool: ThreadPoolExecutor | None) -> tuple[RowBand, list[Any]]:

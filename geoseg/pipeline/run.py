@@ -37,7 +37,7 @@ from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
-from geoseg.pipeline.budget import check_disk, strip_width_for_budget
+from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_run
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
@@ -98,9 +98,14 @@ class PredictionReport:
     #: draining the device and the writer, writing the COGs
     timings: dict[str, float] = field(default_factory=dict)
 
+    #: pixels this run computed (fewer than width x height after ``--resume``)
+    pixels_processed: int | None = None
+
     @property
     def megapixels_per_second(self) -> float:
-        return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
+        """Speed of this run: the pixels it processed (not those an earlier run wrote) per second."""
+        done = self.width * self.height if self.pixels_processed is None else self.pixels_processed
+        return done / 1e6 / max(self.seconds, 1e-9)
 
 
 def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
@@ -124,6 +129,7 @@ def predict_raster(
     probabilities: str | os.PathLike[str] | None = None,
     probability_dtype: str = "uint8",
     bands: Sequence[int] | None = None,
+    nodata: float | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = DEFAULT_BLEND,
@@ -154,6 +160,8 @@ def predict_raster(
         probabilities: also write per-class probabilities plus a confidence band here.
         probability_dtype: ``uint8`` (0-255 scaled, nodata in the mask band) or ``float32`` (NaN nodata).
         bands: 1-based input bands in model order (default: all non-alpha bands).
+        nodata: an input value to treat as nodata in every band, beside the raster's own nodata and
+            masks (an undeclared zero collar); such pixels get the output nodata.
         tile_size: tile side in pixels (default: the checkpoint's).
         overlap: overlap in pixels (default: the checkpoint's).
         blend: blend window, one of :data:`geoseg.blend.BLEND_WINDOWS`.
@@ -223,9 +231,9 @@ def predict_raster(
             grid = TileGrid(info.height, info.width, size, ov, meta.size_multiple)
             on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
             threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
-            if max_memory_mb is not None:
-                max_strip_width = min(max_strip_width, strip_width_for_budget(
-                    max_memory_mb, size, meta.num_bands, meta.num_classes, batch_size, prefetch, gdal_cache_mb or 64))
+            max_strip_width = fit_strip_width(max_strip_width, min(info.width, max_strip_width), max_memory_mb,
+                                              size, meta.num_bands, meta.num_classes, min(batch_size, len(grid)),
+                                              prefetch, gdal_cache_mb or 64)  # no batch is larger than the raster
             strips = column_strips(info.width, size, ov, max_strip_width, meta.size_multiple)
             widest = max(b - a for a, b in strips)
             cache = (int(gdal_cache_mb * 2**20) if gdal_cache_mb is not None else 64 * 2**20 if max_memory_mb
@@ -240,7 +248,7 @@ def predict_raster(
                 "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
                           else [file_fingerprint(p) for p in paths] if paths is not None
                           else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
-                "options": {"bands": band_idx, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
+                "options": {"bands": band_idx, "nodata": nodata, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
                             "precision": getattr(predictor, "precision", precision),
                             "probabilities": str(prob_path) if prob_path else None,
                             "probability_dtype": probability_dtype, "strips": strips},
@@ -286,7 +294,7 @@ def predict_raster(
                         stats = _stream(ds, band_idx, plan_run(grid, strips, start), predictor, blend=blend,
                                         batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
                                         prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
-                                        accumulate=accumulate, on_progress=on_progress, t0=t0)
+                                        accumulate=accumulate, on_progress=on_progress, t0=t0, nodata=nodata)
                 finally:
                     writer.close()
                 # two phases: every COG is built before any is renamed into place, so an interruption
@@ -317,12 +325,21 @@ def predict_raster(
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
         accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
-        class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"])
+        class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"],
+        pixels_processed=info.width * info.height - _pixels_written_before(strips, start, info.height))
+
+
+def _pixels_written_before(strips: Sequence[tuple[int, int]], start: tuple[int, int], height: int) -> int:
+    """Pixels an earlier run wrote: the strips before ``start``'s, and its rows in that one."""
+    strip, rows = start
+    return sum((b - a) * height for a, b in strips[:strip]) + (rows * (strips[strip][1] - strips[strip][0])
+                                                                 if strip < len(strips) else 0)
 
 
 def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,
             writer: RowWriter, probabilities: bool, prob_dtype: str, prefetch: int, threads: int,
-            accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float) -> dict[str, Any]:
+            accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float,
+            nodata: float | None = None) -> dict[str, Any]:
     """Read the plan's row bands and run the device stages on them; the run's counts."""
     from geoseg.predict.stream import StreamRunner, pinned_alloc
 
@@ -339,7 +356,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
                           prob_dtype=prob_dtype, emit=writer.put, accumulate=accumulate, on_batch=progress)
     # row bands in page-locked memory on a GPU: copied to it asynchronously, no staging copy
     reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch,
-                           alloc=pinned_alloc if runner.cuda else None)
+                           alloc=pinned_alloc if runner.cuda else None, nodata=nodata)
     bands = iter(reader)
     waited, t_loop = 0.0, time.perf_counter()
     try:

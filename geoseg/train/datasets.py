@@ -24,6 +24,7 @@ from torchgeo.samplers import RandomGeoSampler
 from torchgeo.samplers.utils import get_random_bounding_box
 
 from geoseg.errors import LabelError
+from geoseg.io.raster import read_bands
 from geoseg.train.labels import class_key, read_vector
 
 
@@ -123,11 +124,11 @@ def read_on_grid(src: Any, x: slice, y: slice, indexes: Sequence[int] | None = N
     c0, r0 = max(col, 0), max(row, 0)
     c1, r1 = min(col + width, src.width), min(row + height, src.height)
     if (c0, r0, c1, r1) == (col, row, col + width, row + height):  # inside the file: no fill
-        return src.read(bands, window=Window(col, row, width, height), out_dtype=dtype)
+        return read_bands(src, bands, window=Window(col, row, width, height), out_dtype=dtype)
     out = np.full((len(bands), height, width), np.array(fill[1], dtype=fill[0]), dtype=dtype)
     if c1 > c0 and r1 > r0:
-        out[:, r0 - row:r1 - row, c0 - col:c1 - col] = src.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0),
-                                                                out_dtype=dtype)
+        out[:, r0 - row:r1 - row, c0 - col:c1 - col] = read_bands(
+            src, bands, window=Window(c0, r0, c1 - c0, r1 - r0), out_dtype=dtype)
     return out
 
 
@@ -142,9 +143,9 @@ def window_fill(src: Any, bands: Sequence[int]) -> tuple[np.dtype, Any] | None:
 
     if any(f not in ([MaskFlags.all_valid], [MaskFlags.nodata]) for f in (src.mask_flag_enums[b - 1] for b in bands)):
         return None
-    dtype = np.dtype(src.dtypes[bands[0] - 1])
-    if any(np.dtype(src.dtypes[b - 1]) != dtype for b in bands):
-        return None
+    # bands of several types (a VRT stacking Byte and Float32) are read one by one into their common
+    # type (rasterio.merge refuses them)
+    dtype = np.dtype(np.result_type(*(src.dtypes[b - 1] for b in bands)))
     nodata = src.nodata
     if nodata is None:
         return dtype, 0

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.errors import GeoreferenceWarning
+from geoseg.errors import GeoreferenceWarning, VectorError
 from geoseg.vector.ragged import Ragged
 
 
@@ -91,6 +91,10 @@ class Measurer:
             cx, cy = transform @ (width / 2.0, height / 2.0)
             if self._to_lonlat is not None:
                 cx, cy = self._to_lonlat.transform(cx, cy)
+            if not (np.isfinite(cx) and np.isfinite(cy) and abs(cy) <= 90):
+                raise VectorError(f"the raster's coordinates (centre {transform @ (width / 2.0, height / 2.0)}) lie "
+                                  f"outside where its CRS ({pcrs.name}) maps to the Earth, so areas cannot be "
+                                  "measured; check its georeferencing (transform and CRS)")
             ea = pyproj.CRS.from_proj4(f"+proj=laea +lat_0={cy} +lon_0={cx} {geod_args} +units=m +no_defs")
             self._to_ea = pyproj.Transformer.from_crs(pcrs, ea, always_xy=True)
             self._geod = pcrs.get_geod()

@@ -42,6 +42,9 @@ def make(out: Path) -> dict[str, Path]:
     f["good"] = _tif(out / "good.tif", img)
     cls = (rng.random((48, 40)) > 0.5).astype(np.uint8)
     f["classes"] = _tif(out / "classes.tif", cls, nodata=255)
+    f["classes_nocrs"] = _tif(out / "classes_nocrs.tif", cls, nodata=255, crs=None, transform=Affine.identity())
+    f["classes_far"] = _tif(out / "classes_far.tif", cls, nodata=255,
+                            transform=Affine(10.0, 0.0, 5e13, 0.0, -10.0, 9e13))  # beyond the Earth in UTM
     # rasters that are not what they claim
     full = f["good"].read_bytes()
     (out / "truncated.tif").write_bytes(full[: len(full) // 3])
@@ -55,6 +58,19 @@ def make(out: Path) -> dict[str, Path]:
     raw = bytearray(f["corrupt_tile"].read_bytes())
     raw[off:off + size] = b"\x13" * size
     f["corrupt_tile"].write_bytes(bytes(raw))
+    # a VRT stacking bands of different types (Byte, Float32, Byte), as gdalbuildvrt -separate makes them
+    parts = [_tif(out / f"part{i}.tif", img[i].astype(dt)) for i, dt in enumerate(("uint8", "float32", "uint8"))]
+    bands_xml = "".join(
+        f'<VRTRasterBand dataType="{dt}" band="{i + 1}"><SimpleSource><SourceFilename relativeToVRT="1">'
+        f'{p.name}</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>'
+        for i, (p, dt) in enumerate(zip(parts, ("Byte", "Float32", "Byte"))))
+    with rasterio.open(f["good"]) as ds:
+        gt = ", ".join(str(v) for v in ds.transform.to_gdal())
+        wkt = ds.crs.to_wkt()
+    (out / "mixed_types.vrt").write_text(
+        f'<VRTDataset rasterXSize="{img.shape[2]}" rasterYSize="{img.shape[1]}"><SRS>{wkt}</SRS>'
+        f'<GeoTransform>{gt}</GeoTransform>{bands_xml}</VRTDataset>')
+    f["mixed_types"] = out / "mixed_types.vrt"
     (out / "text.tif").write_text("just some text\n")
     f["text"] = out / "text.tif"
     (out / "page.tif").write_text("<!doctype html><html><body>404 Not Found</body></html>")
