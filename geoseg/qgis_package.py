@@ -99,19 +99,20 @@ def install(*, profile: str = "default", profiles_path: str | os.PathLike[str] |
     prof = root / profile
     plugins = prof / "python" / "plugins"
     target = plugins / PLUGIN_DIR
+    staging = plugins / f".{PLUGIN_DIR}.geoseg-tmp"  # the new plugin folder, renamed into place at the end
+    unpacked = plugins / f".{PLUGIN_DIR}.geoseg-tmp-zip"
     try:
         plugins.mkdir(parents=True, exist_ok=True)
-        staging = plugins / f".{PLUGIN_DIR}.geoseg-tmp"
-        shutil.rmtree(staging, ignore_errors=True)
+        for d in (staging, unpacked):
+            shutil.rmtree(d, ignore_errors=True)
         if zip_path is not None:
             with zipfile.ZipFile(zip_path) as z:
                 names = z.namelist()
                 if not names or any(not n.startswith(PLUGIN_DIR + "/") or ".." in Path(n).parts for n in names):
                     raise UsageError(f"{zip_path}: not a geoseg plugin zip (its files must be in {PLUGIN_DIR}/)")
-                z.extractall(staging)
-            shutil.move(str(staging / PLUGIN_DIR), str(staging.with_name(staging.name + "-dir")))
-            shutil.rmtree(staging)
-            staging = staging.with_name(staging.name + "-dir")
+                z.extractall(unpacked)
+            (unpacked / PLUGIN_DIR).rename(staging)
+            shutil.rmtree(unpacked)
         else:
             staging.mkdir()
             for path, name in plugin_files():
@@ -128,6 +129,9 @@ def install(*, profile: str = "default", profiles_path: str | os.PathLike[str] |
             ini_set(ini, *COMMAND_KEY, str(Path(cmd).absolute()))
     except (OSError, zipfile.BadZipFile) as e:
         raise UsageError(f"{root}: cannot install the plugin: {e}") from None
+    finally:
+        for d in (staging, unpacked):  # gone already after a success
+            shutil.rmtree(d, ignore_errors=True)
     return target
 
 

@@ -93,6 +93,7 @@ def test_install_refuses_a_foreign_zip(tmp_path) -> None:
     with pytest.raises(UsageError, match="not a geoseg plugin zip"):
         install(profiles_path=tmp_path / "profiles", zip_path=z)
     assert not (tmp_path / "evil.py").exists()
+    assert list((tmp_path / "profiles" / "default" / "python" / "plugins").iterdir()) == []  # nothing left behind
 
 
 def _script(path: Path, body: str) -> str:
