@@ -117,20 +117,33 @@ def arch_defaults(name: str) -> dict[str, Any]:
     return dict(get_architecture(name).defaults)
 
 
-def arch_args(name: str, **given: Any) -> dict[str, Any]:
+def _owners(option: str) -> str:
+    """Which architectures take ``option``, in words."""
+    names = [a.name for a in ARCHITECTURES.values() if option in a.defaults]
+    if len(names) > 1 and all(ARCHITECTURES[n].family == "smp" for n in names):
+        return "the smp-* architectures"
+    return "--arch " + " or ".join(names) + (" only" if len(names) == 1 else "")
+
+
+def arch_args(name: str, *, strict: bool = True, **given: Any) -> dict[str, Any]:
     """``name``'s complete keyword arguments: its defaults updated by the ``given`` ones that are not None.
 
+    An option given (not None) that ``name`` does not take is a :class:`UsageError` when ``strict``;
+    otherwise (a training config shared between architectures) it is dropped with a warning.
+
     Raises:
-        UsageError: an option given (not None) that ``name`` does not take, or an encoder depth its
-            decoder does not support.
+        UsageError: such an option (``strict``), or an encoder depth the decoder does not support.
     """
+    import warnings
+
     arch = get_architecture(name)
     chosen = {k: v for k, v in given.items() if v is not None}
-    unknown = sorted(set(chosen) - set(arch.defaults))
-    if unknown:
-        opts = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        takes = ", ".join("--" + k.replace("_", "-") for k in arch.defaults if k != "encoder_weights") or "none"
-        raise UsageError(f"{opts} does not apply to --arch {name} (its options: {takes})")
+    for k in sorted(set(chosen) - set(arch.defaults)):
+        text = f"--{k.replace('_', '-')} {chosen[k]} applies to {_owners(k)}, not --arch {name}"
+        if strict:
+            raise UsageError(text)
+        warnings.warn(f"{text}; ignored", UserWarning, stacklevel=3)
+        del chosen[k]
     args = {**arch.defaults, **chosen}
     if arch.family == "smp" and int(args["encoder_depth"]) not in arch.encoder_depths:
         raise UsageError(f"--arch {name} supports --encoder-depth {' or '.join(map(str, arch.encoder_depths))}, "

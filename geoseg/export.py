@@ -647,12 +647,12 @@ def _rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
         o = str_order(b.astype(np.float64))
         nos, nb, next_no, nodes, rows = pack(ids[o], b[o], 0, next_no)
         con.executemany(f'INSERT INTO {_q(rtree + "_node")} VALUES (?, ?)', nodes)
-        con.executemany(f'INSERT INTO "{rtree}_parent" VALUES (?, ?)',
+        con.executemany(f'INSERT INTO {_q(rtree + "_parent")} VALUES (?, ?)',
                         ((int(c), no) for no, cc in rows for c in cc))
         ids, b = nos, nb
         depth += 1
     con.execute(f'UPDATE {_q(rtree + "_node")} SET data = ? WHERE nodeno = 1', (blob(ids, b, depth),))
-    con.executemany(f'INSERT INTO "{rtree}_parent" VALUES (?, 1)', ((int(c),) for c in ids))
+    con.executemany(f'INSERT INTO {_q(rtree + "_parent")} VALUES (?, 1)', ((int(c),) for c in ids))
 
 
 def _renamed(schema: Any, renames: dict[str, str]) -> tuple[Any, Any]:

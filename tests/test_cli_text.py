@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 
@@ -59,3 +60,17 @@ def test_evaluate_creates_its_output_directory(tmp_path: Path, make_raster) -> N
     r = _cli("evaluate", str(pred), str(truth), "-o", str(new), "--ignore-value", "255")
     assert r.returncode == 0, r.stderr.decode()[-500:]
     assert (new / "pred_metrics.csv").exists()
+
+
+@pytest.mark.parametrize("command", [["infer"], ["vectorize"], ["train"], ["model", "import"]])
+def test_help_at_80_columns_shows_no_type_placeholders_that_read_like_values(command):
+    """Flags had a `<bool>` type (it reads like a value to type) and repeatable paths `<list[Path]>`."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "geoseg", *command, "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+    assert r.returncode == 0, r.stderr
+    assert "<bool>" not in r.stdout and "list[" not in r.stdout and " range>" not in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80

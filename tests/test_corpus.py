@@ -148,7 +148,7 @@ CASES: dict[str, tuple[list[str], str, str]] = {
                                                 "--arch", "smp-unet"], "error", "not those of smp-unet"),
     # architecture options
     "model_init_encoder_for_unet": (["model", "init", "-o", "{out}/m.pt", "--encoder", "resnet34"], "error",
-                                    "--encoder does not apply to --arch unet"),
+                                    "applies to the smp-* architectures, not --arch unet"),
     "model_init_bad_encoder_depth": (["model", "init", "-o", "{out}/m.pt", "--arch", "smp-unet", "--encoder-depth",
                                       "3"], "error", "supports --encoder-depth 5"),
     "model_init_unknown_encoder": (["model", "init", "-o", "{out}/m.pt", "--arch", "smp-fpn", "--encoder",

@@ -17,6 +17,26 @@ import typer
 from geoseg import __version__
 from geoseg.errors import GeosegError, Interrupted
 
+
+def _plain_type(self: Any, ctx: Any) -> str | None:
+    """The type column of ``--help``, short: none for on/off flags (typer showed ``<bool>``, which reads
+    like a value to type), ``<path>`` for a repeatable path (not ``<list[Path]>``), ``<int>`` for a
+    bounded int (the bounds follow in brackets). Narrow terminals keep room for the descriptions."""
+    if getattr(self, "is_bool_flag", False):
+        return None
+    text = _typer_display_type(self, ctx)
+    if text is None:
+        return None
+    inner = text[1:-1] if text.startswith("<") and text.endswith(">") else text
+    if inner.startswith("list[") and inner.endswith("]"):
+        inner = inner[5:-1]
+    inner = inner.replace(" range", "").replace("Path", "path")
+    return f"<{inner}>"
+
+
+_typer_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _plain_type  # type: ignore[method-assign]
+
 app = typer.Typer(
     name="geoseg",
     help="Segment large satellite and aerial GeoTIFFs into crop and land-cover maps and polygons.\n\n"

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from geoseg.errors import OutputExistsError, RasterWriteError, error_text, is_disk_full
+from geoseg.errors import GeosegError, OutputExistsError, RasterWriteError, error_text, is_disk_full
 
 #: Marker in every temporary name, so leftovers are recognisable (``*.geoseg-tmp*``).
 TMP_MARKER = ".geoseg-tmp"
@@ -214,7 +214,10 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False,
             raise RasterWriteError(f"{dest}: nothing was written")
         commit(tmp, dest)
     except Exception as e:
-        full = is_disk_full(e) or _nearly_full(dest.parent)  # some writers (torch) hide the ENOSPC
+        # some writers (torch) hide the ENOSPC: a write error with (almost) no space left is taken for it,
+        # but not a usage or input error that happened to come while the disk was full
+        full = is_disk_full(e) or ((not isinstance(e, GeosegError) or isinstance(e, RasterWriteError))
+                                   and _nearly_full(dest.parent))
         remove_quietly(tmp)
         if full:
             raise RasterWriteError(f"{dest}: the disk is full ({error_text(e, 120)}); free space there or "

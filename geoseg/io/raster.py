@@ -15,28 +15,42 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.errors import BandMismatchError, GeoreferenceWarning, RasterReadError, UsageError, error_text
+from geoseg.io.paths import gdal_path, is_virtual
 
 _SUPPORTED_KINDS = "uifb"  # unsigned, signed, float, bool
 
 
 def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
-    """Open a raster for reading; any failure becomes one clear :class:`RasterReadError`."""
-    p = Path(path)
-    if not p.exists():
-        raise RasterReadError(f"{p}: file not found")
-    if p.is_dir():
-        raise RasterReadError(f"{p}: is a directory, expected a raster file")
-    if p.stat().st_size == 0:
-        raise RasterReadError(f"{p}: file is empty")
+    """Open a raster for reading; any failure becomes one clear :class:`RasterReadError`.
+
+    ``path`` is a local file, a URL (``https://``, ``s3://``...) or a GDAL ``/vsi`` path
+    (:func:`geoseg.io.paths.gdal_path`).
+    """
+    text = gdal_path(path)
+    p: Any = text
+    if not is_virtual(text):
+        p = Path(text)
+        if not p.exists():
+            raise RasterReadError(f"{p}: file not found")
+        if p.is_dir():
+            raise RasterReadError(f"{p}: is a directory, expected a raster file")
+        if p.stat().st_size == 0:
+            raise RasterReadError(f"{p}: file is empty")
+    # a remote file: no listing of its folder on open (a request per sidecar GDAL looks for, and a slow
+    # or refused listing on HTTP and S3), unless the user's environment says otherwise
+    opts = ({"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+            if is_virtual(text) and "GDAL_DISABLE_READDIR_ON_OPEN" not in os.environ else {})
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rasterio.Env(**opts):
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             ds = rasterio.open(p)
     except RasterioIOError as e:
         msg = error_text(e, 400) if str(e) else "unreadable"
         if "not recognized as being in a supported file format" in msg or "not recognised" in msg:
             msg = "not a raster GDAL can read (wrong or damaged file)"
-        raise RasterReadError(f"{p}: cannot open as a raster: {msg[:200]}") from None
+        if is_virtual(text) and ("No such file" in msg or "HTTP" in msg or "does not exist" in msg):
+            msg = f"cannot reach it ({msg[:160]}); check the URL and your network or credentials"
+        raise RasterReadError(f"{path}: cannot open as a raster: {msg[:240]}") from None
     return ds
 
 

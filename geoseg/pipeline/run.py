@@ -37,6 +37,7 @@ from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
+from geoseg.io.paths import gdal_path, is_virtual, name_stem, remote_fingerprint
 from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_run
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
@@ -110,14 +111,18 @@ class PredictionReport:
 
 def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
                          ) -> dict[str, Path]:
-    """``<out_dir>/<stem>_classes.tif``, ``_probabilities.tif``, ``_polygons.gpkg``, ``_preview.png``."""
-    src = Path(source)
-    d = Path(out_dir) if out_dir is not None else src.parent
+    """``<out_dir>/<stem>_classes.tif``, ``_probabilities.tif``, ``_polygons.gpkg``, ``_preview.png``.
+
+    A URL or ``/vsi`` input has no folder to write beside: its outputs go to the working directory
+    unless ``out_dir`` says where.
+    """
+    stem = name_stem(source)
+    d = Path(out_dir) if out_dir is not None else Path(".") if is_virtual(source) else Path(source).parent
     return {
-        "classes": d / f"{src.stem}_classes.tif",
-        "probabilities": d / f"{src.stem}_probabilities.tif",
-        "polygons": d / f"{src.stem}_polygons.gpkg",
-        "preview": d / f"{src.stem}_preview.png",
+        "classes": d / f"{stem}_classes.tif",
+        "probabilities": d / f"{stem}_probabilities.tif",
+        "polygons": d / f"{stem}_polygons.gpkg",
+        "preview": d / f"{stem}_preview.png",
     }
 
 
@@ -244,7 +249,7 @@ def predict_raster(
 
             staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
             key = {
-                "source": file_fingerprint(source),
+                "source": remote_fingerprint(gdal_path(source), ds) if is_virtual(source) else file_fingerprint(source),
                 "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
                           else [file_fingerprint(p) for p in paths] if paths is not None
                           else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),

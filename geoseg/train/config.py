@@ -177,7 +177,11 @@ class TrainConfig:
     @property
     def arch_args(self) -> dict[str, Any]:
         """The architecture's complete keyword arguments: the table's defaults and the options given."""
-        return complete_arch_args(self.arch, base_channels=self.base_channels, depth=self.depth,
+        # a config file may hold options of several architectures: those of others are dropped (with a
+        # warning), except --context, which changes how chips are sampled
+        if self.context is not None and "context" not in ARCHITECTURES[self.arch].defaults:
+            complete_arch_args(self.arch, context=self.context)  # raises: applies to --arch tempcnn only
+        return complete_arch_args(self.arch, strict=False, base_channels=self.base_channels, depth=self.depth,
                                   encoder=self.encoder, encoder_depth=self.encoder_depth,
                                   bands_per_date=self.bands_per_date, context=self.context)
 
