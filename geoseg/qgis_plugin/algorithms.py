@@ -2,6 +2,7 @@
 runs it with :mod:`.runner`; layers it writes are loaded with the styles geoseg stores beside them."""
 
 import os
+import re
 
 from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
                        QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputFile, QgsProcessingParameterBoolean,
@@ -37,10 +38,12 @@ class LoadDefaultStyle(QgsProcessingLayerPostProcessorInterface):
 
 
 def file_of(layer, what):
-    """The file behind ``layer`` (geoseg reads files, not QGIS layers)."""
+    """The file behind ``layer`` (geoseg reads files, GDAL /vsi paths and URLs, not QGIS layers)."""
     if layer is None:
         return None
     path = layer.source().split("|")[0]
+    if path.startswith("/vsi") or re.match(r"^[a-z][a-z0-9+.-]*://", path):
+        return path
     if not os.path.isfile(path):
         raise QgsProcessingException(f"{what}: geoseg reads files, and {layer.name()!r} is not one; "
                                      "save it to a file first")
