@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import OverwriteOpt
+from geoseg.cli._options import OverwriteOpt, ProgressMode, ProgressOpt
 
 
 def _ints_or_names(text: str | None) -> list[int | str] | None:
@@ -38,6 +38,7 @@ def vectorize(
     workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU beyond the two the merge and writer use, up to 4; 1 if fewer than 2).", min=0)] = 0,
     overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    progress: ProgressOpt = ProgressMode.bar,
 ) -> None:
     """Turn RASTER into polygons, identical to a whole-raster polygonization, in bounded memory."""
     from geoseg.cli._console import err, out, warn_line
@@ -48,7 +49,7 @@ def vectorize(
     if boundary_class is not None:
         b = boundary_class.strip()
         boundary = int(b) if b.lstrip("-").isdigit() else b
-    with progress_bar(quiet, description="rows") as on_progress:
+    with progress_bar(quiet, description="rows", mode=progress) as on_progress:
         report = run(raster, output, classes=_ints_or_names(classes), class_names=class_names,
                      min_area=min_area, sieve=sieve, fill_holes=fill_holes, simplify=simplify,
                      boundary_class=boundary, probabilities=probabilities, overwrite=overwrite,

@@ -44,6 +44,7 @@ from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
+from geoseg.styles import raster_qml, write_qml
 from geoseg.tiling import TileGrid, column_strips, fit_tile
 
 
@@ -281,7 +282,7 @@ def predict_raster(
             interrupted = ok = False
             try:
                 sinks.append(GeoTiffSink(out_path, count=1, dtype="uint8", nodata=schema.nodata,
-                                         colormap=schema.colormap(), descriptions=["class"], tags=tags,
+                                         colormap=schema.colormap(), classes=schema, descriptions=["class"], tags=tags,
                                          resampling="nearest", staging=staged[0], **common))
                 if prob_path is not None:
                     fdt = probability_dtype == "float32"
@@ -289,6 +290,7 @@ def predict_raster(
                                              nodata=float("nan") if fdt else None,
                                              descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
                                              tags={**tags, "scale": "1" if fdt else "1/255"},
+                                             scale=None if fdt else 1 / 255,  # GDAL band scale: tools read 0-1
                                              resampling="average", mask=not fdt, staging=staged[1], **common))
                 writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
                 writer.checkpoint()  # the run state exists from the first moment: --resume works after any kill
@@ -307,6 +309,7 @@ def predict_raster(
                     s.finalize()
                 for s in sinks:
                     s.publish()
+                write_qml(out_path, raster_qml(schema), overwrite=overwrite)
                 clear_state(out_path, staged)
                 stats["timings"]["writing COGs"] = time.perf_counter() - t_cog
                 ok = True

@@ -18,15 +18,17 @@ def class_key(value: Any) -> str:
 
 
 def read_vector(path: str | os.PathLike[str], layer: str | int | None = None) -> Any:
-    """A GeoDataFrame of any vector file GDAL reads; GeoParquet through pyarrow (no GDAL needed)."""
+    """A GeoDataFrame of any vector file GDAL reads; GeoParquet through pyarrow (no GDAL needed).
+    Without ``layer``, the first layer that is not a GeoPackage's style table."""
     import geopandas as gpd
 
     from geoseg.io.atomic import gdal_safe_path
+    from geoseg.styles import data_layer
 
     if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
         return gpd.read_parquet(path)
     with gdal_safe_path(path) as p:
-        return gpd.read_file(p, layer=layer)
+        return gpd.read_file(p, layer=layer if layer is not None else data_layer(p))
 
 
 def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
