@@ -55,7 +55,9 @@ def resolve_command(setting: str | None) -> list[str]:
         raise GeosegCommandError(f"geoseg command {value!r} does not exist or is not executable: set the 'geoseg' "
                                  "executable of an environment under Settings > Options > Processing > Providers > geoseg")
     name = os.path.basename(value).lower()
-    return [value, "-m", "geoseg"] if name.startswith("python") else [value]
+    # -P: the working directory (a QGIS project folder) is not put first on sys.path, so nothing there
+    # (a folder named geoseg, a json.py) shadows the installed package
+    return [value, "-P", "-m", "geoseg"] if name.startswith("python") else [value]
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
