@@ -113,9 +113,10 @@ def test_command_resolution_and_version_check(tmp_path, monkeypatch) -> None:
     py = _script(tmp_path / "python3", f'exec {sys.executable} "$@"')
     assert runner.resolve_command(py) == [py, "-P", "-m", "geoseg"]
     # a folder named geoseg where QGIS runs (a project folder) does not shadow the installed package
-    (tmp_path / "geoseg").mkdir()
-    (tmp_path / "geoseg" / "__init__.py").write_text("raise SystemExit('shadowed')\n")
-    r = subprocess.run([*runner.resolve_command(py), "--version"], capture_output=True, text=True, cwd=tmp_path,
+    project = tmp_path / "project"
+    (project / "geoseg").mkdir(parents=True)
+    (project / "geoseg" / "__init__.py").write_text("raise SystemExit('shadowed')\n")
+    r = subprocess.run([*runner.resolve_command(py), "--version"], capture_output=True, text=True, cwd=project,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("geoseg "), r.stderr
     old = _script(tmp_path / "geoseg", 'echo "geoseg 0.0.9"')
