@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [[], ["infer"], ["vectorize"], ["train"], ["evaluate"], ["preview"], ["model", "init"],
-            ["model", "import"], ["model", "export"], ["model", "info"]]
+            ["model", "import"], ["model", "export"], ["model", "info"], ["qgis", "build"], ["qgis", "install"]]
 
 
 def _help(cmd: list[str]) -> str:

@@ -146,6 +146,16 @@ class ClassSchema:
         cmap[self.nodata] = (0, 0, 0, 0)
         return cmap
 
+    def category_names(self) -> list[str]:
+        """GDAL category names: entry ``v`` names raster value ``v`` (``""`` for values that are no class).
+
+        The list stops at the largest class id, so nodata (255) is never a category.
+        """
+        names = [""] * (max(self.ids) + 1)
+        for c in self.classes:
+            names[c.id] = c.name
+        return names
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         return {

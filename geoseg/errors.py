@@ -77,6 +77,10 @@ class ResumeWarning(UserWarning):
     """``--resume`` found nothing to resume, so the run started from the beginning."""
 
 
+class StyleWarning(UserWarning):
+    """A different style file (``.qml``) already sat beside an output and was kept."""
+
+
 def error_text(e: BaseException, limit: int = 200) -> str:
     """The most specific first line of ``e`` and the exceptions it was raised from.
 

@@ -24,10 +24,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from geoseg.errors import GeosegError, RasterWriteError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination, gdal_safe_path
+from geoseg.styles import STYLE_TABLE, qml_path, write_qml
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ def format_for(path: str | os.PathLike[str]) -> Format:
         raise VectorError(f"{path}: unknown vector format {ext or '(no extension)'!r}; use one of "
                           f"{', '.join(FORMATS)}")
     return FORMATS[ext]
+
+
+def style_path(path: str | os.PathLike[str]) -> Path | None:
+    """Where the QGIS style of the layer file ``path`` goes: the ``.qml`` beside it, or None for a
+    GeoPackage, which holds its style inside (the ``layer_styles`` table)."""
+    return None if format_for(path).name == "gpkg" else qml_path(path)
 
 
 def check_output(path: str | os.PathLike[str], *, overwrite: bool,
@@ -142,20 +149,59 @@ def _geojson_batch(crs: Any) -> Any:
 
 def write_batches(path: str | os.PathLike[str], schema: Any, batches: Iterable[Any], *, crs: Any,
                   overwrite: bool = False, geometry_type: str = "Polygon", checked: bool = False,
-                  layer: str | None = None) -> int:
+                  layer: str | None = None, style: Callable[[], str] | None = None) -> int:
     """Stream RecordBatches (WKB ``geometry`` column in ``crs``) to ``path``; returns rows written.
 
-    An empty stream writes a valid empty layer with the schema and CRS.
+    An empty stream writes a valid empty layer with the schema and CRS. ``style`` (called once
+    the batches are written) gives the layer's QGIS style (QML), stored where QGIS finds it:
+    the default row of a GeoPackage's ``layer_styles`` table, else a ``.qml`` beside the file.
     """
     dest = Path(path)
     fmt = format_for(dest)
     if not checked:
         check_destination(dest, overwrite=overwrite)
     with atomic_output(dest, overwrite=overwrite, checked=True) as tmp:
+        lname = layer or layer_name(dest.stem)
         if fmt.driver is None:
-            return _write_parquet(tmp, schema, batches, crs, geometry_type)
-        return _write_ogr(tmp, fmt, schema, batches, crs, geometry_type, layer or layer_name(dest.stem), dest)
-    raise AssertionError("unreachable")  # pragma: no cover
+            count = _write_parquet(tmp, schema, batches, crs, geometry_type)
+        else:
+            count = _write_ogr(tmp, fmt, schema, batches, crs, geometry_type, lname, dest)
+        if style is not None and fmt.name == "gpkg":
+            gpkg_layer_style(tmp, lname, style())
+    if style is not None and style_path(dest) is not None:
+        write_qml(dest, style(), overwrite=overwrite)
+    return count
+
+
+#: columns of the ``layer_styles`` table QGIS reads from (and writes to) GeoPackages
+_LAYER_STYLES_FIELDS = ["f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName",
+                        "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time"]
+
+
+def gpkg_layer_style(path: Path, layer: str, qml: str) -> None:
+    """Store ``qml`` as the default style of ``layer`` in the GeoPackage ``path``: a row of its
+    ``layer_styles`` table (created as QGIS does, an attribute table), which QGIS applies when it
+    opens the layer."""
+    with gdal_safe_path(path) as safe:
+        _write_style_row(safe, layer, qml, path)
+
+
+def _write_style_row(path: str, layer: str, qml: str, shown: Path) -> None:
+    import datetime
+
+    import numpy as np
+    import pyogrio
+    from pyogrio.raw import write
+
+    geom = pyogrio.read_info(path, layer=layer).get("geometry_name") or "geom"
+    now = np.array([datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)], dtype="datetime64[ms]")
+    values: list[Any] = ["", "", layer, geom, layer, qml, "", True, "geoseg: classes in their colours", "", ""]
+    data = [np.array([v], dtype=bool if isinstance(v, bool) else object) for v in values] + [now]
+    try:
+        write(path, None, data, _LAYER_STYLES_FIELDS, layer=STYLE_TABLE, driver="GPKG", geometry_type=None,
+              append=True)
+    except Exception as e:  # pyogrio raises its own and GDAL's error types
+        raise RasterWriteError(f"{shown}: cannot store the layer style: {str(e)[:200]}") from None
 
 
 def _write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: Any, geometry_type: str,

@@ -197,17 +197,19 @@ def _draw_polygons(ax: object, path: str | os.PathLike[str], crs: object, limit:
     import pyogrio
 
     from geoseg.io.atomic import gdal_safe_path
+    from geoseg.styles import data_layer
 
     with gdal_safe_path(path) as safe:
+        layer = data_layer(safe)  # not the GeoPackage's style table
         try:
-            info = pyogrio.read_info(safe)
+            info = pyogrio.read_info(safe, layer=layer)
         except Exception as e:  # noqa: BLE001 - any unreadable vector is a user error here
             raise RasterReadError(f"{path}: cannot read polygons ({error_text(e, 160)})") from None
         if info.get("features", 0) > limit:
             return  # too many to draw legibly; the raster outlines already show the boundaries
         import geopandas as gpd
 
-        gdf = gpd.read_file(safe)
+        gdf = gpd.read_file(safe, layer=layer)
     if gdf.empty:
         return
     if crs is not None and gdf.crs is not None and gdf.crs != crs:

@@ -163,7 +163,7 @@ def test_overwrite_policy_and_atomicity(make_raster, tmp_path: Path) -> None:
     vectorize(path, out, overwrite=True, classes=[1])
     assert len(read(out)) == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("p.")) == \
-        ["p.cpg", "p.dbf", "p.prj", "p.shp", "p.shx"]
+        ["p.cpg", "p.dbf", "p.prj", "p.qml", "p.shp", "p.shx"]  # the .qml: its QGIS style
 
 
 def test_failure_leaves_nothing(make_raster, tmp_path: Path) -> None:

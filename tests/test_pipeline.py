@@ -280,7 +280,8 @@ def test_a_second_run_on_the_same_output_is_refused_and_harms_nothing(make_raste
         assert not out.exists()
     rep = predict_raster(src, PointwiseModel(3, 2), out, tile_size=16, overlap=4)  # free again
     assert rep.classes_path.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "r.tif"]  # no lock or staging left
+    # no lock or staging left (the .qml and .aux.xml are the class raster's QGIS style and GDAL class names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.qml", "c.tif", "c.tif.aux.xml", "r.tif"]
 
 
 def test_a_tile_larger_than_the_raster_is_cut_to_it(make_raster, tmp_path):

@@ -59,6 +59,10 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("www")
     shutil.copy(SAMPLE / "field.tif", root / "field.tif")
+    import geopandas as gpd
+
+    # GeoJSON: read whole (GDAL 3.10's SQLite over /vsicurl/ misreads this small GeoPackage; GDAL 3.6's reads it)
+    gpd.read_file(SAMPLE / "field_training_polygons.gpkg").to_file(root / "polygons.geojson")
     with zipfile.ZipFile(root / "bundle.zip", "w") as z:
         z.write(SAMPLE / "field.tif", "scenes/field.tif")
 
@@ -82,7 +86,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "20")  # every request bounded
-    monkeypatch.setenv("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ".tif,.zip")
+    monkeypatch.setenv("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ".tif,.zip,.geojson")
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -133,3 +137,18 @@ def test_a_dead_url_is_one_clear_line(served: tuple[str, Path], tmp_path: Path) 
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
     assert "missing.tif" in lines[0] and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_reads_truth_polygons_and_predictions_over_http(served: tuple[str, Path], tmp_path: Path) -> None:
+    from geoseg.evaluate import evaluate
+    from geoseg.pipeline import predict_raster
+
+    url, _ = served
+    classes = predict_raster(SAMPLE / "field.tif", SAMPLE / "demo_model.pt", tmp_path / "c.tif").classes_path
+    local = evaluate(classes, SAMPLE / "field_training_polygons.gpkg", class_field="class", object_level=False)
+    remote = evaluate(classes, f"{url}/polygons.geojson", class_field="class", object_level=False)
+    assert np.array_equal(local.metrics.matrix, remote.metrics.matrix) and local.metrics.matrix.sum() > 0
+    code, err = _cli(["evaluate", str(classes), f"{url}/polygons.geojson", "--class-field", "class", "-o",
+                      str(tmp_path / "ev")])
+    assert code == 0, err
+    assert (tmp_path / "ev" / "c_metrics.csv").exists()

@@ -25,10 +25,10 @@ def _cluster(scheduler: str | None, workers: int | None, readable: Sequence[str]
         yield client
 
 
-def _bar(quiet: bool) -> Any:
+def _bar(quiet: bool, mode: str) -> Any:
     from geoseg.cli._progress import progress_bar
 
-    return progress_bar(quiet, description="tasks")
+    return progress_bar(quiet, description="tasks", mode=mode)
 
 
 class _Tasks:
@@ -45,7 +45,7 @@ def _absolute(source: str) -> str:
 def infer_on_cluster(items: Sequence[BatchItem], outputs: Callable[[BatchItem], dict[str, Path]], model: Any,
                      options: dict[str, Any], *, scheduler: str | None, workers: int | None, block_rows: int | None,
                      probabilities: bool, overwrite: bool, resume: bool, complete: Callable[[BatchItem], bool] | None,
-                     quiet: bool, polygons: Callable[[dict[str, Path]], Path] | None,
+                     quiet: bool, progress: str = "bar", polygons: Callable[[dict[str, Path]], Path] | None,
                      preview: Callable[[BatchItem, dict[str, Path]], None] | None) -> None:
     from geoseg.cli._batch import finish
     from geoseg.cli._console import err, out
@@ -83,7 +83,7 @@ def infer_on_cluster(items: Sequence[BatchItem], outputs: Callable[[BatchItem], 
         if bar is not None:
             bar(_Tasks(d, t))
 
-    with _cluster(scheduler, workers, readable, [j.classes.parent for j in jobs]) as client, _bar(quiet) as bar:
+    with _cluster(scheduler, workers, readable, [j.classes.parent for j in jobs]) as client, _bar(quiet, progress) as bar:
         infer_many(client, jobs, models, options, overwrite=overwrite, resume=resume, block_rows=block_rows,
                    summary=summary, on_task=on_task, on_done=done)
     err.print(f"{tasks[0]} task{'s' if tasks[0] != 1 else ''} ran on the cluster", soft_wrap=True)
@@ -98,7 +98,7 @@ def infer_on_cluster(items: Sequence[BatchItem], outputs: Callable[[BatchItem], 
 
 def vectorize_on_cluster(pairs: Sequence[tuple[str, Path]], options: dict[str, Any], *, probabilities: Path | None,
                          overwrite: bool, scheduler: str | None, workers: int | None, resume: bool,
-                         quiet: bool) -> None:
+                         quiet: bool, progress: str = "bar") -> None:
     """Several inputs: one task each. One input: its row bands are polygonized by the workers and merged
     here, the same polygons as one process."""
     from geoseg.cli._batch import finish
@@ -113,7 +113,7 @@ def vectorize_on_cluster(pairs: Sequence[tuple[str, Path]], options: dict[str, A
         return
     abs_pairs = [(_absolute(s), o.resolve()) for s, o in todo]
     readable = [s for s, _ in abs_pairs] + ([str(probabilities.resolve())] if probabilities else [])
-    with _cluster(scheduler, workers, readable, [o.parent for _, o in abs_pairs]) as client, _bar(quiet) as bar:
+    with _cluster(scheduler, workers, readable, [o.parent for _, o in abs_pairs]) as client, _bar(quiet, progress) as bar:
         if len(pairs) == 1:
             from geoseg.vector import vectorize
 

@@ -39,6 +39,18 @@ EncoderOpt = Annotated[Optional[str], typer.Option(
     help=f"smp-*: encoder, e.g. resnet34, efficientnet-b3 [{_default('smp-unet', 'encoder')}].")]
 EncoderDepthOpt = Annotated[Optional[int], typer.Option(help=f"smp-*: encoder depth: {_depths()}.", min=3, max=5)]
 
+
+class ProgressMode(str, Enum):
+    bar = "bar"
+    json = "json"
+    none = "none"
+
+
+ProgressOpt = Annotated[ProgressMode, typer.Option(
+    "--progress", help="Progress on stderr: bar, json (one JSON object a line: stage, done, total, fraction; "
+                       "for tools such as the QGIS plugin) or none (as --quiet).")]
+
+
 # --- many inputs and Dask clusters (geoseg.batch, geoseg.distributed) ---
 InputsArg = Annotated[List[str], typer.Argument(
     help="Inputs: files, directories (their .tif/.tiff files), glob patterns, or @list.txt (one path a line).",

@@ -11,7 +11,7 @@ import typer
 
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
 from geoseg.cli import app
-from geoseg.cli._options import BlockRowsOpt, InputsArg, OverwriteOpt, SchedulerOpt
+from geoseg.cli._options import BlockRowsOpt, InputsArg, OverwriteOpt, ProgressMode, ProgressOpt, SchedulerOpt
 
 Blend = Enum("Blend", {k: k for k in BLEND_WINDOWS}, type=str)  # type: ignore[misc]
 
@@ -45,6 +45,8 @@ def infer(
     model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt), or an ONNX model (.onnx, run by onnxruntime); repeat .pt files to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside each input). Outputs are <stem>_classes.tif etc.; inputs sharing a stem get distinct names.")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
+    classes_out: Annotated[Optional[Path], typer.Option(help="Class raster path (default: <stem>_classes.tif in the output directory).")] = None,
+    probabilities_out: Annotated[Optional[Path], typer.Option(help="Probability raster path (implies --probabilities; default: <stem>_probabilities.tif beside the class raster's default).")] = None,
     probability_dtype: Annotated[ProbDtype, typer.Option(help="Probability raster type: uint8 (0-255) or float32 (0-1).")] = ProbDtype.uint8,
     bands: Annotated[Optional[str], typer.Option(help="Input bands in model order, 1-based, e.g. 4,3,2,8.")] = None,
     tile_size: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's).", min=16)] = None,
@@ -61,6 +63,7 @@ def infer(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs, model and options (rows already written are kept; inputs and blocks already complete are skipped).")] = False,
     checkpoint_seconds: Annotated[float, typer.Option(help="How often finished rows are flushed and recorded for --resume, seconds.", min=0)] = 30.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    progress: ProgressOpt = ProgressMode.bar,
     preview: Annotated[bool, typer.Option("--preview", help="Also write <stem>_preview.png: the image, the classes as an overlay with a legend, polygon outlines.")] = False,
     rgb: Annotated[Optional[str], typer.Option(help="Preview bands for red,green,blue, 1-based (default: from band names/colour interpretation).")] = None,
     # --- polygons (geoseg.vector) ---
@@ -87,8 +90,13 @@ def infer(
         raise UsageError("no model given and the demo model is missing; pass -m model.pt "
                          "(create one with 'geoseg model init' or 'geoseg train')")
     inputs = expand_inputs(images)
-    if vector_out is not None and len(inputs) > 1:
-        raise UsageError("--vector-out names one file but there are several inputs; use -o DIR and --vector-format")
+    if len(inputs) > 1:
+        given = [n for n, v in (("--vector-out", vector_out), ("--classes-out", classes_out),
+                                ("--probabilities-out", probabilities_out)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} name{'s' if len(given) == 1 else ''} one file but there are several "
+                             "inputs; use -o DIR (and --vector-format)")
+    probabilities = probabilities or probabilities_out is not None
     options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
                    overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
                    max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
@@ -97,7 +105,10 @@ def infer(
         items = plan_outputs(inputs, out_dir)
 
         def outputs(item: BatchItem) -> dict[str, Path]:
-            return default_output_paths(item.source, item.out_dir, item.stem)
+            paths = default_output_paths(item.source, item.out_dir, item.stem)
+            paths["classes"] = classes_out or paths["classes"]  # one input only (checked above)
+            paths["probabilities"] = probabilities_out or paths["probabilities"]
+            return paths
 
         def complete(item: BatchItem) -> bool:  # --resume: every output this command writes is there
             paths = outputs(item)
@@ -111,7 +122,7 @@ def infer(
 
             infer_on_cluster(items, outputs, model_path, options, scheduler=scheduler, workers=workers,
                              block_rows=block_rows, probabilities=probabilities, overwrite=overwrite, resume=resume,
-                             complete=complete if resume else None, quiet=quiet,
+                             complete=complete if resume else None, quiet=quiet, progress=progress.value,
                              polygons=None if no_vector else lambda paths: _vector_path(paths, vector_format, vector_out),
                              preview=(lambda item, paths: _write_preview(
                                  item.source, paths, rgb, overwrite,
@@ -125,7 +136,7 @@ def infer(
             if preview:
                 check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
             vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
-            with progress_bar(quiet) as on_progress, _resumable():
+            with progress_bar(quiet, mode=progress) as on_progress, _resumable():
                 report = predict_raster(
                     image, model_path, paths["classes"],
                     probabilities=paths["probabilities"] if probabilities else None, overwrite=overwrite,
@@ -140,7 +151,7 @@ def infer(
                       f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
                       f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
             if vector_path is not None:
-                _write_polygons(report, vector_path, overwrite, quiet)
+                _write_polygons(report, vector_path, overwrite, quiet, progress)
             if preview:
                 _write_preview(image, paths, rgb, overwrite, vector_path)
 
@@ -182,12 +193,12 @@ def _vector_path(paths: dict[str, Path], fmt: "VectorFormat", vector_out: Path |
     return vector_out or paths["polygons"].with_suffix(EXTENSIONS[fmt.value])
 
 
-def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool) -> None:
+def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool, progress: str) -> None:
     from geoseg.cli._console import err, out, warn_line
     from geoseg.cli._progress import progress_bar
     from geoseg.vector import vectorize
 
-    with progress_bar(quiet, description="polygons") as on_progress:
+    with progress_bar(quiet, description="polygons", mode=progress) as on_progress:
         vrep = vectorize(report.classes_path, path, probabilities=report.probabilities_path,  # type: ignore[attr-defined]
                          overwrite=overwrite, workers=0, on_progress=on_progress)
     for w in vrep.warnings:

@@ -11,7 +11,8 @@ import typer
 
 from geoseg.cli import app
 from geoseg.architectures import ARCHITECTURES
-from geoseg.cli._options import ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt
+from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, ProgressMode,
+                                  ProgressOpt)
 
 TEMPCNN = ARCHITECTURES["tempcnn"].defaults
 
@@ -66,6 +67,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <output stem>.last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    progress: ProgressOpt = ProgressMode.bar,
 ) -> None:
     """Train a model on IMAGE(s) with a label raster or polygons; the result works with 'geoseg infer'."""
     from geoseg.cli._console import err, out
@@ -99,7 +101,7 @@ def train(
     from geoseg.errors import Interrupted
 
     try:
-        with _TrainBar(quiet) as cb:
+        with _TrainBar(quiet or progress == ProgressMode.none, json_lines=progress == ProgressMode.json) as cb:
             report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]])
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted("interrupted; checkpoints of finished epochs are kept: run the same command with "
@@ -119,8 +121,9 @@ def train(
 class _TrainBar:
     """Rich progress bar: one bar per epoch with the running loss and the last validation scores."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, json_lines: bool = False) -> None:
         self.quiet = quiet
+        self.json_lines = json_lines
         self.prog = None
         self.task = None
         self.last = ""
@@ -128,6 +131,8 @@ class _TrainBar:
     def __enter__(self):  # type: ignore[no-untyped-def]
         if self.quiet:
             return None
+        if self.json_lines:
+            return self._json
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from geoseg.cli._console import err
@@ -154,6 +159,15 @@ class _TrainBar:
             self.task = prog.add_task(desc, total=p.steps, info="")
         info = f"loss {p.loss:.4f} {self.last}" if p.phase == "train" else self.last
         prog.update(self.task, completed=p.step, total=p.steps, info=info, description=desc)
+
+    @staticmethod
+    def _json(p) -> None:  # type: ignore[no-untyped-def]
+        """JSON progress lines in epochs (done 2.5 of total 10: half-way through the third epoch's
+        training steps; validation counts as the end of its epoch)."""
+        from geoseg.cli._progress import json_progress
+
+        part = p.step / max(1, p.steps) if p.phase == "train" else 1.0
+        json_progress(f"epoch {p.epoch}/{p.epochs} {p.phase}", round(p.epoch - 1 + part, 4), p.epochs)
 
     def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
         if self.prog is not None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import OverwriteOpt, SchedulerOpt
+from geoseg.cli._options import OverwriteOpt, ProgressMode, ProgressOpt, SchedulerOpt
 from geoseg.cli.infer import VectorFormat
 
 
@@ -41,6 +41,7 @@ def vectorize(
     overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="With several inputs: skip those whose output is already complete.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    progress: ProgressOpt = ProgressMode.bar,
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Turn each RASTER into polygons, identical to a whole-raster polygonization, in bounded memory.
@@ -64,13 +65,13 @@ def vectorize(
     many = len(inputs) > 1 or output.is_dir()
     cluster = scheduler is not None or (many and workers > 1)
     if not many and not cluster:
-        _vectorize_one(inputs[0], output, options, probabilities, overwrite, workers, quiet)
+        _vectorize_one(inputs[0], output, options, probabilities, overwrite, workers, quiet, progress.value)
         return
     if not many:  # one input on a cluster: its bands are polygonized by the workers
         from geoseg.cli._cluster import vectorize_on_cluster
 
         vectorize_on_cluster([(inputs[0], output)], options, probabilities=probabilities, overwrite=overwrite,
-                             scheduler=scheduler, workers=None, resume=resume, quiet=quiet)
+                             scheduler=scheduler, workers=None, resume=resume, quiet=quiet, progress=progress.value)
         return
     with output_directory(output):
         items = plan_outputs(inputs, output)
@@ -83,20 +84,21 @@ def vectorize(
 
             vectorize_on_cluster([(i.source, dest(i)) for i in items], options, probabilities=None,
                                  overwrite=overwrite, scheduler=scheduler, workers=workers if workers > 1 else None,
-                                 resume=resume, quiet=quiet)
+                                 resume=resume, quiet=quiet, progress=progress.value)
             return
         from geoseg.cli._batch import run_sequential
 
-        run_sequential(items, lambda i: _vectorize_one(i.source, dest(i), options, None, overwrite, workers, quiet),
+        run_sequential(items, lambda i: _vectorize_one(i.source, dest(i), options, None, overwrite, workers, quiet,
+                                                        progress.value),
                        (lambda i: dest(i).exists()) if resume else None)
 
 
 def _vectorize_one(raster: str, output: Path, options: dict[str, Any], probabilities: Path | None,
-                   overwrite: bool, workers: int, quiet: bool) -> None:
+                   overwrite: bool, workers: int, quiet: bool, progress: str = "bar") -> None:
     from geoseg.cli._progress import progress_bar
     from geoseg.vector import vectorize as run
 
-    with progress_bar(quiet, description="rows") as on_progress:
+    with progress_bar(quiet, description="rows", mode=progress) as on_progress:
         report = run(raster, output, probabilities=probabilities, overwrite=overwrite, workers=workers,
                      on_progress=on_progress, **options)
     print_report(report)

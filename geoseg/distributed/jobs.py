@@ -140,7 +140,7 @@ def _finish(client: Any, job: InferJob, summary: BatchSummary, pending_vectors: 
             from geoseg.pipeline.assemble import assemble_blocks
 
             assemble_blocks(job.outputs, specs, [[job.part(o, b) for b in range(len(job.bounds))]
-                                                 for o in range(len(job.outputs))], job.bounds)
+                                                 for o in range(len(job.outputs))], job.bounds, overwrite)
             shutil.rmtree(job.blocks_dir(), ignore_errors=True)
     except GeosegError as e:
         summary.fail(job.source, e)

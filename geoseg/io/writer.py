@@ -21,6 +21,7 @@ import rasterio.shutil
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from geoseg.classes import ClassSchema
 from geoseg.errors import RasterWriteError, error_text
 from geoseg.io.atomic import TMP_MARKER, commit, remove_quietly, temp_path_for
 
@@ -60,6 +61,10 @@ class GeoTiffSink:
         descriptions: band descriptions.
         tags: dataset tags (e.g. class names as JSON).
         band_tags: per-band tags.
+        classes: class schema of band 1 (class rasters): written as GDAL category names and a
+            raster attribute table (value, name, red, green, blue), which GDAL keeps in the
+            ``.aux.xml`` beside the GeoTIFF; the colour table comes from ``colormap``.
+        scale, offset: GDAL band scale and offset of every band (physical value = raw * scale + offset).
         resampling: overview resampling (``nearest`` for classes, ``average`` for probabilities).
         staging: path of the intermediate file (default: a unique temporary name beside ``dest``).
     """
@@ -69,9 +74,11 @@ class GeoTiffSink:
                  colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
                  descriptions: list[str] | None = None, tags: Mapping[str, str] | None = None,
                  band_tags: list[Mapping[str, str]] | None = None, resampling: str = "nearest",
-                 staging: Path | None = None, resume: bool = False, mask: bool = False, row_offset: int = 0,
-                 cog: bool = True) -> None:
+                 staging: Path | None = None, resume: bool = False, mask: bool = False,
+                 classes: ClassSchema | None = None, scale: float | None = None, offset: float = 0.0,
+                 row_offset: int = 0, cog: bool = True) -> None:
         self.dest = Path(dest)
+        self.classes = classes
         #: rows passed to :meth:`write` count from the raster's top; this file starts at this row
         #: (a block of rows, :func:`geoseg.pipeline.assemble.assemble_blocks`)
         self.row_offset = row_offset
@@ -115,6 +122,9 @@ class GeoTiffSink:
                 if band_tags:
                     for i, bt in enumerate(band_tags[:count], start=1):
                         self._ds.update_tags(i, **bt)
+                if scale is not None:
+                    self._ds.scales = [scale] * count + [1.0] * (mask and 1)
+                    self._ds.offsets = [offset] * count + [0.0] * (mask and 1)
         except (RasterioIOError, OSError) as e:
             remove_quietly(self.staging)
             raise RasterWriteError(f"{self.dest}: cannot create output: {error_text(e, 200)}") from None
@@ -150,11 +160,11 @@ class GeoTiffSink:
             self._final_tmp = self.staging
             return self.staging
         self._final_tmp = temp_path_for(self.dest)
-        vrt = temp_path_for(self.dest, ".vrt") if self.has_mask else None
+        vrt = temp_path_for(self.dest, ".vrt") if self.has_mask or self.classes is not None else None
         try:
             source = self.staging
             if vrt is not None:
-                _mask_band_vrt(self.staging, vrt)
+                _cog_source_vrt(self.staging, vrt, mask=self.has_mask, classes=self.classes)
                 source = vrt
             with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
                 rasterio.shutil.copy(source, self._final_tmp, driver="COG",
@@ -203,26 +213,58 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _mask_band_vrt(staging: Path, vrt: Path) -> None:
-    """Write ``vrt``: ``staging`` without its last band, which becomes the dataset mask.
+def _cog_source_vrt(staging: Path, vrt: Path, *, mask: bool, classes: ClassSchema | None) -> None:
+    """Write ``vrt``: ``staging`` as the COG driver should copy it.
 
-    GDAL's own VRT copy carries the georeferencing, band descriptions and metadata; the
-    last ``VRTRasterBand`` is moved into a ``<MaskBand>`` element (GDAL's VRT format), so
-    the COG driver writes it as the output's internal per-dataset mask.
+    GDAL's own VRT copy carries the georeferencing, band descriptions and metadata. With
+    ``mask`` the last ``VRTRasterBand`` is moved into a ``<MaskBand>`` element (GDAL's VRT
+    format), so the COG driver writes it as the output's internal per-dataset mask. With
+    ``classes`` band 1 gets ``<CategoryNames>`` and a ``<GDALRasterAttributeTable>``, which
+    the COG driver copies (GeoTIFF keeps them in the ``.aux.xml`` beside the file).
     """
     import xml.etree.ElementTree as ET
 
     rasterio.shutil.copy(staging, vrt, driver="VRT")
     tree = ET.parse(vrt)
     root = tree.getroot()
-    last = root.findall("VRTRasterBand")[-1]
-    root.remove(last)
-    last.attrib.pop("band", None)
-    for tag in ("Description", "ColorInterp", "NoDataValue", "Metadata"):
-        for e in last.findall(tag):
-            last.remove(e)
-    ET.SubElement(root, "MaskBand").append(last)
+    if mask:
+        last = root.findall("VRTRasterBand")[-1]
+        root.remove(last)
+        last.attrib.pop("band", None)
+        for tag in ("Description", "ColorInterp", "NoDataValue", "Metadata", "Scale", "Offset"):
+            for e in last.findall(tag):
+                last.remove(e)
+        ET.SubElement(root, "MaskBand").append(last)
+    if classes is not None:
+        band = root.findall("VRTRasterBand")[0]
+        for e in _class_band_xml(classes):
+            band.append(e)
     tree.write(vrt)
+
+
+#: raster attribute table columns: (name, GDAL field type 0=int 2=string, GDAL usage)
+#: usages: 5 MinMax (the pixel value), 2 Name, 6/7/8/9 Red/Green/Blue/Alpha
+RAT_COLUMNS = [("Value", 0, 5), ("Class_Name", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+
+
+def _class_band_xml(classes: ClassSchema) -> list[Any]:
+    """``<CategoryNames>`` and a thematic ``<GDALRasterAttributeTable>`` (GDAL's PAM/VRT format)."""
+    import xml.etree.ElementTree as ET
+
+    cats = ET.Element("CategoryNames")
+    for name in classes.category_names():
+        ET.SubElement(cats, "Category").text = name
+    rat = ET.Element("GDALRasterAttributeTable", tableType="thematic")
+    for i, (name, ftype, usage) in enumerate(RAT_COLUMNS):
+        f = ET.SubElement(rat, "FieldDefn", index=str(i))
+        ET.SubElement(f, "Name").text = name
+        ET.SubElement(f, "Type").text = str(ftype)
+        ET.SubElement(f, "Usage").text = str(usage)
+    for row, c in enumerate(sorted(classes.classes, key=lambda c: c.id)):
+        r = ET.SubElement(rat, "Row", index=str(row))
+        for v in (c.id, c.name, *c.colour):
+            ET.SubElement(r, "F").text = str(v)
+    return [cats, rat]
 
 
 def is_temporary(path: str | os.PathLike[str]) -> bool:

@@ -27,8 +27,10 @@ WINDOW_PIXELS = 8 << 20
 
 
 def assemble_blocks(dests: Sequence[str | os.PathLike[str]], specs: Sequence[dict[str, Any]],
-                    parts: Sequence[Sequence[str | os.PathLike[str]]], bounds: Sequence[tuple[int, int]]) -> list[Path]:
-    """Write each ``dests[i]`` (a COG) from ``parts[i]``, the blocks ``bounds`` of rows in order.
+                    parts: Sequence[Sequence[str | os.PathLike[str]]], bounds: Sequence[tuple[int, int]],
+                    overwrite: bool = False) -> list[Path]:
+    """Write each ``dests[i]`` (a COG) from ``parts[i]``, the blocks ``bounds`` of rows in order, and
+    a class raster's QGIS style beside it, as a whole run does.
 
     Every output is built before any is renamed into place (as a whole run does). The caller
     checked the destinations; on any error nothing is left at them.
@@ -45,11 +47,16 @@ def assemble_blocks(dests: Sequence[str | os.PathLike[str]], specs: Sequence[dic
             s.finalize()
         out = [s.publish() for s in sinks]
         ok = True
-        return out
     finally:
         if not ok:
             for s in sinks:
                 s.abort()
+    from geoseg.styles import raster_qml, write_qml
+
+    for dest, spec in zip(out, specs):
+        if spec.get("classes") is not None:
+            write_qml(dest, raster_qml(spec["classes"]), overwrite=overwrite)
+    return out
 
 
 def _copy_part(sink: GeoTiffSink, path: Path, r0: int, r1: int) -> None:

@@ -45,6 +45,7 @@ from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
+from geoseg.styles import raster_qml, write_qml
 from geoseg.tiling import column_strips
 
 
@@ -293,14 +294,15 @@ def predict_raster(
             tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
                     "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
             common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
-            specs = [dict(count=1, dtype="uint8", nodata=schema.nodata, colormap=schema.colormap(),
+            specs = [dict(count=1, dtype="uint8", nodata=schema.nodata, colormap=schema.colormap(), classes=schema,
                           descriptions=["class"], tags=tags, resampling="nearest", **common)]
             if prob_path is not None:
                 fdt = probability_dtype == "float32"
                 specs.append(dict(count=k + 1, dtype=probability_dtype, nodata=float("nan") if fdt else None,
                                   descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
-                                  tags={**tags, "scale": "1" if fdt else "1/255"}, resampling="average",
-                                  mask=not fdt, **common))
+                                  tags={**tags, "scale": "1" if fdt else "1/255"},
+                                  scale=None if fdt else 1 / 255,  # GDAL band scale: tools read 0-1
+                                  resampling="average", mask=not fdt, **common))
             part = {} if rows is None else dict(height=r1 - r0, transform=info.transform * Affine.translation(0, r0),
                                                 row_offset=r0, cog=False)
             sinks: list[GeoTiffSink] = []
@@ -326,6 +328,8 @@ def predict_raster(
                     s.finalize()
                 for s in sinks:
                     s.publish()
+                if rows is None:  # a block's part has no style; the joined COG gets it (assemble_blocks)
+                    write_qml(out_path, raster_qml(schema), overwrite=overwrite)
                 clear_state(out_path, staged)
                 stats["timings"]["writing COGs"] = time.perf_counter() - t_cog
                 ok = True

@@ -18,24 +18,29 @@ def class_key(value: Any) -> str:
 
 
 def read_vector(path: str | os.PathLike[str], layer: str | int | None = None) -> Any:
-    """A GeoDataFrame of any vector file GDAL reads; GeoParquet through pyarrow (no GDAL needed)."""
+    """A GeoDataFrame of any vector file GDAL reads; GeoParquet through pyarrow (no GDAL needed).
+    Without ``layer``, the first layer that is not a GeoPackage's style table."""
     import geopandas as gpd
 
     from geoseg.io.atomic import gdal_safe_path
+    from geoseg.styles import data_layer
 
     if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
         return gpd.read_parquet(path)
     with gdal_safe_path(path) as p:
-        return gpd.read_file(p, layer=layer)
+        return gpd.read_file(p, layer=layer if layer is not None else data_layer(p))
 
 
 def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
     """Read training polygons; refuse missing CRS, missing field, empty files, non-polygons."""
-    p = Path(path)
-    if not p.exists():
-        raise VectorError(f"{p}: vector label file not found")
-    if p.is_file() and p.stat().st_size == 0:
-        raise LabelError(f"{p}: vector label file is empty")
+    from geoseg.io.paths import gdal_path, is_virtual
+
+    p: Any = gdal_path(path) if is_virtual(path) else Path(path)  # a URL stays a string
+    if not is_virtual(path):
+        if not p.exists():
+            raise VectorError(f"{p}: vector label file not found")
+        if p.is_file() and p.stat().st_size == 0:
+            raise LabelError(f"{p}: vector label file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

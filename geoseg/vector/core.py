@@ -276,6 +276,7 @@ def vectorize(
         GeosegError: bad raster, option or output; nothing is left at the destination.
     """
     from geoseg.export import check_output, write_batches
+    from geoseg.styles import vector_qml
 
     t0 = time.perf_counter()
     names = parse_names(class_names)
@@ -302,7 +303,8 @@ def vectorize(
                 schema = arrow_schema(conf_src is not None)
                 if dest is None:
                     return _to_geodataframe(list(batches), schema, src.crs)
-                written = write_batches(dest[0], schema, batches, crs=src.crs, overwrite=overwrite, checked=True)
+                written = write_batches(dest[0], schema, batches, crs=src.crs, overwrite=overwrite, checked=True,
+                                        style=lambda: vector_qml(src.style_classes(report.class_counts)))
         finally:
             if conf_src is not None:
                 conf_src.close()

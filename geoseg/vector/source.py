@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.classes import ClassSchema, parse_class_names
+from geoseg.classes import ClassInfo, ClassSchema, default_colour, parse_class_names
 from geoseg.errors import RasterReadError, UsageError
 from geoseg.io.raster import open_raster, read_errors
 
@@ -100,6 +100,19 @@ class ClassSource:
 
     def name_of(self, class_id: int) -> str:
         return self.names.get(int(class_id), f"class_{int(class_id)}")
+
+    def style_classes(self, present: Iterable[int] = ()) -> list[ClassInfo]:
+        """The classes a polygon style lists: the schema's, the named ones and those ``present``,
+        in the schema's colours, else the raster's colour table, else :func:`default_colour`."""
+        ids = sorted({*(self.schema.ids if self.schema else ()), *self.names, *(int(i) for i in present)})
+        colours = {c.id: c.colour for c in self.schema.classes} if self.schema else {}
+        if not colours:
+            try:
+                colours = {k: tuple(v[:3]) for k, v in self.ds.colormap(1).items()}
+            except ValueError:  # no colour table
+                colours = {}
+        return [ClassInfo(i, self.name_of(i), colours.get(i) or default_colour(k, self.name_of(i)))  # type: ignore[arg-type]
+                for k, i in enumerate(ids)]
 
     def resolve_class(self, value: int | str, option: str) -> int:
         """A class given as an id or a name -> id (UsageError when unknown)."""
