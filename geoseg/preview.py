@@ -80,7 +80,8 @@ def _schema_of(ds: rasterio.io.DatasetReader) -> ClassSchema | None:
 def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str], *,
                   image: str | os.PathLike[str] | None = None, rgb: Sequence[int] | None = None,
                   polygons: str | os.PathLike[str] | None = None, alpha: float = 0.45, max_side: int = 1200,
-                  outlines: bool = True, overwrite: bool = False, title: str | None = None) -> Path:
+                  outlines: bool = True, overwrite: bool = False, title: str | None = None,
+                  image_nodata: float | None = None) -> Path:
     """Write a PNG quicklook of a class raster, over its image when given.
 
     Args:
@@ -94,6 +95,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
         max_side: longest side of the picture in pixels.
         outlines: draw class boundaries / polygon outlines.
         overwrite: replace an existing PNG.
+        image_nodata: an image value to show as nodata (an undeclared collar, e.g. 0), beside its own.
         title: figure title (default: the class raster's name).
     """
     # an output that is one of the inputs is refused, even with overwrite (as every command does)
@@ -146,6 +148,8 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
             valid = ~np.ma.getmaskarray(data).all(axis=0)
             arr = np.ma.filled(data.astype(np.float64), np.nan)
             valid &= np.isfinite(arr).all(axis=0)
+            if image_nodata is not None:  # an undeclared collar: left out of the stretch, shown as nodata
+                valid &= ~(arr == image_nodata).all(axis=0)
             rgb_img = np.stack([_stretch(np.nan_to_num(arr[i]), valid) for i in range(3)], axis=-1)
             rgb_img[~valid] = 0.92
 

@@ -84,3 +84,21 @@ def test_preview_of_a_one_pixel_wide_raster_is_bounded(make_raster, tmp_path, sh
     out = write_preview(cls, tmp_path / "p.png")
     with rasterio.open(out) as png:
         assert png.width <= 1600 and png.height <= 1600
+
+
+def test_nodata_value_shows_an_undeclared_collar_as_nodata(make_raster, tmp_path):
+    """An image whose zero collar is not declared: black without --nodata, nodata grey with nodata=0."""
+    from matplotlib.image import imread
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(100, 3000, size=(3, 80, 80)).astype(np.uint16)
+    img[:, :, :30] = 0
+    image = make_raster(img, name="img.tif")
+    cls = np.full((80, 80), 255, np.uint8)
+    cls[:, 30:] = 1
+    classes = make_raster(cls, name="cls.tif", nodata=255)
+    grey = []
+    for name, nodata in (("a.png", None), ("b.png", 0)):
+        pic = imread(write_preview(classes, tmp_path / name, image=image, max_side=200, image_nodata=nodata))[..., :3]
+        grey.append(int((np.abs(pic - 0.92) < 0.01).all(axis=-1).sum()))
+    assert grey[1] > grey[0] + 1000  # the collar turned to the nodata grey

@@ -20,6 +20,7 @@ def preview(
     polygons: Annotated[Optional[Path], typer.Option(help="Polygon file whose outlines to draw (default: class boundaries of the raster).")] = None,
     alpha: Annotated[float, typer.Option(help="Opacity of the class overlay.", min=0, max=1)] = 0.45,
     max_side: Annotated[int, typer.Option(help="Longest side of the picture, pixels.", min=64)] = 1200,
+    nodata: Annotated[Optional[float], typer.Option(help="Image value to show as nodata, beside the image's own (an undeclared collar, e.g. 0).")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a PNG: image in RGB (2-98% stretch), classes as a translucent overlay with a legend, outlines."""
@@ -36,5 +37,5 @@ def preview(
 
         raise UsageError(f"--rgb needs three bands (red,green,blue), got {rgb!r}")
     write_preview(classes, dest, image=image, rgb=bands, polygons=polygons, alpha=alpha, max_side=max_side,
-                  overwrite=overwrite)
+                  overwrite=overwrite, image_nodata=nodata)
     out.print(f"preview: {dest}")
