@@ -171,3 +171,21 @@ def test_debug_shows_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "geoseg", "infer", str(tmp_path / "nope.tif"), "--debug", "-m",
                         str(tmp_path / "m.pt")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_nodata_option_marks_an_undeclared_zero_collar(tmp_path, capsys):
+    """--nodata 0: a zero collar the raster does not declare becomes output nodata instead of a class."""
+    with rasterio.open(ROOT / "sample_data" / "field.tif") as src:
+        data, prof = src.read(), src.profile
+    data[:, :, :40] = 0
+    prof.pop("nodata", None)
+    with rasterio.open(tmp_path / "collar.tif", "w", **prof) as dst:
+        dst.write(data)
+    out = {}
+    for name, extra in (("plain", []), ("marked", ["--nodata", "0"])):
+        code, _, err = run_cli(["infer", tmp_path / "collar.tif", "-o", tmp_path / name, "--no-vector", "-q", *extra],
+                               capsys)
+        assert code == 0, err
+        with rasterio.open(tmp_path / name / "collar_classes.tif") as ds:
+            out[name] = ds.read(1)
+    assert (out["plain"][:, :40] != 255).all() and (out["marked"][:, :40] == 255).all()

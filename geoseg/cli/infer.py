@@ -49,6 +49,7 @@ def infer(
     probabilities_out: Annotated[Optional[Path], typer.Option(help="Probability raster path (implies --probabilities; default: <stem>_probabilities.tif beside the class raster's default).")] = None,
     probability_dtype: Annotated[ProbDtype, typer.Option(help="Probability raster type: uint8 (0-255) or float32 (0-1).")] = ProbDtype.uint8,
     bands: Annotated[Optional[str], typer.Option(help="Input bands in model order, 1-based, e.g. 4,3,2,8.")] = None,
+    nodata: Annotated[Optional[float], typer.Option(help="Input value to treat as nodata in every band, beside the raster's own nodata and masks (an undeclared collar, e.g. 0); such pixels get the output nodata.")] = None,
     tile_size: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's).", min=16)] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (default: the model's).", min=0)] = None,
     blend: Annotated[Blend, typer.Option(help="Blend window for overlapping tiles.")] = Blend(DEFAULT_BLEND),  # type: ignore[call-arg]
@@ -97,7 +98,7 @@ def infer(
             raise UsageError(f"{', '.join(given)} name{'s' if len(given) == 1 else ''} one file but there are several "
                              "inputs; use -o DIR (and --vector-format)")
     probabilities = probabilities or probabilities_out is not None
-    options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), tile_size=tile_size,
+    options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), nodata=nodata, tile_size=tile_size,
                    overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
                    max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
                    compile=compile)
