@@ -184,3 +184,33 @@ def test_one_polygon_is_singular(tmp_path: Path, make_raster) -> None:
     r = run("vectorize", str(cls), "-o", str(tmp_path / "one.gpkg"), "-q")
     assert r.returncode == 0, r.stderr[-500:]
     assert "1 polygon (" in r.stderr and "1 polygons" not in r.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_quickly_says_so_and_leaves_nothing(tmp_path: Path, workers: str) -> None:
+    """Ctrl-C during vectorize: exit 130 within a few seconds, one line that says what happened (typer turned
+    it into a silent exit 130), no worker tracebacks, nothing at the destination (no -journal either)."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _mirror import mirror_tile
+
+    big = mirror_tile(shared_file("usda_cdl_kansas/2021_30m_cdls.tif"), tmp_path / "big.tif", 6144, 6144)
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "geoseg", "vectorize", str(big), "-o", str(out / "v.gpkg"),
+                          "--workers", workers, "-q"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(5)
+    if p.poll() is not None:
+        pytest.skip("the job finished before the signal")
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    took = time.perf_counter() - t0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 130
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
+    assert "Traceback" not in err
+    assert took < 10, took  # about 1-3 s here; generous for a loaded CI machine
+    assert list(out.iterdir()) == []

@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         _err(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
              "(rerun with --debug for the traceback and report it)")
         sys.exit(1)
-    # standalone_mode=False returns the code of typer.Exit instead of raising it
+    # standalone_mode=False returns the code of typer.Exit instead of raising it; typer turns Ctrl-C in a
+    # command into Exit(130) without a word, so say it here (infer and train say more themselves)
+    if rc == 130:
+        _err("interrupted; partial outputs were removed; run the command again to redo it")
     if isinstance(rc, int) and rc:
         sys.exit(rc)
