@@ -214,3 +214,30 @@ def test_ctrl_c_stops_quickly_says_so_and_leaves_nothing(tmp_path: Path, workers
     assert "Traceback" not in err
     assert took < 10, took  # about 1-3 s here; generous for a loaded CI machine
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_nodata_option_leaves_an_undeclared_value_out(tmp_path: Path, workers: str) -> None:
+    """--nodata 0 on a class raster whose 0 is not declared: no polygons of 0, the others unchanged
+    (also when bands are polygonized by worker processes)."""
+    import geopandas as gpd
+    import rasterio
+
+    src = shared_file("usda_cdl_kansas/2021_30m_cdls.tif")
+    with rasterio.open(src) as ds:
+        data, prof = ds.read(1), ds.profile
+    data[:, :200] = 0
+    prof.update(nodata=None)
+    with rasterio.open(tmp_path / "c.tif", "w", **prof) as dst:
+        dst.write(data, 1)
+    plain = tmp_path / "plain.gpkg"
+    marked = tmp_path / "marked.gpkg"
+    assert run("vectorize", str(tmp_path / "c.tif"), "-o", str(plain), "-q", "--band-rows", "128").returncode == 0
+    r = run("vectorize", str(tmp_path / "c.tif"), "-o", str(marked), "-q", "--nodata", "0", "--workers", workers,
+            "--band-rows", "128")
+    assert r.returncode == 0, r.stderr
+    a = gpd.read_file(plain, layer="plain")
+    b = gpd.read_file(marked, layer="marked")
+    assert (a["class_id"] == 0).any() and not (b["class_id"] == 0).any()
+    keep = a[a["class_id"] != 0]
+    assert len(keep) == len(b) and abs(keep.area.sum() - b.area.sum()) < 1e-3 * keep.area.sum()

@@ -36,6 +36,7 @@ def vectorize(
     simplify: Annotated[Optional[str], typer.Option(help="Coverage simplification tolerance: CRS units (15) or pixels (1.5px). Default: none.")] = None,
     boundary_class: Annotated[Optional[str], typer.Option(help="Field-boundary class of 3-class field models (id or name): not a polygon, separates fields.")] = None,
     probabilities: Annotated[Optional[Path], typer.Option(help="Probability raster from 'geoseg infer --probabilities': adds confidence_mean.")] = None,
+    nodata: Annotated[Optional[float], typer.Option(help="Class value to treat as nodata beside the raster's own (an undeclared collar, e.g. 0): no polygons there.")] = None,
     band_rows: Annotated[Optional[int], typer.Option(help="Rows per band (default: about 2 M pixels per band).", min=1)] = None,
     workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU beyond the two the merge and writer use, up to 4; 1 if fewer than 2). With several inputs and N > 1: a local Dask cluster of N workers.", min=0)] = 0,
     overwrite: OverwriteOpt = False,
@@ -61,7 +62,8 @@ def vectorize(
         b = boundary_class.strip()
         boundary = int(b) if b.lstrip("-").isdigit() else b
     options = dict(classes=_ints_or_names(classes), class_names=class_names, min_area=min_area, sieve=sieve,
-                   fill_holes=fill_holes, simplify=simplify, boundary_class=boundary, band_rows=band_rows)
+                   fill_holes=fill_holes, simplify=simplify, boundary_class=boundary, band_rows=band_rows,
+                   nodata=nodata)
     many = len(inputs) > 1 or output.is_dir()
     cluster = scheduler is not None or (many and workers > 1)
     if not many and not cluster:

@@ -230,6 +230,7 @@ def vectorize(
     workers: int | None = None,
     on_progress: Callable[[VectorProgress], None] | None = None,
     executor: Any = None,
+    nodata: float | None = None,
 ) -> Any:
     """Polygonize a class raster of any size into valid, non-overlapping polygons.
 
@@ -268,6 +269,8 @@ def vectorize(
         executor: polygonize the bands there instead: anything with ``submit(fn, *args)`` returning
             futures, e.g. a ``dask.distributed.Client`` (its workers must see ``source``); ``workers``
             then says how many it runs at once. The merge stays here; the polygons are the same.
+        nodata: a class value to treat as nodata beside the raster's own (an undeclared collar, e.g. 0):
+            no polygons there, and the sieve does not merge into it.
 
     Returns:
         A GeoDataFrame when ``output`` is None, else a :class:`VectorizeReport`.
@@ -283,7 +286,7 @@ def vectorize(
     dest = None
     if output is not None:
         dest = check_output(output, overwrite=overwrite, inputs=[source] + ([probabilities] if probabilities else []))
-    with ClassSource(source, names) as src:
+    with ClassSource(source, names, nodata=nodata) as src:
         plan = _Plan(src, classes=classes, boundary_class=boundary_class, min_area=min_area,
                      fill_holes=fill_holes, simplify=simplify, sieve=sieve, band_rows=band_rows, workers=workers,
                      executor=executor)

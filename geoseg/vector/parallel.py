@@ -54,14 +54,14 @@ def _init(cache_bytes: int) -> None:
     os.environ["GDAL_CACHEMAX"] = str(int(cache_bytes))
 
 
-def _opened(path: str, make: Any) -> Any:
-    """A source this process keeps open, by path and (a long-lived Dask worker sees files replaced) its
-    size and mtime."""
+def _opened(path: str, make: Any, tag: Any = None) -> Any:
+    """A source this process keeps open, by path, ``tag`` (its options) and (a long-lived Dask worker sees
+    files replaced) its size and mtime."""
     try:
         st = os.stat(path)
-        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        key = f"{path}|{tag}|{st.st_size}|{st.st_mtime_ns}"
     except OSError:
-        key = path
+        key = f"{path}|{tag}"
     src = _OPEN.get(key)
     if src is None:
         src = _OPEN[key] = make()
@@ -69,8 +69,8 @@ def _opened(path: str, make: Any) -> Any:
 
 
 def _job(path: str, r0: int, r1: int, sieve: int | None, keep: Sequence[int] | None, boundary: int | None,
-         conf_path: str | None, keep_emit: bool) -> BandPolygons:
-    src = _opened(path, lambda: ClassSource(path))
+         conf_path: str | None, keep_emit: bool, nodata: float | None = None) -> BandPolygons:
+    src = _opened(path, lambda: ClassSource(path, nodata=nodata), tag=nodata)
     band = src.band(r0, r1, sieve=sieve, keep=keep, boundary=boundary)
     conf = None
     if conf_path is not None:
@@ -114,7 +114,7 @@ def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: 
         try:
             for r0 in starts:
                 pending.append(ex.submit(_job, src.ds.name, r0, min(src.height, r0 + band_rows), sieve, keep_l,
-                                         boundary, conf_path, keep_emit))
+                                         boundary, conf_path, keep_emit, src.nodata))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
@@ -140,7 +140,7 @@ def _submitted(executor: Any, src: ClassSource, starts: list[int], band_rows: in
     try:
         for r0 in starts:
             pending.append(executor.submit(_job, src.ds.name, r0, min(src.height, r0 + band_rows), sieve, keep_l,
-                                           boundary, conf_path, keep_emit))
+                                           boundary, conf_path, keep_emit, src.nodata))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:

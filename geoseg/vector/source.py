@@ -68,9 +68,12 @@ class ClassSource:
     Args:
         path: class raster (band 1 is read).
         class_names: ``{id: name}`` overriding the raster's own ``geoseg_classes`` tag.
+        nodata: a value to treat as nodata beside the raster's own (an undeclared collar, e.g. 0).
     """
 
-    def __init__(self, path: str | os.PathLike[str], class_names: dict[int, str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], class_names: dict[int, str] | None = None,
+                 nodata: float | None = None) -> None:
+        self.nodata = nodata
         self.ds = open_raster(path)
         ds = self.ds
         self.name = str(path)
@@ -132,6 +135,8 @@ class ClassSource:
         with read_errors(self.name, w):
             data = self.ds.read(1, window=w)
             valid = self.ds.read_masks(1, window=w) > 0
+        if self.nodata is not None:
+            valid &= data != self.nodata
         if data.dtype.kind == "f":
             valid &= np.isfinite(data)
         return _cast(data, valid, self.dtype, self.name), valid
