@@ -89,3 +89,17 @@ def test_a_class_called_ignore_is_a_class_and_one_class_is_refused():
         build_schema(["crop"], {}, numeric_ids=False)
     with pytest.raises(LabelError, match="one class only"), pytest.warns(UserWarning):
         build_schema(["3", "4"], {"4": ""}, numeric_ids=True)
+
+
+def test_architecture_options_come_from_the_table_and_others_are_said_to_be_ignored() -> None:
+    """Defaults are the table's; an option of another architecture in a config is ignored with a warning
+    (configs are shared between architectures); --context with a U-Net stays an error."""
+    from geoseg.architectures import ARCHITECTURES
+
+    cfg = TrainConfig(images=["a.tif"], labels="l.tif", arch="smp-fpn")
+    assert cfg.arch_args == ARCHITECTURES["smp-fpn"].defaults
+    with pytest.warns(UserWarning, match="--depth 2 applies to --arch unet only, not --arch tempcnn; ignored"):
+        args = TrainConfig(images=["a.tif"], labels="l.tif", arch="tempcnn", depth=2, tile_size=16).validate().arch_args
+    assert "depth" not in args
+    with pytest.raises(UsageError, match="--context 3 applies to --arch tempcnn only"):
+        TrainConfig(images=["a.tif"], labels="l.tif", context=3).validate()

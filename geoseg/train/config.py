@@ -137,7 +137,7 @@ class TrainConfig:
         if self.arch not in ARCHITECTURES:
             raise UsageError(f"--arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         min_tile = 1 if self.arch in PER_PIXEL else 16
-        args = self.arch_args  # raises on an option the architecture does not take
+        args = self._arch_args(warn=True)  # says which options of other architectures are ignored
         context = int(args.get("context", 1))
         checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
                   ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
@@ -177,13 +177,21 @@ class TrainConfig:
     @property
     def arch_args(self) -> dict[str, Any]:
         """The architecture's complete keyword arguments: the table's defaults and the options given."""
+        return self._arch_args(warn=False)
+
+    def _arch_args(self, warn: bool) -> dict[str, Any]:
         # a config file may hold options of several architectures: those of others are dropped (with a
-        # warning), except --context, which changes how chips are sampled
+        # warning from validate()), except --context, which changes how chips are sampled
+        import warnings
+
         if self.context is not None and "context" not in ARCHITECTURES[self.arch].defaults:
             complete_arch_args(self.arch, context=self.context)  # raises: applies to --arch tempcnn only
-        return complete_arch_args(self.arch, strict=False, base_channels=self.base_channels, depth=self.depth,
-                                  encoder=self.encoder, encoder_depth=self.encoder_depth,
-                                  bands_per_date=self.bands_per_date, context=self.context)
+        with warnings.catch_warnings():
+            if not warn:
+                warnings.simplefilter("ignore")
+            return complete_arch_args(self.arch, strict=False, base_channels=self.base_channels, depth=self.depth,
+                                      encoder=self.encoder, encoder_depth=self.encoder_depth,
+                                      bands_per_date=self.bands_per_date, context=self.context)
 
     @property
     def size_multiple(self) -> int:
