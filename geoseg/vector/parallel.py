@@ -98,11 +98,7 @@ def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: 
             yield polygonize_band(band, conf.read(r0, r1) if conf is not None else None, keep_emit)
         return
     import multiprocessing as mp
-    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
-
-    conf_path = conf.ds.name if conf is not None else None
-    keep_l = list(keep) if keep is not None else None
     from concurrent.futures.process import BrokenProcessPool
 
     from geoseg.errors import GeosegError
@@ -110,21 +106,11 @@ def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: 
     # "spawn": forking a process that runs GDAL writer threads (or torch) is not safe
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init,
                              initargs=(cache_bytes,)) as ex:
-        pending: deque[Any] = deque()
         try:
-            for r0 in starts:
-                pending.append(ex.submit(_job, src.ds.name, r0, min(src.height, r0 + band_rows), sieve, keep_l,
-                                         boundary, conf_path, keep_emit, src.nodata))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            yield from _submitted(ex, src, starts, band_rows, sieve, keep, boundary, conf, keep_emit, workers)
         except BrokenProcessPool:
             raise GeosegError("vectorize worker processes died (out of memory, or a script without "
                               "`if __name__ == '__main__':`); use workers=1 / --workers 1") from None
-        finally:
-            for f in pending:
-                f.cancel()
 
 
 def _submitted(executor: Any, src: ClassSource, starts: list[int], band_rows: int, sieve: int | None,
