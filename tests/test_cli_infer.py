@@ -189,3 +189,14 @@ def test_nodata_option_marks_an_undeclared_zero_collar(tmp_path, capsys):
         with rasterio.open(tmp_path / name / "collar_classes.tif") as ds:
             out[name] = ds.read(1)
     assert (out["plain"][:, :40] != 255).all() and (out["marked"][:, :40] == 255).all()
+
+
+def test_resume_of_a_finished_run_says_it_is_complete(tmp_path, capsys):
+    """--resume on outputs that are all there: nothing to do and exit 0 (it failed with 'file exists')."""
+    args = ["infer", ROOT / "sample_data" / "field.tif", "-o", tmp_path / "out", "-q"]
+    assert run_cli(args, capsys)[0] == 0
+    before = (tmp_path / "out" / "field_classes.tif").read_bytes()
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    assert "already complete" in err and "error" not in err
+    assert (tmp_path / "out" / "field_classes.tif").read_bytes() == before

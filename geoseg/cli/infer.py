@@ -156,7 +156,11 @@ def infer(
             if preview:
                 _write_preview(image, paths, rgb, overwrite, vector_path)
 
-        if len(items) == 1:
+        if len(items) == 1 and resume and complete(items[0]):
+            # a finished run: nothing to resume (it used to fail on its own outputs: "file exists")
+            err.print(f"{outputs(items[0])['classes']} and its other outputs are already complete; nothing to "
+                      "resume (--overwrite redoes them)")
+        elif len(items) == 1:
             run_one(items[0])  # one input: exactly as always, its error is the command's
         else:
             from geoseg.cli._batch import run_sequential
