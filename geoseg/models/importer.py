@@ -33,6 +33,7 @@ import torch
 from geoseg.architectures import ARCHITECTURES, arch_args, from_torchgeo
 from geoseg.classes import ClassInfo, ClassSchema, default_colour
 from geoseg.errors import CheckpointError, UsageError
+from geoseg.io.atomic import check_destination
 from geoseg.modelmeta import ModelMeta
 from geoseg.models.checkpoint import save_checkpoint
 from geoseg.models.registry import build_model
@@ -241,6 +242,7 @@ def import_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[
         if opts.preset not in PRESETS:
             raise UsageError(f"--preset {opts.preset!r}: choose one of {', '.join(PRESETS)}")
         preset = PRESETS[opts.preset]
+    check_destination(output, overwrite=overwrite, inputs=[source])  # before the work, not after it
     obj = read_external(source)
     if isinstance(obj.get("hyper_parameters"), Mapping) and isinstance(obj.get("state_dict"), Mapping):
         arch, args, n_bands, n_classes, state, record = _from_lightning(obj, opts)
@@ -275,7 +277,8 @@ def import_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[
     tile = opts.tile_size or (preset.tile_size if preset else 256)
     overlap = opts.overlap if opts.overlap is not None else preset.overlap if preset else min(64, tile // 4)
     check_tile_params(tile, overlap, ARCHITECTURES[arch].size_multiple(args))
-    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    with open(source, "rb") as f:  # streamed: a checkpoint can be gigabytes
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     meta = ModelMeta(arch=arch, arch_args=args,
                      bands=names or [f"band_{i}" for i in range(1, n_bands + 1)], mean=mean, std=std,
                      schema=_schema(opts, preset, n_classes), tile_size=tile, overlap=overlap,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import UsageError
-from geoseg.io.atomic import atomic_output
+from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.modelmeta import ModelMeta
 
 #: Opset of the exported graphs (onnxruntime >= 1.14 runs it).
@@ -70,12 +70,14 @@ def export_onnx(checkpoint: str | os.PathLike[str], output: str | os.PathLike[st
 
     if resolution_cm is not None and not resolution_cm > 0:
         raise UsageError(f"--resolution must be > 0 cm per pixel, got {resolution_cm}")
+    # the destination is checked before the model is loaded and traced (a refused output costs nothing)
+    dest = check_destination(output, overwrite=overwrite, inputs=[checkpoint])
     model, meta = load_checkpoint(checkpoint)
     net = _Probabilities(model).eval()
     tile = int(meta.tile_size)
     x = torch.randn(2, meta.num_bands, tile, tile)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with atomic_output(output, overwrite=overwrite) as tmp, warnings.catch_warnings():
+    with atomic_output(dest, overwrite=overwrite, checked=True) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         try:
             program = torch.onnx.export(net, (x,), dynamic_shapes=({0: batch},), input_names=["input"],
