@@ -23,17 +23,11 @@ from pathlib import Path
 from typing import Sequence
 
 from geoseg.errors import UsageError
+from geoseg.io.paths import is_virtual
 
 #: file names a directory input contributes
 RASTER_SUFFIXES = (".tif", ".tiff")
 _GLOB_CHARS = set("*?[")
-
-
-def is_gdal_path(text: str) -> bool:
-    """A URL or GDAL ``/vsi`` path (:func:`geoseg.io.paths.is_virtual`): passed on as it is."""
-    from geoseg.io.paths import is_virtual
-
-    return is_virtual(text)
 
 
 def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -50,7 +44,7 @@ def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[str]:
     seen: set[str] = set()
     unique = []
     for p in found:
-        key = p if is_gdal_path(p) else str(Path(p).resolve())
+        key = p if is_virtual(p) else str(Path(p).resolve())
         if key not in seen:
             seen.add(key)
             unique.append(p)
@@ -75,7 +69,7 @@ def _expand_one(text: str, base: Path | None = None) -> list[str]:
                 raise UsageError(f"{lst}: lists cannot name other lists ({it})")
             out += _expand_one(it, lst.parent)
         return out
-    if is_gdal_path(text):
+    if is_virtual(text):
         return [text]
     p = Path(text)
     if base is not None and not p.is_absolute():
@@ -111,7 +105,7 @@ def plan_outputs(inputs: Sequence[str], out_dir: str | os.PathLike[str] | None) 
     stems = [_stem(s) for s in inputs]
     groups: dict[tuple[str, str], list[int]] = {}
     for i, (d, s) in enumerate(zip(dirs, stems)):
-        groups.setdefault((str(d.resolve()) if not is_gdal_path(str(d)) else str(d), s), []).append(i)
+        groups.setdefault((str(d.resolve()) if not is_virtual(str(d)) else str(d), s), []).append(i)
     for members in groups.values():
         if len(members) > 1:
             for i, name in zip(members, _distinct_names([inputs[i] for i in members])):

@@ -37,9 +37,9 @@ class _Tasks:
 
 
 def _absolute(source: str) -> str:
-    from geoseg.batch import is_gdal_path
+    from geoseg.io.paths import is_virtual
 
-    return source if is_gdal_path(source) else str(Path(source).resolve())
+    return source if is_virtual(source) else str(Path(source).resolve())
 
 
 def infer_on_cluster(items: Sequence[BatchItem], outputs: Callable[[BatchItem], dict[str, Path]], model: Any,

@@ -38,7 +38,7 @@ from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.modelmeta import ModelMeta
-from geoseg.io.paths import gdal_path, is_virtual, name_stem, remote_fingerprint
+from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
 from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
@@ -122,7 +122,7 @@ def default_output_paths(source: str | os.PathLike[str], out_dir: str | os.PathL
     unless ``out_dir`` says where.
     """
     stem = stem or name_stem(source)
-    d = Path(out_dir) if out_dir is not None else Path(".") if is_virtual(source) else Path(source).parent
+    d = Path(out_dir) if out_dir is not None else beside(source)
     return {
         "classes": d / f"{stem}_classes.tif",
         "probabilities": d / f"{stem}_probabilities.tif",
