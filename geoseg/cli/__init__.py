@@ -75,6 +75,7 @@ from geoseg.cli import model as _model  # noqa: E402,F401
 from geoseg.cli import infer as _infer  # noqa: E402,F401
 from geoseg.cli import vectorize as _vectorize  # noqa: E402,F401
 from geoseg.cli import train as _train  # noqa: E402,F401
+from geoseg.cli import tune as _tune  # noqa: E402,F401
 from geoseg.cli import evaluate as _evaluate  # noqa: E402,F401
 from geoseg.cli import preview as _preview  # noqa: E402,F401
 from geoseg.cli import qgis as _qgis  # noqa: E402,F401

@@ -142,7 +142,32 @@ def info(path: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or ONNX mod
     out.print(c)
     if meta.training:
         for k, v in meta.training.items():
-            out.print(f"training.{k}: {json.dumps(v) if not isinstance(v, str) else v}")
+            if k != "spatial_cv":
+                out.print(f"training.{k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    cv = (meta.training or {}).get("spatial_cv")
+    if isinstance(cv, dict):
+        _print_cross_validation(cv)
+
+
+def _print_cross_validation(cv: dict) -> None:
+    """The accuracy estimate ``geoseg train --cv`` stored: scores with their 95% intervals, per-class F1."""
+    from rich.table import Table
+
+    from geoseg.cli._console import out, safe_line
+
+    def ci(key: str) -> str:
+        lo_hi = cv.get(key + "_ci95") or []
+        return f" (95% CI {lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if len(lo_hi) == 2 else ""
+
+    out.print(f"estimated accuracy (spatial {cv.get('folds')}-fold cross-validation over {cv.get('units')} "
+              f"units: {safe_line(str(cv.get('method')))}):")
+    out.print(f"  overall accuracy {cv.get('overall_accuracy', float('nan')):.3f}{ci('overall_accuracy')}, "
+              f"macro F1 {cv.get('macro_f1', float('nan')):.3f}{ci('macro_f1')}")
+    t = Table("class", "F1", "labelled pixels", title="per class (cross-validation)")
+    support = cv.get("support") or {}
+    for name, f1 in (cv.get("per_class_f1") or {}).items():
+        t.add_row(safe_line(str(name)), "-" if f1 is None else f"{f1:.3f}", str(support.get(name, "")))
+    out.print(t)
 
 
 def _split(text: str | None) -> list[str] | None:

@@ -60,6 +60,7 @@ def train(
     class_map: Annotated[Optional[list[str]], typer.Option(help="SOURCE=TARGET to rename or merge classes, TARGET 'ignore' drops; repeatable.")] = None,
     ignore_value: Annotated[Optional[list[int]], typer.Option(help="Label-raster value meaning unlabelled; repeatable [0].")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without a better val macro IoU [10].", min=1)] = None,
+    cv: Annotated[Optional[int], typer.Option(help="After training, estimate accuracy by spatial cross-validation with this many folds (each trains a model); stored in the checkpoint [0 = off].", min=0)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice [0].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
     devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,
@@ -85,7 +86,7 @@ def train(
         "augment": augment.value if augment else None, "jitter": jitter, "band_dropout": band_dropout, "ema": ema,
         "val_split": val_split,
         "val_block": val_block, "class_map": parse_class_map(class_map) if class_map else None,
-        "ignore_values": list(ignore_value) if ignore_value else None, "patience": patience, "seed": seed,
+        "ignore_values": list(ignore_value) if ignore_value else None, "patience": patience, "cv": cv, "seed": seed,
         "device": device, "devices": devices, "num_workers": num_workers,
         "resume": True if resume else None, "overwrite": True if overwrite else None,
     }
@@ -102,7 +103,8 @@ def train(
 
     try:
         with _TrainBar(quiet or progress == ProgressMode.none, json_lines=progress == ProgressMode.json) as cb:
-            report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]])
+            report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]],
+                               on_message=None if quiet else err.print)
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted("interrupted; checkpoints of finished epochs are kept: run the same command with "
                           "--resume to continue") from None
@@ -114,6 +116,8 @@ def train(
         from geoseg.cli.evaluate import metrics_table
 
         out.print(metrics_table(report.val_metrics, title="validation (best epoch)"))
+    if report.cross_validation is not None:
+        out.print(f"estimated accuracy: {report.cross_validation.summary()}")
     err.print(f"{report.epochs_run} epochs on {report.device} {report.precision} in {report.seconds:.1f} s"
               + (" (stopped early)" if report.stopped_early else ""))
 

@@ -436,7 +436,9 @@ def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
         codes[k] = i + 1
     rx, ry = grid.res
     clipped = proj.geometry.intersection(img_box)
-    area_px = clipped.area.to_numpy() / (rx * ry)
+    # a point labels one pixel: its "area" is one pixel
+    area_px = np.where(proj.geometry.geom_type.isin(["Point", "MultiPoint"]).to_numpy(),
+                       shapely.get_num_geometries(clipped.to_numpy()), clipped.area.to_numpy() / (rx * ry))
     train_counts = np.bincount(cls[~is_val], weights=area_px[~is_val], minlength=n).round().astype(np.int64)
     train_regions = [grid.snap(tuple(g.bounds), cfg.tile_size) for g in clipped[~is_val]]  # type: ignore[arg-type]
     val_regions: list[Box] = []

@@ -32,7 +32,7 @@ def read_vector(path: str | os.PathLike[str], layer: str | int | None = None) ->
 
 
 def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
-    """Read training polygons; refuse missing CRS, missing field, empty files, non-polygons."""
+    """Read label polygons and points; refuse missing CRS, missing field, empty files, other geometries."""
     from geoseg.io.paths import gdal_path, is_virtual
 
     p: Any = gdal_path(path) if is_virtual(path) else Path(path)  # a URL stays a string
@@ -82,9 +82,9 @@ def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
         warnings.warn(f"{p}: repaired {int(invalid.sum())} invalid polygon(s) (self-intersections); check them "
                       "in a GIS", UserWarning, stacklevel=2)
     kinds = set(gdf.geom_type.unique())
-    if not kinds <= {"Polygon", "MultiPolygon"}:
-        raise LabelError(f"{p}: training labels must be polygons, found {', '.join(sorted(kinds))}; buffer "
-                         "points into small polygons if that is what you mean")
+    if not kinds <= {"Polygon", "MultiPolygon", "Point", "MultiPoint"}:
+        raise LabelError(f"{p}: labels must be polygons or points (a point labels the pixel it falls in), found "
+                         f"{', '.join(sorted(kinds))}; buffer lines into polygons if that is what you mean")
     gdf = gdf[~gdf[class_field].isna()]
     if len(gdf) == 0:
         raise LabelError(f"{p}: every feature has an empty {class_field!r}")

@@ -100,6 +100,8 @@ class TrainReport:
     seconds: float = 0.0
     device: str = "cpu"
     precision: str = "32-true"
+    #: the spatial cross-validation estimate (``cfg.cv``), also stored in the checkpoint
+    cross_validation: Any = None
 
 
 # ---------------------------------------------------------------------- losses
@@ -231,13 +233,14 @@ def _confusion_update(cm: torch.Tensor, logits: torch.Tensor, target: torch.Tens
 
 # ---------------------------------------------------------------------- train
 def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | None = None,
-          command: list[str] | None = None) -> TrainReport:
+          command: list[str] | None = None, on_message: Callable[[str], None] | None = None) -> TrainReport:
     """Train a model as described by ``cfg``; write best/last checkpoints, metrics CSV and curves.
 
     Args:
         cfg: the run's configuration (validated here).
         on_progress: called after every step and epoch with a :class:`TrainProgress`.
         command: the command line, recorded in the checkpoint.
+        on_message: called with a line of text at each stage of the cross-validation (``cfg.cv``).
 
     Returns:
         A :class:`TrainReport`.
@@ -265,9 +268,16 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
     grid = D.image_grid(cfg.images)
     plan = D.plan_labels(cfg, grid)
     try:
-        return _run(cfg, grid, plan, payload, out, last, csv_path, png_path, on_progress, command, t_start)
+        report = _run(cfg, grid, plan, payload, out, last, csv_path, png_path, on_progress, command, t_start)
     finally:
         plan.close()
+    if cfg.cv:
+        from geoseg.train.crossval import record_cross_validation, spatial_cross_validation
+
+        report.cross_validation = spatial_cross_validation(cfg, cfg.cv, log=on_message)
+        record_cross_validation(out, report.cross_validation)
+        report.seconds = time.perf_counter() - t_start
+    return report
 
 
 def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[str, Any] | None, out: Path,
