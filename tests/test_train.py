@@ -96,6 +96,7 @@ def test_raster_labels_train_outputs_and_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.parametrize("block", [48, 32])
 def test_block_split_counts_each_validation_pixel_once(tmp_path: Path, block: int) -> None:
     from geoseg.train import data as D
+    from geoseg.train.data.plan import _blocks
 
     # block 32 = chip size: regions exactly one chip wide must not be dropped by float rounding
     cfg = _cfg(tmp_path, val_block=block, val_split=0.25).validate()
@@ -103,7 +104,7 @@ def test_block_split_counts_each_validation_pixel_once(tmp_path: Path, block: in
     plan = D.plan_labels(cfg, grid)
     val_ids = plan.split["val_block_ids"]
     assert plan.split["val_blocks"] == len(val_ids) >= 1 and plan.split["train_blocks"] >= 3
-    rows, cols = D._blocks(grid.height, block), D._blocks(grid.width, block)
+    rows, cols = _blocks(grid.height, block), _blocks(grid.width, block)
     with rasterio.open(cfg.labels) as ds:
         lab = ds.read(1)
     expected = np.zeros(9, dtype=np.int64)
