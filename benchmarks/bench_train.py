@@ -42,7 +42,7 @@ def bench(name: str, cfg_kwargs: dict, args: argparse.Namespace) -> str:
     from geoseg.models import build_model
     from geoseg.train import TrainConfig
     from geoseg.train import data as D
-    from geoseg.train.loop import segmentation_loss
+    from geoseg.train.losses import segmentation_loss
 
     dev = torch.device(args.device)
     cfg = TrainConfig(output="/dev/null/x.pt", tile_size=args.tile, batch_size=args.batch, depth=3,

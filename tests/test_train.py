@@ -691,15 +691,15 @@ def test_persistent_workers_follow_the_epoch_seed(tmp_path: Path) -> None:
 
 def test_validation_confusion_update_ignores_unlabelled_pixels() -> None:
     from geoseg.metrics import confusion_matrix
-    from geoseg.train.loop import _confusion_update
+    from geoseg.train.losses import confusion_update
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 5, 6, generator=g)
     target = torch.randint(0, 4, (3, 5, 6), generator=g)
     target[0, :2] = 255
     cm = torch.zeros(4, 4, dtype=torch.long)
-    _confusion_update(cm, logits, target)
-    _confusion_update(cm, logits, target)  # accumulates
+    confusion_update(cm, logits, target)
+    confusion_update(cm, logits, target)  # accumulates
     ok = (target != 255).numpy()
     want = confusion_matrix(target.numpy()[ok], logits.argmax(1).numpy()[ok], 4)
     assert np.array_equal(cm.numpy(), 2 * want) and cm.sum() == 2 * ok.sum()
@@ -732,7 +732,7 @@ def test_segmentation_loss_equals_the_plain_formula(dice: bool, weighted: bool) 
     the classes present; 0 with a graph when nothing is labelled; (N,C,H,W) or (P,C) inputs."""
     import torch.nn.functional as F
 
-    from geoseg.train.loop import segmentation_loss
+    from geoseg.train.losses import segmentation_loss
 
     g = torch.Generator().manual_seed(0)
     weight = torch.tensor([0.5, 2.0, 1.0]) if weighted else None
