@@ -11,8 +11,8 @@ import typer
 
 from geoseg.cli import app
 from geoseg.architectures import ARCHITECTURES
-from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, ProgressMode,
-                                  ProgressOpt)
+from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, OverwriteOpt,
+                                  ProgressMode, ProgressOpt)
 
 TEMPCNN = ARCHITECTURES["tempcnn"].defaults
 
@@ -65,7 +65,7 @@ def train(
     devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: 0 on a CPU, up to 8 per GPU).", min=0)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <output stem>.last.pt.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     progress: ProgressOpt = ProgressMode.bar,
 ) -> None:
