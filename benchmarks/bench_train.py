@@ -145,7 +145,7 @@ def rasterize_polygons(image: Path, polygons: Path, out: Path) -> Path:
     import rasterio
     from rasterio.features import rasterize
 
-    from geoseg.train.labels import read_polygons
+    from geoseg.io.labels import read_polygons
 
     gdf = read_polygons(polygons, "class")
     names = sorted(gdf["class"].astype(str).unique())

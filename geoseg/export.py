@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from geoseg.errors import GeosegError, RasterWriteError, VectorError
+from geoseg.errors import RasterWriteError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination, gdal_safe_path
 from geoseg.styles import STYLE_TABLE, qml_path, write_qml
 
@@ -343,9 +343,9 @@ def _write_job(job: dict[str, Any], reader: Any) -> None:
             pyogrio.write_arrow(reader, str(path), layer=job["layer"], driver=job["driver"],
                                 geometry_name="geometry", geometry_type=job["geometry_type"], crs=job["crs"],
                                 layer_options=job["layer_options"])
-        except BaseException as e:  # noqa: BLE001
-            if boxes is not None and boxes.error is not None:
-                e = boxes.error  # GDAL only says "Error while accessing batch from stream"
+        except BaseException as exc:  # noqa: BLE001
+            # GDAL only says "Error while accessing batch from stream": the boxes' own error says why
+            e = boxes.error if boxes is not None and boxes.error is not None else exc
             if not isinstance(e, Exception):
                 raise
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
@@ -492,7 +492,6 @@ def _gpkg_rtree(path: Path, layer: str, boxes: _BoxSpill, chunk: int = 1 << 16) 
     import sqlite3
     import tempfile
 
-    import numpy as np
     import pyarrow as pa
     import pyogrio
     import shapely

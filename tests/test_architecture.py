@@ -14,7 +14,8 @@ from conftest import ROOT
 
 TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.architectures", "geoseg.modelmeta",
               "geoseg.tiling", "geoseg.blend",
-              "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.pipeline",
+              "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.io.labels",
+              "geoseg.io.gdalcache", "geoseg.pipeline",
               "geoseg.resume", "geoseg.vectorize", "geoseg.vector", "geoseg.export", "geoseg.preview",
               "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.train.history", "geoseg.predict.onnx",
               "geoseg.styles",

@@ -205,7 +205,7 @@ def test_readers_skip_the_style_table(inferred, tmp_path) -> None:
 
     from geoseg.preview import write_preview
     from geoseg.styles import data_layer
-    from geoseg.train.labels import read_vector
+    from geoseg.io.labels import read_vector
 
     d, _ = inferred
     gpkg = d / "field_polygons.gpkg"

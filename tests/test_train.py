@@ -194,7 +194,7 @@ def test_polygons_in_another_crs_train_and_round_trip_into_infer(tmp_path: Path,
 def test_geoparquet_polygons_read_like_the_gpkg(tmp_path: Path) -> None:
     import geopandas as gpd
 
-    from geoseg.train.labels import read_polygons
+    from geoseg.io.labels import read_polygons
 
     src = gpd.read_file(shared_file(BR_POLY))
     pq = tmp_path / "polys.parquet"
@@ -234,7 +234,7 @@ def test_polygon_chips_equal_torchgeo_vectordataset(tmp_path: Path, brazil_4326:
 
     from geoseg.train import data as D
     from geoseg.train.datasets import PolygonLabels
-    from geoseg.train.labels import class_key
+    from geoseg.io.labels import class_key
 
     grid = D.image_grid([shared_file(BR_IMG)])
     pq = tmp_path / "p.parquet"

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
-import rasterio
 from affine import Affine
 
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
+from geoseg.classes import SCHEMA_TAG
 from geoseg.errors import Interrupted, NodataWarning, ResumeWarning, UsageError
 from geoseg.io.atomic import check_destination, destination_lock
+from geoseg.io.gdalcache import block_cache
 from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
@@ -229,7 +230,7 @@ def predict_raster(
     # one run at a time per destination: a second one gets a clear error instead of destroying this one
     with destination_lock(out_path), destination_lock(prob_path):
         # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
-        with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), open_raster(source) as ds:
+        with block_cache(64 << 20), open_raster(source) as ds:
             info = inspect(ds)
             paths = ([model] if isinstance(model, (str, os.PathLike))
                      else list(model) if isinstance(model, (list, tuple)) else None)
@@ -291,7 +292,7 @@ def predict_raster(
                     remove_leftovers(dest)
             start = (state.strip, state.rows_done)
 
-            tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
+            tags = {SCHEMA_TAG: schema.to_json(), "geoseg_model_arch": meta.arch,
                     "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
             common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
             specs = [dict(count=1, dtype="uint8", nodata=schema.nodata, colormap=schema.colormap(), classes=schema,
@@ -313,7 +314,7 @@ def predict_raster(
                 writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
                 writer.checkpoint()  # the run state exists from the first moment: --resume works after any kill
                 try:
-                    with rasterio.Env(GDAL_CACHEMAX=cache):  # process-wide in GDAL: the reader threads' handles too
+                    with block_cache(cache):  # process-wide in GDAL: the reader threads' handles too
                         plan = plan_run(grid, strips, start) if rows is None else plan_block(grid, strips, r0, r1)
                         stats = _stream(ds, band_idx, plan, predictor, blend=blend,
                                         batch_size=batch_size, writer=writer, probabilities=prob_path is not None,

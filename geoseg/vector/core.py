@@ -13,6 +13,7 @@ import numpy as np
 
 from geoseg.errors import UsageError
 from geoseg.io.atomic import destination_lock
+from geoseg.io.gdalcache import MIN_CACHE_BYTES, block_cache
 from geoseg.io.heap import release_free_heap
 from geoseg.io.threads import prefetch_in_thread
 from geoseg.vector.measure import Measurer
@@ -114,7 +115,6 @@ class _Plan:
 def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeReport,
              on_progress: Callable[[VectorProgress], None] | None, t0: float) -> Iterator[Any]:
     """Yield one pyarrow RecordBatch of final polygons (CRS coordinates, WKB) per band."""
-    import pyarrow as pa
 
     src = plan.src
     merger = SeamMerger(src.width, src.height, want_confidence=conf_src is not None)
@@ -301,7 +301,7 @@ def vectorize(
                                  warnings=list(plan.warnings))
         try:
             # one run at a time per destination: a second one gets a clear error, not a silent replacement
-            with destination_lock(dest[0] if dest else None), _bounded_block_cache(plan.cache_bytes):
+            with destination_lock(dest[0] if dest else None), block_cache(plan.cache_bytes):
                 batches = prefetch_in_thread(_batches(plan, conf_src, report, on_progress, t0))
                 schema = arrow_schema(conf_src is not None)
                 if dest is None:
@@ -319,26 +319,10 @@ def vectorize(
     return report
 
 
-def _bounded_block_cache(cache_bytes: int) -> Any:
-    """Cap GDAL's block cache at what one band read needs (:func:`_cache_bytes`).
-
-    GDAL keeps every block it decoded until its cache is full, and the default cap (5 % of
-    RAM) is larger than most class rasters: each block is read once, yet the cache would
-    keep the whole raster, and memory would grow with the raster's height (the retained
-    blocks also pin the heap, so the transient ``shapes`` memory of every band stays
-    resident). With the cap, the cache holds the blocks of about one band.
-    """
-    import rasterio
-
-    return rasterio.Env(GDAL_CACHEMAX=int(cache_bytes))
-
-
-#: smallest GDAL block cache set while vectorizing (GDAL reads values below 100 000 as MB)
-MIN_CACHE_BYTES = 4 << 20
-
-
 def _cache_bytes(ds: Any, band_rows: int, sieve: int | None, bands: Sequence[int] = (1,)) -> int:
-    """Bytes of the blocks that one band read of ``ds`` touches, plus one row of blocks.
+    """Bytes of the blocks that one band read of ``ds`` touches, plus one row of blocks: GDAL's block
+    cache is capped at this (:func:`~geoseg.io.gdalcache.block_cache`), so it holds the blocks of about
+    one band (retained blocks would also pin the heap, keeping every band's transient ``shapes`` memory).
 
     A band of ``band_rows`` rows (plus the sieve halo above and below) spans at most
     ``ceil(rows / block height) + 1`` rows of blocks; the extra row keeps the block row

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
-from geoseg.classes import ClassInfo, ClassSchema, default_colour, parse_class_names
+from geoseg.classes import ClassInfo, ClassSchema, default_colour, parse_class_names, schema_from_tags
 from geoseg.errors import RasterReadError, UsageError
 from geoseg.io.raster import open_raster, read_errors
 
@@ -81,13 +79,7 @@ class ClassSource:
         self.crs = ds.crs
         self.transform = ds.transform
         self.dtype = safe_dtype(ds.dtypes[0], self.name)
-        self.schema: ClassSchema | None = None
-        tag = ds.tags().get("geoseg_classes")
-        if tag:
-            try:
-                self.schema = ClassSchema.from_json(tag)
-            except (UsageError, json.JSONDecodeError):
-                self.schema = None
+        self.schema: ClassSchema | None = schema_from_tags(ds.tags())
         names = {c.id: c.name for c in self.schema.classes} if self.schema else {}
         names.update(class_names or {})
         self.names = names

@@ -7,9 +7,9 @@ from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
-from rasterio.env import get_gdal_config, set_gdal_config
 
 from geoseg.errors import LabelError
+from geoseg.io.gdalcache import block_cache_size, set_block_cache
 from geoseg.train.config import TrainConfig
 from geoseg.train.data.batches import BatchMaker
 from geoseg.train.data.grid import Box, ImageGrid
@@ -119,13 +119,9 @@ def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: Tr
         collate.attach_ring(workers, prefetch, cfg.batch_size, cfg.tile_size)
     init = None
     if workers > 0:  # the workers share this process's GDAL block cache budget instead of each taking it
-        init = partial(_worker_gdal_cache, max(64 << 20, int(get_gdal_config("GDAL_CACHEMAX")) // workers))
+        # (GDAL's default is 5 % of the RAM per process: 8 persistent workers could hold 40 % of it as cache)
+        init = partial(set_block_cache, max(64 << 20, block_cache_size() // workers))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
                       prefetch_factor=prefetch if workers > 0 else None, in_order=True, worker_init_fn=init)
 
-
-def _worker_gdal_cache(nbytes: int, worker_id: int) -> None:
-    """DataLoader worker start: cap GDAL's block cache (GDAL's default is 5 % of the RAM per
-    process, so 8 persistent workers could hold 40 % of it as cache)."""
-    set_gdal_config("GDAL_CACHEMAX", nbytes)

@@ -27,10 +27,10 @@ from rasterio.windows import Window
 
 from geoseg.classes import ClassInfo, ClassSchema, default_colour
 from geoseg.errors import LabelError, UsageError
+from geoseg.io.labels import check_label_raster, class_key, no_overlap, polygons_inside, raster_overlaps, read_polygons
 from geoseg.io.raster import open_raster
 from geoseg.train.config import IGNORE_INDEX, TrainConfig
 from geoseg.train.data.grid import Box, ImageGrid
-from geoseg.train.labels import class_key, read_polygons
 
 
 # ---------------------------------------------------------------------- classes
@@ -150,21 +150,13 @@ def _blocks(n: int, size: int) -> list[tuple[int, int]]:
 def _plan_raster(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
-    from rasterio.warp import transform_bounds
 
     path = cfg.labels
     assert path is not None
     with open_raster(path) as src:
-        if src.crs is None:
-            raise LabelError(f"{path}: label raster has no CRS; assign one (gdal_edit.py -a_srs) so it can be "
-                             "aligned with the image")
-        if np.dtype(src.dtypes[0]).kind not in "ui":
-            raise LabelError(f"{path}: label raster must hold integer class values, not {src.dtypes[0]}")
-        lb = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
-        ib = grid.bounds
-        if lb[0] >= ib[2] or lb[2] <= ib[0] or lb[1] >= ib[3] or lb[3] <= ib[1]:
-            raise LabelError(f"{path}: the labels do not overlap the image {grid.paths[0]}; check that they "
-                             "cover the same area (and that the CRS is right)")
+        check_label_raster(src, path, "label raster")
+        if not raster_overlaps(src, grid.crs, grid.bounds):
+            raise no_overlap(path, "the labels do", f"the image {grid.paths[0]}")
         colours: dict[int, tuple[int, int, int]] = {}
         try:
             colours = {k: v[:3] for k, v in src.colormap(1).items()}
@@ -265,12 +257,10 @@ def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     assert cfg.vector_labels is not None and cfg.class_field is not None
     path = cfg.vector_labels
     gdf = read_polygons(path, cfg.class_field)
-    proj = gdf.to_crs(grid.crs)
-    img_box = shapely.box(*grid.bounds)
-    inside = proj.geometry.intersects(img_box).to_numpy()
+    proj, inside = polygons_inside(gdf, grid.crs, grid.bounds)
     if not inside.any():
-        raise LabelError(f"{path}: the polygons do not overlap the image {grid.paths[0]}; check that they cover "
-                         "the same area (and that their CRS is right)")
+        raise no_overlap(path, "the polygons do", f"the image {grid.paths[0]}")
+    img_box = shapely.box(*grid.bounds)
     gdf, proj = gdf[inside], proj[inside]
     keys = [class_key(v) for v in gdf[cfg.class_field]]
     schema, lut_map = build_schema(sorted(set(keys)), cfg.class_map, numeric_ids=False)
