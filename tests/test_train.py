@@ -248,7 +248,7 @@ def test_polygon_chips_equal_torchgeo_vectordataset(tmp_path: Path, brazil_4326:
     ours = PolygonLabels(pq, "class", codes, crs=grid.crs, res=grid.res)
     ref = Reference(paths=[str(pq)], crs=grid.crs, res=grid.res, task="semantic_segmentation")
     rng = np.random.default_rng(0)
-    (x0, y0, x1, y1), (rx, ry) = grid.bounds, grid.res
+    (x0, y0, x1, _), (rx, ry) = grid.bounds, grid.res
     burnt = 0
     for size in (16, 64, 200):
         for _ in range(15):

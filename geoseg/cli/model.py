@@ -36,7 +36,7 @@ def init(
 ) -> None:
     """Write an untrained checkpoint (for testing the pipeline, benchmarks, or as a starting point)."""
     from geoseg.cli._console import out
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     path = init_checkpoint(
         output, arch=Arch(arch).value, bands=bands, classes=classes,
@@ -113,7 +113,7 @@ def info(path: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or ONNX mod
     from rich.text import Text
 
     from geoseg.cli._console import out, safe_line, styled
-    from geoseg.modelmeta import peek_meta
+    from geoseg.models.meta import peek_meta
 
     from geoseg.predict.onnx import is_onnx
 

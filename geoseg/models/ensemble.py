@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import CheckpointError
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.models.checkpoint import load_checkpoint
 
 

@@ -34,7 +34,7 @@ from geoseg.architectures import ARCHITECTURES, arch_args, from_torchgeo
 from geoseg.classes import ClassInfo, ClassSchema, default_colour
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import check_destination
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.models.checkpoint import save_checkpoint
 from geoseg.models.registry import build_model
 from geoseg.tiling import check_tile_params

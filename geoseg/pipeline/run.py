@@ -38,7 +38,7 @@ from geoseg.io.gdalcache import block_cache
 from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
 from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
@@ -271,7 +271,8 @@ def predict_raster(
                 "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
                           else [file_fingerprint(p) for p in paths] if paths is not None
                           else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
-                "options": {"bands": band_idx, "nodata": nodata, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
+                "options": {"bands": band_idx, "nodata": nodata, "tile_size": size, "overlap": ov, "blend": blend,
+                            "tta": tta,
                             "precision": getattr(predictor, "precision", precision),
                             "probabilities": str(prob_path) if prob_path else None,
                             "probability_dtype": probability_dtype, "strips": strips},

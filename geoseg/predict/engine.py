@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import UsageError
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 
 #: Test-time augmentation sets: name -> list of (forward, inverse) on (N, C, H, W) tensors.
 _T = Callable[[torch.Tensor], torch.Tensor]

@@ -151,7 +151,8 @@ def window_fill(src: Any, bands: Sequence[int]) -> tuple[np.dtype, Any] | None:
     if np.isnan(nodata):
         return (dtype, nodata) if dtype.kind == "f" else None
     info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
-    if not (info.min <= nodata <= info.max) or (dtype.kind == "f" and not np.can_cast(np.min_scalar_type(nodata), dtype)):
+    if not (info.min <= nodata <= info.max) or (dtype.kind == "f"
+                                                 and not np.can_cast(np.min_scalar_type(nodata), dtype)):
         return None
     return dtype, nodata
 

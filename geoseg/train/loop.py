@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import check_destination
 from geoseg.metrics import SegmentationMetrics, metrics_from_confusion
-from geoseg.modelmeta import PER_PIXEL, ModelMeta, default_overlap
+from geoseg.models.meta import PER_PIXEL, ModelMeta, default_overlap
 from geoseg.train import data as D
 from geoseg.train.config import IGNORE_INDEX, TrainConfig
 from geoseg.train.history import (
@@ -47,8 +47,8 @@ from geoseg.train.losses import confusion_update, cosine_lr, segmentation_loss
 
 #: config fields that must not change when resuming
 _RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "base_channels", "depth", "encoder",
-                 "encoder_depth", "encoder_weights", "tile_size", "class_map", "ignore_values", "val_split", "val_block", "seed",
-                 "class_weights", "dice", "bands_per_date", "context")
+                 "encoder_depth", "encoder_weights", "tile_size", "class_map", "ignore_values", "val_split",
+                 "val_block", "seed", "class_weights", "dice", "bands_per_date", "context")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -124,7 +124,8 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
     pending_vertices = 0
     try:
         for bp in band_polygons(src, plan.band_rows, sieve=plan.sieve, keep=plan.keep, boundary=plan.boundary,
-                                conf=conf_src, keep_emit=store is not None, workers=plan.workers, executor=plan.executor,
+                                conf=conf_src, keep_emit=store is not None, workers=plan.workers,
+                                executor=plan.executor,
                                 cache_bytes=plan.cache_bytes):
             if store is not None:
                 store.write_bits(bp.r0, bp.emit_bits)

@@ -45,7 +45,8 @@ def _scale_range(pcrs: Any, to_lonlat: Any, transform: Any, width: int, height: 
     try:
         f = pyproj.Proj(pcrs).get_factors(lon, lat)
         areal = np.abs(np.asarray(f.areal_scale) - 1.0).max()
-        linear = max(np.abs(np.asarray(f.meridional_scale) - 1.0).max(), np.abs(np.asarray(f.parallel_scale) - 1.0).max())
+        linear = max(np.abs(np.asarray(f.meridional_scale) - 1.0).max(),
+                     np.abs(np.asarray(f.parallel_scale) - 1.0).max())
     except Exception:  # noqa: BLE001 - a CRS pyproj cannot give factors for: measure it the exact way
         return float("inf"), float("inf")
     areal, linear = float(areal), float(linear)
