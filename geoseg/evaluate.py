@@ -130,6 +130,7 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
         schema = schema_from_tags(pds.tags())
         pnod = pds.nodata
         H, W = pds.height, pds.width
+        truth_reader: _VectorTruth | _RasterTruth
         if is_vector:
             truth_reader = _VectorTruth(truth_path, class_field, pds, schema, ignore_values)
         else:
@@ -160,7 +161,7 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
     if cm.sum() == 0:
         raise LabelError(f"{truth_path}: no labelled truth pixel overlaps a predicted pixel of {pred_path}; check "
                          "that they cover the same area (and their CRS)")
-    ids = sorted(set(np.flatnonzero(cm.sum(axis=1))) | set(np.flatnonzero(cm.sum(axis=0)))
+    ids = sorted({int(i) for i in np.flatnonzero(cm.sum(axis=1))} | {int(i) for i in np.flatnonzero(cm.sum(axis=0))}
                  | (set(schema.ids) if schema else set()))
     sub = cm[np.ix_(ids, ids)]
     names = [schema.name_of(i) if schema else f"class_{i}" for i in ids]

@@ -135,7 +135,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
                     raise UsageError(f"--rgb band {b} does not exist; {image} has bands 1..{ids.count}")
             with read_errors(str(image)):
                 data = read_bands(ids, bands, out_shape=(h, w), resampling=Resampling.nearest, masked=True)
-            valid = ~np.ma.getmaskarray(data).all(axis=0)
+            valid = np.asarray(~np.ma.getmaskarray(data).all(axis=0))
             arr = np.ma.filled(data.astype(np.float64), np.nan)
             valid &= np.isfinite(arr).all(axis=0)
             if image_nodata is not None:  # an undeclared collar: left out of the stretch, shown as nodata
@@ -144,9 +144,9 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
             rgb_img[~valid] = 0.92
 
     overlay = rgb_img.copy()
-    for v, col in colours.items():
+    for v, shade in colours.items():
         m = cls == v
-        overlay[m] = (1 - alpha) * rgb_img[m] + alpha * np.asarray(col, dtype=np.float32)
+        overlay[m] = (1 - alpha) * rgb_img[m] + alpha * np.asarray(shade, dtype=np.float32)
     if outlines:
         edge = np.zeros((h, w), dtype=bool)
         edge[:, 1:] |= cls[:, 1:] != cls[:, :-1]

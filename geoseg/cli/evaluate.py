@@ -94,7 +94,7 @@ def merged_objects_note(metrics: "SegmentationMetrics", objects: Any) -> str:
     pixels of one class, so neighbouring objects that touch merge into one region matching none."""
     iou = {row["class"]: row["iou"] for row in metrics.per_class()}
     merged = [o.name for o in objects if o.truth_objects > 0 and o.matched < o.truth_objects / 2
-              and o.predicted_objects < o.truth_objects and iou.get(o.name, 0.0) >= 0.5]
+              and o.predicted_objects < o.truth_objects and float(iou.get(o.name, 0.0)) >= 0.5]
     if not merged:
         return ""
     return (f"note: {', '.join(merged)}: good pixel scores but few matched objects: predicted objects are connected "

@@ -52,7 +52,7 @@ def infer(
     nodata: Annotated[Optional[float], typer.Option(help="Input value to treat as nodata in every band, beside the raster's own nodata and masks (an undeclared collar, e.g. 0); such pixels get the output nodata.")] = None,
     tile_size: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's).", min=16)] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (default: the model's).", min=0)] = None,
-    blend: Annotated[Blend, typer.Option(help="Blend window for overlapping tiles.")] = Blend(DEFAULT_BLEND),  # type: ignore[call-arg]
+    blend: Annotated[Blend, typer.Option(help="Blend window for overlapping tiles.")] = Blend(DEFAULT_BLEND),
     batch_size: Annotated[int, typer.Option(help="Tiles per model call.", min=1)] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
@@ -181,7 +181,7 @@ def _write_preview(image: str, paths: dict[str, Path], rgb: str | None, overwrit
 
 # --- polygons after inference (geoseg.vector); kept apart from the inference code above ---
 def _vector_destination(paths: dict[str, Path], fmt: "VectorFormat", vector_out: Path | None, no_vector: bool,
-                        overwrite: bool, image: Path) -> Path | None:
+                        overwrite: bool, image: str) -> Path | None:
     """The polygon path, checked before the long inference starts (None with --no-vector)."""
     if no_vector:
         return None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from geoseg.train.history import TrainProgress
 
 from geoseg.cli import app
 from geoseg.architectures import ARCHITECTURES
@@ -124,11 +127,11 @@ class _TrainBar:
     def __init__(self, quiet: bool, json_lines: bool = False) -> None:
         self.quiet = quiet
         self.json_lines = json_lines
-        self.prog = None
-        self.task = None
+        self.prog: Any = None  # rich's Progress, imported when a bar is shown
+        self.task: Any = None
         self.last = ""
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Any:
         if self.quiet:
             return None
         if self.json_lines:
@@ -142,12 +145,13 @@ class _TrainBar:
         self.prog.__enter__()
         return self
 
-    def __call__(self, p) -> None:  # type: ignore[no-untyped-def]
+    def __call__(self, p: TrainProgress) -> None:
         prog = self.prog
         assert prog is not None
         desc = f"epoch {p.epoch}/{p.epochs} {p.phase}"
         if p.phase == "epoch":
             r = p.record
+            assert r is not None  # every epoch event carries its record
             self.last = (f"val mIoU {r.val_miou:.3f} F1 {r.val_macro_f1:.3f} OA {r.val_overall_accuracy:.3f}"
                          if r.val_miou == r.val_miou else "")
             info = f"loss {r.train_loss:.4f} {self.last}" + (" *best" if r.best else "")
@@ -161,7 +165,7 @@ class _TrainBar:
         prog.update(self.task, completed=p.step, total=p.steps, info=info, description=desc)
 
     @staticmethod
-    def _json(p) -> None:  # type: ignore[no-untyped-def]
+    def _json(p: TrainProgress) -> None:
         """JSON progress lines in epochs (done 2.5 of total 10: half-way through the third epoch's
         training steps; validation counts as the end of its epoch)."""
         from geoseg.cli._progress import json_progress
@@ -169,6 +173,6 @@ class _TrainBar:
         part = p.step / max(1, p.steps) if p.phase == "train" else 1.0
         json_progress(f"epoch {p.epoch}/{p.epochs} {p.phase}", round(p.epoch - 1 + part, 4), p.epochs)
 
-    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+    def __exit__(self, *exc: Any) -> None:
         if self.prog is not None:
             self.prog.__exit__(*exc)

@@ -233,7 +233,7 @@ def rtree_bulk_load(con: Any, rtree: str, box: Any, chunk: int) -> None:
         return np.concatenate([ox[s:s + per][np.argsort(cy[s:s + per], kind="stable")]
                                for s in range(0, m, per)])
 
-    def pack(ids: Any, b: Any, depth: int, next_no: int) -> tuple[Any, Any, int, list, list]:
+    def pack(ids: Any, b: Any, depth: int, next_no: int) -> tuple[Any, Any, int, list[Any], list[Any]]:
         """Nodes of ``maxc`` cells; returns their numbers and boxes, and the rows to write."""
         nodes, rows, nos = [], [], []
         starts = np.arange(0, len(ids), maxc)

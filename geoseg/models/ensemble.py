@@ -29,6 +29,9 @@ class Ensemble(nn.Module):
     to its own (``x * scale[i] + shift[i]``, identity where the statistics agree).
     """
 
+    scale: torch.Tensor  # buffers
+    shift: torch.Tensor
+
     def __init__(self, members: Sequence[nn.Module], scale: torch.Tensor, shift: torch.Tensor) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)

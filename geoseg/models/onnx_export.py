@@ -86,6 +86,8 @@ def export_onnx(checkpoint: str | os.PathLike[str], output: str | os.PathLike[st
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
             why = str(e).strip().splitlines()[0][:200]
             raise UsageError(f"{meta.arch} cannot be exported to ONNX: {why}") from None
+        if program is None:  # dynamo=True always returns a program
+            raise UsageError(f"{meta.arch} cannot be exported to ONNX: the exporter returned nothing")
         proto = program.model_proto
         if not proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
             raise UsageError(f"{meta.arch} exported with a fixed batch size (the exporter specialized it); "

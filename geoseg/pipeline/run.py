@@ -20,6 +20,7 @@ is independent of raster height (docs/memory.md).
 from __future__ import annotations
 
 import json
+from functools import partial
 import os
 import time
 import warnings
@@ -311,6 +312,7 @@ def predict_raster(
             interrupted = ok = False
             try:
                 for dest, spec, stage in zip([out_path, prob_path], specs, staged):
+                    assert dest is not None  # specs has one entry a destination
                     sinks.append(GeoTiffSink(dest, staging=stage, resume=resume, **{**spec, **part}))
                 writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
                 writer.checkpoint()  # the run state exists from the first moment: --resume works after any kill
@@ -395,7 +397,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
             waited += time.perf_counter() - t
             if band is None:
                 break
-            runner.push(band, lambda event, band=band: band.release(reader.buffers, event))
+            runner.push(band, partial(band.release, reader.buffers))
             release_free_heap()  # the band's temporaries: else the heap's resident size creeps up with height
         t = time.perf_counter()
         stats = runner.close()

@@ -143,7 +143,8 @@ def run(command: Sequence[str], args: Sequence[str], *, on_progress: Callable[[f
         elif line.strip():
             on_message(line)
     for s in (proc.stdout, proc.stderr):
-        s.close()
+        if s is not None:
+            s.close()
     return proc.wait(), canceled
 
 

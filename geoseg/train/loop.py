@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import check_destination
 from geoseg.metrics import SegmentationMetrics, metrics_from_confusion
-from geoseg.models.meta import PER_PIXEL, ModelMeta, default_overlap
+from geoseg.architectures import PER_PIXEL, default_overlap
+from geoseg.models.meta import ModelMeta
 from geoseg.train import data as D
 from geoseg.train.config import IGNORE_INDEX, TrainConfig
 from geoseg.train.history import (
@@ -62,7 +63,7 @@ def _fabric(cfg: TrainConfig) -> Any:
         if not torch.cuda.is_available():
             raise UsageError("--device cuda but no CUDA device is available; use --device cpu")
         devices: Any = [int(dev.split(":")[1])] if ":" in dev else cfg.devices
-        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        precision: Literal["bf16-mixed", "16-mixed"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         strategy = "ddp" if (isinstance(devices, int) and devices > 1) else "auto"
         return Fabric(accelerator="cuda", devices=devices, precision=precision, strategy=strategy)
     if dev != "cpu":

@@ -128,6 +128,7 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
                                 executor=plan.executor,
                                 cache_bytes=plan.cache_bytes):
             if store is not None:
+                assert bp.emit_bits is not None  # asked for (keep_emit)
                 store.write_bits(bp.r0, bp.emit_bits)
             chunk = merger.merge(bp)
             report.max_open_groups = merger.max_open
@@ -195,8 +196,9 @@ def _to_batch(plan: _Plan, chunk: Chunk, store: EmitMaskStore | None, report: Ve
     cols = [pa.array(ids), pa.array(cls.astype(np.int32)), names.cast(pa.string()), pa.array(area),
             pa.array(perim)]
     if with_conf:
+        assert cs is not None and cn is not None  # a confidence source gives both
         with np.errstate(invalid="ignore", divide="ignore"):
-            cm = np.where(cn > 0, cs / np.maximum(cn, 1), np.nan)  # type: ignore[operator]
+            cm = np.where(cn > 0, cs / np.maximum(cn, 1), np.nan)
         cols.append(pa.array(cm, mask=~np.isfinite(cm)))
     cols.append(geom)
     return pa.RecordBatch.from_arrays(cols, schema=arrow_schema(with_conf)), next_id + n

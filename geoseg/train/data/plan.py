@@ -86,8 +86,8 @@ def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids:
         raise LabelError(f"label values {', '.join(bad[:5])} are outside 0..254; recode the label raster to "
                          "small non-negative integers")
     if all_int:
-        entries = sorted(((min(as_int(k) for k in ks), name, ks) for name, ks in groups.items()),  # type: ignore[type-var]
-                         key=lambda e: e[0])
+        # every key is an integer in 0..254 here
+        entries = sorted(((min(int(k) for k in ks), name, ks) for name, ks in groups.items()), key=lambda e: e[0])
     else:
         entries = [(i, name, groups[name]) for i, name in enumerate(sorted(groups))]
     classes = []
@@ -95,7 +95,7 @@ def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids:
     for idx, (cid, name, ks) in enumerate(entries):
         nice = f"class_{name}" if as_int(name) is not None and all_int else name
         col = (colours or {}).get(int(cid)) or default_colour(idx, nice)
-        classes.append(ClassInfo(int(cid), nice, tuple(int(c) for c in col[:3])))  # type: ignore[arg-type]
+        classes.append(ClassInfo(int(cid), nice, (int(col[0]), int(col[1]), int(col[2]))))
         for k in ks:
             lut[k] = idx
     return ClassSchema(tuple(classes)), lut
@@ -291,17 +291,17 @@ def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     if is_val.any():
         val_path = Path(tmp.name) / "val.parquet"
         out[is_val].to_parquet(val_path)
-    for k, i in lut_map.items():
-        codes[k] = i + 1
+    for key, index in lut_map.items():
+        codes[key] = index + 1
     rx, ry = grid.res
     clipped = proj.geometry.intersection(img_box)
     area_px = clipped.area.to_numpy() / (rx * ry)
     train_counts = np.bincount(cls[~is_val], weights=area_px[~is_val], minlength=n).round().astype(np.int64)
-    train_regions = [grid.snap(tuple(g.bounds), cfg.tile_size) for g in clipped[~is_val]]  # type: ignore[arg-type]
+    train_regions = [grid.snap(tuple(g.bounds), cfg.tile_size) for g in clipped[~is_val]]
     val_regions: list[Box] = []
     if is_val.any():
         ub = shapely.union_all(clipped[is_val].to_numpy()).bounds
-        val_regions = [grid.snap(tuple(ub), cfg.tile_size)]  # type: ignore[arg-type]
+        val_regions = [grid.snap(tuple(ub), cfg.tile_size)]
     plan = LabelPlan(
         kind="vector", schema=schema, lut=np.array([IGNORE_INDEX] + list(range(n)), dtype=np.int64),
         train_regions=train_regions, val_regions=val_regions, train_counts=train_counts, clip_train=False,
