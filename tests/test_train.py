@@ -369,8 +369,8 @@ def test_band_dropout_replaces_whole_bands_by_their_mean() -> None:
 
 
 def _reference_batch(x: torch.Tensor, mask: torch.Tensor, nodata: list[float], mean: list[float],
-                     std: list[float], lut: np.ndarray, seed: int, jitter: float, band_dropout: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     std: list[float], lut: np.ndarray, seed: int, jitter: float, band_dropout: float,
+                     d4: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchMaker's contract written plainly, one sample at a time (the batch code is the fast form)."""
     rng = np.random.default_rng([seed, 0, 0, 7])
     xs, ys = [], []
@@ -383,24 +383,31 @@ def _reference_batch(x: torch.Tensor, mask: torch.Tensor, nodata: list[float], m
         xi = torch.stack([(xi[c] - mean[c]) / std[c] for c in range(xi.shape[0])])
         xi[:, bad] = 0.0
         xi = torch.nan_to_num(xi, nan=0.0, posinf=0.0, neginf=0.0)
-        k, flip = [(k, f) for f in (False, True) for k in range(4)][int(rng.integers(8))]
-        if flip:
-            xi, yi = xi.flip(-1), yi.flip(-1)
-        xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
-        gain = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, xi.shape[0]).astype(np.float32))
-        off = torch.from_numpy(rng.uniform(-jitter, jitter, xi.shape[0]).astype(np.float32))
-        xi = xi * gain[:, None, None] + off[:, None, None]
-        keep = torch.from_numpy(rng.random(xi.shape[0]) >= band_dropout)
-        xs.append(xi * keep[:, None, None])
+        if d4:  # each enabled augmentation draws, in this order; a disabled one draws nothing
+            k, flip = [(k, f) for f in (False, True) for k in range(4)][int(rng.integers(8))]
+            if flip:
+                xi, yi = xi.flip(-1), yi.flip(-1)
+            xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
+        if jitter > 0:
+            gain = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, xi.shape[0]).astype(np.float32))
+            off = torch.from_numpy(rng.uniform(-jitter, jitter, xi.shape[0]).astype(np.float32))
+            xi = xi * gain[:, None, None] + off[:, None, None]
+        if band_dropout > 0:
+            keep = torch.from_numpy(rng.random(xi.shape[0]) >= band_dropout)
+            xi = xi * keep[:, None, None]
+        xs.append(xi)
         ys.append(yi)
     return torch.stack(xs), torch.stack(ys)
 
 
+@pytest.mark.parametrize("augment,jitter,band_dropout", [("d4", 0.1, 0.3), ("none", 0.0, 0.0), ("d4", 0.0, 0.0),
+                                                        ("none", 0.1, 0.0), ("none", 0.0, 0.3)])
 @pytest.mark.parametrize("on_device", [False, True])
-def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool) -> None:
-    """Validity (nodata per band, NaN, inf), normalization, overflow, D4, jitter and band dropout;
-    in the workers (CPU) or split between workers and the model's device (``finish``, run here
-    on the CPU)."""
+def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool, augment: str, jitter: float,
+                                                         band_dropout: float) -> None:
+    """Validity (nodata per band, NaN, inf), normalization, overflow, D4, jitter and band dropout, each
+    option on and off; in the workers (CPU) or split between workers and the model's device
+    (``finish``, run here on the CPU): the CPU and the device batch code equal one reference."""
     from geoseg.train import data as D
 
     nodata = [255.0, float("nan"), 0.0, float("nan"), 7.0]
@@ -420,7 +427,7 @@ def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool) -> Non
     mask = torch.randint(0, 5, (6, 9, 9), generator=g)
     lut = np.array([255, 0, 1, 255])  # value 4 is out of the table: ignored too
     mean, std = [1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 2.0, 1.5, 3.0, 1e-3]
-    bm = D.BatchMaker(_Grid(), lut, mean, std, augment="d4", jitter=0.1, band_dropout=0.3, seed=5,
+    bm = D.BatchMaker(_Grid(), lut, mean, std, augment=augment, jitter=jitter, band_dropout=band_dropout, seed=5,
                       on_device=on_device)
     before = x.clone()
     if on_device:
@@ -429,7 +436,7 @@ def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool) -> Non
         got = bm.finish(raw)
     else:
         got = bm.process(x, mask)
-    want_x, want_y = _reference_batch(x, mask, nodata, mean, std, lut, 5, 0.1, 0.3)
+    want_x, want_y = _reference_batch(x, mask, nodata, mean, std, lut, 5, jitter, band_dropout, augment == "d4")
     assert torch.equal(x.nan_to_num(), before.nan_to_num())  # the input is left alone
     assert torch.equal(got["mask"], want_y)
     assert torch.allclose(got["image"], want_x, rtol=1e-6, atol=1e-6)
