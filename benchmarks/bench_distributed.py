@@ -26,6 +26,8 @@ in-process. Every output of the cluster runs is compared byte for byte with the 
 
 from __future__ import annotations
 
+from geoseg.models.demo import DEMO_MODEL
+
 import argparse
 import os
 import sys
@@ -36,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODEL = ROOT / "sample_data" / "demo_model.pt"
+MODEL = DEMO_MODEL
 
 
 def _raster(path: Path, size: int) -> Path:

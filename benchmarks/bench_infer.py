@@ -188,7 +188,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from geoseg.io.stats import band_stats
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
     from geoseg.pipeline import predict_raster
     from geoseg.predict import TorchPredictor
     from geoseg.predict.null import NullPredictor
@@ -255,7 +255,8 @@ def main() -> None:
             if not args.no_rss:
                 child = _e2e_child(raster, str(model), str(work / "rss.tif"), args)
                 best["rss"] = child["rss_mb"]
-                print(f"  peak RSS MB by tenths of the tiles: {child['rss_by_tenth']}; at the end {child['rss_mb']:.0f}; "
+                print(f"  peak RSS MB by tenths of the tiles: {child['rss_by_tenth']}; "
+                      f"at the end {child['rss_mb']:.0f}; "
                       f"{child['status']}", flush=True)
                 for name, env, kw in [("1 reader thread", {}, {"read_threads": 1}),
                                       ("MALLOC_ARENA_MAX=2", {"MALLOC_ARENA_MAX": "2"}, {})][: args.rss_variants]:

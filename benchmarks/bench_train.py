@@ -42,7 +42,7 @@ def bench(name: str, cfg_kwargs: dict, args: argparse.Namespace) -> str:
     from geoseg.models import build_model
     from geoseg.train import TrainConfig
     from geoseg.train import data as D
-    from geoseg.train.loop import segmentation_loss
+    from geoseg.train.losses import segmentation_loss
 
     dev = torch.device(args.device)
     cfg = TrainConfig(output="/dev/null/x.pt", tile_size=args.tile, batch_size=args.batch, depth=3,
@@ -145,7 +145,7 @@ def rasterize_polygons(image: Path, polygons: Path, out: Path) -> Path:
     import rasterio
     from rasterio.features import rasterize
 
-    from geoseg.train.labels import read_polygons
+    from geoseg.io.labels import read_polygons
 
     gdf = read_polygons(polygons, "class")
     names = sorted(gdf["class"].astype(str).unique())

@@ -24,7 +24,6 @@ target is a tall/square ratio <= 1.10 for the default ``geoseg infer`` and for
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -17,10 +17,8 @@ wall time and peak RSS (sum over the process tree, sampled from /proc; a fresh w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -143,7 +141,8 @@ def main() -> None:
             sout = args.workdir / f"geoseg_{size}_s1.gpkg"
             s = measure([PY, "-c", GEOSEG.format(root=str(ROOT)), str(ras), str(sout), "1px"])
             print(f"with --simplify 1px: {s['seconds']:.1f} s, peak RSS {s['rss_mib']:.0f} MiB, output "
-                  f"{sout.stat().st_size / 2**20:.1f} MiB = {sout.stat().st_size / ras.stat().st_size:.2f}x the GeoTIFF")
+                  f"{sout.stat().st_size / 2**20:.1f} MiB = "
+                  f"{sout.stat().st_size / ras.stat().st_size:.2f}x the GeoTIFF")
         rows.append((size, g, f, d))
     print(f"load average at end {os.getloadavg()[0]:.1f} (other work on the machine slows every tool)")
     if len(rows) >= 2:

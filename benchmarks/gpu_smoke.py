@@ -2,9 +2,11 @@
 
     python benchmarks/gpu_smoke.py cuda      (run from the project root; benchmarks/gpu_session.sh smoke)
 """
-import sys, time, traceback
+import sys
+import time
+import traceback
 sys.path.insert(0, ".")
-from geoseg.modelinit import init_checkpoint
+from geoseg.models.init import init_checkpoint
 from geoseg.pipeline import predict_raster
 from geoseg.predict.null import NullPredictor
 from geoseg.predict import TorchPredictor

@@ -45,7 +45,7 @@ def _kill_at_random(cmd: list[str], rng: random.Random, max_delay: float) -> int
 
 
 def infer_trials(n: int, work: Path, rng: random.Random) -> tuple[int, list[str]]:
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     src = SRC if SRC.exists() else FIELD
     model = work / "m.pt"

@@ -7,8 +7,11 @@ labelled pixels, 10 epochs; neighbourhood means over the whole image, normalisat
 over the dates). It shows whether the setting used in the benchmark would also be chosen
 without looking at the outer test blocks. About 40 minutes on 2 cores (``NT`` threads, default 1).
 """
-import sys, json, time, os
-import numpy as np, rasterio, torch
+import sys
+import os
+import numpy as np
+import rasterio
+import torch
 import torch.nn.functional as F
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]

@@ -68,7 +68,8 @@ def window_1d(kind: str, n: int, overlap: int, at_start: bool = False, at_end: b
         w[: int(np.argmax(w))] = 1.0
     if at_end:
         w[n - 1 - int(np.argmax(w[::-1])):] = 1.0
-    return np.maximum(w, EPS)
+    out: np.ndarray = np.maximum(w, EPS)
+    return out
 
 
 def tile_weights(kind: str, height: int, width: int, overlap: int, *, top: bool, bottom: bool,

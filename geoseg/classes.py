@@ -9,12 +9,14 @@ from __future__ import annotations
 import colorsys
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from geoseg.errors import UsageError
 
 #: Output nodata of class rasters. Never a class id.
 DEFAULT_NODATA = 255
+#: The GeoTIFF metadata tag a class raster carries its schema in (JSON).
+SCHEMA_TAG = "geoseg_classes"
 
 # A qualitative palette (Tableau 10) for the first classes; further colours are
 # spread around the hue circle.
@@ -181,6 +183,18 @@ class ClassSchema:
     @classmethod
     def from_json(cls, text: str) -> "ClassSchema":
         return cls.from_dict(json.loads(text))
+
+
+def schema_from_tags(tags: Mapping[str, str]) -> "ClassSchema | None":
+    """The class schema a raster carries in its :data:`SCHEMA_TAG` tag; None without one, or for a
+    foreign or malformed tag (not fatal: the raster is still a class raster)."""
+    text = tags.get(SCHEMA_TAG)
+    if not text:
+        return None
+    try:
+        return ClassSchema.from_json(text)
+    except ValueError:  # UsageError and json's errors are ValueErrors
+        return None
 
 
 def parse_class_names(items: Iterable[str] | None) -> dict[int, str] | None:

@@ -29,9 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.classes import ClassSchema
+from geoseg.classes import ClassSchema, schema_from_tags
 from geoseg.errors import LabelError, NodataWarning, UsageError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination
+from geoseg.io.labels import check_label_raster, class_key, no_overlap, polygons_inside, raster_overlaps, read_polygons
 from geoseg.io.paths import gdal_path, is_virtual, name_stem
 from geoseg.io.raster import open_raster, read_errors
 from geoseg.metrics import ObjectMetrics, SegmentationMetrics, connected_objects, match_objects, metrics_from_confusion
@@ -54,20 +55,8 @@ class EvaluationReport:
     note: str = ""
 
 
-def _schema_of(ds: Any) -> ClassSchema | None:
-    text = ds.tags().get("geoseg_classes")
-    if not text:
-        return None
-    try:
-        return ClassSchema.from_json(text)
-    except Exception:  # noqa: BLE001 - a foreign tag is not fatal
-        return None
-
-
 def _truth_codes(values: Sequence[Any], schema: ClassSchema | None, path: str, field_name: str) -> dict[str, int]:
     """Map class-field values to class ids: by class name, else as numbers."""
-    from geoseg.train.labels import class_key
-
     keys = sorted({class_key(v) for v in values})
     by_name = {c.name: c.id for c in schema.classes} if schema else {}
     out: dict[str, int] = {}
@@ -138,9 +127,10 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
             raise UsageError(f"{pred_path}: prediction has no CRS; it cannot be aligned with the truth")
         if np.dtype(pds.dtypes[0]).kind not in "ui":
             raise UsageError(f"{pred_path}: expected a class raster of integers, got {pds.dtypes[0]}")
-        schema = _schema_of(pds)
+        schema = schema_from_tags(pds.tags())
         pnod = pds.nodata
         H, W = pds.height, pds.width
+        truth_reader: _VectorTruth | _RasterTruth
         if is_vector:
             truth_reader = _VectorTruth(truth_path, class_field, pds, schema, ignore_values)
         else:
@@ -171,7 +161,7 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
     if cm.sum() == 0:
         raise LabelError(f"{truth_path}: no labelled truth pixel overlaps a predicted pixel of {pred_path}; check "
                          "that they cover the same area (and their CRS)")
-    ids = sorted(set(np.flatnonzero(cm.sum(axis=1))) | set(np.flatnonzero(cm.sum(axis=0)))
+    ids = sorted({int(i) for i in np.flatnonzero(cm.sum(axis=1))} | {int(i) for i in np.flatnonzero(cm.sum(axis=0))}
                  | (set(schema.ids) if schema else set()))
     sub = cm[np.ix_(ids, ids)]
     names = [schema.name_of(i) if schema else f"class_{i}" for i in ids]
@@ -206,21 +196,15 @@ class _RasterTruth:
     """Truth raster warped onto the prediction grid (nearest neighbour)."""
 
     def __init__(self, path: Path, pds: Any, schema: ClassSchema | None, ignore_values: Sequence[int] | None) -> None:
-        from rasterio.warp import transform_bounds
 
         self.src = open_raster(path)
-        if self.src.crs is None:
+        try:
+            check_label_raster(self.src, path, "truth raster")
+            if not raster_overlaps(self.src, pds.crs, tuple(pds.bounds)):
+                raise no_overlap(path, "the truth does", f"the prediction {pds.name}")
+        except LabelError:
             self.src.close()
-            raise LabelError(f"{path}: truth raster has no CRS; assign one (gdal_edit.py -a_srs) first")
-        if np.dtype(self.src.dtypes[0]).kind not in "ui":
-            self.src.close()
-            raise LabelError(f"{path}: truth raster must hold integer class values, not {self.src.dtypes[0]}")
-        b = transform_bounds(self.src.crs, pds.crs, *self.src.bounds, densify_pts=21)
-        pb = pds.bounds
-        if b[0] >= pb.right or b[2] <= pb.left or b[1] >= pb.top or b[3] <= pb.bottom:
-            self.src.close()
-            raise LabelError(f"{path}: the truth does not overlap the prediction {pds.name}; check that they "
-                             "cover the same area (and their CRS)")
+            raise
         if ignore_values is None:
             ignore_values = [] if (schema and 0 in schema.ids) else [0]
         self.ignore = [int(v) for v in ignore_values]
@@ -264,31 +248,21 @@ class _VectorTruth:
                  ignore_values: Sequence[int] | None = None) -> None:
         import shapely
 
-        from geoseg.train.labels import read_polygons
-
         if not class_field:
             raise UsageError(f"{path}: vector truth needs --class-field, the attribute holding each polygon's class")
         gdf = read_polygons(path, class_field)
         if ignore_values:
             # polygons whose class value (or the class id it maps to) means "unlabelled" are not scored
-            from geoseg.train.labels import class_key
-
             ignored = {str(int(v)) for v in ignore_values}
             keep = [class_key(v) not in ignored for v in gdf[class_field]]
             gdf = gdf[keep]
             if len(gdf) == 0:
                 raise LabelError(f"{path}: every polygon has an ignored {class_field!r} value "
                                  f"({', '.join(sorted(ignored))})")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gdf = gdf.to_crs(pds.crs)
-        box = shapely.box(*pds.bounds)
-        gdf = gdf[gdf.geometry.intersects(box)]
+        gdf, inside = polygons_inside(gdf, pds.crs, tuple(pds.bounds))
+        gdf = gdf[inside]
         if len(gdf) == 0:
-            raise LabelError(f"{path}: the polygons do not overlap the prediction {pds.name}; check that they "
-                             "cover the same area (and their CRS)")
-        from geoseg.train.labels import class_key
-
+            raise no_overlap(path, "the polygons do", f"the prediction {pds.name}")
         codes = _truth_codes(list(gdf[class_field]), schema, str(path), class_field)
         cls = np.array([codes[class_key(v)] for v in gdf[class_field]], dtype=np.int64)
         if ignore_values:  # also by the class id a name maps to

@@ -220,5 +220,5 @@ def connected_objects(mask: np.ndarray) -> np.ndarray:
     """
     from scipy import ndimage
 
-    labels, _ = ndimage.label(np.asarray(mask, dtype=bool))
+    labels: np.ndarray = ndimage.label(np.asarray(mask, dtype=bool))[0]
     return labels

@@ -16,7 +16,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
 
-from geoseg.classes import ClassSchema, default_colour
+from geoseg.classes import default_colour, schema_from_tags
 from geoseg.errors import RasterReadError, UsageError, error_text
 from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.io.raster import open_raster, read_bands, read_errors
@@ -67,16 +67,6 @@ def _shape_for(ds: rasterio.io.DatasetReader, max_side: int) -> tuple[int, int]:
     return max(1, round(ds.height * scale)), max(1, round(ds.width * scale))
 
 
-def _schema_of(ds: rasterio.io.DatasetReader) -> ClassSchema | None:
-    tag = ds.tags().get("geoseg_classes")
-    if tag:
-        try:
-            return ClassSchema.from_json(tag)
-        except (UsageError, ValueError):
-            pass
-    return None
-
-
 def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str], *,
                   image: str | os.PathLike[str] | None = None, rgb: Sequence[int] | None = None,
                   polygons: str | os.PathLike[str] | None = None, alpha: float = 0.45, max_side: int = 1200,
@@ -115,7 +105,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
             cmap = cds.colormap(1)
         except ValueError:
             cmap = {}
-        schema = _schema_of(cds)
+        schema = schema_from_tags(cds.tags())
         bounds, crs = cds.bounds, cds.crs
     valid_cls = cls != nodata if nodata is not None else np.ones_like(cls, dtype=bool)
     present = [int(v) for v in np.unique(cls[valid_cls])]
@@ -145,7 +135,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
                     raise UsageError(f"--rgb band {b} does not exist; {image} has bands 1..{ids.count}")
             with read_errors(str(image)):
                 data = read_bands(ids, bands, out_shape=(h, w), resampling=Resampling.nearest, masked=True)
-            valid = ~np.ma.getmaskarray(data).all(axis=0)
+            valid = np.asarray(~np.ma.getmaskarray(data).all(axis=0))
             arr = np.ma.filled(data.astype(np.float64), np.nan)
             valid &= np.isfinite(arr).all(axis=0)
             if image_nodata is not None:  # an undeclared collar: left out of the stretch, shown as nodata
@@ -154,9 +144,9 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
             rgb_img[~valid] = 0.92
 
     overlay = rgb_img.copy()
-    for v, col in colours.items():
+    for v, shade in colours.items():
         m = cls == v
-        overlay[m] = (1 - alpha) * rgb_img[m] + alpha * np.asarray(col, dtype=np.float32)
+        overlay[m] = (1 - alpha) * rgb_img[m] + alpha * np.asarray(shade, dtype=np.float32)
     if outlines:
         edge = np.zeros((h, w), dtype=bool)
         edge[:, 1:] |= cls[:, 1:] != cls[:, :-1]

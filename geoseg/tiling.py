@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 from geoseg.errors import TilingError
 
@@ -117,7 +118,7 @@ class TileGrid:
         h = min(self.size, self.height - r)
         return [Tile(i, j, r, c, h, min(self.size, self.width - c)) for j, c in enumerate(col_starts)]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Tile]:
         for i in range(len(self.row_starts)):
             yield from self.row_of_tiles(i)
 

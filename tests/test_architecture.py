@@ -12,11 +12,14 @@ import pytest
 
 from conftest import ROOT
 
-TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.architectures", "geoseg.modelmeta",
+TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.architectures", "geoseg.models",
+              "geoseg.models.meta", "geoseg.models.demo",
               "geoseg.tiling", "geoseg.blend",
-              "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.pipeline",
+              "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.io.labels",
+              "geoseg.io.gdalcache", "geoseg.pipeline",
               "geoseg.resume", "geoseg.vectorize", "geoseg.vector", "geoseg.export", "geoseg.preview",
-              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.predict.onnx", "geoseg.styles",
+              "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.train.history", "geoseg.predict.onnx",
+              "geoseg.styles",
               "geoseg.qgis_package", "geoseg.qgis_plugin.runner", "geoseg.qgis_plugin.options", "geoseg.cli",
               "geoseg.batch", "geoseg.pipeline.assemble", "geoseg.distributed.cluster", "geoseg.distributed.jobs",
               "geoseg.distributed.tasks"]

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from geoseg.classes import ClassSchema
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 
 
 def test_a_checkpoint_naming_pretrained_weights_loads_offline(tmp_path, monkeypatch):
@@ -41,11 +41,11 @@ def test_model_info_reads_the_metadata_without_torch(tmp_path):
     import subprocess
     import sys
 
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
     from geoseg.models import read_meta
 
     ckpt = init_checkpoint(tmp_path / "m.pt", bands=4, classes=3, base_channels=4, depth=1)
-    code = ("import json, sys; from geoseg.modelmeta import peek_meta; m = peek_meta(sys.argv[1]); "
+    code = ("import json, sys; from geoseg.models.meta import peek_meta; m = peek_meta(sys.argv[1]); "
             "print(json.dumps([m.to_dict(), 'torch' in sys.modules]))")
     r = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
@@ -57,7 +57,7 @@ def test_peek_meta_runs_nothing_from_a_hostile_file(tmp_path):
     import pickle
     import zipfile
 
-    from geoseg.modelmeta import peek_meta
+    from geoseg.models.meta import peek_meta
 
     class Evil:
         def __reduce__(self):

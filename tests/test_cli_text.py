@@ -15,8 +15,7 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_markup_and_escape_codes_in_class_names_are_shown_literally(tmp_path: Path) -> None:
-    from geoseg.classes import ClassSchema
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
     from geoseg.models import read_meta
 
     names = ["[red]crop[/]", "\x1b[31mevil\x1b[0m", "[/] broken"]

@@ -5,6 +5,8 @@ The tests write into a 256 kB tmpfs; they need root to mount it and skip (saying
 
 from __future__ import annotations
 
+from geoseg.models.demo import DEMO_MODEL
+
 import os
 import subprocess
 import sys
@@ -49,7 +51,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(full_disk: Path, classes: Pa
     out = {"model_init": "m.pt", "model_export": "m.onnx", "vectorize_gpkg": "v.gpkg", "vectorize_shp": "v.shp"}[case]
     dest = full_disk / out
     argv = {"model_init": ["model", "init", "-o", str(dest), "--base-channels", "64"],
-            "model_export": ["model", "export", str(SAMPLE / "demo_model.pt"), "-o", str(dest)],
+            "model_export": ["model", "export", str(DEMO_MODEL), "-o", str(dest)],
             "vectorize_gpkg": ["vectorize", str(classes), "-o", str(dest), "-q"],
             "vectorize_shp": ["vectorize", str(classes), "-o", str(dest), "-q"]}[case]
     r = _geoseg(*argv)

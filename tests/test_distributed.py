@@ -19,6 +19,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from conftest import ROOT, SAMPLE
+from geoseg.models.demo import DEMO_MODEL
 
 pytest.importorskip("distributed")
 
@@ -187,7 +188,7 @@ def test_vectorize_many_inputs(tmp_path: Path) -> None:
 # --- on a real cluster ---
 
 def test_six_rasters_on_the_cluster_equal_sequential(tmp_path: Path, cluster: Cluster) -> None:
-    ins = _small_rasters(tmp_path / "in")
+    _small_rasters(tmp_path / "in")
     seq = _cli("infer", tmp_path / "in" / "a", tmp_path / "in" / "b", "-o", tmp_path / "seq", "-q", "--probabilities")
     assert seq.returncode == 0, seq.stderr
     r = _cli("infer", tmp_path / "in" / "a", tmp_path / "in" / "b", "-o", tmp_path / "dask", "-q", "--probabilities",
@@ -224,11 +225,11 @@ def test_six_rasters_on_the_cluster_equal_sequential(tmp_path: Path, cluster: Cl
 
 def test_one_raster_in_four_blocks_equals_one_run(tmp_path: Path, cluster: Cluster) -> None:
     from geoseg.distributed.jobs import block_rows_for
-    from geoseg.modelmeta import peek_meta
+    from geoseg.models.meta import peek_meta
     from geoseg.pipeline.plan import block_bounds, tile_grid
 
     src = _large_raster(tmp_path)
-    grid = tile_grid(232, 260, peek_meta(SAMPLE / "demo_model.pt"), 64, 16)  # as the run makes it
+    grid = tile_grid(232, 260, peek_meta(DEMO_MODEL), 64, 16)  # as the run makes it
     assert block_bounds(grid, block_rows_for(260, 48)) == [(0, 48), (48, 96), (96, 144), (144, 232)]
     opts = ["--tile-size", "64", "--overlap", "16", "--probabilities", "-q"]
     seq = _cli("infer", src, "-o", tmp_path / "seq", *opts)
@@ -253,7 +254,7 @@ def test_one_raster_in_four_blocks_equals_one_run(tmp_path: Path, cluster: Clust
 def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path, cluster: Cluster) -> None:
     from distributed import Client
 
-    ins = _small_rasters(tmp_path / "in")
+    _small_rasters(tmp_path / "in")
     big = _large_raster(tmp_path / "in")
     opts = ["--tile-size", "64", "--overlap", "16", "-q", "--no-vector", "--probabilities"]
     seq = _cli("infer", tmp_path / "in" / "a", tmp_path / "in" / "b", big, "-o", tmp_path / "seq", *opts)

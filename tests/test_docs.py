@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLE
+from geoseg.models.demo import DEMO_MODEL
 from geoseg.cli import main
 
-DEMO = SAMPLE / "demo_model.pt"
-needs_demo = pytest.mark.skipif(not DEMO.exists(), reason="sample_data/demo_model.pt is missing")
+DEMO = DEMO_MODEL
+needs_demo = pytest.mark.skipif(not DEMO.exists(), reason="geoseg/models/demo_model.pt is missing")
 
 
 def blocks(path: Path, lang: str) -> list[str]:

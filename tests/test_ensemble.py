@@ -17,7 +17,7 @@ SRC = "ftw_baselines/inference-img.tif"
 
 
 def _init(path: Path, seed: int, mean: float, std: float, depth: int = 2, classes: int = 3) -> Path:
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     return init_checkpoint(path, bands=8, classes=classes, base_channels=8, depth=depth, mean=[mean] * 8,
                            std=[std] * 8, tile_size=128, overlap=16 * depth, seed=seed)

@@ -322,7 +322,7 @@ def test_rtree_bulk_load_answers_like_sqlite(n: int, chunk: int) -> None:
     """Bulk-loaded shadow tables form a valid SQLite R-tree that answers window queries exactly."""
     import sqlite3
 
-    from geoseg.export import _rtree_bulk_load
+    from geoseg.export.rtree import rtree_bulk_load
 
     rng = np.random.default_rng(n)
     x, y = rng.random(n) * 1e5 - 5e4, rng.random(n) * 1e5 + 4e6
@@ -330,7 +330,7 @@ def test_rtree_bulk_load_answers_like_sqlite(n: int, chunk: int) -> None:
     box[n // 2] = np.nan  # an empty geometry: not indexed
     con = sqlite3.connect(":memory:")
     con.execute("CREATE VIRTUAL TABLE rt USING rtree(id, minx, maxx, miny, maxy)")
-    _rtree_bulk_load(con, "rt", box, chunk)
+    rtree_bulk_load(con, "rt", box, chunk)
     assert con.execute("SELECT rtreecheck('rt')").fetchone()[0] == "ok"
     ref = sqlite3.connect(":memory:")
     ref.execute("CREATE VIRTUAL TABLE rt USING rtree(id, minx, maxx, miny, maxy)")
@@ -351,7 +351,7 @@ def test_polygon_wkb_bounds_equal_shapely() -> None:
     import pyarrow as pa
     import shapely
 
-    from geoseg.export import _polygon_wkb_bounds
+    from geoseg.export.rtree import polygon_wkb_bounds
 
     rng = np.random.default_rng(0)
     geoms = [shapely.Polygon()]  # empty: NaN bounds, as in shapely
@@ -369,10 +369,10 @@ def test_polygon_wkb_bounds_equal_shapely() -> None:
         col = pa.array(wkb, type=typ)
         for sl in (col, col.slice(7, 100)):  # sliced arrays have an offset into the buffers
             want = shapely.bounds(shapely.from_wkb(sl.to_numpy(zero_copy_only=False)))
-            got = _polygon_wkb_bounds(sl)
+            got = polygon_wkb_bounds(sl)
             assert got is not None
             np.testing.assert_array_equal(got, want)
     multi = shapely.to_wkb(np.array([shapely.MultiPolygon([geoms[1]])], dtype=object))
-    assert _polygon_wkb_bounds(pa.array(multi, type=pa.large_binary())) is None
+    assert polygon_wkb_bounds(pa.array(multi, type=pa.large_binary())) is None
     big = shapely.to_wkb(np.array(geoms[1:3], dtype=object), byte_order=0)
-    assert _polygon_wkb_bounds(pa.array(big, type=pa.large_binary())) is None
+    assert polygon_wkb_bounds(pa.array(big, type=pa.large_binary())) is None

@@ -19,6 +19,7 @@ import pytest
 import rasterio
 
 from conftest import ROOT, SAMPLE
+from geoseg.models.demo import DEMO_MODEL
 from geoseg.classes import ClassSchema
 
 HAVE_GDALINFO = shutil.which("gdalinfo") is not None
@@ -29,7 +30,7 @@ def inferred(tmp_path_factory):
     """The sample scene segmented once by the CLI, with probabilities and GeoPackage polygons."""
     d = tmp_path_factory.mktemp("gis")
     r = subprocess.run([sys.executable, "-m", "geoseg", "infer", str(SAMPLE / "field.tif"), "-m",
-                        str(SAMPLE / "demo_model.pt"), "-o", str(d), "--probabilities", "-q"],
+                        str(DEMO_MODEL), "-o", str(d), "--probabilities", "-q"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     with rasterio.open(d / "field_classes.tif") as ds:
@@ -89,7 +90,8 @@ def test_probabilities_carry_gdal_scale(inferred, tmp_path) -> None:
 def test_float_probabilities_need_no_scale(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "geoseg", "infer", str(SAMPLE / "field.tif"), "-o", str(tmp_path),
                         "--probabilities-out", str(tmp_path / "p.tif"), "--classes-out", str(tmp_path / "c.tif"),
-                        "--probability-dtype", "float32", "--no-vector", "-q"], capture_output=True, text=True, cwd=ROOT)
+                        "--probability-dtype", "float32", "--no-vector", "-q"],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.qml", "c.tif", "c.tif.aux.xml", "p.tif"]
     with rasterio.open(tmp_path / "p.tif") as ds:
@@ -130,7 +132,8 @@ def test_geopackage_holds_its_style_in_layer_styles(inferred) -> None:
     gpkg = d / "field_polygons.gpkg"
     assert "layer_styles" in [n for n, _ in pyogrio.list_layers(gpkg)]
     with sqlite3.connect(gpkg) as con:
-        rows = con.execute("SELECT f_table_name, f_geometry_column, useAsDefault, styleQML FROM layer_styles").fetchall()
+        rows = con.execute("SELECT f_table_name, f_geometry_column, useAsDefault, styleQML "
+                           "FROM layer_styles").fetchall()
         kind = con.execute("SELECT data_type FROM gpkg_contents WHERE table_name='layer_styles'").fetchone()
         geom = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name='field_polygons'").fetchone()
     assert kind == ("attributes",)
@@ -205,7 +208,7 @@ def test_readers_skip_the_style_table(inferred, tmp_path) -> None:
 
     from geoseg.preview import write_preview
     from geoseg.styles import data_layer
-    from geoseg.train.labels import read_vector
+    from geoseg.io.labels import read_vector
 
     d, _ = inferred
     gpkg = d / "field_polygons.gpkg"

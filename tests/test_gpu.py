@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     p = tmp_path_factory.mktemp("m") / "m.pt"
     init_checkpoint(p, bands=8, classes=3, base_channels=32, depth=3,
@@ -171,7 +171,7 @@ def test_ring_batches_on_the_gpu_equal_the_cpu_ones(tmp_path):
 def _pointwise_checkpoint(path, bands: int = 8, classes: int = 4):
     """A 1x1-convolution network: a fixed per-pixel function, exact in fp32 on any device."""
     from geoseg.classes import ClassSchema
-    from geoseg.modelmeta import ModelMeta
+    from geoseg.models.meta import ModelMeta
     from geoseg.predict import TorchPredictor
 
     torch.manual_seed(0)
@@ -199,8 +199,8 @@ def test_device_stages_on_the_gpu_match_the_cpu_reference(tmp_path, make_raster)
     make = _pointwise_checkpoint(tmp_path)
     out = {}
     for device in ("cpu", "cuda"):
-        rep = predict_raster(src, make(device), tmp_path / f"c_{device}.tif", probabilities=tmp_path / f"p_{device}.tif",
-                             batch_size=5)
+        rep = predict_raster(src, make(device), tmp_path / f"c_{device}.tif",
+                             probabilities=tmp_path / f"p_{device}.tif", batch_size=5)
         with rasterio.open(tmp_path / f"c_{device}.tif") as c, rasterio.open(tmp_path / f"p_{device}.tif") as p:
             out[device] = c.read(1), p.read().astype(np.int32), rep
     (cc, pc, rc), (cg, pg, rg) = out["cpu"], out["cuda"]

@@ -3,8 +3,9 @@ dicts), ``model export`` to ONNX read by ``geoseg infer`` through onnxruntime, `
 
 from __future__ import annotations
 
+from geoseg.models.demo import DEMO_MODEL
+
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -123,12 +124,12 @@ def test_onnx_export_carries_metadata_and_infers_like_torch(tmp_path, capsys):
     import onnxruntime as ort
 
     onnx_path = tmp_path / "demo.onnx"
-    code, _, err = run(["model", "export", str(SAMPLE / "demo_model.pt"), "-o", str(onnx_path),
+    code, _, err = run(["model", "export", str(DEMO_MODEL), "-o", str(onnx_path),
                         "--resolution", "1000"], capsys)
     assert code == 0, err
     from geoseg.models import read_meta
 
-    meta = read_meta(SAMPLE / "demo_model.pt")
+    meta = read_meta(DEMO_MODEL)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     props = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
     assert props["model_type"] == "Segmentor"
@@ -141,7 +142,7 @@ def test_onnx_export_carries_metadata_and_infers_like_torch(tmp_path, capsys):
     assert isinstance(shape[0], str) and shape[1:] == [meta.num_bands, meta.tile_size, meta.tile_size]
 
     outs = {}
-    for name, model in (("pt", SAMPLE / "demo_model.pt"), ("onnx", onnx_path)):
+    for name, model in (("pt", DEMO_MODEL), ("onnx", onnx_path)):
         d = tmp_path / name
         code, _, err = run(["infer", str(SAMPLE / "field.tif"), "-m", str(model), "-o", str(d), "--probabilities",
                             "--device", "cpu", "-q"], capsys)

@@ -22,7 +22,7 @@ def _init(tmp_path: Path, arch: str, bands: int = 7, classes: int = 3, tile: int
     from geoseg.architectures import arch_args
     from geoseg.classes import ClassSchema
     from geoseg.models import build_model, save_checkpoint
-    from geoseg.modelmeta import ModelMeta
+    from geoseg.models.meta import ModelMeta
     from geoseg.io.stats import band_stats
 
     args = arch_args(arch, **SMALL[ARCHITECTURES[arch].family])
@@ -98,7 +98,7 @@ def test_smp_unet_tiled_matches_a_whole_image_pass(tmp_path):
     from geoseg.classes import ClassSchema
     from geoseg.io.stats import band_stats
     from geoseg.models import build_model, save_checkpoint
-    from geoseg.modelmeta import ModelMeta
+    from geoseg.models.meta import ModelMeta
     from geoseg.pipeline import predict_raster
     from tests.conftest import shared_file
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from geoseg.classes import ClassSchema
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.pipeline import predict_raster
 
 from conftest import shared_file
@@ -91,7 +91,8 @@ def test_unet_tiled_matches_whole_image(tmp_path):
                      ClassSchema.default(3))
     ckpt = save_checkpoint(net, meta, tmp_path / "m.pt")
     with rasterio.open(src) as ds:
-        x = (ds.read().astype("float32") - np.array(mean, "float32")[:, None, None]) / np.array(std, "float32")[:, None, None]
+        x = ((ds.read().astype("float32") - np.array(mean, "float32")[:, None, None])
+             / np.array(std, "float32")[:, None, None])
     h, w = x.shape[1:]
     xp = np.pad(x, ((0, 0), (0, (-h) % 8), (0, (-w) % 8)), mode="reflect")
     with torch.inference_mode():

@@ -20,6 +20,7 @@ import pytest
 import rasterio
 
 from conftest import ROOT, SAMPLE
+from geoseg.models.demo import DEMO_MODEL
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -95,11 +96,11 @@ def runs(qgis):
     """The sample scene segmented by the CLI and by qgis_process geoseg:segment."""
     d, env = qgis
     cli, alg = d / "cli", d / "alg"
-    _geoseg_cli("infer", str(SAMPLE / "field.tif"), "-m", str(SAMPLE / "demo_model.pt"), "-o", str(cli),
+    _geoseg_cli("infer", str(SAMPLE / "field.tif"), "-m", str(DEMO_MODEL), "-o", str(cli),
                 "--probabilities", "-q")
     alg.mkdir()
     r = _qgis_process(env, "run", "geoseg:segment", "--", f"INPUT={SAMPLE / 'field.tif'}",
-                      f"MODEL={SAMPLE / 'demo_model.pt'}", f"OUTPUT={alg / 'c.tif'}",
+                      f"MODEL={DEMO_MODEL}", f"OUTPUT={alg / 'c.tif'}",
                       f"PROBABILITIES={alg / 'p.tif'}", f"POLYGONS={alg / 'poly.gpkg'}")
     assert "tiles" in r.stdout + r.stderr  # progress reached Processing
     return cli, alg, env
@@ -209,9 +210,9 @@ def test_outputs_are_loaded_into_the_project_with_their_styles(qgis) -> None:
                        env={**env, "GEOSEG_COMMAND": str(d / "geoseg")})  # a standalone app reads no profile
     assert r.returncode == 0, r.stderr[-3000:]
     layers = json.loads(r.stdout.strip().splitlines()[-1])
-    from geoseg.modelmeta import peek_meta
+    from geoseg.models.meta import peek_meta
 
-    names = peek_meta(SAMPLE / "demo_model.pt").schema.names
+    names = peek_meta(DEMO_MODEL).schema.names
     assert layers == [["Classes", "paletted", names], ["Polygons", "categorizedSymbol", names]]
 
 

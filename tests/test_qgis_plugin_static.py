@@ -15,6 +15,7 @@ import pytest
 import rasterio
 
 from conftest import ROOT, SAMPLE
+from geoseg.models.demo import DEMO_MODEL
 from geoseg.qgis_plugin import options, runner
 
 PLUGIN = ROOT / "geoseg" / "qgis_plugin"
@@ -152,7 +153,7 @@ def test_runner_reports_progress_and_cancel_keeps_a_resumable_run(tmp_path) -> N
     assert any(m.startswith("resumed:") for m in messages)
     import geoseg
 
-    whole = geoseg.predict_raster(SAMPLE / "field.tif", SAMPLE / "demo_model.pt", tmp_path / "whole.tif",
+    whole = geoseg.predict_raster(SAMPLE / "field.tif", DEMO_MODEL, tmp_path / "whole.tif",
                                   tile_size=64, overlap=16)  # the CLI's defaults otherwise
     with rasterio.open(tmp_path / "field_classes.tif") as a, rasterio.open(whole.classes_path) as b:
         assert np.array_equal(a.read(), b.read())

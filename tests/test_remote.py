@@ -6,6 +6,8 @@ here; every wait is bounded.
 
 from __future__ import annotations
 
+from geoseg.models.demo import DEMO_MODEL
+
 import http.server
 import shutil
 import threading
@@ -113,8 +115,8 @@ def test_remote_and_zipped_rasters_give_the_local_result(served: tuple[str, Path
     source = {"http": f"{url}/field.tif", "vsicurl": f"/vsicurl/{url}/field.tif",
               "vsizip": f"/vsizip/{root}/bundle.zip/scenes/field.tif",
               "zip_over_http": f"/vsizip/vsicurl/{url}/bundle.zip/scenes/field.tif"}[form]
-    local = predict_raster(SAMPLE / "field.tif", SAMPLE / "demo_model.pt", tmp_path / "local.tif", device="cpu")
-    remote = predict_raster(source, SAMPLE / "demo_model.pt", tmp_path / "remote.tif", device="cpu")
+    local = predict_raster(SAMPLE / "field.tif", DEMO_MODEL, tmp_path / "local.tif", device="cpu")
+    remote = predict_raster(source, DEMO_MODEL, tmp_path / "remote.tif", device="cpu")
     with rasterio.open(local.classes_path) as a, rasterio.open(remote.classes_path) as b:
         assert np.array_equal(a.read(1), b.read(1))
         assert a.transform == b.transform and a.crs == b.crs
@@ -144,7 +146,7 @@ def test_evaluate_reads_truth_polygons_and_predictions_over_http(served: tuple[s
     from geoseg.pipeline import predict_raster
 
     url, _ = served
-    classes = predict_raster(SAMPLE / "field.tif", SAMPLE / "demo_model.pt", tmp_path / "c.tif").classes_path
+    classes = predict_raster(SAMPLE / "field.tif", DEMO_MODEL, tmp_path / "c.tif").classes_path
     local = evaluate(classes, SAMPLE / "field_training_polygons.gpkg", class_field="class", object_level=False)
     remote = evaluate(classes, f"{url}/polygons.geojson", class_field="class", object_level=False)
     assert np.array_equal(local.metrics.matrix, remote.metrics.matrix) and local.metrics.matrix.sum() > 0

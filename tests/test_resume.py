@@ -17,7 +17,7 @@ from conftest import ROOT, shared_file
 from geoseg.classes import ClassSchema
 from geoseg.errors import UsageError
 from geoseg.io.atomic import TMP_MARKER
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.pipeline import predict_raster
 
 
@@ -113,7 +113,7 @@ def _has_vector_opts() -> bool:
 @pytest.mark.parametrize("trial", range(2))
 def test_sigkill_then_resume_is_identical(tmp_path, trial):
     """Kill `geoseg infer` with SIGKILL at a random point, resume, compare with an uninterrupted run."""
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     src = shared_file("ftw_baselines/inference-img.tif")
     model = tmp_path / "m.pt"
@@ -146,7 +146,7 @@ def test_sigkill_then_resume_is_identical(tmp_path, trial):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_sigterm_stop_cleanly_then_resume(tmp_path, sig):
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     src = shared_file("ftw_baselines/inference-img.tif")
     model = tmp_path / "m.pt"

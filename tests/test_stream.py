@@ -11,7 +11,7 @@ from rasterio.windows import Window
 
 from geoseg.classes import ClassSchema
 from geoseg.io.raster import open_raster, read_window
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.pipeline import predict_raster
 from geoseg.pipeline.plan import plan_run
 from geoseg.pipeline.read import BufferPool, RowBandReader, _chunks
@@ -136,7 +136,7 @@ def test_float32_blending_matches_the_float64_reference(tmp_path):
 def test_torch_and_numpy_predictors_give_the_same_rasters(make_raster, tmp_path):
     """A predictor with forward_tensor (device stages end to end) and the same function through
     the numpy Predictor protocol write the same classes and probabilities."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from geoseg.predict.null import NullPredictor
 
     data = np.random.default_rng(0).normal(size=(3, 70, 90)).astype(np.float32)

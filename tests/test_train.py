@@ -96,6 +96,7 @@ def test_raster_labels_train_outputs_and_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.parametrize("block", [48, 32])
 def test_block_split_counts_each_validation_pixel_once(tmp_path: Path, block: int) -> None:
     from geoseg.train import data as D
+    from geoseg.train.data.plan import _blocks
 
     # block 32 = chip size: regions exactly one chip wide must not be dropped by float rounding
     cfg = _cfg(tmp_path, val_block=block, val_split=0.25).validate()
@@ -103,7 +104,7 @@ def test_block_split_counts_each_validation_pixel_once(tmp_path: Path, block: in
     plan = D.plan_labels(cfg, grid)
     val_ids = plan.split["val_block_ids"]
     assert plan.split["val_blocks"] == len(val_ids) >= 1 and plan.split["train_blocks"] >= 3
-    rows, cols = D._blocks(grid.height, block), D._blocks(grid.width, block)
+    rows, cols = _blocks(grid.height, block), _blocks(grid.width, block)
     with rasterio.open(cfg.labels) as ds:
         lab = ds.read(1)
     expected = np.zeros(9, dtype=np.int64)
@@ -193,7 +194,7 @@ def test_polygons_in_another_crs_train_and_round_trip_into_infer(tmp_path: Path,
 def test_geoparquet_polygons_read_like_the_gpkg(tmp_path: Path) -> None:
     import geopandas as gpd
 
-    from geoseg.train.labels import read_polygons
+    from geoseg.io.labels import read_polygons
 
     src = gpd.read_file(shared_file(BR_POLY))
     pq = tmp_path / "polys.parquet"
@@ -233,7 +234,7 @@ def test_polygon_chips_equal_torchgeo_vectordataset(tmp_path: Path, brazil_4326:
 
     from geoseg.train import data as D
     from geoseg.train.datasets import PolygonLabels
-    from geoseg.train.labels import class_key
+    from geoseg.io.labels import class_key
 
     grid = D.image_grid([shared_file(BR_IMG)])
     pq = tmp_path / "p.parquet"
@@ -247,7 +248,7 @@ def test_polygon_chips_equal_torchgeo_vectordataset(tmp_path: Path, brazil_4326:
     ours = PolygonLabels(pq, "class", codes, crs=grid.crs, res=grid.res)
     ref = Reference(paths=[str(pq)], crs=grid.crs, res=grid.res, task="semantic_segmentation")
     rng = np.random.default_rng(0)
-    (x0, y0, x1, y1), (rx, ry) = grid.bounds, grid.res
+    (x0, y0, x1, _), (rx, ry) = grid.bounds, grid.res
     burnt = 0
     for size in (16, 64, 200):
         for _ in range(15):
@@ -368,8 +369,8 @@ def test_band_dropout_replaces_whole_bands_by_their_mean() -> None:
 
 
 def _reference_batch(x: torch.Tensor, mask: torch.Tensor, nodata: list[float], mean: list[float],
-                     std: list[float], lut: np.ndarray, seed: int, jitter: float, band_dropout: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     std: list[float], lut: np.ndarray, seed: int, jitter: float, band_dropout: float,
+                     d4: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchMaker's contract written plainly, one sample at a time (the batch code is the fast form)."""
     rng = np.random.default_rng([seed, 0, 0, 7])
     xs, ys = [], []
@@ -382,24 +383,31 @@ def _reference_batch(x: torch.Tensor, mask: torch.Tensor, nodata: list[float], m
         xi = torch.stack([(xi[c] - mean[c]) / std[c] for c in range(xi.shape[0])])
         xi[:, bad] = 0.0
         xi = torch.nan_to_num(xi, nan=0.0, posinf=0.0, neginf=0.0)
-        k, flip = [(k, f) for f in (False, True) for k in range(4)][int(rng.integers(8))]
-        if flip:
-            xi, yi = xi.flip(-1), yi.flip(-1)
-        xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
-        gain = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, xi.shape[0]).astype(np.float32))
-        off = torch.from_numpy(rng.uniform(-jitter, jitter, xi.shape[0]).astype(np.float32))
-        xi = xi * gain[:, None, None] + off[:, None, None]
-        keep = torch.from_numpy(rng.random(xi.shape[0]) >= band_dropout)
-        xs.append(xi * keep[:, None, None])
+        if d4:  # each enabled augmentation draws, in this order; a disabled one draws nothing
+            k, flip = [(k, f) for f in (False, True) for k in range(4)][int(rng.integers(8))]
+            if flip:
+                xi, yi = xi.flip(-1), yi.flip(-1)
+            xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
+        if jitter > 0:
+            gain = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, xi.shape[0]).astype(np.float32))
+            off = torch.from_numpy(rng.uniform(-jitter, jitter, xi.shape[0]).astype(np.float32))
+            xi = xi * gain[:, None, None] + off[:, None, None]
+        if band_dropout > 0:
+            keep = torch.from_numpy(rng.random(xi.shape[0]) >= band_dropout)
+            xi = xi * keep[:, None, None]
+        xs.append(xi)
         ys.append(yi)
     return torch.stack(xs), torch.stack(ys)
 
 
+@pytest.mark.parametrize("augment,jitter,band_dropout", [("d4", 0.1, 0.3), ("none", 0.0, 0.0), ("d4", 0.0, 0.0),
+                                                        ("none", 0.1, 0.0), ("none", 0.0, 0.3)])
 @pytest.mark.parametrize("on_device", [False, True])
-def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool) -> None:
-    """Validity (nodata per band, NaN, inf), normalization, overflow, D4, jitter and band dropout;
-    in the workers (CPU) or split between workers and the model's device (``finish``, run here
-    on the CPU)."""
+def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool, augment: str, jitter: float,
+                                                         band_dropout: float) -> None:
+    """Validity (nodata per band, NaN, inf), normalization, overflow, D4, jitter and band dropout, each
+    option on and off; in the workers (CPU) or split between workers and the model's device
+    (``finish``, run here on the CPU): the CPU and the device batch code equal one reference."""
     from geoseg.train import data as D
 
     nodata = [255.0, float("nan"), 0.0, float("nan"), 7.0]
@@ -419,7 +427,7 @@ def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool) -> Non
     mask = torch.randint(0, 5, (6, 9, 9), generator=g)
     lut = np.array([255, 0, 1, 255])  # value 4 is out of the table: ignored too
     mean, std = [1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 2.0, 1.5, 3.0, 1e-3]
-    bm = D.BatchMaker(_Grid(), lut, mean, std, augment="d4", jitter=0.1, band_dropout=0.3, seed=5,
+    bm = D.BatchMaker(_Grid(), lut, mean, std, augment=augment, jitter=jitter, band_dropout=band_dropout, seed=5,
                       on_device=on_device)
     before = x.clone()
     if on_device:
@@ -428,7 +436,7 @@ def test_batch_maker_equals_a_plain_per_sample_reference(on_device: bool) -> Non
         got = bm.finish(raw)
     else:
         got = bm.process(x, mask)
-    want_x, want_y = _reference_batch(x, mask, nodata, mean, std, lut, 5, 0.1, 0.3)
+    want_x, want_y = _reference_batch(x, mask, nodata, mean, std, lut, 5, jitter, band_dropout, augment == "d4")
     assert torch.equal(x.nan_to_num(), before.nan_to_num())  # the input is left alone
     assert torch.equal(got["mask"], want_y)
     assert torch.allclose(got["image"], want_x, rtol=1e-6, atol=1e-6)
@@ -690,15 +698,15 @@ def test_persistent_workers_follow_the_epoch_seed(tmp_path: Path) -> None:
 
 def test_validation_confusion_update_ignores_unlabelled_pixels() -> None:
     from geoseg.metrics import confusion_matrix
-    from geoseg.train.loop import _confusion_update
+    from geoseg.train.losses import confusion_update
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 5, 6, generator=g)
     target = torch.randint(0, 4, (3, 5, 6), generator=g)
     target[0, :2] = 255
     cm = torch.zeros(4, 4, dtype=torch.long)
-    _confusion_update(cm, logits, target)
-    _confusion_update(cm, logits, target)  # accumulates
+    confusion_update(cm, logits, target)
+    confusion_update(cm, logits, target)  # accumulates
     ok = (target != 255).numpy()
     want = confusion_matrix(target.numpy()[ok], logits.argmax(1).numpy()[ok], 4)
     assert np.array_equal(cm.numpy(), 2 * want) and cm.sum() == 2 * ok.sum()
@@ -731,7 +739,7 @@ def test_segmentation_loss_equals_the_plain_formula(dice: bool, weighted: bool) 
     the classes present; 0 with a graph when nothing is labelled; (N,C,H,W) or (P,C) inputs."""
     import torch.nn.functional as F
 
-    from geoseg.train.loop import segmentation_loss
+    from geoseg.train.losses import segmentation_loss
 
     g = torch.Generator().manual_seed(0)
     weight = torch.tensor([0.5, 2.0, 1.0]) if weighted else None

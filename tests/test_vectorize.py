@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.features import shapes
@@ -365,7 +364,8 @@ def test_areas_and_perimeters_are_ground_values_in_any_crs(make_raster, crs, lon
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 3, size=(6, 6)).astype(np.uint8)
     data = np.kron(blocks, np.ones((40, 40), np.uint8))
-    path = make_raster(data, name=f"m_{crs.replace(':', '')}_{lat}.tif", crs=crs, transform=from_origin(x0, y0, res, res))
+    path = make_raster(data, name=f"m_{crs.replace(':', '')}_{lat}.tif", crs=crs,
+                       transform=from_origin(x0, y0, res, res))
     gdf = vectorize(path)
     geod = pyproj.Geod(ellps="WGS84") if crs != "EPSG:5070" else pyproj.Geod(ellps="GRS80")
     to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)

@@ -35,7 +35,7 @@ class SafeConsole(Console):
         kwargs.setdefault("highlight", False)
         super().__init__(**kwargs)
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def print(self, *objects: Any, **kwargs: Any) -> None:
         kwargs["markup"] = False
         super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
 

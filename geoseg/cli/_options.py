@@ -9,7 +9,7 @@ import typer
 
 from geoseg.architectures import ARCHITECTURES
 
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 
 #: the --arch choices: the architecture table's names (torch-free, so --help stays fast)
 Arch = Enum("Arch", [(name, name) for name in ARCHITECTURES], type=str)  # type: ignore[misc]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from geoseg.cli import app
+from geoseg.cli._options import OverwriteOpt
 
 if TYPE_CHECKING:
     from geoseg.metrics import SegmentationMetrics
@@ -56,7 +57,7 @@ def evaluate(
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Write <stem>_metrics.csv, _confusion.csv, _confusion.png here (default: beside the prediction).")] = None,
     ignore_value: Annotated[Optional[list[int]], typer.Option(help="Truth value meaning unlabelled: a truth raster value, or a class value (or id) of truth polygons, which are then not scored; repeatable [rasters: 0 unless 0 is a class; polygons: none].")] = None,
     objects: Annotated[bool, typer.Option("--objects/--no-objects", help="Object-level precision/recall/F1 (one-to-one matching at IoU > 0.5).")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Score PREDICTION against TRUTH: per-class IoU, precision, recall, F1, macro mIoU, accuracy, confusion matrix."""
     from rich.table import Table
@@ -93,7 +94,7 @@ def merged_objects_note(metrics: "SegmentationMetrics", objects: Any) -> str:
     pixels of one class, so neighbouring objects that touch merge into one region matching none."""
     iou = {row["class"]: row["iou"] for row in metrics.per_class()}
     merged = [o.name for o in objects if o.truth_objects > 0 and o.matched < o.truth_objects / 2
-              and o.predicted_objects < o.truth_objects and iou.get(o.name, 0.0) >= 0.5]
+              and o.predicted_objects < o.truth_objects and float(iou.get(o.name, 0.0)) >= 0.5]
     if not merged:
         return ""
     return (f"note: {', '.join(merged)}: good pixel scores but few matched objects: predicted objects are connected "

@@ -12,6 +12,7 @@ import typer
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
 from geoseg.cli import app
 from geoseg.cli._options import BlockRowsOpt, InputsArg, OverwriteOpt, ProgressMode, ProgressOpt, SchedulerOpt
+from geoseg.models.demo import DEMO_MODEL
 
 Blend = Enum("Blend", {k: k for k in BLEND_WINDOWS}, type=str)  # type: ignore[misc]
 
@@ -27,7 +28,6 @@ class Tta(str, Enum):
     d4 = "d4"
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "sample_data" / "demo_model.pt"
 
 
 # polygon formats for --vector-format (geoseg.vector; helpers at the end of this file)
@@ -42,7 +42,7 @@ class VectorFormat(str, Enum):
 @app.command()
 def infer(
     images: InputsArg,
-    model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt), or an ONNX model (.onnx, run by onnxruntime); repeat .pt files to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model in sample_data/.")] = None,
+    model: Annotated[Optional[List[Path]], typer.Option("-m", "--model", help="Checkpoint (.pt), or an ONNX model (.onnx, run by onnxruntime); repeat .pt files to average several models' probabilities (an ensemble, e.g. seeds of one training). Default: the demo model shipped with geoseg (docs/demo_model.md).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("-o", "--out-dir", help="Output directory (default: beside each input). Outputs are <stem>_classes.tif etc.; inputs sharing a stem get distinct names.")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-class probabilities and a confidence band.")] = False,
     classes_out: Annotated[Optional[Path], typer.Option(help="Class raster path (default: <stem>_classes.tif in the output directory).")] = None,
@@ -52,7 +52,7 @@ def infer(
     nodata: Annotated[Optional[float], typer.Option(help="Input value to treat as nodata in every band, beside the raster's own nodata and masks (an undeclared collar, e.g. 0); such pixels get the output nodata.")] = None,
     tile_size: Annotated[Optional[int], typer.Option(help="Tile side in pixels (default: the model's).", min=16)] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (default: the model's).", min=0)] = None,
-    blend: Annotated[Blend, typer.Option(help="Blend window for overlapping tiles.")] = Blend(DEFAULT_BLEND),  # type: ignore[call-arg]
+    blend: Annotated[Blend, typer.Option(help="Blend window for overlapping tiles.")] = Blend(DEFAULT_BLEND),
     batch_size: Annotated[int, typer.Option(help="Tiles per model call.", min=1)] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
@@ -85,9 +85,9 @@ def infer(
     from geoseg.io.raster import parse_bands
     from geoseg.pipeline import default_output_paths, predict_raster
 
-    models = list(model or [DEFAULT_MODEL])
+    models = list(model or [DEMO_MODEL])
     model_path = models[0] if len(models) == 1 else models
-    if not model and not DEFAULT_MODEL.exists():
+    if not model and not DEMO_MODEL.exists():
         raise UsageError("no model given and the demo model is missing; pass -m model.pt "
                          "(create one with 'geoseg model init' or 'geoseg train')")
     inputs = expand_inputs(images)
@@ -181,7 +181,7 @@ def _write_preview(image: str, paths: dict[str, Path], rgb: str | None, overwrit
 
 # --- polygons after inference (geoseg.vector); kept apart from the inference code above ---
 def _vector_destination(paths: dict[str, Path], fmt: "VectorFormat", vector_out: Path | None, no_vector: bool,
-                        overwrite: bool, image: Path) -> Path | None:
+                        overwrite: bool, image: str) -> Path | None:
     """The polygon path, checked before the long inference starts (None with --no-vector)."""
     if no_vector:
         return None

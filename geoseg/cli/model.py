@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
-from geoseg.cli._options import ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt
+from geoseg.cli._options import ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, OverwriteOpt
 
 model_app = typer.Typer(help="Create, import, export and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -32,11 +32,11 @@ def init(
     tile_size: Annotated[int, typer.Option(help="Recommended tile size in pixels.", min=16)] = 256,
     overlap: Annotated[int, typer.Option(help="Recommended overlap in pixels.", min=0)] = 64,
     seed: Annotated[int, typer.Option(help="Random seed for the initial weights.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write an untrained checkpoint (for testing the pipeline, benchmarks, or as a starting point)."""
     from geoseg.cli._console import out
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     path = init_checkpoint(
         output, arch=Arch(arch).value, bands=bands, classes=classes,
@@ -65,7 +65,7 @@ def import_(
     colours: Annotated[Optional[str], typer.Option(help="Comma-separated class colours as #rrggbb [by class name].")] = None,
     tile_size: Annotated[Optional[int], typer.Option(help="Recommended tile size in pixels [preset's, else 256].", min=16)] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Recommended overlap in pixels [preset's, else 64].", min=0)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Turn an external checkpoint into a self-describing geoseg checkpoint (reading it runs no code)."""
     from geoseg.cli._console import out, safe_line
@@ -86,7 +86,7 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="geoseg checkpoint (.pt).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write (.onnx).")],
     resolution: Annotated[Optional[float], typer.Option(help="Pixel size of the training imagery in cm, for the Deepness QGIS plugin (which rescales other imagery to it) [not recorded].")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX: dynamic batch, the checkpoint's tile size, probabilities out, metadata inside (geoseg's and the Deepness plugin's keys)."""
     from geoseg.cli._console import out, safe_line
@@ -113,7 +113,7 @@ def info(path: Annotated[Path, typer.Argument(help="Checkpoint (.pt) or ONNX mod
     from rich.text import Text
 
     from geoseg.cli._console import out, safe_line, styled
-    from geoseg.modelmeta import peek_meta
+    from geoseg.models.meta import peek_meta
 
     from geoseg.predict.onnx import is_onnx
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+if TYPE_CHECKING:
+    from geoseg.train.history import TrainProgress
+
 from geoseg.cli import app
 from geoseg.architectures import ARCHITECTURES
-from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, ProgressMode,
-                                  ProgressOpt)
+from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, OverwriteOpt,
+                                  ProgressMode, ProgressOpt)
 
 TEMPCNN = ARCHITECTURES["tempcnn"].defaults
 
@@ -66,7 +69,7 @@ def train(
     devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: 0 on a CPU, up to 8 per GPU).", min=0)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <output stem>.last.pt.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     progress: ProgressOpt = ProgressMode.bar,
 ) -> None:
@@ -128,11 +131,11 @@ class _TrainBar:
     def __init__(self, quiet: bool, json_lines: bool = False) -> None:
         self.quiet = quiet
         self.json_lines = json_lines
-        self.prog = None
-        self.task = None
+        self.prog: Any = None  # rich's Progress, imported when a bar is shown
+        self.task: Any = None
         self.last = ""
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Any:
         if self.quiet:
             return None
         if self.json_lines:
@@ -146,12 +149,13 @@ class _TrainBar:
         self.prog.__enter__()
         return self
 
-    def __call__(self, p) -> None:  # type: ignore[no-untyped-def]
+    def __call__(self, p: TrainProgress) -> None:
         prog = self.prog
         assert prog is not None
         desc = f"epoch {p.epoch}/{p.epochs} {p.phase}"
         if p.phase == "epoch":
             r = p.record
+            assert r is not None  # every epoch event carries its record
             self.last = (f"val mIoU {r.val_miou:.3f} F1 {r.val_macro_f1:.3f} OA {r.val_overall_accuracy:.3f}"
                          if r.val_miou == r.val_miou else "")
             info = f"loss {r.train_loss:.4f} {self.last}" + (" *best" if r.best else "")
@@ -165,7 +169,7 @@ class _TrainBar:
         prog.update(self.task, completed=p.step, total=p.steps, info=info, description=desc)
 
     @staticmethod
-    def _json(p) -> None:  # type: ignore[no-untyped-def]
+    def _json(p: TrainProgress) -> None:
         """JSON progress lines in epochs (done 2.5 of total 10: half-way through the third epoch's
         training steps; validation counts as the end of its epoch)."""
         from geoseg.cli._progress import json_progress
@@ -173,6 +177,6 @@ class _TrainBar:
         part = p.step / max(1, p.steps) if p.phase == "train" else 1.0
         json_progress(f"epoch {p.epoch}/{p.epochs} {p.phase}", round(p.epoch - 1 + part, 4), p.epochs)
 
-    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+    def __exit__(self, *exc: Any) -> None:
         if self.prog is not None:
             self.prog.__exit__(*exc)

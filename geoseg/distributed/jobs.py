@@ -209,7 +209,7 @@ def _bounds(job: InferJob, model: Sequence[str], options: dict[str, Any], block_
 
 
 def _meta(model: Sequence[str]) -> Any:
-    from geoseg.modelmeta import peek_meta
+    from geoseg.models.meta import peek_meta
     from geoseg.predict.onnx import OnnxPredictor, is_onnx
 
     if is_onnx(model[0]):
@@ -268,7 +268,8 @@ def vectorize_many(client: Any, pairs: Sequence[tuple[str, Path]], options: dict
         except GeosegError as e:
             summary.fail(src, e)
             continue
-        futures[client.submit(vectorize_task, src, str(dest), options, None, overwrite, since, pure=False)] = (src, dest)
+        fut = client.submit(vectorize_task, src, str(dest), options, None, overwrite, since, pure=False)
+        futures[fut] = (src, dest)
     if on_task is not None:
         on_task(0, len(futures))
     for n, f in enumerate(as_completed(list(futures), loop=client.loop), start=1):

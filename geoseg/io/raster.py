@@ -168,7 +168,8 @@ def read_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int], **kwargs: An
     """``ds.read(bands, **kwargs)`` for bands of any mix of types (rasterio refuses several types in one
     read): mixed bands are read one by one and stacked in their common type (masked arrays too)."""
     if len({ds.dtypes[b - 1] for b in bands}) == 1:
-        return ds.read(list(bands), **kwargs)
+        same: np.ndarray = ds.read(list(bands), **kwargs)
+        return same
     parts = [ds.read(b, **kwargs) for b in bands]
     common = np.result_type(*(p.dtype for p in parts))
     if kwargs.get("masked"):

@@ -43,8 +43,8 @@ def band_stats(paths: Sequence[str | os.PathLike[str]], bands: Sequence[int] | N
                 if len(idx) != len(sums):
                     raise RasterReadError(f"{path}: has {len(idx)} bands, earlier rasters had {len(sums)}")
                 sums += d.sum(axis=(1, 2))
-                sq += (d * d).sum(axis=(1, 2))  # type: ignore[operator]
-                cnt += valid.sum(axis=(1, 2))  # type: ignore[operator]
+                sq += (d * d).sum(axis=(1, 2))
+                cnt += valid.sum(axis=(1, 2))
     if sums is None or cnt is None or sq is None or (cnt == 0).any():
         raise RasterReadError(f"{', '.join(map(str, paths))}: no valid pixels to compute band statistics "
                               "(all nodata?)")

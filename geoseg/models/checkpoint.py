@@ -18,7 +18,7 @@ from torch import nn
 
 from geoseg.errors import CheckpointError
 from geoseg.io.atomic import atomic_output
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.models.registry import build_model
 
 
@@ -89,7 +89,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError, TypeError) as e:
         msg = str(e).splitlines()[0][:200]
-        raise CheckpointError(f"{path}: weights do not match the {meta.arch} architecture in its metadata ({msg})") from None
+        raise CheckpointError(f"{path}: weights do not match the {meta.arch} architecture in its metadata "
+                              f"({msg})") from None
     model.eval()
     return model.to(map_location), meta
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import CheckpointError
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.models.checkpoint import load_checkpoint
 
 
@@ -28,6 +28,9 @@ class Ensemble(nn.Module):
     The input is normalized with the lead member's statistics; member ``i`` sees it mapped
     to its own (``x * scale[i] + shift[i]``, identity where the statistics agree).
     """
+
+    scale: torch.Tensor  # buffers
+    shift: torch.Tensor
 
     def __init__(self, members: Sequence[nn.Module], scale: torch.Tensor, shift: torch.Tensor) -> None:
         super().__init__()

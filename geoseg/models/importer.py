@@ -34,7 +34,7 @@ from geoseg.architectures import ARCHITECTURES, arch_args, from_torchgeo
 from geoseg.classes import ClassInfo, ClassSchema, default_colour
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import check_destination
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.models.checkpoint import save_checkpoint
 from geoseg.models.registry import build_model
 from geoseg.tiling import check_tile_params
@@ -227,7 +227,8 @@ def _schema(opts: ImportOptions, preset: Preset | None, k: int) -> ClassSchema:
     if opts.colours is not None and len(opts.colours) != k:
         raise UsageError(f"{len(opts.colours)} colours for {k} classes")
     colours = list(opts.colours) if opts.colours else [default_colour(i, n) for i, n in enumerate(names)]
-    return ClassSchema(tuple(ClassInfo(i, str(n), tuple(c)) for i, (n, c) in enumerate(zip(names, colours))))
+    return ClassSchema(tuple(ClassInfo(i, str(n), (int(c[0]), int(c[1]), int(c[2])))
+                             for i, (n, c) in enumerate(zip(names, colours))))
 
 
 def import_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[str], opts: ImportOptions,

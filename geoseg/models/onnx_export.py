@@ -23,7 +23,7 @@ from torch import nn
 
 from geoseg.errors import UsageError
 from geoseg.io.atomic import atomic_output, check_destination
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 
 #: Opset of the exported graphs (onnxruntime >= 1.14 runs it).
 OPSET = 18
@@ -84,7 +84,10 @@ def export_onnx(checkpoint: str | os.PathLike[str], output: str | os.PathLike[st
                                         output_names=["probabilities"], opset_version=OPSET, dynamo=True,
                                         verbose=False, optimize=True)
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
-            raise UsageError(f"{meta.arch} cannot be exported to ONNX: {str(e).strip().splitlines()[0][:200]}") from None
+            why = str(e).strip().splitlines()[0][:200]
+            raise UsageError(f"{meta.arch} cannot be exported to ONNX: {why}") from None
+        if program is None:  # dynamo=True always returns a program
+            raise UsageError(f"{meta.arch} cannot be exported to ONNX: the exporter returned nothing")
         proto = program.model_proto
         if not proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
             raise UsageError(f"{meta.arch} exported with a fixed batch size (the exporter specialized it); "

@@ -11,7 +11,7 @@ from torch import nn
 
 from geoseg.architectures import ARCHITECTURES, Architecture, arch_defaults, get_architecture  # noqa: F401
 from geoseg.errors import CheckpointError, UsageError
-from geoseg.modelmeta import size_multiple  # noqa: F401 - re-exported
+from geoseg.architectures import size_multiple  # noqa: F401 - re-exported
 
 
 def _build_unet(arch: Architecture, in_channels: int, num_classes: int, base_channels: int, depth: int) -> nn.Module:

@@ -185,7 +185,7 @@ class RowBandReader:
             sl = (slice(None), slice(a - job.row, b - job.row), slice(None))
         v = valid[sl] if valid is not None else None
         read_into(handle, self.band_idx, win, data[sl], v, self.masked, self.nodata)
-        return None if v is None else v.any(axis=(0, 1))
+        return None if v is None else np.asarray(v.any(axis=(0, 1)))
 
     def _start(self, job: RowJob, pool: ThreadPoolExecutor | None) -> tuple[RowBand, list[Any]]:
         g = self.plan.grid

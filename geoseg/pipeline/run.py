@@ -20,6 +20,7 @@ is independent of raster height (docs/memory.md).
 from __future__ import annotations
 
 import json
+from functools import partial
 import os
 import time
 import warnings
@@ -28,16 +29,17 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
-import rasterio
 from affine import Affine
 
 from geoseg.blend import BLEND_WINDOWS, DEFAULT_BLEND
+from geoseg.classes import SCHEMA_TAG
 from geoseg.errors import Interrupted, NodataWarning, ResumeWarning, UsageError
 from geoseg.io.atomic import check_destination, destination_lock
+from geoseg.io.gdalcache import block_cache
 from geoseg.io.heap import release_free_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
 from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
@@ -229,7 +231,7 @@ def predict_raster(
     # one run at a time per destination: a second one gets a clear error instead of destroying this one
     with destination_lock(out_path), destination_lock(prob_path):
         # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
-        with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), open_raster(source) as ds:
+        with block_cache(64 << 20), open_raster(source) as ds:
             info = inspect(ds)
             paths = ([model] if isinstance(model, (str, os.PathLike))
                      else list(model) if isinstance(model, (list, tuple)) else None)
@@ -270,7 +272,8 @@ def predict_raster(
                 "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
                           else [file_fingerprint(p) for p in paths] if paths is not None
                           else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
-                "options": {"bands": band_idx, "nodata": nodata, "tile_size": size, "overlap": ov, "blend": blend, "tta": tta,
+                "options": {"bands": band_idx, "nodata": nodata, "tile_size": size, "overlap": ov, "blend": blend,
+                            "tta": tta,
                             "precision": getattr(predictor, "precision", precision),
                             "probabilities": str(prob_path) if prob_path else None,
                             "probability_dtype": probability_dtype, "strips": strips},
@@ -291,7 +294,7 @@ def predict_raster(
                     remove_leftovers(dest)
             start = (state.strip, state.rows_done)
 
-            tags = {"geoseg_classes": schema.to_json(), "geoseg_model_arch": meta.arch,
+            tags = {SCHEMA_TAG: schema.to_json(), "geoseg_model_arch": meta.arch,
                     "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
             common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
             specs = [dict(count=1, dtype="uint8", nodata=schema.nodata, colormap=schema.colormap(), classes=schema,
@@ -309,11 +312,12 @@ def predict_raster(
             interrupted = ok = False
             try:
                 for dest, spec, stage in zip([out_path, prob_path], specs, staged):
+                    assert dest is not None  # specs has one entry a destination
                     sinks.append(GeoTiffSink(dest, staging=stage, resume=resume, **{**spec, **part}))
                 writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
                 writer.checkpoint()  # the run state exists from the first moment: --resume works after any kill
                 try:
-                    with rasterio.Env(GDAL_CACHEMAX=cache):  # process-wide in GDAL: the reader threads' handles too
+                    with block_cache(cache):  # process-wide in GDAL: the reader threads' handles too
                         plan = plan_run(grid, strips, start) if rows is None else plan_block(grid, strips, r0, r1)
                         stats = _stream(ds, band_idx, plan, predictor, blend=blend,
                                         batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
@@ -393,7 +397,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
             waited += time.perf_counter() - t
             if band is None:
                 break
-            runner.push(band, lambda event, band=band: band.release(reader.buffers, event))
+            runner.push(band, partial(band.release, reader.buffers))
             release_free_heap()  # the band's temporaries: else the heap's resident size creeps up with height
         t = time.perf_counter()
         stats = runner.close()

@@ -14,10 +14,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from geoseg.errors import UsageError
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 
 #: Test-time augmentation sets: name -> list of (forward, inverse) on (N, C, H, W) tensors.
 _T = Callable[[torch.Tensor], torch.Tensor]
@@ -77,7 +76,7 @@ class TorchPredictor:
             (``fixed_batch``), so the compiled graph is built once, at the first batch.
     """
 
-    def __init__(self, model: nn.Module, meta: ModelMeta, *, device: str = "auto", tta: str = "none",
+    def __init__(self, model: Any, meta: ModelMeta, *, device: str = "auto", tta: str = "none",
                  precision: str = "auto", threads: int | None = None, compile: bool | str = False) -> None:
         if tta not in TTA:
             raise UsageError(f"--tta {tta!r}: choose one of {', '.join(TTA)}")

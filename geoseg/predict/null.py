@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.predict.engine import resolve_device
 
 

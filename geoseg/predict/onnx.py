@@ -21,7 +21,7 @@ import numpy as np
 
 from geoseg.classes import ClassSchema
 from geoseg.errors import CheckpointError, UsageError
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 
 
 def _session(path: Path, threads: int | None) -> Any:

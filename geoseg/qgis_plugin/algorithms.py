@@ -3,6 +3,7 @@ runs it with :mod:`.runner`; layers it writes are loaded with the styles geoseg 
 
 import os
 import re
+from typing import Any
 
 from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
                        QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputFile, QgsProcessingParameterBoolean,
@@ -21,7 +22,7 @@ class LoadDefaultStyle(QgsProcessingLayerPostProcessorInterface):
     """Applies the style geoseg stored with a layer (the .qml beside it, or the GeoPackage's
     layer_styles) when Processing loads it into the project."""
 
-    _alive = []  # Processing keeps only a raw pointer: the Python objects must outlive the run
+    _alive: list[Any] = []  # Processing keeps only a raw pointer: the Python objects must outlive the run
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS's name)
         result = layer.loadDefaultStyle()
@@ -57,7 +58,7 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
     TITLE = ""
     HELP = ""
     #: progress stage -> (start %, end %) of Processing's bar; other stages fill the whole bar
-    STAGES = {}
+    STAGES: dict[str, tuple[float, float]] = {}
     #: whether the command reports progress (``--progress json``)
     PROGRESS = True
 

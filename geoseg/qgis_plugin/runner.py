@@ -53,7 +53,8 @@ def resolve_command(setting: str | None) -> list[str]:
         return [found]
     if not (os.path.isfile(value) and os.access(value, os.X_OK)):
         raise GeosegCommandError(f"geoseg command {value!r} does not exist or is not executable: set the 'geoseg' "
-                                 "executable of an environment under Settings > Options > Processing > Providers > geoseg")
+                                 "executable of an environment under Settings > Options > Processing > Providers > "
+                                 "geoseg")
     name = os.path.basename(value).lower()
     # -P: the working directory (a QGIS project folder) is not put first on sys.path, so nothing there
     # (a folder named geoseg, a json.py) shadows the installed package
@@ -142,7 +143,8 @@ def run(command: Sequence[str], args: Sequence[str], *, on_progress: Callable[[f
         elif line.strip():
             on_message(line)
     for s in (proc.stdout, proc.stderr):
-        s.close()
+        if s is not None:
+            s.close()
     return proc.wait(), canceled
 
 

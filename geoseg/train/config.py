@@ -297,8 +297,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return parse_class_map([str(v) for v in value])
             return {str(k): ("" if v is None else str(v)) for k, v in dict(value).items()}
         if name == "ignore_values":
-            vals = [value] if isinstance(value, (int, str)) else list(value)
-            return [int(v) for v in vals]
+            ivals: list[Any] = [value] if isinstance(value, (int, str)) else list(value)
+            return [int(v) for v in ivals]
         if value is None:
             if "None" in t:
                 return None

@@ -118,7 +118,7 @@ def _vector_units(cfg: TrainConfig, grid: Any, codes: dict[str, int]) -> list[Un
     import shapely
     from sklearn.cluster import KMeans
 
-    from geoseg.train.labels import class_key, read_polygons
+    from geoseg.io.labels import class_key, read_polygons
 
     assert cfg.vector_labels is not None and cfg.class_field is not None
     gdf = read_polygons(cfg.vector_labels, cfg.class_field)
@@ -181,7 +181,7 @@ def assign_folds(units: list[Unit], k: int, seed: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------- files for one fold
 def _fold_vector_labels(cfg: TrainConfig, rows: list[int], path: Path) -> None:
-    from geoseg.train.labels import read_polygons
+    from geoseg.io.labels import read_polygons
 
     assert cfg.vector_labels is not None and cfg.class_field is not None
     gdf = read_polygons(cfg.vector_labels, cfg.class_field)
@@ -388,7 +388,7 @@ def record_cross_validation(path: str | Path, cv: CrossValidation) -> None:
     import torch
 
     from geoseg.io.atomic import atomic_output
-    from geoseg.modelmeta import ModelMeta
+    from geoseg.models.meta import ModelMeta
     from geoseg.models.checkpoint import read_checkpoint
 
     payload = read_checkpoint(path)

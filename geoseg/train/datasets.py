@@ -23,9 +23,8 @@ from torchgeo.datasets import GeoDataset, IntersectionDataset, RasterDataset, Ve
 from torchgeo.samplers import RandomGeoSampler
 from torchgeo.samplers.utils import get_random_bounding_box
 
-from geoseg.errors import LabelError
+from geoseg.io.labels import class_key, no_overlap, read_vector
 from geoseg.io.raster import read_bands
-from geoseg.train.labels import class_key, read_vector
 
 
 class FixedBounds:
@@ -152,7 +151,8 @@ def window_fill(src: Any, bands: Sequence[int]) -> tuple[np.dtype, Any] | None:
     if np.isnan(nodata):
         return (dtype, nodata) if dtype.kind == "f" else None
     info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
-    if not (info.min <= nodata <= info.max) or (dtype.kind == "f" and not np.can_cast(np.min_scalar_type(nodata), dtype)):
+    if not (info.min <= nodata <= info.max) or (dtype.kind == "f"
+                                                 and not np.can_cast(np.min_scalar_type(nodata), dtype)):
         return None
     return dtype, nodata
 
@@ -339,6 +339,5 @@ def image_with_labels(images: GeoDataset, labels: GeoDataset) -> IntersectionDat
         return _flat_index(IntersectionDataset(images, labels, spatial_only=True, collate_fn=join_samples))
     except RuntimeError as e:
         if "intersection" in str(e):
-            raise LabelError("the labels do not overlap the image; check that they cover the same area "
-                             "(and that the label CRS is right)") from None
+            raise no_overlap(None, "the labels do", "the image") from None
         raise

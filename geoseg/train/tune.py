@@ -191,7 +191,7 @@ def _record_tune(path: str, best: Any, n: int, sampler: str, folds: int) -> None
     import torch
 
     from geoseg.io.atomic import atomic_output
-    from geoseg.modelmeta import ModelMeta
+    from geoseg.models.meta import ModelMeta
     from geoseg.models.checkpoint import read_checkpoint
 
     payload = read_checkpoint(path)

@@ -13,6 +13,7 @@ import numpy as np
 
 from geoseg.errors import UsageError
 from geoseg.io.atomic import destination_lock
+from geoseg.io.gdalcache import MIN_CACHE_BYTES, block_cache
 from geoseg.io.heap import release_free_heap
 from geoseg.io.threads import prefetch_in_thread
 from geoseg.vector.measure import Measurer
@@ -114,7 +115,6 @@ class _Plan:
 def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeReport,
              on_progress: Callable[[VectorProgress], None] | None, t0: float) -> Iterator[Any]:
     """Yield one pyarrow RecordBatch of final polygons (CRS coordinates, WKB) per band."""
-    import pyarrow as pa
 
     src = plan.src
     merger = SeamMerger(src.width, src.height, want_confidence=conf_src is not None)
@@ -124,9 +124,11 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
     pending_vertices = 0
     try:
         for bp in band_polygons(src, plan.band_rows, sieve=plan.sieve, keep=plan.keep, boundary=plan.boundary,
-                                conf=conf_src, keep_emit=store is not None, workers=plan.workers, executor=plan.executor,
+                                conf=conf_src, keep_emit=store is not None, workers=plan.workers,
+                                executor=plan.executor,
                                 cache_bytes=plan.cache_bytes):
             if store is not None:
+                assert bp.emit_bits is not None  # asked for (keep_emit)
                 store.write_bits(bp.r0, bp.emit_bits)
             chunk = merger.merge(bp)
             report.max_open_groups = merger.max_open
@@ -194,8 +196,9 @@ def _to_batch(plan: _Plan, chunk: Chunk, store: EmitMaskStore | None, report: Ve
     cols = [pa.array(ids), pa.array(cls.astype(np.int32)), names.cast(pa.string()), pa.array(area),
             pa.array(perim)]
     if with_conf:
+        assert cs is not None and cn is not None  # a confidence source gives both
         with np.errstate(invalid="ignore", divide="ignore"):
-            cm = np.where(cn > 0, cs / np.maximum(cn, 1), np.nan)  # type: ignore[operator]
+            cm = np.where(cn > 0, cs / np.maximum(cn, 1), np.nan)
         cols.append(pa.array(cm, mask=~np.isfinite(cm)))
     cols.append(geom)
     return pa.RecordBatch.from_arrays(cols, schema=arrow_schema(with_conf)), next_id + n
@@ -301,7 +304,7 @@ def vectorize(
                                  warnings=list(plan.warnings))
         try:
             # one run at a time per destination: a second one gets a clear error, not a silent replacement
-            with destination_lock(dest[0] if dest else None), _bounded_block_cache(plan.cache_bytes):
+            with destination_lock(dest[0] if dest else None), block_cache(plan.cache_bytes):
                 batches = prefetch_in_thread(_batches(plan, conf_src, report, on_progress, t0))
                 schema = arrow_schema(conf_src is not None)
                 if dest is None:
@@ -319,26 +322,10 @@ def vectorize(
     return report
 
 
-def _bounded_block_cache(cache_bytes: int) -> Any:
-    """Cap GDAL's block cache at what one band read needs (:func:`_cache_bytes`).
-
-    GDAL keeps every block it decoded until its cache is full, and the default cap (5 % of
-    RAM) is larger than most class rasters: each block is read once, yet the cache would
-    keep the whole raster, and memory would grow with the raster's height (the retained
-    blocks also pin the heap, so the transient ``shapes`` memory of every band stays
-    resident). With the cap, the cache holds the blocks of about one band.
-    """
-    import rasterio
-
-    return rasterio.Env(GDAL_CACHEMAX=int(cache_bytes))
-
-
-#: smallest GDAL block cache set while vectorizing (GDAL reads values below 100 000 as MB)
-MIN_CACHE_BYTES = 4 << 20
-
-
 def _cache_bytes(ds: Any, band_rows: int, sieve: int | None, bands: Sequence[int] = (1,)) -> int:
-    """Bytes of the blocks that one band read of ``ds`` touches, plus one row of blocks.
+    """Bytes of the blocks that one band read of ``ds`` touches, plus one row of blocks: GDAL's block
+    cache is capped at this (:func:`~geoseg.io.gdalcache.block_cache`), so it holds the blocks of about
+    one band (retained blocks would also pin the heap, keeping every band's transient ``shapes`` memory).
 
     A band of ``band_rows`` rows (plus the sieve halo above and below) spans at most
     ``ceil(rows / block height) + 1`` rows of blocks; the extra row keeps the block row

@@ -45,7 +45,8 @@ def _scale_range(pcrs: Any, to_lonlat: Any, transform: Any, width: int, height: 
     try:
         f = pyproj.Proj(pcrs).get_factors(lon, lat)
         areal = np.abs(np.asarray(f.areal_scale) - 1.0).max()
-        linear = max(np.abs(np.asarray(f.meridional_scale) - 1.0).max(), np.abs(np.asarray(f.parallel_scale) - 1.0).max())
+        linear = max(np.abs(np.asarray(f.meridional_scale) - 1.0).max(),
+                     np.abs(np.asarray(f.parallel_scale) - 1.0).max())
     except Exception:  # noqa: BLE001 - a CRS pyproj cannot give factors for: measure it the exact way
         return float("inf"), float("inf")
     areal, linear = float(areal), float(linear)
@@ -86,6 +87,7 @@ class Measurer:
             self.planar_length = linear <= SCALE_TOLERANCE
         if not (self.planar_area and self.planar_length):  # always so for a geographic CRS
             ell = pcrs.ellipsoid
+            assert ell is not None  # every CRS with a geodetic datum has one
             a, rf = ell.semi_major_metre, ell.inverse_flattening
             geod_args = f"+a={a} +rf={rf}" if rf else f"+R={a}"
             cx, cy = transform @ (width / 2.0, height / 2.0)
@@ -109,9 +111,10 @@ class Measurer:
 
     def ring_areas_m2(self, rag_px: Ragged) -> np.ndarray:
         """Unsigned area of every ring (exterior and holes), m²."""
-        if not self.planar_area:
-            return np.abs(self._equal_area(self.to_crs(rag_px)).ring_signed_area2()) / 2.0
-        return np.abs(rag_px.ring_signed_area2()) / 2.0 * self.abs_det * self.factor ** 2
+        area2 = (self._equal_area(self.to_crs(rag_px)) if not self.planar_area else rag_px).ring_signed_area2()
+        scale = 1.0 if not self.planar_area else self.abs_det * self.factor ** 2
+        out: np.ndarray = np.abs(area2) / 2.0 * scale
+        return out
 
     def area_perimeter(self, rag_px: Ragged, rag_crs: Ragged | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(area_m2, perimeter_m)`` per polygon; ``rag_crs`` is ``to_crs(rag_px)`` if already computed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Sequence
 
+from geoseg.io.gdalcache import set_block_cache
 from geoseg.io.heap import release_free_heap
 
 from geoseg.vector.seams import BandPolygons, polygonize_band
@@ -48,10 +49,6 @@ def auto_workers(width: int, height: int) -> int:
         return 1
     free = min(4, _cpus() - BUSY_WITHOUT_WORKERS)
     return free if free >= 2 else 1
-
-
-def _init(cache_bytes: int) -> None:
-    os.environ["GDAL_CACHEMAX"] = str(int(cache_bytes))
 
 
 def _opened(path: str, make: Any, tag: Any = None) -> Any:
@@ -104,7 +101,7 @@ def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: 
     from geoseg.errors import GeosegError
 
     # "spawn": forking a process that runs GDAL writer threads (or torch) is not safe
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=set_block_cache,
                              initargs=(cache_bytes,)) as ex:
         try:
             yield from _submitted(ex, src, starts, band_rows, sieve, keep, boundary, conf, keep_emit, workers)

@@ -64,8 +64,9 @@ class Ragged:
     def to_shapely(self) -> np.ndarray:
         if len(self) == 0:
             return np.empty(0, dtype=object)
-        return shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords,
-                                         (self.ring_off, self.poly_off))
+        out: np.ndarray = shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords,
+                                                    (self.ring_off, self.poly_off))
+        return out
 
     @staticmethod
     def concat(parts: Iterable["Ragged"]) -> "Ragged":

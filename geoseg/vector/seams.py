@@ -46,8 +46,8 @@ class Chunk:
             return chunks[0]
         conf = chunks[0].conf_sum is not None
         return Chunk(Ragged.concat([c.rag for c in chunks]), np.concatenate([c.class_id for c in chunks]),
-                     np.concatenate([c.conf_sum for c in chunks]) if conf else None,  # type: ignore[misc]
-                     np.concatenate([c.conf_n for c in chunks]) if conf else None)  # type: ignore[misc]
+                     np.concatenate([c.conf_sum for c in chunks]) if conf else None,
+                     np.concatenate([c.conf_n for c in chunks]) if conf else None)
 
 
 @dataclass
@@ -124,8 +124,8 @@ class SeamMerger:
                 self.next_id += 1
                 local_gid[i] = gid
                 g = _Group(int(cls[i]), [geoms[k]])
-                if csum is not None:
-                    g.conf_sum, g.conf_n = float(csum[i]), float(cn[i])  # type: ignore[index]
+                if csum is not None and cn is not None:
+                    g.conf_sum, g.conf_n = float(csum[i]), float(cn[i])
                 self.groups[gid] = g
 
         # match the previous band's bottom row with this band's top row
@@ -231,7 +231,8 @@ def polygonize_band(band: Band, conf: np.ndarray | None = None, keep_emit: bool 
         if gc_was_on:
             gc.enable()
     n = len(cls)
-    csum = cn = None
+    csum: np.ndarray | None = None
+    cn: np.ndarray | None = None
     if conf is not None:
         csum, cn = np.zeros(n), np.zeros(n)
         if n:

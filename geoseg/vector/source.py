@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
-from geoseg.classes import ClassInfo, ClassSchema, default_colour, parse_class_names
+from geoseg.classes import ClassInfo, ClassSchema, default_colour, parse_class_names, schema_from_tags
 from geoseg.errors import RasterReadError, UsageError
 from geoseg.io.raster import open_raster, read_errors
 
@@ -35,7 +33,7 @@ class Band:
 
 def safe_dtype(dtype: Any, name: str) -> np.dtype:
     """The dtype ``shapes`` handles exactly for class ids of ``dtype`` (it truncates 64-bit types)."""
-    dt = np.dtype(dtype)
+    dt: np.dtype = np.dtype(dtype)
     if dt in (np.uint8, np.int16, np.uint16, np.int32):
         return dt
     if dt == np.int8:
@@ -81,13 +79,7 @@ class ClassSource:
         self.crs = ds.crs
         self.transform = ds.transform
         self.dtype = safe_dtype(ds.dtypes[0], self.name)
-        self.schema: ClassSchema | None = None
-        tag = ds.tags().get("geoseg_classes")
-        if tag:
-            try:
-                self.schema = ClassSchema.from_json(tag)
-            except (UsageError, json.JSONDecodeError):
-                self.schema = None
+        self.schema: ClassSchema | None = schema_from_tags(ds.tags())
         names = {c.id: c.name for c in self.schema.classes} if self.schema else {}
         names.update(class_names or {})
         self.names = names
@@ -114,7 +106,7 @@ class ClassSource:
                 colours = {k: tuple(v[:3]) for k, v in self.ds.colormap(1).items()}
             except ValueError:  # no colour table
                 colours = {}
-        return [ClassInfo(i, self.name_of(i), colours.get(i) or default_colour(k, self.name_of(i)))  # type: ignore[arg-type]
+        return [ClassInfo(i, self.name_of(i), colours.get(i) or default_colour(k, self.name_of(i)))
                 for k, i in enumerate(ids)]
 
     def resolve_class(self, value: int | str, option: str) -> int:
@@ -162,7 +154,7 @@ class ClassSource:
             a0, a1 = max(0, r0 - halo), min(self.height, r1 + halo)
             data, valid = self._read(a0, a1)
             sieve_dt = data.dtype if data.dtype != np.uint16 else np.dtype(np.int32)
-            data = _sieve(data.astype(sieve_dt, copy=False), int(sieve), mask=valid, connectivity=4)
+            data = _sieve(data.astype(sieve_dt, copy=False), halo, mask=valid, connectivity=4)
             data = data.astype(self.dtype, copy=False)[r0 - a0:r1 - a0]
             valid = valid[r0 - a0:r1 - a0]
         else:
@@ -199,7 +191,7 @@ class ConfidenceSource:
     def read(self, r0: int, r1: int) -> np.ndarray:
         w = Window(0, r0, self.ds.width, r1 - r0)
         with read_errors(self.ds.name, w):
-            v = self.ds.read(self.band, window=w).astype(np.float64)
+            v: np.ndarray = self.ds.read(self.band, window=w).astype(np.float64)
             m = self.ds.read_masks(self.band, window=w) > 0
         v *= self.scale
         v[~m] = np.nan

@@ -102,7 +102,7 @@ def make(out: Path) -> dict[str, Path]:
     # checkpoints
     import torch
 
-    from geoseg.modelinit import init_checkpoint
+    from geoseg.models.init import init_checkpoint
 
     f["model"] = init_checkpoint(out / "model.pt", bands=3, classes=2, base_channels=4, depth=2, tile_size=32,
                                  overlap=8, mean=[1500.0] * 3, std=[900.0] * 3)

@@ -1,11 +1,12 @@
-"""Reading training and truth polygons; class-field values as keys. Torch-free."""
+"""Reading vector labels (training polygons, evaluation truth): any vector file as a GeoDataFrame, checked
+polygons, class-field values as keys. Torch-free."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from geoseg.errors import LabelError, VectorError
 
@@ -91,3 +92,41 @@ def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
     return gdf
 
 
+
+
+# ---------------------------------------------------------------------- labels against the raster they are for
+def check_label_raster(src: Any, path: str | os.PathLike[str], what: str) -> None:
+    """A raster of labels (``what``: "label raster", "truth raster") needs a CRS, to be aligned with the
+    raster it labels, and integer class values."""
+    import numpy as np
+
+    if src.crs is None:
+        raise LabelError(f"{path}: {what} has no CRS; assign one (gdal_edit.py -a_srs) so that it can be aligned")
+    if np.dtype(src.dtypes[0]).kind not in "ui":
+        raise LabelError(f"{path}: {what} must hold integer class values, not {src.dtypes[0]}")
+
+
+def raster_overlaps(src: Any, crs: Any, bounds: Sequence[float]) -> bool:
+    """Whether the raster ``src``'s footprint, in ``crs``, overlaps ``bounds`` (left, bottom, right, top)."""
+    from rasterio.warp import transform_bounds
+
+    lb = transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
+    return not (lb[0] >= bounds[2] or lb[2] <= bounds[0] or lb[1] >= bounds[3] or lb[3] <= bounds[1])
+
+
+def polygons_inside(gdf: Any, crs: Any, bounds: Sequence[float]) -> tuple[Any, Any]:
+    """``gdf`` reprojected to ``crs`` and the mask of its polygons that meet ``bounds``."""
+    import shapely
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proj = gdf.to_crs(crs)
+    return proj, proj.geometry.intersects(shapely.box(*bounds)).to_numpy()
+
+
+def no_overlap(path: str | os.PathLike[str] | None, subject: str, target: str) -> LabelError:
+    """The one error for labels or truth that miss the raster they are for: ``subject`` with its verb
+    ("the labels do", "the truth does"), ``target`` the raster."""
+    where = f"{path}: " if path is not None else ""
+    return LabelError(f"{where}{subject} not overlap {target}; check that they cover the same area (and that "
+                      "the CRS is right)")

@@ -13,9 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-# the architecture table owns these; re-exported for the modules that read them from here
-from geoseg.architectures import (ARCHITECTURES, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PER_PIXEL,  # noqa: F401
-                                  default_overlap, size_multiple)
+from geoseg.architectures import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, size_multiple
 from geoseg.classes import ClassSchema
 from geoseg.errors import CheckpointError
 

@@ -11,7 +11,7 @@ import torch
 from geoseg.architectures import arch_args as complete_arch_args
 from geoseg.classes import ClassSchema
 from geoseg.errors import UsageError
-from geoseg.modelmeta import ModelMeta
+from geoseg.models.meta import ModelMeta
 from geoseg.models import build_model, save_checkpoint, size_multiple
 from geoseg.tiling import check_tile_params
 

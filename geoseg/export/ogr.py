@@ -1,0 +1,233 @@
+"""OGR formats (GeoPackage, Shapefile, GeoJSON, FlatGeobuf) through one ``pyogrio.write_arrow`` call, in a
+writer process fed Arrow IPC batches through a pipe. Torch-free."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from geoseg.errors import RasterWriteError, VectorError
+from geoseg.export.formats import SHAPEFILE_FIELDS, Format
+from geoseg.export.rtree import BoxSpill, gpkg_rtree
+from geoseg.io.atomic import gdal_safe_path
+
+
+class _Capture:
+    """Wrap a batch iterator so its exceptions survive the trip through Arrow's C stream."""
+
+    def __init__(self, batches: Iterable[Any], transform: Any = None) -> None:
+        self.it = iter(batches)
+        self.transform = transform
+        self.error: BaseException | None = None
+        self.count = 0
+
+    def __iter__(self) -> Any:
+        try:
+            for b in self.it:
+                if self.transform is not None:
+                    b = self.transform(b)
+                self.count += b.num_rows
+                yield b
+        except GeneratorExit:  # closed by the consumer (a writer that died): not the batches' error
+            raise
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+            raise
+
+
+def _geojson_batch(crs: Any) -> Any:
+    """Batch transform: geometry to WGS84 lon/lat with counter-clockwise exteriors (RFC 7946)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyproj
+    import shapely
+
+    tr = None
+    if crs is not None:
+        src = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+        tr = pyproj.Transformer.from_crs(src, "EPSG:4326", always_xy=True)
+
+    def f(batch: Any) -> Any:
+        i = batch.schema.get_field_index("geometry")
+        g = shapely.from_wkb(np.asarray(batch.column(i).to_pylist(), dtype=object))
+        if tr is not None:
+            g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+            xy = shapely.get_coordinates(g)
+            if not np.isfinite(xy).all():
+                raise VectorError("polygons lie outside where the raster's CRS maps to the Earth, so they cannot "
+                                  "be written as GeoJSON longitude/latitude; check the raster's georeferencing, "
+                                  "or write .gpkg/.fgb (coordinates kept as they are)")
+        g = shapely.orient_polygons(g, exterior_cw=False)
+        return batch.set_column(i, "geometry", pa.array(shapely.to_wkb(g), type=pa.large_binary()))
+
+    return f
+
+
+def write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: Any, geometry_type: str,
+               layer: str, dest: Path | None = None) -> int:
+    transform = None
+    layer_options: dict[str, str] = {}
+    out_crs = crs.to_wkt() if crs is not None and hasattr(crs, "to_wkt") else crs
+    if fmt.name == "geojson":
+        if crs is None:
+            raise VectorError(f"{dest or tmp.name}: GeoJSON holds longitude/latitude (RFC 7946), but the raster has "
+                              "no CRS to convert from; write .gpkg, .fgb or .shp (pixel coordinates kept), or "
+                              "assign the raster's CRS first")
+        transform = _geojson_batch(crs)
+        layer_options["RFC7946"] = "YES"
+        out_crs = "EPSG:4326" if crs is not None else None
+    elif fmt.name == "shp":
+        layer_options["ENCODING"] = "UTF-8"  # also writes the .cpg
+        renames = {k: v for k, v in SHAPEFILE_FIELDS.items() if k in schema.names}
+        if renames:
+            schema, transform = _renamed(schema, renames)
+        for n in schema.names:
+            if len(n.encode()) > 10:
+                raise VectorError(f"field {n!r} is longer than 10 characters, which Shapefiles cannot store; "
+                                  "write .gpkg instead")
+    if fmt.name == "gpkg":
+        # no R-tree while streaming: GDAL's GeoPackage writer would keep every feature's
+        # bounding box in memory until the end (memory growing with the feature count);
+        # the writer process builds the index once the layer is complete (rtree.gpkg_rtree)
+        layer_options["SPATIAL_INDEX"] = "NO"
+    cap = _Capture(batches, transform)
+    what = f"{dest or tmp.name}: writing {fmt.driver}"
+    with gdal_safe_path(tmp) as path:  # a folder named with ';' or a newline, which pyogrio would mangle
+        job = {"path": path, "layer": layer, "driver": fmt.driver, "geometry_type": geometry_type,
+               "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg"}
+        if WRITER_PROCESS:
+            _run_writer(job, schema, cap, what)
+        else:
+            import pyarrow as pa
+
+            try:
+                _write_job(job, pa.RecordBatchReader.from_batches(schema, iter(cap)))
+            except BaseException as e:
+                if cap.error is not None:
+                    raise cap.error from None
+                if isinstance(e, _WriteFailed):
+                    raise RasterWriteError(f"{what} failed: {e}") from None
+                raise
+    if cap.error is not None:
+        raise cap.error
+    return cap.count
+
+
+def _renamed(schema: Any, renames: dict[str, str]) -> tuple[Any, Any]:
+    new = schema.with_metadata(schema.metadata) if schema.metadata else schema
+    for i, n in enumerate(schema.names):
+        if n in renames:
+            new = new.set(i, schema.field(i).with_name(renames[n]))
+
+    def f(batch: Any) -> Any:
+        return batch.rename_columns([renames.get(n, n) for n in batch.schema.names])
+
+    return new, f
+
+
+#: write OGR formats in a separate process (True) or in the calling thread (False)
+WRITER_PROCESS = True
+
+#: a writer process gets Arrow IPC batches through a pipe (so GDAL's writing, which holds
+#: the GIL in pyogrio, runs beside the polygonizing and merging); what is in flight is
+#: bounded by the pipe buffer plus the batch being written
+_WRITER_CODE = "import sys; sys.path.insert(0, sys.argv[2]); from geoseg.export.ogr import writer_main; writer_main()"
+
+
+def _run_writer(job: dict[str, Any], schema: Any, cap: "_Capture", what: str) -> None:
+    """Stream ``cap``'s batches to a writer process running :func:`writer_main`.
+
+    Errors from the batches are kept in ``cap.error`` (re-raised by the caller); errors
+    from the writer become one :class:`RasterWriteError`. The writer has exited when this
+    returns, so the caller may remove the temporary file.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    import pyarrow as pa
+
+    root = str(Path(__file__).resolve().parents[2])
+    with tempfile.TemporaryFile() as err:
+        # -P: no working directory first on sys.path (a json.py where the user works would run here)
+        proc = subprocess.Popen([sys.executable, "-P", "-c", _WRITER_CODE, json.dumps(job), root],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        assert proc.stdin is not None
+        broken = False
+        try:
+            try:
+                with pa.ipc.new_stream(proc.stdin, schema) as w:
+                    for b in cap:
+                        w.write_batch(b)
+                proc.stdin.close()
+            except (BrokenPipeError, OSError, pa.ArrowIOError):
+                if cap.error is not None:
+                    raise
+                broken = True  # the writer died: its message is on stderr
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            # a killed writer cannot remove its spilled boxes itself
+            Path(job["path"] + ".bbox").unlink(missing_ok=True)
+        if rc != 0 or broken:
+            err.seek(0)
+            lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+            msg = lines[-1][:300] if lines else f"writer process exited with status {rc}"
+            raise RasterWriteError(f"{what} failed: {msg}")
+
+
+class _WriteFailed(Exception):
+    """A write failed; the message says why (one line)."""
+
+
+def writer_main() -> None:
+    """Writer process: Arrow IPC stream on stdin -> :func:`_write_job` (see :func:`_run_writer`)."""
+    import sys
+
+    import pyarrow as pa
+
+    try:
+        _write_job(json.loads(sys.argv[1]), pa.ipc.open_stream(sys.stdin.buffer))
+    except _WriteFailed as e:
+        sys.stderr.write(f"\n{e}\n")
+        sys.exit(1)
+
+
+def _write_job(job: dict[str, Any], reader: Any) -> None:
+    """``pyogrio.write_arrow`` of ``reader`` per ``job``, then the GeoPackage R-tree if asked."""
+    import pyarrow as pa
+    import pyogrio
+
+    path = Path(job["path"])
+    boxes = BoxSpill(path.with_name(path.name + ".bbox")) if job["rtree"] else None
+    try:
+        if boxes is not None:
+            reader = pa.RecordBatchReader.from_batches(reader.schema, boxes.tap(reader))
+        try:
+            pyogrio.write_arrow(reader, str(path), layer=job["layer"], driver=job["driver"],
+                                geometry_name="geometry", geometry_type=job["geometry_type"], crs=job["crs"],
+                                layer_options=job["layer_options"])
+        except BaseException as exc:  # noqa: BLE001
+            # GDAL only says "Error while accessing batch from stream": the boxes' own error says why
+            e = boxes.error if boxes is not None and boxes.error is not None else exc
+            if not isinstance(e, Exception):
+                raise
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise _WriteFailed(msg) from None
+        if boxes is not None:
+            boxes.flush()
+            try:
+                gpkg_rtree(path, job["layer"], boxes)
+            except Exception as e:  # noqa: BLE001
+                raise _WriteFailed(f"building the spatial index: {e}") from None
+    finally:
+        if boxes is not None:
+            boxes.close()
