@@ -82,7 +82,8 @@ def _burn(gdf: Any, values: np.ndarray, image: Path) -> np.ndarray:
                      dtype="int32")
 
 
-def _polygon_folds(image: Path, polys: Any, field: str, names: list[str], n_splits: int) -> Callable[[Path], list[Fold]]:
+def _polygon_folds(image: Path, polys: Any, field: str, names: list[str],
+                   n_splits: int) -> Callable[[Path], list[Fold]]:
     from sklearn.model_selection import StratifiedKFold
 
     cls = np.array([names.index(str(c)) for c in polys[field]])

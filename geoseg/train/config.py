@@ -144,7 +144,8 @@ class TrainConfig:
         args = self._arch_args(warn=True)  # says which options of other architectures are ignored
         context = int(args.get("context", 1))
         checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
-                  ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1), ("cv", self.cv == 0 or self.cv >= 2),
+                  ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
+                  ("cv", self.cv == 0 or self.cv >= 2),
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers is None or self.num_workers >= 0),
                   ("depth", 1 <= args.get("depth", 1) <= 8), ("base-channels", args.get("base_channels", 1) >= 1),
                   ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0),

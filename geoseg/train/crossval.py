@@ -56,7 +56,8 @@ class CrossValidation:
     unit_confusions: np.ndarray = field(repr=False)
     seconds: float = 0.0
 
-    def _scores(self, cm: np.ndarray) -> tuple[float, float, np.ndarray]:
+    def _scores(self, cm: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+        """OA, macro F1 and per-class F1 of one confusion matrix, or of a stack of them (the bootstrap)."""
         tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
         truth, pred = cm.sum(axis=-1), cm.sum(axis=-2)
         total = cm.sum(axis=(-2, -1))
@@ -136,8 +137,8 @@ def _vector_units(cfg: TrainConfig, grid: Any, codes: dict[str, int]) -> list[Un
     for i, g in zip(keep, groups):
         geom = proj.iloc[i]
         x0, y0, x1, y1 = geom.bounds
-        c0, r0 = inv * (x0, y1)
-        c1, r1 = inv * (x1, y0)
+        c0, r0 = inv @ (x0, y1)
+        c1, r1 = inv @ (x1, y0)
         win = (max(0, math.floor(r0)), min(grid.height, math.ceil(r1) + 1),
                max(0, math.floor(c0)), min(grid.width, math.ceil(c1) + 1))
         u = units.setdefault(int(g), Unit(win, int(g), int(cls[i])))
@@ -154,8 +155,8 @@ def _raster_units(plan: Any, grid: Any) -> list[Unit]:
     inv = ~grid.transform
     units = []
     for i, box in enumerate([*plan.train_regions, *plan.val_regions]):
-        c0, r0 = inv * (box[0], box[3])
-        c1, r1 = inv * (box[2], box[1])
+        c0, r0 = inv @ (box[0], box[3])
+        c1, r1 = inv @ (box[2], box[1])
         units.append(Unit((round(r0), round(r1), round(c0), round(c1)), i, 0))
     return units
 
@@ -205,7 +206,8 @@ def _fold_raster_labels(cfg: TrainConfig, held: list[Unit], path: Path, grid: An
         prof = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype=src.dtypes[0],
                     crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, compress="deflate")
         with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                       resampling=Resampling.nearest, nodata=src.nodata) as vrt, rasterio.open(path, "w", **prof) as dst:
+                       resampling=Resampling.nearest, nodata=src.nodata) as vrt, \
+                rasterio.open(path, "w", **prof) as dst:
             for r0 in range(0, grid.height, 512):
                 h = min(512, grid.height - r0)
                 a = vrt.read(1, window=Window(0, r0, grid.width, h))
@@ -227,7 +229,7 @@ def _window_vrt(paths: tuple[str, ...], win: tuple[int, int, int, int], path: Pa
     r0, r1, c0, c1 = win
     bands = []
     with open_raster(paths[0]) as ds:
-        t = ds.transform * ds.transform.translation(c0, r0)
+        t = ds.transform @ ds.transform.translation(c0, r0)
         crs = ds.crs.to_wkt()
     for p in paths:
         with rasterio.open(p) as ds:
@@ -242,7 +244,8 @@ def _window_vrt(paths: tuple[str, ...], win: tuple[int, int, int, int], path: Pa
         xml.append(f'<VRTRasterBand dataType="{dt_map[dt]}" band="{i}">')
         if nd is not None:
             xml.append(f"<NoDataValue>{nd!r}</NoDataValue>")
-        xml.append(f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(Path(p).resolve()) if Path(p).exists() else p)}'
+        src_name = escape(str(Path(p).resolve()) if Path(p).exists() else p)
+        xml.append(f'<SimpleSource><SourceFilename relativeToVRT="0">{src_name}'
                    f"</SourceFilename><SourceBand>{b}</SourceBand>"
                    f'<SrcRect xOff="{c0}" yOff="{r0}" xSize="{c1 - c0}" ySize="{r1 - r0}"/>'
                    f'<DstRect xOff="0" yOff="0" xSize="{c1 - c0}" ySize="{r1 - r0}"/></SimpleSource>')
@@ -252,7 +255,8 @@ def _window_vrt(paths: tuple[str, ...], win: tuple[int, int, int, int], path: Pa
 
 
 # ---------------------------------------------------------------------- scoring
-def _unit_confusion(unit: Unit, pred: np.ndarray, label_window: np.ndarray | None, origin: tuple[int, int], grid: Any, n: int) -> np.ndarray:
+def _unit_confusion(unit: Unit, pred: np.ndarray, label_window: np.ndarray | None, origin: tuple[int, int],
+                    grid: Any, n: int) -> np.ndarray:
     """Confusion matrix (truth x prediction, class indices) of one unit's labelled pixels."""
     from rasterio.features import rasterize
     from rasterio.windows import Window

@@ -173,7 +173,7 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
         train(cfg)
         _record_tune(cfg.output, best, len(study.trials), sampler, folds)
         model = Path(cfg.output)
-    return TuneReport(best_params=dict(best.params), best_macro_f1=float(best.value), trials=len(study.trials),
+    return TuneReport(best_params=dict(best.params), best_macro_f1=float(best.value or 0.0), trials=len(study.trials),
                       complete=len(complete), pruned=states.count(optuna.trial.TrialState.PRUNED),
                       failed=states.count(optuna.trial.TrialState.FAIL), table=csv_path, plot=plot, model=model,
                       seconds=time.perf_counter() - t0)
