@@ -18,6 +18,8 @@ from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, Enc
                                   ProgressMode, ProgressOpt)
 
 TEMPCNN = ARCHITECTURES["tempcnn"].defaults
+#: the fixed budget of ``train --auto``: trials of the search and spatial folds per trial
+AUTO_TRIALS, AUTO_FOLDS = 8, 3
 
 
 class Weights(str, Enum):
@@ -68,6 +70,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
     devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: 0 on a CPU, up to 8 per GPU).", min=0)] = None,
+    auto: Annotated[bool, typer.Option("--auto", help=f"Search the options first: a small 'geoseg tune' ({AUTO_TRIALS} trials of {AUTO_FOLDS}-fold spatial cross-validation; the study is kept in <output stem>.tune.db), then train the best.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <output stem>.last.pt.")] = False,
     overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
@@ -100,6 +103,14 @@ def train(
         raise UsageError("no output; pass -o model.pt (or set output in --config)")
     cfg = TrainConfig.merge(file_opts, cli)
 
+    if auto:
+        from geoseg.train.tune import tune as run_tune
+
+        report_t = run_tune(cfg, trials=AUTO_TRIALS, folds=AUTO_FOLDS, sampler="tpe", log=None if quiet else err.print)
+        out.print(f"--auto: the best of {report_t.trials} trials, macro F1 {report_t.best_macro_f1:.3f} (spatial CV, "
+                  f"optimistic): {report_t.best_params}; table {report_t.table}")
+        out.print(f"model: {report_t.model}")
+        return
     from geoseg.train.loop import train as run_train
 
     from geoseg.errors import Interrupted
@@ -107,7 +118,7 @@ def train(
     try:
         with _TrainBar(quiet or progress == ProgressMode.none, json_lines=progress == ProgressMode.json) as cb:
             report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]],
-                               on_message=None if quiet else err.print)
+                               on_message=err.print)
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted("interrupted; checkpoints of finished epochs are kept: run the same command with "
                           "--resume to continue") from None

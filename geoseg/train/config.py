@@ -278,7 +278,10 @@ class TrainConfig:
             if v is None or (k in ("images", "class_map", "ignore_values") and not v):
                 continue
             d[k] = v
-        return cls.from_dict(d).validate()
+        cfg = cls.from_dict(d)
+        # what the user set, for the settings picked from the labels (geoseg.train.auto)
+        object.__setattr__(cfg, "_explicit", frozenset(d))
+        return cfg.validate()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -10,7 +10,6 @@ on all labels with the best options; the table of trials (CSV) and a plot (PNG) 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -76,8 +75,9 @@ class TuneReport:
 def _config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     # options of the other architecture are reset to the table's defaults
     cleared = {k: None for k in ("depth", "base_channels", "context", "bands_per_date", "encoder", "encoder_depth")}
-    cfg = dataclasses.replace(base, **{**cleared, **params}, cv=0)
-    return cfg.validate()
+    from geoseg.train.auto import replace_options
+
+    return replace_options(base, **{**cleared, **params}, cv=0).validate()
 
 
 def sidecars(output: str | Path) -> tuple[Path, Path, Path]:
@@ -167,7 +167,9 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
     if train_best:
         from geoseg.train.loop import train
 
-        cfg = dataclasses.replace(_config(base, _params_of(best, base, sampler)), overwrite=True)
+        from geoseg.train.auto import replace_options
+
+        cfg = replace_options(_config(base, _params_of(best, base, sampler)), overwrite=True)
         if log:
             log(f"training the best options on all labels: {best.params}")
         train(cfg)
