@@ -4,9 +4,48 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 _END = object()
+
+
+class BackgroundThread(threading.Thread):
+    """A daemon thread that says when its work has ended (:attr:`ended`), for
+    :func:`join_through_interrupts`."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(target=target, name=name, daemon=True)
+        self.ended = threading.Event()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.ended.set()
+
+
+def join_through_interrupts(t: BackgroundThread, on_interrupt: Callable[[], None] | None = None) -> None:
+    """Wait until ``t`` has ended even if a Ctrl-C (or an exception raised by a signal handler) arrives
+    meanwhile; re-raise it afterwards.
+
+    A thread left running inside GDAL while the caller goes on to close the datasets it uses, or while
+    the interpreter exits, crashes the process (SIGSEGV) instead of the clean exit 130. ``Thread.join``
+    cannot be retried after such an exception: Python 3.11 then marks the thread stopped while it still
+    runs (``is_alive()`` is False), so this waits on the thread's own :attr:`~BackgroundThread.ended`.
+    ``on_interrupt`` (e.g. telling ``t`` to stop early) is called when such an exception arrives.
+    """
+    pending: BaseException | None = None
+    while t.ident is not None and not t.ended.is_set():
+        try:
+            t.ended.wait(0.1)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, once the thread has ended
+            pending = pending or e
+            if on_interrupt is not None:
+                on_interrupt()
+    if pending is not None:
+        raise pending
+    if t.ident is not None:
+        t.join()  # returns at once: the thread's work has ended
 
 
 def prefetch_in_thread(gen: Iterator[Any], maxsize: int = 2, name: str = "geoseg-prefetch") -> Iterator[Any]:
@@ -43,9 +82,9 @@ def prefetch_in_thread(gen: Iterator[Any], maxsize: int = 2, name: str = "geoseg
             if stop.is_set() and hasattr(gen, "close"):
                 gen.close()
 
-    t = threading.Thread(target=run, name=name, daemon=True)
-    t.start()
+    t = BackgroundThread(run, name)
     try:
+        t.start()  # inside the try: a Ctrl-C right after the start still stops and joins the thread
         while True:
             item = q.get()
             if item is _END:
@@ -55,4 +94,4 @@ def prefetch_in_thread(gen: Iterator[Any], maxsize: int = 2, name: str = "geoseg
             yield item
     finally:
         stop.set()
-        t.join()
+        join_through_interrupts(t)
