@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         args = [a for a in args if a != "--debug"]
     if not debug:
         warnings.showwarning = _show_warning
-    faulthandler.enable()  # a crash (SIGSEGV) names where it happened
+    with contextlib.suppress(Exception):  # sys.stderr may be no file (redirected in-process)
+        faulthandler.enable()  # a crash (SIGSEGV) names where it happened
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
