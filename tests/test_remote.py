@@ -1,16 +1,14 @@
 """Rasters read where they live: over HTTP (GDAL's /vsicurl/, range requests) and inside zip files.
 
-A small HTTP server with range requests runs on 127.0.0.1 for each test module, started and stopped
-here; every wait is bounded.
+A small HTTP server with range requests (tests/range_server.py) runs on 127.0.0.1 for this module, started
+and stopped here; every wait is bounded.
 """
 
 from __future__ import annotations
 
-from geoseg.models.demo import DEMO_MODEL
-
-import http.server
 import shutil
-import threading
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -19,67 +17,31 @@ import numpy as np
 import pytest
 import rasterio
 
+from geoseg.models.demo import DEMO_MODEL
 from tests.conftest import SAMPLE
-
-
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with ``Range: bytes=a-b`` support (what GDAL's /vsicurl/ asks for)."""
-
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
-
-    def send_head(self):  # type: ignore[no-untyped-def]
-        rng = self.headers.get("Range")
-        path = Path(self.translate_path(self.path))
-        if not rng or not path.is_file():
-            return super().send_head()
-        size = path.stat().st_size
-        a, _, b = rng.replace("bytes=", "").partition("-")
-        start, end = int(a or 0), min(int(b) if b else size - 1, size - 1)
-        if start >= size:
-            self.send_error(416)
-            return None
-        f = open(path, "rb")  # noqa: SIM115 - closed by the base class after copyfile
-        f.seek(start)
-        self.send_response(206)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self._remaining = end - start + 1
-        return f
-
-    def copyfile(self, source, outputfile):  # type: ignore[no-untyped-def]
-        n = getattr(self, "_remaining", None)
-        if n is None:
-            return super().copyfile(source, outputfile)
-        outputfile.write(source.read(n))
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("www")
     shutil.copy(SAMPLE / "field.tif", root / "field.tif")
+    shutil.copy(SAMPLE / "field_training_polygons.gpkg", root / "polygons.gpkg")  # SQLite read by ranges
     import geopandas as gpd
 
-    # GeoJSON: read whole (GDAL 3.10's SQLite over /vsicurl/ misreads this small GeoPackage; GDAL 3.6's reads it)
     gpd.read_file(SAMPLE / "field_training_polygons.gpkg").to_file(root / "polygons.geojson")
     with zipfile.ZipFile(root / "bundle.zip", "w") as z:
         z.write(SAMPLE / "field.tif", "scenes/field.tif")
 
-    def handler(*args, **kwargs):  # type: ignore[no-untyped-def]
-        return _RangeHandler(*args, directory=str(root), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
+    # the server is a process of its own (see range_server.py: as a thread here it answered too late)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("range_server.py")), str(root)],
+                            stdout=subprocess.PIPE, text=True)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}", root
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +50,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "20")  # every request bounded
-    monkeypatch.setenv("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ".tif,.zip,.geojson")
+    monkeypatch.setenv("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ".tif,.zip,.geojson,.gpkg")
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -154,3 +116,54 @@ def test_evaluate_reads_truth_polygons_and_predictions_over_http(served: tuple[s
                       str(tmp_path / "ev")])
     assert code == 0, err
     assert (tmp_path / "ev" / "c_metrics.csv").exists()
+
+
+@pytest.mark.parametrize("truth", ["polygons.gpkg", "polygons.geojson", "labels.tif"])
+def test_evaluate_and_preview_read_every_input_over_http(served: tuple[str, Path], tmp_path: Path, truth: str) -> None:
+    """The prediction, the truth (GeoPackage, GeoJSON or a label raster) and a preview's rasters, all by URL:
+    the same scores as the local files."""
+    from geoseg.evaluate import evaluate
+    from geoseg.pipeline import predict_raster
+
+    url, root = served
+    classes = predict_raster(SAMPLE / "field.tif", DEMO_MODEL, tmp_path / "c.tif").classes_path
+    shutil.copy(classes, root / "c.tif")
+    shutil.copy(classes, root / "labels.tif")
+    field = {} if truth.endswith(".tif") else {"class_field": "class"}
+    local_truth = root / truth if truth.endswith(".tif") else SAMPLE / "field_training_polygons.gpkg"
+    local = evaluate(classes, local_truth, object_level=False, **field)
+    remote = evaluate(f"{url}/c.tif", f"{url}/{truth}", object_level=False, **field)
+    assert np.array_equal(local.metrics.matrix, remote.metrics.matrix) and local.metrics.matrix.sum() > 0
+    code, err = _cli(["evaluate", f"/vsicurl/{url}/c.tif", f"/vsicurl/{url}/{truth}", *(["--class-field", "class"]
+                      if field else []), "-o", str(tmp_path / "ev")])
+    assert code == 0, err
+    assert (tmp_path / "ev" / "c_metrics.csv").exists()
+    code, err = _cli(["preview", f"{url}/c.tif", "--image", f"{url}/field.tif", "-o", str(tmp_path / "p.png")])
+    assert code == 0 and (tmp_path / "p.png").exists(), err
+
+
+@pytest.mark.parametrize("labels", ["polygons.gpkg", "labels.tif"])
+def test_training_reads_images_and_labels_over_http(served: tuple[str, Path], tmp_path: Path, labels: str) -> None:
+    """geoseg train with the image and the labels (polygons or a label raster) given by URL trains the same
+    model as from the local files (`--image http://...` became `http:/...`, file not found)."""
+    import torch
+
+    from geoseg.pipeline import predict_raster
+
+    url, root = served
+    if labels.endswith(".tif"):
+        predict_raster(SAMPLE / "field.tif", DEMO_MODEL, root / "labels.tif", overwrite=True)
+        local_labels, option = [root / "labels.tif"], ["--labels"]
+    else:
+        local_labels, option = [SAMPLE / "field_training_polygons.gpkg"], ["--vector-labels"]
+    common = ["--epochs", "1", "--samples-per-epoch", "4", "--batch-size", "2", "--tile-size", "32",
+              "--base-channels", "4", "--depth", "2", "--seed", "0", "-q", "--device", "cpu",
+              *(["--class-field", "class"] if option == ["--vector-labels"] else [])]
+    runs = {"local": (str(SAMPLE / "field.tif"), str(local_labels[0])), "url": (f"{url}/field.tif", f"{url}/{labels}")}
+    weights = {}
+    for name, (image, lab) in runs.items():
+        code, err = _cli(["train", "--image", image, *option, lab, "-o", str(tmp_path / f"{name}.pt"), *common])
+        assert code == 0, err
+        weights[name] = torch.load(tmp_path / f"{name}.pt", map_location="cpu", weights_only=False)["state_dict"]
+    assert weights["local"].keys() == weights["url"].keys()
+    assert all(torch.equal(weights["local"][k], weights["url"][k]) for k in weights["local"])

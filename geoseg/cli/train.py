@@ -34,9 +34,9 @@ class Augment(str, Enum):
 
 @app.command()
 def train(
-    image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Input raster; repeat to stack single-band files in order.")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Label raster (integer class values; 0 = unlabelled by default).")] = None,
-    vector_labels: Annotated[Optional[Path], typer.Option(help="Training polygons (GPKG, GeoJSON, Shapefile, GeoParquet...), any CRS.")] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Input raster (a file, URL or GDAL /vsi path); repeat to stack single-band files in order.", metavar="PATH")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Label raster (integer class values; 0 = unlabelled by default); a file, URL or GDAL /vsi path.", metavar="PATH")] = None,
+    vector_labels: Annotated[Optional[str], typer.Option(help="Training polygons (GPKG, GeoJSON, Shapefile, GeoParquet...), any CRS; a file, URL or GDAL /vsi path.", metavar="PATH")] = None,
     class_field: Annotated[Optional[str], typer.Option(help="Attribute of the polygons holding the class (name or number).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
@@ -81,9 +81,9 @@ def train(
     from geoseg.train.config import TrainConfig, parse_class_map
 
     cli = {
-        "images": [str(p) for p in image] if image else None,
-        "labels": str(labels) if labels else None,
-        "vector_labels": str(vector_labels) if vector_labels else None,
+        "images": list(image) if image else None,  # strings: Path() would turn http://host into http:/host
+        "labels": labels,
+        "vector_labels": vector_labels,
         "class_field": class_field, "output": str(output) if output else None,
         "arch": arch.value if arch else None, "base_channels": base_channels, "depth": depth, "encoder": encoder,
         "encoder_depth": encoder_depth, "encoder_weights": str(encoder_weights) if encoder_weights else None, "bands_per_date": bands_per_date, "context": context, "epochs": epochs, "samples_per_epoch": samples_per_epoch,

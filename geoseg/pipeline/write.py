@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from geoseg.io.threads import BackgroundThread, join_through_interrupts
 from geoseg.io.writer import GeoTiffSink
 from geoseg.resume import RunState
 
@@ -51,7 +51,10 @@ class RowWriter:
         self.last = time.monotonic()
         self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, name="geoseg-writer", daemon=True)
+        #: set on Ctrl-C while closing: the rows still queued are dropped (the run state records only
+        #: rows written, so --resume recomputes them)
+        self.stopping = False
+        self.t = BackgroundThread(self._run, "geoseg-writer")
         self.t.start()
 
     def _run(self) -> None:
@@ -59,7 +62,7 @@ class RowWriter:
             item = self.q.get()
             if item is _END:
                 return
-            if self.error is not None:
+            if self.error is not None or self.stopping:
                 continue
             try:
                 if item.ready is not None:
@@ -88,9 +91,28 @@ class RowWriter:
         self.q.put(rows)
 
     def close(self) -> None:
-        """Drain the queue, record the final checkpoint, re-raise any write error."""
-        self.q.put(_END)
-        self.t.join()
+        """Drain the queue, record the final checkpoint, re-raise any write error.
+
+        A Ctrl-C meanwhile drops the rows still queued, but this returns (raising it) only once the
+        writer thread has ended: the caller then closes the files it was writing.
+        """
+        def stop() -> None:
+            self.stopping = True
+
+        pending: BaseException | None = None
+        while True:
+            try:
+                self.q.put(_END)
+                break
+            except BaseException as e:  # noqa: BLE001 - re-raised once the thread has ended
+                pending = pending or e
+                stop()  # the thread skips what is queued: room for the end marker
+        try:
+            join_through_interrupts(self.t, stop)
+        except BaseException as e:  # noqa: BLE001
+            pending = pending or e
+        if pending is not None:
+            raise pending
         if self.error is not None:
             raise self.error
         self.checkpoint()

@@ -15,7 +15,7 @@ from geoseg.errors import UsageError
 from geoseg.io.atomic import destination_lock
 from geoseg.io.gdalcache import MIN_CACHE_BYTES, block_cache
 from geoseg.io.heap import release_free_heap
-from geoseg.io.threads import prefetch_in_thread
+from geoseg.io.threads import check_stop, prefetch_in_thread
 from geoseg.vector.measure import Measurer
 from geoseg.vector.post import EmitMaskStore, coverage_simplify, fill_holes as _fill_holes, parse_tolerance
 from geoseg.vector.parallel import auto_workers, band_polygons
@@ -127,6 +127,7 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
                                 conf=conf_src, keep_emit=store is not None, workers=plan.workers,
                                 executor=plan.executor,
                                 cache_bytes=plan.cache_bytes):
+            check_stop()  # a Ctrl-C: each stage of a band takes up to seconds
             if store is not None:
                 assert bp.emit_bits is not None  # asked for (keep_emit)
                 store.write_bits(bp.r0, bp.emit_bits)
@@ -143,6 +144,7 @@ def _batches(plan: _Plan, conf_src: ConfidenceSource | None, report: VectorizeRe
                     continue
                 chunk = Chunk.concat(pending)
                 pending, pending_vertices = [], 0
+            check_stop()
             batch, next_id = _to_batch(plan, chunk, store, report, next_id, conf_src is not None)
             done = band.r1
             del bp, band, chunk

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 from geoseg.io.gdalcache import set_block_cache
 from geoseg.io.heap import release_free_heap
+from geoseg.io.threads import check_stop, stop_requested
 
 from geoseg.vector.seams import BandPolygons, polygonize_band
 from geoseg.vector.source import ClassSource, ConfidenceSource
@@ -90,6 +91,7 @@ def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: 
         return
     if workers <= 1 or len(starts) < 2:
         for r0 in starts:
+            check_stop()
             r1 = min(src.height, r0 + band_rows)
             band = src.band(r0, r1, sieve=sieve, keep=keep, boundary=boundary)
             yield polygonize_band(band, conf.read(r0, r1) if conf is not None else None, keep_emit)
@@ -103,11 +105,36 @@ def band_polygons(src: ClassSource, band_rows: int, *, sieve: int | None, keep: 
     # "spawn": forking a process that runs GDAL writer threads (or torch) is not safe
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=set_block_cache,
                              initargs=(cache_bytes,)) as ex:
+        complete = False
         try:
             yield from _submitted(ex, src, starts, band_rows, sieve, keep, boundary, conf, keep_emit, workers)
+            complete = True
         except BrokenProcessPool:
+            if stop_requested():
+                raise
             raise GeosegError("vectorize worker processes died (out of memory, or a script without "
                               "`if __name__ == '__main__':`); use workers=1 / --workers 1") from None
+        finally:
+            if not complete:  # Ctrl-C or an error: the bands the workers are polygonizing are not waited for
+                _terminate_workers(ex)
+
+
+def _terminate_workers(ex: Any) -> None:
+    """End the worker processes of a ``ProcessPoolExecutor`` now (its ``shutdown`` waits for their bands;
+    the executor has no public way to stop them before Python 3.14's ``terminate_workers``)."""
+    processes = list((getattr(ex, "_processes", None) or {}).values())  # shutdown forgets them
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+
+
+def _result(future: Any, poll: float = 0.2) -> Any:
+    """``future.result()``, giving up within ``poll`` seconds of a stop request (a Ctrl-C)."""
+    while True:
+        try:
+            return future.result(timeout=poll)
+        except TimeoutError:
+            check_stop()
 
 
 def _submitted(executor: Any, src: ClassSource, starts: list[int], band_rows: int, sieve: int | None,
@@ -125,9 +152,9 @@ def _submitted(executor: Any, src: ClassSource, starts: list[int], band_rows: in
             pending.append(executor.submit(_job, src.ds.name, r0, min(src.height, r0 + band_rows), sieve, keep_l,
                                            boundary, conf_path, keep_emit, src.nodata))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft())
     finally:
         for f in pending:
             f.cancel()

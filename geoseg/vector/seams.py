@@ -24,6 +24,7 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize, shapes
 
+from geoseg.io.threads import check_stop
 from geoseg.vector.ragged import Ragged, fill_intervals
 from geoseg.vector.source import Band
 
@@ -221,7 +222,7 @@ def polygonize_band(band: Band, conf: np.ndarray | None = None, keep_emit: bool 
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        pairs = list(shapes(band.data, mask=band.emit, connectivity=4, transform=tr))
+        pairs = _shapes_stoppable(shapes(band.data, mask=band.emit, connectivity=4, transform=tr))
         coords = [g["coordinates"] for g, _ in pairs]
         counts = list(map(len, coords))
         rag = Ragged.from_geojson_rings(list(itertools.chain.from_iterable(coords)), counts)
@@ -245,6 +246,18 @@ def polygonize_band(band: Band, conf: np.ndarray | None = None, keep_emit: bool 
     del pairs
     bits = np.packbits(band.emit, axis=1) if keep_emit else None
     return BandPolygons(band.r0, band.r1, rag, cls, csum, cn, bits)
+
+
+def _shapes_stoppable(features: Any, chunk: int = 8192) -> list[Any]:
+    """The features of a ``shapes`` iterator, checking between chunks whether to stop (a Ctrl-C): building
+    them is most of a band's seconds."""
+    out: list[Any] = []
+    while True:
+        check_stop()
+        part = list(itertools.islice(features, chunk))
+        if not part:
+            return out
+        out.extend(part)
 
 
 def _union(pieces: list[Any]) -> Any:

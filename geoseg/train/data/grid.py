@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from affine import Affine
 
 from geoseg.errors import RasterReadError, UsageError
+from geoseg.io.paths import name_stem
 from geoseg.io.raster import open_raster
 
 Box = tuple[float, float, float, float]
@@ -85,7 +85,7 @@ def image_grid(paths: Sequence[str | os.PathLike[str]]) -> ImageGrid:
                   or not np.allclose(tuple(g[1])[:6], tuple(ref[1])[:6], rtol=0, atol=1e-6 * abs(ref[1].a))):
                 raise UsageError(f"{p}: is not on the grid of {paths[0]} (CRS, transform and size must match "
                                  "to stack bands); align it first, e.g. with gdalwarp -tap or gdalbuildvrt")
-            stem = Path(p).stem
+            stem = name_stem(p)
             for i in range(ds.count):
                 d = ds.descriptions[i]
                 names.append(d if d and len(paths) == 1 else (f"{stem}:{d}" if d else
