@@ -278,10 +278,7 @@ class TrainConfig:
             if v is None or (k in ("images", "class_map", "ignore_values") and not v):
                 continue
             d[k] = v
-        cfg = cls.from_dict(d)
-        # what the user set, for the settings picked from the labels (geoseg.train.auto)
-        object.__setattr__(cfg, "_explicit", frozenset(d))
-        return cfg.validate()
+        return cls.from_dict(d).validate()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -290,7 +290,6 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
 
     from geoseg.models import read_meta
     from geoseg.pipeline import predict_raster
-    from geoseg.train.auto import replace_options
     from geoseg.train.data import image_grid, plan_labels
     from geoseg.train.loop import train
 
@@ -331,7 +330,7 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
                     _fold_raster_labels(cfg, held, lp, grid)
                     overrides["labels"] = str(lp)
                 model = tmp / f"fold{f}.pt"
-                fcfg = replace_options(cfg, output=str(model), overwrite=True, resume=False, cv=0, **overrides)
+                fcfg = dataclasses.replace(cfg, output=str(model), overwrite=True, resume=False, cv=0, **overrides)
                 if log:
                     log(f"cross-validation fold {f + 1}/{folds}: training on {len(kept)} units, scoring {len(held)}")
                 train(fcfg)

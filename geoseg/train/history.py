@@ -74,8 +74,6 @@ class TrainReport:
     precision: str = "32-true"
     #: the spatial cross-validation estimate (``cfg.cv``), also stored in the checkpoint
     cross_validation: Any = None
-    #: what was picked from the labels for the options not set (:mod:`geoseg.train.auto`), or None
-    picked: str | None = None
 
 
 @dataclass

@@ -98,8 +98,7 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
         cfg: the run's configuration (validated here).
         on_progress: called after every step and epoch with a :class:`TrainProgress`.
         command: the command line, recorded in the checkpoint.
-        on_message: called with a line of text saying which settings were picked from the labels
-            (:mod:`geoseg.train.auto`) and at each stage of the cross-validation (``cfg.cv``).
+        on_message: called with a line of text at each stage of the cross-validation (``cfg.cv``).
 
     Returns:
         A :class:`TrainReport`.
@@ -108,12 +107,7 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
         GeosegError: unusable inputs or outputs; raised before any file is written.
     """
     t_start = time.perf_counter()
-    from geoseg.train.auto import pick_settings
-
-    cfg, picked = pick_settings(cfg)
     cfg.validate()
-    if picked and on_message:
-        on_message(picked)
     out, last = Path(cfg.output), cfg.sidecar("last")
     csv_path, png_path = cfg.sidecar("metrics"), cfg.sidecar("curves")
     inputs = list(cfg.images) + [p for p in (cfg.labels, cfg.vector_labels) if p]
@@ -141,7 +135,7 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
         cv = spatial_cross_validation(cfg, cfg.cv, log=on_message)
         record_cross_validation(out, cv)
         report = replace(report, cross_validation=cv, seconds=time.perf_counter() - t_start)
-    return replace(report, picked=picked) if picked else report
+    return report
 
 
 @dataclass

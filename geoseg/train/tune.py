@@ -75,9 +75,7 @@ class TuneReport:
 def _config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     # options of the other architecture are reset to the table's defaults
     cleared = {k: None for k in ("depth", "base_channels", "context", "bands_per_date", "encoder", "encoder_depth")}
-    from geoseg.train.auto import replace_options
-
-    return replace_options(base, **{**cleared, **params}, cv=0).validate()
+    return dataclasses.replace(base, **{**cleared, **params}, cv=0).validate()
 
 
 def sidecars(output: str | Path) -> tuple[Path, Path, Path]:
@@ -167,9 +165,7 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
     if train_best:
         from geoseg.train.loop import train
 
-        from geoseg.train.auto import replace_options
-
-        cfg = replace_options(_config(base, _params_of(best, base, sampler)), overwrite=True)
+        cfg = dataclasses.replace(_config(base, _params_of(best, base, sampler)), overwrite=True)
         if log:
             log(f"training the best options on all labels: {best.params}")
         train(cfg)
