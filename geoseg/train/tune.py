@@ -10,6 +10,7 @@ on all labels with the best options; the table of trials (CSV) and a plot (PNG) 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
