@@ -12,6 +12,7 @@ import rasterio
 from rasterio.features import rasterize
 
 from tests.conftest import shared_file
+from tests.test_train_cli import run as _cli
 
 pytest.importorskip("torch")
 pytest.importorskip("optuna")
@@ -21,18 +22,6 @@ BR_POLY = "rstoolbox_brazil/trainingPolygons_lsat.gpkg"
 SLO_IMG = "eolearn_slovenia/NDVI_timeseries_68dates.tif"
 SLO_LAB = "eolearn_slovenia/LULC_label.tif"
 TINY: dict[str, Any] = dict(tile_size=32, depth=2, base_channels=4, batch_size=4, samples_per_epoch=8, epochs=1)
-
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from geoseg.cli import main
-
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def _labelled_pixels_of_polygons() -> int:

@@ -42,6 +42,17 @@ def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike[s
     return Path(path)
 
 
+def update_training_record(path: str | os.PathLike[str], **entries: Any) -> None:
+    """Add ``entries`` to a checkpoint's ``training`` metadata (e.g. a cross-validation estimate); the
+    file is rewritten atomically, its weights unchanged."""
+    payload = read_checkpoint(path)
+    meta = ModelMeta.from_json(payload["geoseg_meta"])
+    meta.training.update(entries)
+    payload["geoseg_meta"] = meta.to_json()
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(payload, tmp)
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load the raw payload safely (weights only); raise :class:`CheckpointError` on any problem."""
     p = Path(path)

@@ -387,17 +387,9 @@ def _truth_block(cfg: TrainConfig, unit: Unit, lut: np.ndarray, grid: Any) -> np
     return out
 
 
+
 def record_cross_validation(path: str | Path, cv: CrossValidation) -> None:
-    """Store ``cv`` in the checkpoint's ``training.spatial_cv`` (rewritten atomically)."""
-    import torch
+    """Store ``cv`` in the checkpoint's ``training.spatial_cv``."""
+    from geoseg.models.checkpoint import update_training_record
 
-    from geoseg.io.atomic import atomic_output
-    from geoseg.models.meta import ModelMeta
-    from geoseg.models.checkpoint import read_checkpoint
-
-    payload = read_checkpoint(path)
-    meta = ModelMeta.from_json(payload["geoseg_meta"])
-    meta.training["spatial_cv"] = cv.to_dict()
-    payload["geoseg_meta"] = meta.to_json()
-    with atomic_output(path, overwrite=True) as tmp:
-        torch.save(payload, tmp)
+    update_training_record(path, spatial_cv=cv.to_dict())

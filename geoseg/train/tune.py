@@ -187,22 +187,12 @@ def _params_of(trial: Any, base: TrainConfig, sampler: str) -> dict[str, Any]:
 
 def _record_tune(path: str, best: Any, n: int, sampler: str, folds: int) -> None:
     """The search in the checkpoint: the best trial's cross-validation, marked as chosen among ``n``."""
-    import torch
+    from geoseg.models.checkpoint import update_training_record
 
-    from geoseg.io.atomic import atomic_output
-    from geoseg.models.meta import ModelMeta
-    from geoseg.models.checkpoint import read_checkpoint
-
-    payload = read_checkpoint(path)
-    meta = ModelMeta.from_json(payload["geoseg_meta"])
     cv = dict(best.user_attrs.get("cv", {}))
     cv["method"] = f"{cv.get('method', '')}; the best of {n} trials, so optimistic"
-    meta.training["spatial_cv"] = cv
-    meta.training["tune"] = {"sampler": sampler, "trials": n, "folds": folds, "best_trial": best.number,
-                             "best_params": dict(best.params)}
-    payload["geoseg_meta"] = meta.to_json()
-    with atomic_output(path, overwrite=True) as tmp:
-        torch.save(payload, tmp)
+    update_training_record(path, spatial_cv=cv, tune={"sampler": sampler, "trials": n, "folds": folds,
+                                                      "best_trial": best.number, "best_params": dict(best.params)})
 
 
 def _write_table(study: Any, path: Path) -> None:
