@@ -243,3 +243,16 @@ def test_nodata_option_leaves_an_undeclared_value_out(tmp_path: Path, workers: s
     assert (a["class_id"] == 0).any() and not (b["class_id"] == 0).any()
     keep = a[a["class_id"] != 0]
     assert len(keep) == len(b) and abs(keep.area.sum() - b.area.sum()) < 1e-3 * keep.area.sum()
+
+
+def test_resume_of_one_input_skips_a_complete_output_and_makes_a_missing_one(tmp_path: Path, make_raster) -> None:
+    """vectorize --resume with one input (it was for several only): a finished output is kept and said to be
+    complete (it failed with 'exists'); a missing one (an interrupted run leaves none) is made."""
+    cls = make_raster(np.array([[1, 1, 2], [2, 2, 1]], np.uint8), name="one.tif", nodata=255)
+    out = tmp_path / "one.gpkg"
+    r = run("vectorize", str(cls), "-o", str(out), "-q", "--resume")
+    assert r.returncode == 0 and out.exists(), r.stderr[-500:]
+    before = out.stat().st_mtime_ns
+    r = run("vectorize", str(cls), "-o", str(out), "-q", "--resume")
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "already complete" in r.stderr and out.stat().st_mtime_ns == before

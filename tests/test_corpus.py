@@ -56,6 +56,9 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "vectorize_unknown_format": (["vectorize", "{classes}", "-o", "{out}/v.xyz"], "error", ".xyz"),
     "vectorize_output_is_input": (["vectorize", "{classes}", "-o", "{classes}", "--overwrite"], "error", ""),
     "vectorize_all_nodata": (["vectorize", "{all_nodata}", "-o", "{out}/v.gpkg"], "ok", "no polygons"),
+    # a URL input stays a URL (Path() made http://host of http:/host, "file not found"); port 9: refused at once
+    "train_unreachable_url_image": (["train", "--image", "http://127.0.0.1:9/scene.tif", "--labels", "{classes}",
+                                     "-o", "{out}/m.pt"], "error", "http://127.0.0.1:9/scene.tif"),
     "train_labels_do_not_overlap": (["train", "--image", "{good}", "--vector-labels", "{labels_far}",
                                      "--class-field", "class", "-o", "{out}/m.pt", *TRAIN], "error", "overlap"),
     "train_labels_without_crs": (["train", "--image", "{good}", "--vector-labels", "{labels_nocrs}",

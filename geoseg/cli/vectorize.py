@@ -40,7 +40,7 @@ def vectorize(
     band_rows: Annotated[Optional[int], typer.Option(help="Rows per band (default: about 2 M pixels per band).", min=1)] = None,
     workers: Annotated[int, typer.Option(help="Processes polygonizing bands in parallel (0: 1 below 16 M pixels, else one per CPU beyond the two the merge and writer use, up to 4; 1 if fewer than 2). With several inputs and N > 1: a local Dask cluster of N workers.", min=0)] = 0,
     overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option("--resume", help="With several inputs: skip those whose output is already complete.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip inputs whose output is already complete (an output appears only once complete); the others are redone.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     progress: ProgressOpt = ProgressMode.bar,
     scheduler: SchedulerOpt = None,
@@ -66,6 +66,12 @@ def vectorize(
                    nodata=nodata)
     many = len(inputs) > 1 or output.is_dir()
     cluster = scheduler is not None or (many and workers > 1)
+    if not many and resume and output.exists() and not overwrite:
+        from geoseg.cli._console import err
+
+        # outputs are published by a rename once complete: an existing one is a finished run
+        err.print(f"{output} is already complete; nothing to resume (--overwrite redoes it)", soft_wrap=True)
+        return
     if not many and not cluster:
         _vectorize_one(inputs[0], output, options, probabilities, overwrite, workers, quiet, progress.value)
         return
