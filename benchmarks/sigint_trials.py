@@ -69,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if a.command == "infer":
-            from geoseg.modelinit import init_checkpoint
+            from geoseg.models.init import init_checkpoint
 
             model = work / "m.pt"
             init_checkpoint(model, bands=8, classes=3, base_channels=4, depth=2, tile_size=64, overlap=16,
