@@ -297,7 +297,8 @@ def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     clipped = proj.geometry.intersection(img_box)
     # a point labels one pixel: its "area" is one pixel
     area_px = np.where(proj.geometry.geom_type.isin(["Point", "MultiPoint"]).to_numpy(),
-                       shapely.get_num_geometries(clipped.to_numpy()), clipped.area.to_numpy() / (rx * ry))
+                       shapely.get_num_geometries(clipped.to_numpy()),
+                       shapely.area(clipped.to_numpy()) / (rx * ry))  # in pixels of the image grid, any CRS
     train_counts = np.bincount(cls[~is_val], weights=area_px[~is_val], minlength=n).round().astype(np.int64)
     train_regions = [grid.snap(tuple(g.bounds), cfg.tile_size) for g in clipped[~is_val]]
     val_regions: list[Box] = []
