@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from geoseg.errors import VectorError
 from geoseg.io.atomic import check_destination
@@ -35,6 +35,19 @@ EXTENSIONS = {f.name: ext for ext, f in FORMATS.items()}
 
 #: Shapefile field names (dBase allows 10 characters)
 SHAPEFILE_FIELDS = {"perimeter_m": "perim_m", "confidence_mean": "conf_mean"}
+
+def kept_errors(owner: Any, batches: Iterator[Any]) -> Iterator[Any]:
+    """Yield ``batches``; an exception they raise is kept in ``owner.error`` (it would not survive the trip
+    through Arrow's C stream, which reports only that reading failed) and raised again. A consumer that
+    closes the stream early (a writer that died) is not the batches' error."""
+    try:
+        yield from batches
+    except GeneratorExit:
+        raise
+    except BaseException as e:  # noqa: BLE001
+        owner.error = e
+        raise
+
 
 def format_for(path: str | os.PathLike[str]) -> Format:
     """The format of ``path`` from its extension (VectorError when unknown)."""

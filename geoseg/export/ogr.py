@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from geoseg.errors import RasterWriteError, VectorError
-from geoseg.export.formats import SHAPEFILE_FIELDS, Format
+from geoseg.export.formats import SHAPEFILE_FIELDS, Format, kept_errors
 from geoseg.export.rtree import BoxSpill, gpkg_rtree
 from geoseg.io.atomic import gdal_safe_path
 
@@ -22,46 +22,15 @@ class _Capture:
         self.error: BaseException | None = None
         self.count = 0
 
-    def __iter__(self) -> Any:
-        try:
-            for b in self.it:
-                if self.transform is not None:
-                    b = self.transform(b)
-                self.count += b.num_rows
-                yield b
-        except GeneratorExit:  # closed by the consumer (a writer that died): not the batches' error
-            raise
-        except BaseException as e:  # noqa: BLE001
-            self.error = e
-            raise
+    def __iter__(self) -> Iterator[Any]:
+        return kept_errors(self, self._batches())
 
-
-def _geojson_batch(crs: Any) -> Any:
-    """Batch transform: geometry to WGS84 lon/lat with counter-clockwise exteriors (RFC 7946)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyproj
-    import shapely
-
-    tr = None
-    if crs is not None:
-        src = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-        tr = pyproj.Transformer.from_crs(src, "EPSG:4326", always_xy=True)
-
-    def f(batch: Any) -> Any:
-        i = batch.schema.get_field_index("geometry")
-        g = shapely.from_wkb(np.asarray(batch.column(i).to_pylist(), dtype=object))
-        if tr is not None:
-            g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-            xy = shapely.get_coordinates(g)
-            if not np.isfinite(xy).all():
-                raise VectorError("polygons lie outside where the raster's CRS maps to the Earth, so they cannot "
-                                  "be written as GeoJSON longitude/latitude; check the raster's georeferencing, "
-                                  "or write .gpkg/.fgb (coordinates kept as they are)")
-        g = shapely.orient_polygons(g, exterior_cw=False)
-        return batch.set_column(i, "geometry", pa.array(shapely.to_wkb(g), type=pa.large_binary()))
-
-    return f
+    def _batches(self) -> Iterator[Any]:
+        for b in self.it:
+            if self.transform is not None:
+                b = self.transform(b)
+            self.count += b.num_rows
+            yield b
 
 
 def write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: Any, geometry_type: str,
@@ -74,9 +43,9 @@ def write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: 
             raise VectorError(f"{dest or tmp.name}: GeoJSON holds longitude/latitude (RFC 7946), but the raster has "
                               "no CRS to convert from; write .gpkg, .fgb or .shp (pixel coordinates kept), or "
                               "assign the raster's CRS first")
-        transform = _geojson_batch(crs)
+        # GDAL's RFC 7946 mode reprojects to CRS84 (7 decimals), winds exteriors counter-clockwise and
+        # splits at the antimeridian; the layer is declared in the raster's CRS for it to convert from
         layer_options["RFC7946"] = "YES"
-        out_crs = "EPSG:4326" if crs is not None else None
     elif fmt.name == "shp":
         layer_options["ENCODING"] = "UTF-8"  # also writes the .cpg
         renames = {k: v for k, v in SHAPEFILE_FIELDS.items() if k in schema.names}
@@ -96,22 +65,39 @@ def write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: 
     with gdal_safe_path(tmp) as path:  # a folder named with ';' or a newline, which pyogrio would mangle
         job = {"path": path, "layer": layer, "driver": fmt.driver, "geometry_type": geometry_type,
                "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg"}
-        if WRITER_PROCESS:
-            _run_writer(job, schema, cap, what)
-        else:
-            import pyarrow as pa
-
-            try:
-                _write_job(job, pa.RecordBatchReader.from_batches(schema, iter(cap)))
-            except BaseException as e:
-                if cap.error is not None:
-                    raise cap.error from None
-                if isinstance(e, _WriteFailed):
-                    raise RasterWriteError(f"{what} failed: {e}") from None
-                raise
+        try:
+            _write(job, schema, cap, what)
+        except RasterWriteError as e:
+            if fmt.name == "geojson" and any(m in str(e) for m in _OFF_THE_EARTH):
+                raise VectorError(_OFF_THE_EARTH_MESSAGE) from None
+            raise
     if cap.error is not None:
         raise cap.error
     return cap.count
+
+
+#: PROJ's words when a point has no longitude/latitude (a raster placed off the Earth)
+_OFF_THE_EARTH = ("projection domain", "reproject", "Invalid coordinate")
+_OFF_THE_EARTH_MESSAGE = ("polygons lie outside where the raster's CRS maps to the Earth, so they cannot be written "
+                          "as GeoJSON longitude/latitude; check the raster's georeferencing, or write .gpkg/.fgb "
+                          "(coordinates kept as they are)")
+
+
+def _write(job: dict[str, Any], schema: Any, cap: _Capture, what: str) -> None:
+    """Run ``job`` on ``cap``'s batches in the writer process, or in this thread (:data:`WRITER_PROCESS`)."""
+    if WRITER_PROCESS:
+        _run_writer(job, schema, cap, what)
+        return
+    import pyarrow as pa
+
+    try:
+        _write_job(job, pa.RecordBatchReader.from_batches(schema, iter(cap)))
+    except BaseException as e:
+        if cap.error is not None:
+            raise cap.error from None
+        if isinstance(e, _WriteFailed):
+            raise RasterWriteError(f"{what} failed: {e}") from None
+        raise
 
 
 def _renamed(schema: Any, renames: dict[str, str]) -> tuple[Any, Any]:
@@ -188,6 +174,10 @@ class _WriteFailed(Exception):
     """A write failed; the message says why (one line)."""
 
 
+def _one_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
 def writer_main() -> None:
     """Writer process: Arrow IPC stream on stdin -> :func:`_write_job` (see :func:`_run_writer`)."""
     import sys
@@ -220,8 +210,7 @@ def _write_job(job: dict[str, Any], reader: Any) -> None:
             e = boxes.error if boxes is not None and boxes.error is not None else exc
             if not isinstance(e, Exception):
                 raise
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise _WriteFailed(msg) from None
+            raise _WriteFailed(_one_line(e)) from None
         if boxes is not None:
             boxes.flush()
             try:

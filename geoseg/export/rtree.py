@@ -5,10 +5,10 @@ Torch-free."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from geoseg.errors import VectorError
-from geoseg.export.formats import quote_identifier as _q
+from geoseg.export.formats import kept_errors, quote_identifier as _q
 
 
 class _BoxFile:
@@ -37,24 +37,22 @@ class BoxSpill:
         self.count = 0
         self.error: BaseException | None = None
 
-    def tap(self, reader: Any) -> Any:
+    def tap(self, reader: Any) -> Iterator[Any]:
+        """``reader``'s batches, their boxes spilled on the way."""
+        return kept_errors(self, self._spilled(reader))
+
+    def _spilled(self, reader: Any) -> Iterator[Any]:
         import numpy as np
         import shapely
 
-        try:
-            for b in reader:
-                col = b.column(b.schema.get_field_index("geometry"))
-                bb = polygon_wkb_bounds(col)
-                if bb is None:  # not plain little-endian 2-D polygons: let shapely parse them
-                    bb = shapely.bounds(shapely.from_wkb(col.to_numpy(zero_copy_only=False)))
-                np.ascontiguousarray(bb[:, [0, 2, 1, 3]]).tofile(self.f)
-                self.count += len(bb)
-                yield b
-        except GeneratorExit:  # closed by the consumer (a writer that died): not the batches' error
-            raise
-        except BaseException as e:  # noqa: BLE001
-            self.error = e
-            raise
+        for b in reader:
+            col = b.column(b.schema.get_field_index("geometry"))
+            bb = polygon_wkb_bounds(col)
+            if bb is None:  # not plain little-endian 2-D polygons: let shapely parse them
+                bb = shapely.bounds(shapely.from_wkb(col.to_numpy(zero_copy_only=False)))
+            np.ascontiguousarray(bb[:, [0, 2, 1, 3]]).tofile(self.f)
+            self.count += len(bb)
+            yield b
 
     def flush(self) -> None:
         self.f.flush()
