@@ -74,7 +74,7 @@ def measure(cmd: list[str]) -> dict[str, float]:
 GEOSEG = """
 import sys
 sys.path.insert(0, {root!r})
-from geoseg.vectorize import vectorize
+from geoseg.vector import vectorize
 r = vectorize(sys.argv[1], sys.argv[2], overwrite=True, workers=0,
               simplify=sys.argv[3] if len(sys.argv) > 3 else None)
 print(r.polygons, r.max_open_groups, r.band_rows)

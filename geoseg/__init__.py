@@ -16,7 +16,7 @@ from geoseg.errors import GeosegError  # noqa: E402
 _LAZY = {
     "predict_raster": ("geoseg.pipeline", "predict_raster"),
     "PredictionReport": ("geoseg.pipeline", "PredictionReport"),
-    "vectorize": ("geoseg.vectorize", "vectorize"),
+    "vectorize": ("geoseg.vector", "vectorize"),
 }
 
 __all__ = ["ClassInfo", "ClassSchema", "GeosegError", "__version__", *_LAZY]

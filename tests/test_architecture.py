@@ -17,7 +17,7 @@ TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.architectures
               "geoseg.tiling", "geoseg.blend",
               "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.io.labels",
               "geoseg.io.gdalcache", "geoseg.pipeline",
-              "geoseg.resume", "geoseg.vectorize", "geoseg.vector", "geoseg.export", "geoseg.preview",
+              "geoseg.resume", "geoseg.vector", "geoseg.export", "geoseg.preview",
               "geoseg.metrics", "geoseg.evaluate", "geoseg.train.config", "geoseg.train.history", "geoseg.predict.onnx",
               "geoseg.styles",
               "geoseg.qgis_package", "geoseg.qgis_plugin.runner", "geoseg.qgis_plugin.options", "geoseg.cli",
