@@ -14,6 +14,9 @@ one confusion matrix. The best epoch by validation macro IoU is written to
 Reproducibility: every random draw of epoch ``e`` (chip positions, augmentation,
 dropout) is seeded from ``(seed, e)``, so a run resumed after epoch ``e`` continues
 exactly as the uninterrupted run would on CPU.
+
+One function a phase (restore, set up the data, train an epoch, validate, save), all in this
+module (a little over 400 lines): they share one ``_Session`` and are read together.
 """
 
 from __future__ import annotations
