@@ -61,3 +61,11 @@ SchedulerOpt = Annotated[Optional[str], typer.Option(
 BlockRowsOpt = Annotated[Optional[int], typer.Option(
     help="On a cluster: split each input into blocks of about this many rows, computed by different workers "
          "(default: blocks of about 64 M pixels; inputs smaller than that run whole).", min=1)]
+
+
+# ---------------------------------------------------------------------- training inputs (train, tune)
+TrainImageOpt = Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Input raster (a file, URL or GDAL /vsi path); repeat to stack single-band files in order.", metavar="PATH")]
+TrainLabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Label raster (integer class values; 0 = unlabelled by default); a file, URL or GDAL /vsi path.", metavar="PATH")]
+VectorLabelsOpt = Annotated[Optional[str], typer.Option("--vector-labels", help="Training polygons or points (GPKG, GeoJSON, Shapefile, GeoParquet...), any CRS; a file, URL or GDAL /vsi path.", metavar="PATH")]
+ClassFieldOpt = Annotated[Optional[str], typer.Option("--class-field", help="Attribute of the polygons holding the class (name or number).")]
+TrainDeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N [auto].")]

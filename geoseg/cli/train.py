@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 from geoseg.cli import app
 from geoseg.architectures import ARCHITECTURES
-from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, DepthOpt, EncoderDepthOpt, EncoderOpt, OverwriteOpt,
-                                  ProgressMode, ProgressOpt)
+from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, ClassFieldOpt, DepthOpt, EncoderDepthOpt, EncoderOpt,
+                                  OverwriteOpt, ProgressMode, ProgressOpt, TrainDeviceOpt, TrainImageOpt, TrainLabelsOpt,
+                                  VectorLabelsOpt)
 
 TEMPCNN = ARCHITECTURES["tempcnn"].defaults
 #: the fixed budget of ``train --auto``: trials of the search and spatial folds per trial
@@ -34,10 +35,10 @@ class Augment(str, Enum):
 
 @app.command()
 def train(
-    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", help="Input raster (a file, URL or GDAL /vsi path); repeat to stack single-band files in order.", metavar="PATH")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="Label raster (integer class values; 0 = unlabelled by default); a file, URL or GDAL /vsi path.", metavar="PATH")] = None,
-    vector_labels: Annotated[Optional[str], typer.Option(help="Training polygons (GPKG, GeoJSON, Shapefile, GeoParquet...), any CRS; a file, URL or GDAL /vsi path.", metavar="PATH")] = None,
-    class_field: Annotated[Optional[str], typer.Option(help="Attribute of the polygons holding the class (name or number).")] = None,
+    image: TrainImageOpt = None,
+    labels: TrainLabelsOpt = None,
+    vector_labels: VectorLabelsOpt = None,
+    class_field: ClassFieldOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
     arch: Annotated[Optional[Arch], typer.Option(help=ARCH_HELP + " [unet]")] = None,
@@ -67,7 +68,7 @@ def train(
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without a better val macro IoU [10].", min=1)] = None,
     cv: Annotated[Optional[int], typer.Option(help="After training, estimate accuracy by spatial cross-validation with this many folds (each trains a model); stored in the checkpoint [0 = off].", min=0)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice [0].")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
+    device: TrainDeviceOpt = None,
     devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: 0 on a CPU, up to 8 per GPU).", min=0)] = None,
     auto: Annotated[bool, typer.Option("--auto", help=f"Search the options first: a small 'geoseg tune' ({AUTO_TRIALS} trials of {AUTO_FOLDS}-fold spatial cross-validation; the study is kept in <output stem>.tune.db), then train the best.")] = False,

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from geoseg.cli import app
+from geoseg.cli._options import (ClassFieldOpt, OverwriteOpt, TrainDeviceOpt, TrainImageOpt, TrainLabelsOpt,
+                                  VectorLabelsOpt)
 
 
 class Sampler(str, Enum):
@@ -19,10 +21,10 @@ class Sampler(str, Enum):
 
 @app.command()
 def tune(
-    image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Input raster; repeat to stack single-band files in order.")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Label raster (integer class values; 0 = unlabelled by default).")] = None,
-    vector_labels: Annotated[Optional[Path], typer.Option(help="Training polygons or points (GPKG, GeoJSON, Shapefile, GeoParquet...), any CRS.")] = None,
-    class_field: Annotated[Optional[str], typer.Option(help="Attribute of the polygons holding the class (name or number).")] = None,
+    image: TrainImageOpt = None,
+    labels: TrainLabelsOpt = None,
+    vector_labels: VectorLabelsOpt = None,
+    class_field: ClassFieldOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="The model trained with the best options (.pt); <stem>.tune.db, .tune.csv and .tune.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file of 'geoseg train' options the trials start from (searched options are replaced).")] = None,
     trials: Annotated[int, typer.Option(help="Finished trials the study should hold (a resumed study runs the missing ones).", min=1)] = 20,
@@ -30,9 +32,9 @@ def tune(
     sampler: Annotated[Sampler, typer.Option(help="tpe (Bayesian), random, or grid (a fixed grid of architecture, lr, class weights, jitter).")] = Sampler.tpe,
     timeout: Annotated[Optional[float], typer.Option(help="Start no new trial after this many seconds [no limit].", min=1)] = None,
     storage: Annotated[Optional[Path], typer.Option(help="Optuna study file (SQLite); an existing one is resumed [<output stem>.tune.db].")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
+    device: TrainDeviceOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the sampler and of every training [0].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output model.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No per-trial messages.")] = False,
 ) -> None:
     """Search training options (architecture, learning rate, class weights, jitter, depth, context...)
@@ -46,8 +48,8 @@ def tune(
     from geoseg.train.tune import sidecars
     from geoseg.train.tune import tune as run_tune
 
-    cli = {"images": [str(p) for p in image] if image else None, "labels": str(labels) if labels else None,
-           "vector_labels": str(vector_labels) if vector_labels else None, "class_field": class_field,
+    cli = {"images": list(image) if image else None, "labels": labels, "vector_labels": vector_labels,
+           "class_field": class_field,
            "output": str(output) if output else None, "device": device, "seed": seed,
            "overwrite": True if overwrite else None}
     file_opts = TrainConfig.from_file(config) if config else None
