@@ -166,6 +166,19 @@ def test_overwrite_policy_and_atomicity(make_raster, tmp_path: Path) -> None:
         ["p.cpg", "p.dbf", "p.prj", "p.qml", "p.shp", "p.shx"]  # the .qml: its QGIS style
 
 
+def test_shapefile_parts_of_another_file_are_not_replaced(make_raster, tmp_path: Path) -> None:
+    # an existing .dbf / .qix without the .shp: another file's parts, kept (they were replaced and deleted)
+    path = make_raster(np.array([[1, 2], [2, 1]], np.uint8))
+    (tmp_path / "p.dbf").write_text("mine")
+    (tmp_path / "p.qix").write_text("mine too")
+    with pytest.raises(OutputExistsError, match="p.dbf: file exists"):
+        vectorize(path, tmp_path / "p.shp")
+    assert (tmp_path / "p.dbf").read_text() == "mine" and (tmp_path / "p.qix").read_text() == "mine too"
+    assert not (tmp_path / "p.shp").exists()
+    vectorize(path, tmp_path / "p.shp", overwrite=True)
+    assert len(read(tmp_path / "p.shp")) == 4
+
+
 def test_failure_leaves_nothing(make_raster, tmp_path: Path) -> None:
     path = make_raster(np.array([[1, 2], [2, 1]], np.uint8))
     out = tmp_path / "p.gpkg"
