@@ -164,3 +164,25 @@ def test_points_label_the_pixel_they_fall_in(tmp_path: Path) -> None:
 
     report = train(cfg)
     assert report.output.exists()
+
+
+def test_tune_prunes_a_trial_the_data_cannot_take_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoseg.errors import UsageError
+    from geoseg.train import TrainConfig, crossval
+    from geoseg.train.tune import tune
+
+    calls: list[str] = []
+
+    def refuse(cfg: Any, folds: int, **kw: Any) -> Any:
+        calls.append(cfg.arch)
+        raise UsageError("the labels lie in a single 128-pixel block")
+
+    monkeypatch.setattr(crossval, "spatial_cross_validation", refuse)
+    cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(shared_file(BR_POLY)),
+                      class_field="class", output=str(tmp_path / "best.pt"), **TINY)
+    lines: list[str] = []
+    with pytest.raises(UsageError, match="no trial finished"):
+        tune(cfg, trials=3, folds=2, sampler="random", log=lines.append)
+    assert len(calls) == 3  # every trial ran and was pruned; the first refusal did not end the search
+    assert sum("not possible here" in ln for ln in lines) == 3
+    assert not (tmp_path / "best.pt").exists()

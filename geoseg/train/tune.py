@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from geoseg.errors import UsageError
+from geoseg.errors import GeosegError, UsageError
 from geoseg.train.config import TrainConfig
 
 #: samplers of ``--sampler``
@@ -139,7 +139,12 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        cv = spatial_cross_validation(cfg, folds, on_fold=on_fold)
+        try:
+            cv = spatial_cross_validation(cfg, folds, on_fold=on_fold)
+        except GeosegError as e:  # settings this data cannot take (a chip larger than a fold's window...)
+            if log:
+                log(f"trial {trial.number} {params}: not possible here: {e}")
+            raise optuna.TrialPruned(str(e)) from None
         trial.set_user_attr("overall_accuracy", cv.overall_accuracy)
         trial.set_user_attr("cv", cv.to_dict())
         if log:
