@@ -54,6 +54,7 @@ def test_polygon_cv_scores_every_labelled_pixel_exactly_once(tmp_path: Path) -> 
 
 
 def test_polygon_folds_keep_whole_groups_apart() -> None:
+    from geoseg.io.labels import read_polygons
     from geoseg.train import TrainConfig
     from geoseg.train.crossval import _vector_units, assign_folds
     from geoseg.train.data import image_grid, plan_labels
@@ -63,7 +64,7 @@ def test_polygon_folds_keep_whole_groups_apart() -> None:
     grid = image_grid(cfg.images)
     plan = plan_labels(cfg, grid)
     try:
-        units = _vector_units(cfg, grid, plan.split["codes"])
+        units = _vector_units(cfg, read_polygons(cfg.vector_labels, "class"), grid, plan.split["codes"])
     finally:
         plan.close()
     rows = [r for u in units for r in u.rows]

@@ -20,9 +20,10 @@ import dataclasses
 import math
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -115,14 +116,13 @@ class CrossValidation:
 
 
 # ---------------------------------------------------------------------- units and folds
-def _vector_units(cfg: TrainConfig, grid: Any, codes: dict[str, int]) -> list[Unit]:
+def _vector_units(cfg: TrainConfig, gdf: Any, grid: Any, codes: dict[str, int]) -> list[Unit]:
     import shapely
     from sklearn.cluster import KMeans
 
-    from geoseg.io.labels import class_key, read_polygons
+    from geoseg.io.labels import class_key
 
-    assert cfg.vector_labels is not None and cfg.class_field is not None
-    gdf = read_polygons(cfg.vector_labels, cfg.class_field)
+    assert cfg.class_field is not None
     proj = gdf.to_crs(grid.crs).geometry.intersection(shapely.box(*grid.bounds))
     cls = np.array([codes.get(class_key(v), 0) - 1 for v in gdf[cfg.class_field]])
     keep = np.flatnonzero((cls >= 0) & ~proj.is_empty.to_numpy())
@@ -181,33 +181,38 @@ def assign_folds(units: list[Unit], k: int, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- files for one fold
-def _fold_vector_labels(cfg: TrainConfig, rows: list[int], path: Path) -> None:
-    from geoseg.io.labels import read_polygons
-
-    assert cfg.vector_labels is not None and cfg.class_field is not None
-    gdf = read_polygons(cfg.vector_labels, cfg.class_field)
+def _fold_vector_labels(cfg: TrainConfig, gdf: Any, rows: list[int], path: Path) -> None:
+    assert cfg.class_field is not None
     gdf.iloc[sorted(rows)][[cfg.class_field, gdf.geometry.name]].to_parquet(path)
+
+
+@contextmanager
+def _labels_on_grid(cfg: TrainConfig, grid: Any) -> Iterator[tuple[Any, Any]]:
+    """The label raster and a nearest-neighbour view of it on the image grid (as training reads it)."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from geoseg.io.raster import open_raster
+
+    assert cfg.labels is not None
+    with open_raster(cfg.labels) as src, WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                                   height=grid.height, resampling=Resampling.nearest,
+                                                   nodata=src.nodata) as vrt:
+        yield src, vrt
 
 
 def _fold_raster_labels(cfg: TrainConfig, held: list[Unit], path: Path, grid: Any) -> None:
     """The label raster on the image grid with the held-out blocks set to an ignored value, by row bands."""
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
-    from geoseg.io.raster import open_raster
-
-    assert cfg.labels is not None
-    with open_raster(cfg.labels) as src:
+    with _labels_on_grid(cfg, grid) as (src, vrt):
         nodata = src.nodata if src.nodata is not None else (cfg.ignore_values[0] if cfg.ignore_values else None)
         if nodata is None:
             raise UsageError("cross-validation of a label raster needs a nodata value or --ignore-value")
         prof = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype=src.dtypes[0],
                     crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, compress="deflate")
-        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                       resampling=Resampling.nearest, nodata=src.nodata) as vrt, \
-                rasterio.open(path, "w", **prof) as dst:
+        with rasterio.open(path, "w", **prof) as dst:
             for r0 in range(0, grid.height, 512):
                 h = min(512, grid.height - r0)
                 a = vrt.read(1, window=Window(0, r0, grid.width, h))
@@ -235,12 +240,12 @@ def _window_vrt(paths: tuple[str, ...], win: tuple[int, int, int, int], path: Pa
         with rasterio.open(p) as ds:
             for b in range(1, ds.count + 1):
                 nd = ds.nodatavals[b - 1]
-                bands.append((p, b, ds.dtypes[b - 1], nd, ds.block_shapes[b - 1]))
+                bands.append((p, b, ds.dtypes[b - 1], nd))
     dt_map = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
               "int32": "Int32", "float32": "Float32", "float64": "Float64", "int64": "Int64", "uint64": "UInt64"}
     xml = [f'<VRTDataset rasterXSize="{c1 - c0}" rasterYSize="{r1 - r0}">', f"<SRS>{escape(crs)}</SRS>",
            f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"]
-    for i, (p, b, dt, nd, _) in enumerate(bands, 1):
+    for i, (p, b, dt, nd) in enumerate(bands, 1):
         xml.append(f'<VRTRasterBand dataType="{dt_map[dt]}" band="{i}">')
         if nd is not None:
             xml.append(f"<NoDataValue>{nd!r}</NoDataValue>")
@@ -255,15 +260,15 @@ def _window_vrt(paths: tuple[str, ...], win: tuple[int, int, int, int], path: Pa
 
 
 # ---------------------------------------------------------------------- scoring
-def _unit_confusion(unit: Unit, pred: np.ndarray, label_window: np.ndarray | None, origin: tuple[int, int],
-                    grid: Any, n: int) -> np.ndarray:
-    """Confusion matrix (truth x prediction, class indices) of one unit's labelled pixels."""
+def _unit_confusion(unit: Unit, p: np.ndarray, label_window: np.ndarray | None, grid: Any, n: int) -> np.ndarray:
+    """Confusion matrix (truth x prediction, class indices) of one unit's labelled pixels; ``p`` is the
+    prediction over the unit's window, ``label_window`` its truth (raster labels) or None (drawn from
+    the unit's features)."""
     from rasterio.features import rasterize
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
     r0, r1, c0, c1 = unit.window
-    p = pred[r0 - origin[0]:r1 - origin[0], c0 - origin[1]:c1 - origin[1]]
     if label_window is not None:
         t = label_window
     else:
@@ -288,6 +293,8 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
     """
     import rasterio
 
+    from rasterio.windows import Window
+
     from geoseg.models import read_meta
     from geoseg.pipeline import predict_raster
     from geoseg.train.data import image_grid, plan_labels
@@ -302,8 +309,13 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
     try:
         names = plan.schema.names
         n = len(names)
+        gdf = None
         if plan.kind == "vector":
-            units = _vector_units(cfg, grid, plan.split["codes"])
+            from geoseg.io.labels import read_polygons
+
+            assert cfg.vector_labels is not None and cfg.class_field is not None
+            gdf = read_polygons(cfg.vector_labels, cfg.class_field)
+            units = _vector_units(cfg, gdf, grid, plan.split["codes"])
             method = "vector features in spatial groups (k-means), stratified by class"
         else:
             units = _raster_units(plan, grid)
@@ -323,7 +335,7 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
                 overrides: dict[str, Any] = {}
                 if plan.kind == "vector":
                     lp = tmp / f"fold{f}.parquet"
-                    _fold_vector_labels(cfg, [r for u in kept for r in u.rows], lp)
+                    _fold_vector_labels(cfg, gdf, [r for u in kept for r in u.rows], lp)
                     overrides["vector_labels"] = str(lp)
                 else:
                     lp = tmp / f"fold{f}.tif"
@@ -347,12 +359,15 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
                 for cid, name in zip(schema.ids, schema.names):
                     if name in names:
                         lut[cid] = names.index(name)
-                with rasterio.open(out) as ds:
-                    pred = lut[ds.read(1)]
-                for i, (u, k) in enumerate(zip(units, fold_of)):
-                    if k == f:
-                        truth = _truth_block(cfg, u, plan.lut, grid) if plan.kind == "raster" else None
-                        unit_cms[i] = _unit_confusion(u, pred, truth, (r0, c0), grid, n)
+                # window by window: the held-out labels may span the whole image
+                with rasterio.open(out) as ds, (_labels_on_grid(cfg, grid) if plan.kind == "raster"
+                                                else nullcontext((None, None))) as (_, labels):
+                    for i, (u, k) in enumerate(zip(units, fold_of)):
+                        if k == f:
+                            ur0, ur1, uc0, uc1 = u.window
+                            pred = lut[ds.read(1, window=Window(uc0 - c0, ur0 - r0, uc1 - uc0, ur1 - ur0))]
+                            truth = None if labels is None else _truth_block(labels, cfg, u, plan.lut)
+                            unit_cms[i] = _unit_confusion(u, pred, truth, grid, n)
                 if on_fold is not None:
                     done = np.isin(fold_of, np.arange(f + 1))
                     on_fold(f, CrossValidation(folds, int(done.sum()), method, names, unit_cms[done].sum(axis=0),
@@ -363,20 +378,12 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
         plan.close()
 
 
-def _truth_block(cfg: TrainConfig, unit: Unit, lut: np.ndarray, grid: Any) -> np.ndarray:
-    """Class indices (-1: unlabelled) of a block of the label raster, on the image grid."""
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
+def _truth_block(vrt: Any, cfg: TrainConfig, unit: Unit, lut: np.ndarray) -> np.ndarray:
+    """Class indices (-1: unlabelled) of a block of the label raster (``vrt``: on the image grid)."""
     from rasterio.windows import Window
 
-    from geoseg.io.raster import open_raster
-
-    assert cfg.labels is not None
     r0, r1, c0, c1 = unit.window
-    with open_raster(cfg.labels) as src, WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                                                   height=grid.height, resampling=Resampling.nearest,
-                                                   nodata=src.nodata) as vrt:
-        a = vrt.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), masked=True)
+    a = vrt.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), masked=True)
     v = np.asarray(a.filled(-1)).astype(np.int64)
     ok = (v >= 0) & (v < len(lut))
     for iv in cfg.ignore_values:
@@ -385,7 +392,6 @@ def _truth_block(cfg: TrainConfig, unit: Unit, lut: np.ndarray, grid: Any) -> np
     out[ok] = lut[v[ok]]
     out[out == 255] = -1  # IGNORE_INDEX in the lookup: a value the class map drops
     return out
-
 
 
 def record_cross_validation(path: str | Path, cv: CrossValidation) -> None:

@@ -127,6 +127,7 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
 
     def objective(trial: Any) -> float:
         params = pick(trial, base)
+        trial.set_user_attr("options", params)  # with what the sampler does not choose (tempcnn's chip size)
         try:
             cfg = _config(base, params)
         except UsageError as e:  # a combination the architecture refuses: not a failure of the search
@@ -171,7 +172,7 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
     if train_best:
         from geoseg.train.loop import train
 
-        cfg = dataclasses.replace(_config(base, _params_of(best, base, sampler)), overwrite=True)
+        cfg = dataclasses.replace(_config(base, best.user_attrs["options"]), overwrite=True)
         if log:
             log(f"training the best options on all labels: {best.params}")
         train(cfg)
@@ -181,13 +182,6 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
                       complete=len(complete), pruned=states.count(optuna.trial.TrialState.PRUNED),
                       failed=states.count(optuna.trial.TrialState.FAIL), table=csv_path, plot=plot, model=model,
                       seconds=time.perf_counter() - t0)
-
-
-def _params_of(trial: Any, base: TrainConfig, sampler: str) -> dict[str, Any]:
-    p = dict(trial.params)
-    if "tile_size" not in p:
-        p["tile_size"] = 16 if p.get("arch") == "tempcnn" else base.tile_size
-    return p
 
 
 def _record_tune(path: str, best: Any, n: int, sampler: str, folds: int) -> None:
@@ -204,7 +198,7 @@ def _write_table(study: Any, path: Path) -> None:
     from geoseg.io.atomic import atomic_output
 
     df = study.trials_dataframe(attrs=("number", "value", "params", "state", "duration", "user_attrs"))
-    df = df.drop(columns=[c for c in df.columns if c == "user_attrs_cv"], errors="ignore")
+    df = df.drop(columns=[c for c in df.columns if c in ("user_attrs_cv", "user_attrs_options")], errors="ignore")
     with atomic_output(path, overwrite=True) as tmp:
         df.to_csv(tmp, index=False)
 
