@@ -23,7 +23,9 @@ geoseg: ``TrainConfig(images, labels, output)`` only (whatever the defaults pick
 pooled over the folds of a repeat (one confusion matrix); repeats change every seed (geoseg's and
 the RF's), not the folds, and the mean and standard deviation over repeats are printed.
 
-Run: ``python benchmarks/bench_accuracy.py [--scenes brazil_tm scikit_eo] [--repeats 3] [--set k=v ...]``.
+Run: ``python benchmarks/bench_accuracy.py [--scenes brazil_tm scikit_eo] [--repeats 3] [--set k=v ...]
+[--candidate] [--skip-geoseg]``. ``--candidate`` adds a third column, the per-pixel candidate default
+(:func:`per_pixel_candidate`) on the same folds and seeds.
 ``--set`` passes a training option to every geoseg run (for comparing candidate defaults on the whole
 suite); without it the defaults are measured.
 """
@@ -219,6 +221,54 @@ def random_forest(feats: np.ndarray, valid: np.ndarray, fold: Fold, seed: int) -
     return rf.predict(feats[idx])
 
 
+def per_pixel_candidate(feats: np.ndarray, valid: np.ndarray, fold: Fold, seed: int, steps: int = 1000,
+                        batch: int = 256, balance: float = 0.5, jitter: float = 0.05) -> np.ndarray:
+    """A candidate default for sparse labels, measured beside geoseg's current one (``--candidate``).
+
+    geoseg's own per-pixel model (:class:`~geoseg.models.tempcnn.TempCNN`, context 1; bands_per_date =
+    all bands below 20 bands, else 1) trained on a table of the fold's labelled pixels (bands
+    standardized by the image's mean and std), drawn per class with weight ``count ** balance``
+    (0.5: the square root of the class frequency), per-band gain and offset jitter, AdamW with a
+    cosine schedule, ``steps`` batches of ``batch`` pixels, no validation set. Not yet a geoseg
+    option: it is here to decide whether to make it the default for polygon and point labels.
+    """
+    import torch
+
+    from geoseg.models.tempcnn import TempCNN
+
+    ok = valid.ravel()
+    mu, sd = feats[ok].mean(0), feats[ok].std(0) + 1e-6
+    m = ((fold.train >= 0) & valid).ravel()
+    x = torch.tensor((feats[m] - mu) / sd, dtype=torch.float32)
+    y = torch.tensor(fold.train.ravel()[m]).long()
+    n_cls, bands = int(fold.train.max()) + 1, x.shape[1]
+    cnt = np.bincount(y.numpy(), minlength=n_cls).astype(float)
+    w = cnt[y.numpy()] ** (balance - 1.0)
+    w /= w.sum()
+    torch.manual_seed(seed)
+    net = TempCNN(bands, max(n_cls, 2), bands_per_date=bands if bands < 20 else 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    net.train()
+    for s in range(steps):
+        idx = rng.choice(len(y), batch, p=w)
+        xb = x[idx]
+        if jitter:
+            xb = xb * torch.empty(batch, bands).uniform_(1 - jitter, 1 + jitter) \
+                + torch.empty(batch, bands).uniform_(-jitter, jitter)
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.5 * (1 + np.cos(np.pi * s / steps))
+        loss = torch.nn.functional.cross_entropy(net(xb[:, :, None, None])[:, :, 0, 0], y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    idx = np.ravel_multi_index(fold.test_rc, valid.shape)
+    with torch.no_grad():
+        z = torch.tensor((feats[idx] - mu) / sd, dtype=torch.float32)[:, :, None, None]
+        return net(z)[:, :, 0, 0].argmax(1).numpy()
+
+
 def geoseg(scene: Scene, fold: Fold, seed: int, tmp: Path, options: dict[str, Any]) -> tuple[np.ndarray, dict]:
     from geoseg.models import read_meta
     from geoseg.pipeline import predict_raster
@@ -244,11 +294,13 @@ def geoseg(scene: Scene, fold: Fold, seed: int, tmp: Path, options: dict[str, An
 
 
 # ---------------------------------------------------------------------------- the suite
-def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable[[str], None],
+              candidate: bool = False, skip_geoseg: bool = False) -> dict[str, Any]:
     feats, valid = _features(scene.image)
     n = len(scene.names)
-    runs: dict[str, list[tuple[float, float]]] = {"geoseg": [], "RF": []}
-    secs = {"geoseg": 0.0, "RF": 0.0}
+    keys = ([] if skip_geoseg else ["geoseg"]) + ["RF"] + (["pixel-NN"] if candidate else [])
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
+    secs = {k: 0.0 for k in keys}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         folds = scene.folds(tmp)
@@ -256,20 +308,22 @@ def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable
             cm = {k: np.zeros((n, n), dtype=np.int64) for k in runs}
             for k, fold in enumerate(folds):
                 seed = k + 100 * rep
-                t0 = time.perf_counter()
-                p_rf = random_forest(feats, valid, fold, seed)
-                t1 = time.perf_counter()
-                p_geo, info = geoseg(scene, fold, seed, tmp, options)
-                t2 = time.perf_counter()
-                secs["RF"] += t1 - t0
-                secs["geoseg"] += t2 - t1
-                # a pixel geoseg left as nodata (or a class the fold never saw) counts as wrong
-                p_geo = np.where(p_geo < 0, (fold.test_y + 1) % n, p_geo)
-                cm["RF"] += confusion_matrix(fold.test_y, p_rf, n)
-                cm["geoseg"] += confusion_matrix(fold.test_y, p_geo, n)
-                log(f"  {scene.name} repeat {rep} fold {k}: geoseg OA "
-                    f"{np.mean(p_geo == fold.test_y):.3f}, RF OA {np.mean(p_rf == fold.test_y):.3f} "
-                    f"({len(fold.test_y)} px; {t2 - t1:.0f} s / {t1 - t0:.0f} s) {info}")
+                preds: dict[str, np.ndarray] = {}
+                info: dict[str, Any] = {}
+                for key in keys:
+                    t0 = time.perf_counter()
+                    if key == "RF":
+                        preds[key] = random_forest(feats, valid, fold, seed)
+                    elif key == "pixel-NN":
+                        preds[key] = per_pixel_candidate(feats, valid, fold, seed)
+                    else:
+                        p_geo, info = geoseg(scene, fold, seed, tmp, options)
+                        # a pixel geoseg left as nodata (or a class the fold never saw) counts as wrong
+                        preds[key] = np.where(p_geo < 0, (fold.test_y + 1) % n, p_geo)
+                    secs[key] += time.perf_counter() - t0
+                    cm[key] += confusion_matrix(fold.test_y, preds[key], n)
+                log(f"  {scene.name} repeat {rep} fold {k} ({len(fold.test_y)} px): " + ", ".join(
+                    f"{key} OA {np.mean(preds[key] == fold.test_y):.3f}" for key in keys) + f" {info}")
             for key in runs:
                 m = metrics_from_confusion(cm[key], scene.names)
                 runs[key].append((m.overall_accuracy, m.macro_f1))
@@ -279,24 +333,31 @@ def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable
 
 
 def summary(results: list[dict[str, Any]]) -> list[str]:
-    lines = ["| scene | geoseg OA | RF OA | geoseg macro F1 | RF macro F1 | time geoseg / RF |",
-             "|---|---|---|---|---|---|"]
-    means = {"geoseg": [], "RF": []}
+    """A markdown table: OA and macro F1 (mean ± sd over repeats) of every classifier per scene, their means
+    over scenes, and where each one falls below the RF."""
+    keys = list(results[0]["runs"])
+    lines = ["| scene | " + " | ".join(f"{k} OA" for k in keys) + " | " + " | ".join(f"{k} macro F1" for k in keys)
+             + " | time " + " / ".join(keys) + " |", "|---" * (2 * len(keys) + 2) + "|"]
+    means: dict[str, list[np.ndarray]] = {k: [] for k in keys}
 
     def ms(v: np.ndarray) -> str:
         return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
     for r in results:
-        g, f = np.array(r["runs"]["geoseg"]), np.array(r["runs"]["RF"])
-        means["geoseg"].append(g.mean(axis=0))
-        means["RF"].append(f.mean(axis=0))
-        lines.append(f"| {r['scene']} | {ms(g[:, 0])} | {ms(f[:, 0])} | {ms(g[:, 1])} | {ms(f[:, 1])} | "
-                     f"{r['seconds']['geoseg'] / r['repeats']:.0f} s / {r['seconds']['RF'] / r['repeats']:.0f} s |")
-    g, f = np.array(means["geoseg"]), np.array(means["RF"])
-    lines.append(f"| **mean over scenes** | {g[:, 0].mean():.3f} | {f[:, 0].mean():.3f} | {g[:, 1].mean():.3f} | "
-                 f"{f[:, 1].mean():.3f} | |")
-    below = [r["scene"] for r, a, b in zip(results, g, f) if a[0] < b[0] or a[1] < b[1]]
-    lines.append(f"scenes where geoseg is below the RF in OA or macro F1: {', '.join(below) or 'none'}")
+        arr = {k: np.array(r["runs"][k]) for k in keys}
+        for k in keys:
+            means[k].append(arr[k].mean(axis=0))
+        lines.append(f"| {r['scene']} | " + " | ".join(ms(arr[k][:, 0]) for k in keys) + " | "
+                     + " | ".join(ms(arr[k][:, 1]) for k in keys) + " | "
+                     + " / ".join(f"{r['seconds'][k] / r['repeats']:.0f} s" for k in keys) + " |")
+    m = {k: np.array(v) for k, v in means.items()}
+    lines.append("| **mean over scenes** | " + " | ".join(f"{m[k][:, 0].mean():.3f}" for k in keys) + " | "
+                 + " | ".join(f"{m[k][:, 1].mean():.3f}" for k in keys) + " | |")
+    for k in keys:
+        if k == "RF":
+            continue
+        below = [r["scene"] for r, a, b in zip(results, m[k], m["RF"]) if a[0] < b[0] or a[1] < b[1]]
+        lines.append(f"scenes where {k} is below the RF in OA or macro F1: {', '.join(below) or 'none'}")
     return lines
 
 
@@ -318,6 +379,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE",
                     help="a geoseg train option for every run (JSON values), e.g. epochs=10")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--candidate", action="store_true",
+                    help="also score the per-pixel candidate default (per_pixel_candidate) on the same folds")
+    ap.add_argument("--skip-geoseg", action="store_true", help="score only the RF (and the candidate)")
     a = ap.parse_args()
     import torch
 
@@ -328,7 +392,7 @@ def main() -> None:
         print(s, flush=True)
 
     log(f"geoseg options: {options or 'defaults'}; {a.repeats} repeats")
-    results = [run_scene(SCENES[s](), a.repeats, options, log) for s in a.scenes]
+    results = [run_scene(SCENES[s](), a.repeats, options, log, a.candidate, a.skip_geoseg) for s in a.scenes]
     print("\n".join(["", *summary(results)]))
 
 
