@@ -389,3 +389,23 @@ def test_polygon_wkb_bounds_equal_shapely() -> None:
     assert polygon_wkb_bounds(pa.array(multi, type=pa.large_binary())) is None
     big = shapely.to_wkb(np.array(geoms[1:3], dtype=object), byte_order=0)
     assert polygon_wkb_bounds(pa.array(big, type=pa.large_binary())) is None
+
+
+def test_an_interrupted_geopackage_write_leaves_no_sqlite_journal(tmp_path: Path) -> None:
+    """Ctrl-C reaches the writer process too: killed in a transaction, SQLite leaves ``-journal`` (or
+    ``-wal``/``-shm``) beside the temporary GeoPackage; an interrupted write removes them with it."""
+    import sqlite3
+
+    from geoseg.io.atomic import atomic_output
+
+    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "v.gpkg") as tmp:
+        con = sqlite3.connect(tmp, isolation_level=None)
+        con.execute("CREATE TABLE t (x)")
+        con.execute("BEGIN")
+        con.execute("INSERT INTO t VALUES (1)")  # a rollback journal exists while the transaction is open
+        assert Path(f"{tmp}-journal").exists()
+        for ext in ("-wal", "-shm"):  # and these in WAL mode
+            Path(f"{tmp}{ext}").write_bytes(b"x")
+        raise KeyboardInterrupt
+    con.close()
+    assert list(tmp_path.iterdir()) == []

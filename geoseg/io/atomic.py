@@ -170,10 +170,19 @@ def temp_path_for(path: str | os.PathLike[str], suffix: str | None = None) -> Pa
 
 
 def sidecars(path: Path) -> list[Path]:
-    """Files that travel with ``path`` (Shapefile parts, GDAL .aux.xml)."""
+    """Files that travel with ``path`` (Shapefile parts, GDAL .aux.xml, SQLite's journals).
+
+    A GeoPackage writer killed in a transaction (Ctrl-C reaches the writer process too) leaves
+    SQLite's ``-journal`` (or ``-wal``/``-shm``) beside the temporary file; it goes with it.
+    """
     if path.suffix.lower() == ".shp":
         return [path.with_suffix(e) for e in (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")]
-    return [Path(str(path) + ".aux.xml"), Path(str(path) + ".msk")]
+    extra = [Path(f"{path}{e}") for e in ("-journal", "-wal", "-shm")] if path.suffix.lower() in _SQLITE else []
+    return [Path(str(path) + ".aux.xml"), Path(str(path) + ".msk"), *extra]
+
+
+#: extensions of the SQLite-based formats geoseg writes
+_SQLITE = {".gpkg", ".sqlite", ".db"}
 
 
 def remove_quietly(path: Path) -> None:
