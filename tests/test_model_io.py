@@ -236,4 +236,4 @@ def test_encoder_weights_from_a_file_adapt_the_bands(tmp_path, capsys):
     code, _, err = run(["train", "--image", str(SAMPLE / "field.tif"), "--vector-labels",
                         str(SAMPLE / "field_training_polygons.gpkg"), "--class-field", "class", "-o",
                         str(tmp_path / "u.pt"), "--encoder-weights", str(tmp_path / "resnet18_timm.pth")], capsys)
-    assert_one_line_error(code, err, "applies to the smp-* architectures, not --arch unet", tmp_path / "u.pt")
+    assert_one_line_error(code, err, "applies to the smp-* architectures: choose one with --arch", tmp_path / "u.pt")

@@ -180,7 +180,7 @@ def test_train_sigkill_leaves_loadable_checkpoints_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "geoseg", "train", "--image", str(ROOT / "sample_data" / "field.tif"),
            "--vector-labels", str(ROOT / "sample_data" / "field_training_polygons.gpkg"), "--class-field", "class",
            "-o", str(out), "--epochs", "3", "--samples-per-epoch", "8", "--batch-size", "4", "--tile-size", "32",
-           "--base-channels", "4", "--depth", "2", "--seed", "0", "-q", "--device", "cpu"]
+           "--arch", "unet", "--base-channels", "4", "--depth", "2", "--seed", "0", "-q", "--device", "cpu"]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "m.last.pt"
     deadline = time.time() + 180
@@ -206,8 +206,8 @@ def test_sigterm_stops_train_and_vectorize_with_one_line(tmp_path, command):
     if command == "train":
         args = ["train", "--image", str(ROOT / "sample_data" / "field.tif"), "--vector-labels",
                 str(ROOT / "sample_data" / "field_training_polygons.gpkg"), "--class-field", "class",
-                "-o", str(tmp_path / "m.pt"), "--epochs", "50", "--tile-size", "32", "--base-channels", "4",
-                "--depth", "2", "-q", "--device", "cpu"]
+                "-o", str(tmp_path / "m.pt"), "--epochs", "50", "--tile-size", "32", "--arch", "unet",
+                "--base-channels", "4", "--depth", "2", "-q", "--device", "cpu"]
         started = tmp_path / "m.last.pt"
     else:
         args = ["vectorize", str(shared_file("usda_cdl_kansas/2021_30m_cdls.tif")), "-o", str(tmp_path / "v.gpkg"),

@@ -810,3 +810,117 @@ def test_ring_budget_follows_ram_and_free_shared_memory(monkeypatch: pytest.Monk
     monkeypatch.setattr(os, "statvfs", lambda p: _St())
     assert R.ring_budget() == 2048000
     assert R.ring_bytes(8, 2, 16, (68, 64, 64), torch.uint8) == 8 * 3 * (16 * 68 * 64 * 64 * 4 + 16 * 64 * 64)
+
+
+# ---------------------------------------------------------------------- pixel sampling
+def test_pixel_table_holds_exactly_the_training_polygons_pixels(tmp_path: Path) -> None:
+    """The training table of polygons: the pixels whose centres lie in a training polygon (rasterized whole
+    here, window by window there), with their raw band values; none of a validation polygon."""
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    from geoseg.io.labels import class_key
+    from geoseg.train import data as D
+    from geoseg.train.data.pixels import read_pixel_table
+
+    from geoseg.train import TrainConfig
+
+    cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(shared_file(BR_POLY)), class_field="class",
+                      arch="tempcnn", tile_size=16).validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    try:
+        codes = plan.split["codes"]
+        with rasterio.open(cfg.images[0]) as ds:
+            img = ds.read()
+        for part, src in (("train", plan.train_source), ("val", plan.val_source)):
+            t = read_pixel_table(grid, plan, part, class_field="class", seed=0)
+            g = gpd.read_parquet(src).to_crs(grid.crs)
+            ref = rasterize(((geom, codes[class_key(v)]) for geom, v in zip(g.geometry, g["class"])),
+                            out_shape=(grid.height, grid.width), transform=grid.transform, fill=0, dtype="int32")
+            valid = (img != 255).all(axis=0)  # the file's nodata
+            y = plan.lut[ref]
+            ok = (y != 255) & valid
+            assert len(t) == ok.sum() > 0 and (t.counts == np.bincount(y[ok], minlength=len(t.counts))).all()
+            # the same (values, class) rows, in any order
+            want = np.c_[img[:, ok].T.astype(np.float32), y[ok]]
+            got = np.c_[t.x, t.y]
+            assert (np.unique(want, axis=0) == np.unique(got, axis=0)).all()
+    finally:
+        plan.close()
+
+
+def test_pixel_table_cuts_raster_labels_to_their_blocks_and_caps_each_class() -> None:
+    """Raster labels: the training table holds the labelled pixels of the training blocks only (the plan's
+    counts); with a cap, each class keeps at most that many, while ``counts`` keeps the full numbers."""
+    from geoseg.train import TrainConfig
+    from geoseg.train import data as D
+    from geoseg.train.data.pixels import read_pixel_table
+
+    cfg = TrainConfig(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)), arch="tempcnn",
+                      sampling="pixels", tile_size=16).validate()
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    assert plan.val_regions and cfg.block_size == 32
+    full = read_pixel_table(grid, plan, "train", class_field=None, seed=0, ignore_values=(0,))
+    assert (full.counts == plan.train_counts).all() and len(full) == plan.train_counts.sum()
+    val = read_pixel_table(grid, plan, "val", class_field=None, seed=0, ignore_values=(0,))
+    assert len(val) > 0 and len(val) + len(full) <= (101 * 100)
+    capped = read_pixel_table(grid, plan, "train", class_field=None, seed=0, ignore_values=(0,), cap=50)
+    per = np.bincount(capped.y, minlength=len(plan.schema))
+    assert (per == np.minimum(plan.train_counts, 50)).all() and (capped.counts == plan.train_counts).all()
+    # a capped class keeps a sample of its own rows
+    rows = {tuple(r) for r in full.x[full.y == 0]}
+    assert all(tuple(r) in rows for r in capped.x[capped.y == 0])
+
+
+def test_pixel_batches_draw_classes_by_the_square_root_of_their_pixels() -> None:
+    """Class-balanced draws: class c with probability sqrt(n_c) / sum sqrt(n); the same seed and epoch draw the
+    same batches; validation batches hold every pixel once."""
+    from geoseg.train.data.batches import BatchMaker
+    from geoseg.train.data.grid import ImageGrid
+    from geoseg.train.data.pixel_batches import PixelBatches
+    from geoseg.train.data.pixels import PixelTable
+    from affine import Affine
+
+    counts = np.array([10_000, 100, 900])
+    y = np.repeat(np.arange(3), counts)
+    x = np.c_[y, -y].astype(np.float32)
+    table = PixelTable(x, y, counts)
+    grid = ImageGrid(("a.tif",), None, Affine.identity(), 1, 1, ("a", "b"), (float("nan"),) * 2)
+    bm = BatchMaker(grid, [0, 1, 2], [0.0, 0.0], [1.0, 1.0])
+    batches = PixelBatches(table, bm, 512, 40, seed=3)
+    ys = torch.cat([b["mask"].flatten() for b in batches]).numpy()
+    xs = torch.cat([b["image"][:, 0, 0, 0] for b in batches]).numpy()
+    assert (xs == ys).all()  # each pixel's own values come with its class
+    p = np.sqrt(counts) / np.sqrt(counts).sum()
+    assert np.abs(np.bincount(ys, minlength=3) / len(ys) - p).max() < 0.02
+    again = torch.cat([b["mask"].flatten() for b in PixelBatches(table, bm, 512, 40, seed=3)]).numpy()
+    assert (again == ys).all()
+    bm.set_epoch(1)
+    assert (torch.cat([b["mask"].flatten() for b in batches]).numpy() != ys).any()
+    val = PixelBatches(table, BatchMaker(grid, [0, 1, 2], [0.0, 0.0], [1.0, 1.0]), 4096, balance=None)
+    assert len(val) == 3 and (torch.cat([b["mask"].flatten() for b in val]).numpy() == y).all()
+
+
+def test_default_training_on_polygons_is_per_pixel_says_so_and_round_trips_into_infer(tmp_path: Path) -> None:
+    """The defaults on polygons: tempcnn on the labelled pixels (said in one line, recorded in the checkpoint),
+    the whole schedule run and the last epoch kept; the model classifies the image in geoseg infer."""
+    from geoseg.models import read_meta
+    from geoseg.pipeline import predict_raster
+    from geoseg.train import TrainConfig, train
+
+    said: list[str] = []
+    cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(shared_file(BR_POLY)), class_field="class",
+                      output=str(tmp_path / "m.pt"), epochs=3, patience=1, samples_per_epoch=8192)
+    report = train(cfg, on_message=said.append)
+    assert len(said) == 1 and said[0].startswith("--arch auto: tempcnn (bands_per_date 7)")
+    meta = read_meta(report.output)
+    assert meta.arch == "tempcnn" and meta.training["auto"] == said[0]
+    assert meta.training["config"]["sampling"] == "pixels" and meta.training["config"]["batch_size"] == 256
+    assert meta.training["pixel_tables"]["train"] > 0 and meta.training["pixel_tables"]["val"] > 0
+    assert report.epochs_run == 3 and report.best_epoch == 2  # no early stop, the last epoch kept
+    predict_raster(shared_file(BR_IMG), report.output, tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        c = ds.read(1)
+    assert set(np.unique(c)) <= set(meta.schema.ids) and len(np.unique(c)) >= 3

@@ -15,8 +15,8 @@ pytest.importorskip("torch")
 
 BR_IMG = "rstoolbox_brazil/lsat_tm_1988.tif"
 BR_POLY = "rstoolbox_brazil/trainingPolygons_lsat.gpkg"
-FAST = ["--tile-size", "32", "--depth", "2", "--base-channels", "4", "--epochs", "1", "--samples-per-epoch", "4",
-        "--batch-size", "4", "-q"]
+FAST = ["--arch", "unet", "--tile-size", "32", "--depth", "2", "--base-channels", "4", "--epochs", "1",
+        "--samples-per-epoch", "4", "--batch-size", "4", "-q"]
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -119,7 +119,7 @@ def test_tile_larger_than_image_and_bad_class_map(tmp_path: Path, capsys: pytest
     out.parent.mkdir()
     base = ["train", "--image", str(shared_file(BR_IMG)), "--vector-labels", str(shared_file(BR_POLY)),
             "--class-field", "class", "-o", str(out)]
-    code, _, err = run([*base, "--tile-size", "512", "--depth", "2", "-q"], capsys)
+    code, _, err = run([*base, "--arch", "unet", "--tile-size", "512", "--depth", "2", "-q"], capsys)
     assert_one_line_error(code, err, "exceeds the image (287x310 px)", out)
     code, _, err = run([*base, *FAST, "--class-map", "forrest=trees"], capsys)
     assert_one_line_error(code, err, "forrest", out)

@@ -38,7 +38,7 @@ def test_command_line_overrides_file(tmp_path: Path) -> None:
     ("images: a.tif\nlabels: l.tif\nepochs: many\n", "invalid value"),
     ("images: a.tif\n", "exactly one of --labels"),
     ("images: a.tif\nvector_labels: p.gpkg\n", "needs --class-field"),
-    ("images: a.tif\nlabels: l.tif\ntile_size: 60\ndepth: 3\n", "multiple of 8"),
+    ("images: a.tif\nlabels: l.tif\narch: unet\ntile_size: 60\ndepth: 3\n", "multiple of 8"),
     ("images: a.tif\nlabels: l.tif\nval_split: 1.5\n", "val-split"),
     ("- a\n- b\n", "mapping"),
 ])
@@ -102,4 +102,33 @@ def test_architecture_options_come_from_the_table_and_others_are_said_to_be_igno
         args = TrainConfig(images=["a.tif"], labels="l.tif", arch="tempcnn", depth=2, tile_size=16).validate().arch_args
     assert "depth" not in args
     with pytest.raises(UsageError, match="--context 3 applies to --arch tempcnn only"):
-        TrainConfig(images=["a.tif"], labels="l.tif", context=3).validate()
+        TrainConfig(images=["a.tif"], labels="l.tif", arch="unet", context=3).validate()
+
+
+def test_arch_auto_picks_from_the_labels_and_bands_and_says_so() -> None:
+    """--arch auto (the default): polygons or points -> tempcnn on a table of labelled pixels (one date of all
+    bands below 20 bands); a label raster on a time series -> the same with one band a date; a label raster
+    on a few bands -> unet on chips; an explicit choice is kept; unet options are checked once unet is picked."""
+    from geoseg.train.auto import resolve
+
+    vec = TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c").validate()
+    assert vec.arch == "auto" and vec.batch_size is None and vec.jitter is None
+    cfg, line = resolve(vec, 7)
+    assert (cfg.arch, cfg.sampling, cfg.arch_args["bands_per_date"], cfg.batch_size, cfg.jitter) == \
+        ("tempcnn", "pixels", 7, 256, 0.05)
+    assert cfg.pixels and line.startswith("--arch auto: tempcnn") and "polygons or points" in line
+    series, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif"), 68)
+    assert (series.arch, series.sampling, series.arch_args["bands_per_date"]) == ("tempcnn", "pixels", 1)
+    assert series.block_size == 32 and "time series" in line
+    dense, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif"), 4)
+    assert (dense.arch, dense.sampling, dense.batch_size, dense.jitter) == ("unet", "chips", 8, 0.0)
+    assert dense.block_size == 128 and "U-Net" in line
+    kept, line = resolve(TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c", arch="unet"), 7)
+    assert (kept.arch, kept.sampling, line) == ("unet", "chips", "")
+    chips, _ = resolve(TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c", arch="tempcnn",
+                                   context=3, tile_size=16), 7)
+    assert chips.sampling == "chips"  # a neighbourhood needs chips
+    with pytest.raises(UsageError, match="multiple of 8"):
+        resolve(TrainConfig(images=["a.tif"], labels="l.tif", tile_size=60, depth=3), 4)
+    with pytest.raises(UsageError, match="--sampling pixels trains a per-pixel model"):
+        TrainConfig(images=["a.tif"], labels="l.tif", arch="unet", sampling="pixels").validate()

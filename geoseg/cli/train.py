@@ -14,13 +14,23 @@ if TYPE_CHECKING:
 
 from geoseg.cli import app
 from geoseg.architectures import ARCHITECTURES
-from geoseg.cli._options import (ARCH_HELP, Arch, BaseChannelsOpt, ClassFieldOpt, DepthOpt, EncoderDepthOpt, EncoderOpt,
+from geoseg.cli._options import (ARCH_HELP, BaseChannelsOpt, ClassFieldOpt, DepthOpt, EncoderDepthOpt, EncoderOpt,
                                   OverwriteOpt, ProgressMode, ProgressOpt, TrainDeviceOpt, TrainImageOpt, TrainLabelsOpt,
                                   VectorLabelsOpt)
 
 TEMPCNN = ARCHITECTURES["tempcnn"].defaults
 #: the fixed budget of ``train --auto``: trials of the search and spatial folds per trial
 AUTO_TRIALS, AUTO_FOLDS = 8, 3
+
+
+#: --arch of train: auto (geoseg.train.auto picks) or an architecture of the table
+TrainArch = Enum("TrainArch", [("auto", "auto")] + [(name, name) for name in ARCHITECTURES], type=str)  # type: ignore[misc]
+
+
+class Sampling(str, Enum):
+    auto = "auto"
+    pixels = "pixels"
+    chips = "chips"
 
 
 class Weights(str, Enum):
@@ -41,7 +51,9 @@ def train(
     class_field: ClassFieldOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
-    arch: Annotated[Optional[Arch], typer.Option(help=ARCH_HELP + " [unet]")] = None,
+    arch: Annotated[Optional[TrainArch], typer.Option(help=ARCH_HELP + " auto: tempcnn on the labelled pixels for polygons, points and time series, unet on chips for a label raster on a few bands; says what it picked [auto].")] = None,
+    sampling: Annotated[Optional[Sampling], typer.Option(help="pixels: a per-pixel model trains on a table of the labelled pixels, classes drawn by sqrt(frequency); chips: on chips. auto: pixels for tempcnn with --context 1 [auto].")] = None,
+    class_balance: Annotated[Optional[float], typer.Option(help="--sampling pixels: draw each class with weight (its pixels)**B: 1 as labelled, 0.5 by the square root, 0 equally [0.5 for polygons/points, 1 for a label raster].", min=0, max=1)] = None,
     base_channels: BaseChannelsOpt = None,
     depth: DepthOpt = None,
     encoder: EncoderOpt = None,
@@ -50,19 +62,19 @@ def train(
     bands_per_date: Annotated[Optional[int], typer.Option(help=f"tempcnn: bands per date, bands ordered date by date [{TEMPCNN['bands_per_date']}].", min=1)] = None,
     context: Annotated[Optional[int], typer.Option(help=f"tempcnn: odd side in pixels of the neighbourhood whose mean profile is read beside each pixel's, e.g. 7 [{TEMPCNN['context']}: the pixel alone].", min=1)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [20].", min=1)] = None,
-    samples_per_epoch: Annotated[Optional[int], typer.Option(help="Training chips per epoch [about the non-overlapping chips of the training regions].", min=1)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Chips per step [8].", min=1)] = None,
+    samples_per_epoch: Annotated[Optional[int], typer.Option(help="Training chips per epoch [about the non-overlapping chips of the training regions], or pixels with --sampling pixels [12800].", min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Chips per step [8], or pixels [256].", min=1)] = None,
     tile_size: Annotated[Optional[int], typer.Option(help="Chip side in pixels, >= 16 for the U-Nets [64].", min=1)] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate, cosine-decayed [1e-3].")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay [1e-4].")] = None,
     class_weights: Annotated[Optional[Weights], typer.Option(help="auto: weight classes by inverse sqrt frequency [none].")] = None,
     dice: Annotated[Optional[bool], typer.Option("--dice/--no-dice", help="Add a soft Dice loss [no].")] = None,
     augment: Annotated[Optional[Augment], typer.Option(help="d4: random flips and 90° rotations [d4].")] = None,
-    jitter: Annotated[Optional[float], typer.Option(help="Photometric jitter amplitude, normalised units [0 = off].")] = None,
+    jitter: Annotated[Optional[float], typer.Option(help="Photometric jitter amplitude, normalised units [0.05 with --sampling pixels, else 0 = off].")] = None,
     band_dropout: Annotated[Optional[float], typer.Option(help="Probability of replacing each band of a chip by its mean, e.g. 0.3 for cloudy time series [0 = off].")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of an exponential moving average of the weights, used for validation and saved, e.g. 0.99 [0 = off].")] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Fraction of polygons / spatial blocks held out for validation [0.2].")] = None,
-    val_block: Annotated[Optional[int], typer.Option(help="Raster labels: spatial block side in pixels [max(2*tile, 64)].", min=16)] = None,
+    val_block: Annotated[Optional[int], typer.Option(help="Raster labels: spatial block side in pixels [max(2*tile, 64); 32 with --sampling pixels].", min=16)] = None,
     class_map: Annotated[Optional[list[str]], typer.Option(help="SOURCE=TARGET to rename or merge classes, TARGET 'ignore' drops; repeatable.")] = None,
     ignore_value: Annotated[Optional[list[int]], typer.Option(help="Label-raster value meaning unlabelled; repeatable [0].")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without a better val macro IoU [10].", min=1)] = None,
@@ -86,7 +98,8 @@ def train(
         "labels": labels,
         "vector_labels": vector_labels,
         "class_field": class_field, "output": str(output) if output else None,
-        "arch": arch.value if arch else None, "base_channels": base_channels, "depth": depth, "encoder": encoder,
+        "arch": arch.value if arch else None, "sampling": sampling.value if sampling else None,
+        "class_balance": class_balance, "base_channels": base_channels, "depth": depth, "encoder": encoder,
         "encoder_depth": encoder_depth, "encoder_weights": str(encoder_weights) if encoder_weights else None, "bands_per_date": bands_per_date, "context": context, "epochs": epochs, "samples_per_epoch": samples_per_epoch,
         "batch_size": batch_size, "tile_size": tile_size, "lr": lr, "weight_decay": weight_decay,
         "class_weights": class_weights.value if class_weights else None, "dice": dice,

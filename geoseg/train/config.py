@@ -35,9 +35,18 @@ class TrainConfig:
         class_field: attribute of ``vector_labels`` holding the class (name or number).
         output: best-checkpoint path (``.pt``); ``<stem>.last.pt``, ``<stem>.metrics.csv``
             and ``<stem>.curves.png`` are written beside it.
-        arch: a name in :data:`geoseg.architectures.ARCHITECTURES`: ``unet``, the ``smp-*``
-            decoders, or ``tempcnn`` (per-pixel temporal CNN for stacks of many dates; chips can
-            then be small, e.g. 8 px).
+        arch: ``auto`` (chosen from the labels and bands by :mod:`geoseg.train.auto`) or a name in
+            :data:`geoseg.architectures.ARCHITECTURES`: ``unet``, the ``smp-*`` decoders, or
+            ``tempcnn`` (per-pixel temporal CNN for stacks of many dates; chips can then be small,
+            e.g. 8 px).
+        sampling: ``auto``, ``pixels`` or ``chips``. ``pixels``: a per-pixel model (context 1)
+            trains on a table of the labelled pixels (:mod:`geoseg.train.data.pixels`), each
+            class drawn with weight ``sqrt(pixels of the class)``; ``chips``: on chips read
+            through torchgeo. ``auto``: pixels for per-pixel models with context 1, else chips.
+        class_balance: ``sampling`` pixels: class ``c`` is drawn with weight ``pixels_c ** class_balance``
+            (1: as often as it is labelled, 0.5: by the square root, 0: all classes equally). None:
+            0.5 for polygons and points, whose class sizes say how much a user drew, and 1 for a
+            label raster, whose class sizes are the landscape's (:mod:`geoseg.train.auto`).
         The architecture options below are None for the table's default; one that ``arch``
         does not take is an error.
         base_channels: unet channels of the first level.
@@ -52,8 +61,9 @@ class TrainConfig:
             pixel noise of maps whose classes cover many pixels).
         epochs: maximum number of epochs.
         samples_per_epoch: training chips per epoch (default: about the number of
-            non-overlapping chips in the training regions, at least 4 batches).
-        batch_size: chips per step.
+            non-overlapping chips in the training regions, at least 4 batches), or pixels
+            per epoch with ``sampling`` pixels (default :data:`geoseg.train.auto.PIXELS_PER_EPOCH`).
+        batch_size: chips (or pixels) per step (None: 8 chips, 256 pixels).
         tile_size: chip side in pixels (a multiple of ``2**depth``).
         lr: AdamW learning rate (cosine-decayed over ``epochs``).
         weight_decay: AdamW weight decay.
@@ -62,7 +72,8 @@ class TrainConfig:
         dice: add a soft Dice loss (over labelled pixels) to the cross entropy.
         augment: ``d4`` (random flips and 90-degree rotations) or ``none``.
         jitter: photometric jitter amplitude (per-band gain and offset in normalised
-            units, uniform in ``±jitter``); 0 disables it.
+            units, uniform in ``±jitter``); 0 disables it (None: 0.05 with ``sampling``
+            pixels, else 0).
         ema: keep an exponential moving average of the weights with this decay per step
             (e.g. 0.99) and use it for validation and in the checkpoints; 0 disables it.
         band_dropout: probability that a band of a training chip is replaced by its
@@ -96,7 +107,9 @@ class TrainConfig:
     vector_labels: str | None = None
     class_field: str | None = None
     output: str = "model.pt"
-    arch: str = "unet"
+    arch: str = "auto"
+    sampling: str = "auto"
+    class_balance: float | None = None
     base_channels: int | None = None
     depth: int | None = None
     encoder: str | None = None
@@ -106,14 +119,14 @@ class TrainConfig:
     context: int | None = None
     epochs: int = 20
     samples_per_epoch: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None
     tile_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     class_weights: str = "none"
     dice: bool = False
     augment: str = "d4"
-    jitter: float = 0.0
+    jitter: float | None = None
     band_dropout: float = 0.0
     ema: float = 0.0
     val_split: float = 0.2
@@ -138,17 +151,25 @@ class TrainConfig:
             raise UsageError("give exactly one of --labels (a label raster) or --vector-labels (polygons)")
         if self.vector_labels is not None and not self.class_field:
             raise UsageError("--vector-labels needs --class-field, the attribute holding each polygon's class")
-        if self.arch not in ARCHITECTURES:
-            raise UsageError(f"--arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-        min_tile = 1 if self.arch in PER_PIXEL else 16
+        if self.arch != "auto" and self.arch not in ARCHITECTURES:
+            raise UsageError(f"--arch {self.arch!r}: choose auto or one of {', '.join(ARCHITECTURES)}")
+        if self.sampling not in ("auto", "pixels", "chips"):
+            raise UsageError(f"--sampling {self.sampling!r}: choose auto, pixels or chips")
+        min_tile = 1 if self.arch in PER_PIXEL or self.arch == "auto" else 16
         args = self._arch_args(warn=True)  # says which options of other architectures are ignored
         context = int(args.get("context", 1))
-        checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size >= 1),
+        if self.sampling == "pixels" and self.arch != "auto" and (self.arch not in PER_PIXEL or context != 1):
+            raise UsageError(f"--sampling pixels trains a per-pixel model reading the pixel alone (--arch tempcnn "
+                             f"--context 1), not --arch {self.arch}" + (f" --context {context}" if context != 1 else "")
+                             + "; use --sampling chips")
+        checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size is None or self.batch_size >= 1),
                   ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
                   ("cv", self.cv == 0 or self.cv >= 2),
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers is None or self.num_workers >= 0),
                   ("depth", 1 <= args.get("depth", 1) <= 8), ("base-channels", args.get("base_channels", 1) >= 1),
-                  ("jitter", 0 <= self.jitter < 1), ("weight-decay", self.weight_decay >= 0),
+                  ("jitter", self.jitter is None or 0 <= self.jitter < 1),
+                  ("class-balance", self.class_balance is None or 0 <= self.class_balance <= 1),
+                  ("weight-decay", self.weight_decay >= 0),
                   ("band-dropout", 0 <= self.band_dropout < 1), ("ema", 0 <= self.ema < 1),
                   ("bands-per-date", args.get("bands_per_date", 1) >= 1),
                   ("context", context >= 1 and context % 2 == 1)]
@@ -159,16 +180,19 @@ class TrainConfig:
             raise UsageError("--samples-per-epoch must be >= 1")
         if not 0 <= self.val_split < 1:
             raise UsageError(f"--val-split {self.val_split}: use a fraction in [0, 1), e.g. 0.2")
-        if self.val_block is not None and self.val_block < self.tile_size:
-            raise UsageError(f"--val-block {self.val_block} is smaller than --tile-size {self.tile_size}")
         if self.class_weights not in ("none", "auto"):
             raise UsageError(f"--class-weights {self.class_weights!r}: choose none or auto")
         if self.augment not in ("none", "d4"):
             raise UsageError(f"--augment {self.augment!r}: choose d4 or none")
         if self.encoder_weights is not None and "encoder" not in args:
-            raise UsageError(f"--encoder-weights applies to the smp-* architectures, not --arch {self.arch}")
+            raise UsageError("--encoder-weights applies to the smp-* architectures: choose one with --arch (e.g. "
+                             f"smp-unet), not {self.arch}")
         if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
             raise UsageError(f"--encoder-weights {self.encoder_weights}: file not found")
+        if self.arch == "auto":
+            return self  # the rest depends on the architecture: checked again once it is chosen
+        if self.val_block is not None and not self.pixels and self.val_block < self.tile_size:
+            raise UsageError(f"--val-block {self.val_block} is smaller than --tile-size {self.tile_size}")
         if self.tile_size < context:
             raise UsageError(f"--tile-size {self.tile_size} is smaller than --context {context}: chips need "
                              f"labels beyond {context // 2} px of their edges; use --tile-size "
@@ -189,6 +213,8 @@ class TrainConfig:
         # warning from validate()), except --context, which changes how chips are sampled
         import warnings
 
+        if self.arch == "auto":
+            return {}
         if self.context is not None and "context" not in ARCHITECTURES[self.arch].defaults:
             complete_arch_args(self.arch, context=self.context)  # raises: applies to --arch tempcnn only
         with warnings.catch_warnings():
@@ -201,11 +227,21 @@ class TrainConfig:
     @property
     def size_multiple(self) -> int:
         """Chip and tile sides must be multiples of this (the model's pooling factor)."""
-        return size_multiple(self.arch, self.arch_args)
+        return 1 if self.arch == "auto" else size_multiple(self.arch, self.arch_args)
+
+    @property
+    def pixels(self) -> bool:
+        """Training on a table of labelled pixels (``sampling`` pixels, or auto with a per-pixel model
+        reading the pixel alone), not on chips."""
+        if self.sampling != "auto":
+            return self.sampling == "pixels"
+        return self.arch in PER_PIXEL and int(self.arch_args.get("context", 1)) == 1
 
     @property
     def block_size(self) -> int:
-        return self.val_block or max(2 * self.tile_size, 64)
+        """Side of the spatial validation blocks of raster labels: ``val_block``, else two chips (at least
+        64 px), or 32 px when training on pixels (no chip has to fit in a block)."""
+        return self.val_block or (32 if self.pixels else max(2 * self.tile_size, 64))
 
     # ------------------------------------------------------------------ paths beside the model
     def sidecar(self, kind: str) -> Path:

@@ -50,8 +50,8 @@ from geoseg.train.history import (
 from geoseg.train.losses import confusion_update, cosine_lr, segmentation_loss
 
 #: config fields that must not change when resuming
-_RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "base_channels", "depth", "encoder",
-                 "encoder_depth", "encoder_weights", "tile_size", "class_map", "ignore_values", "val_split",
+_RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "sampling", "base_channels", "depth",
+                 "encoder", "encoder_depth", "encoder_weights", "tile_size", "class_map", "ignore_values", "val_split",
                  "val_block", "seed", "class_weights", "dice", "bands_per_date", "context")
 
 
@@ -109,8 +109,12 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
     Raises:
         GeosegError: unusable inputs or outputs; raised before any file is written.
     """
+    from geoseg.train.auto import resolve
+
     t_start = time.perf_counter()
     cfg.validate()
+    grid = D.image_grid(cfg.images)
+    cfg, picked = resolve(cfg, len(grid.band_names))
     out, last = Path(cfg.output), cfg.sidecar("last")
     csv_path, png_path = cfg.sidecar("metrics"), cfg.sidecar("curves")
     inputs = list(cfg.images) + [p for p in (cfg.labels, cfg.vector_labels) if p]
@@ -126,10 +130,12 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
         for p in (out, last, csv_path, png_path):
             check_destination(p, overwrite=cfg.overwrite, inputs=inputs)
 
-    grid = D.image_grid(cfg.images)
     plan = D.plan_labels(cfg, grid)
+    if picked and on_message:  # once the labels are known to be usable
+        on_message(picked)
     try:
-        report = _run(cfg, grid, plan, payload, out, last, csv_path, png_path, on_progress, command, t_start)
+        report = _run(cfg, grid, plan, payload, out, last, csv_path, png_path, on_progress, command, t_start,
+                      picked)
     finally:
         plan.close()
     if cfg.cv:
@@ -156,6 +162,7 @@ class _Session:
     ema: Any
     encoder_start: dict[str, Any] | None
     command: list[str] | None
+    picked: str = ""  # what --arch auto picked, if anything
     weight: torch.Tensor | None = None
     gen: torch.Generator = field(default_factory=torch.Generator)
     train_bm: Any = None
@@ -163,6 +170,7 @@ class _Session:
     val_bm: Any = None
     val_loader: Any = None
     n_steps: int = 0
+    table_pixels: dict[str, int] | None = None  # sampling pixels: pixels in the training and validation tables
 
     @property
     def on_cuda(self) -> bool:
@@ -171,7 +179,7 @@ class _Session:
 
 def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[str, Any] | None, out: Path,
          last: Path, csv_path: Path, png_path: Path, on_progress: Callable[[TrainProgress], None] | None,
-         command: list[str] | None, t_start: float) -> TrainReport:
+         command: list[str] | None, t_start: float, picked: str = "") -> TrainReport:
     mean, std = _normalization(cfg, grid, plan, payload)
     fabric = _fabric(cfg)
     if cfg.devices > 1:
@@ -180,7 +188,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         cfg = replace(cfg, num_workers=D.auto_workers(fabric.device, cfg.devices))
     model, opt, ema, encoder_start = _restore(cfg, fabric, grid, len(plan.schema), payload)
     standing = Standing.restore(payload)
-    s = _Session(cfg, fabric, grid, plan, mean, std, model, opt, ema, encoder_start, command)
+    s = _Session(cfg, fabric, grid, plan, mean, std, model, opt, ema, encoder_start, command, picked)
     _set_up_data(s)
     stopped_early = False
     epoch = standing.start_epoch - 1
@@ -191,6 +199,10 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
         score = val.miou if val is not None else -train_loss
         # the first epoch is always kept, so a best checkpoint exists even if the score is undefined
         improved = (not math.isnan(score) and score > standing.best_miou + 1e-9) or standing.best_epoch < 0
+        if cfg.pixels:
+            # pixel sampling runs its whole cosine schedule and keeps the last epoch: a few held-out
+            # polygons' score saturates within epochs and picked half-trained models (docs/training.md)
+            improved = True
         names = plan.schema.names
         rec = EpochRecord(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
                           val_miou=val.miou if val else math.nan, val_macro_f1=val.macro_f1 if val else math.nan,
@@ -202,7 +214,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             _save(s, standing, rec, val, out, last, csv_path, png_path)
         if on_progress:
             on_progress(TrainProgress("epoch", epoch + 1, cfg.epochs, s.n_steps, s.n_steps, train_loss, rec))
-        if val is not None and standing.bad_epochs >= cfg.patience:
+        if val is not None and not cfg.pixels and standing.bad_epochs >= cfg.patience:
             stopped_early = epoch + 1 < cfg.epochs
             break
     fabric.barrier()
@@ -273,6 +285,10 @@ def _set_up_data(s: _Session) -> None:
     cfg, grid, plan, fabric = s.cfg, s.grid, s.plan, s.fabric
     if cfg.class_weights == "auto":
         s.weight = torch.tensor(D.class_weights(plan.train_counts), dtype=torch.float32, device=fabric.device)
+    if cfg.pixels:
+        _set_up_pixels(s)
+        return
+    assert cfg.batch_size is not None and cfg.jitter is not None  # resolved by geoseg.train.auto
     train_ds = D.build_dataset(grid, plan, cfg, "train")
     sampler = D.train_sampler(grid, plan, cfg, s.gen)
     # labels closer to a chip's edge than the model's reach see a cut neighbourhood, unlike in
@@ -294,6 +310,24 @@ def _set_up_data(s: _Session) -> None:
     s.n_steps = math.ceil(len(sampler) / cfg.batch_size)
 
 
+def _set_up_pixels(s: _Session) -> None:
+    """``sampling`` pixels: tables of the labelled pixels of both sides of the split, and their batches."""
+    from geoseg.train.data.pixel_batches import pixel_loaders
+
+    p = pixel_loaders(s.cfg, s.grid, s.plan, s.mean, s.std, rank=s.fabric.global_rank)
+    s.train_bm, s.train_loader, s.val_bm, s.val_loader = p.train_bm, p.train, p.val_bm, p.val
+    s.n_steps, s.table_pixels = len(p.train), p.sizes
+
+
+def _on_device(s: _Session, bm: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch on the model's device: finished there (chips on a GPU) or moved (pixel batches)."""
+    if bm.on_device:
+        return dict(bm.finish(batch, s.fabric.device))
+    if batch["image"].device != s.fabric.device:
+        return {k: v.to(s.fabric.device, non_blocking=True) for k, v in batch.items()}
+    return batch
+
+
 # ---------------------------------------------------------------------- epoch
 def _train_epoch(s: _Session, epoch: int, on_progress: Callable[[TrainProgress], None] | None) -> float:
     """One pass over the epoch's training chips; returns the mean loss (NaN when no step ran)."""
@@ -311,8 +345,7 @@ def _train_epoch(s: _Session, epoch: int, on_progress: Callable[[TrainProgress],
     loss_sum = torch.zeros((), dtype=torch.float64, device=s.fabric.device)
     n_losses, shown = 0, math.nan
     for step, batch in enumerate(s.train_loader, start=1):
-        if on_cuda:
-            batch = s.train_bm.finish(batch, s.fabric.device)
+        batch = _on_device(s, s.train_bm, batch)
         x, y = batch["image"], batch["mask"]
         if on_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -352,8 +385,7 @@ def _validate(s: _Session, epoch: int, on_progress: Callable[[TrainProgress], No
     tot = torch.zeros(2, dtype=torch.float64, device=fabric.device)  # loss sum, labelled pixels
     with torch.no_grad():
         for step, batch in enumerate(s.val_loader, start=1):
-            if s.on_cuda:
-                batch = s.val_bm.finish(batch, fabric.device)
+            batch = _on_device(s, s.val_bm, batch)
             x, y = batch["image"], batch["mask"]
             if s.on_cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -388,6 +420,10 @@ def _meta(s: _Session, record: EpochRecord | None, val: SegmentationMetrics | No
     }
     if s.encoder_start is not None:
         training["encoder_weights"] = s.encoder_start
+    if s.picked:
+        training["auto"] = s.picked
+    if s.table_pixels is not None:
+        training["pixel_tables"] = s.table_pixels
     if cfg.class_weights == "auto" and s.weight is not None:
         training["class_weights"] = [float(v) for v in s.weight.cpu()]
     if record is not None:

@@ -10,6 +10,7 @@ import torch
 
 from geoseg.errors import LabelError
 from geoseg.io.gdalcache import block_cache_size, set_block_cache
+from geoseg.train.auto import BATCH_CHIPS
 from geoseg.train.config import TrainConfig
 from geoseg.train.data.batches import BatchMaker
 from geoseg.train.data.grid import Box, ImageGrid
@@ -41,7 +42,7 @@ def train_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig, generator:
     if len(sampler) == 0 and n is None:
         raise LabelError("no training region is as large as one chip; lower --tile-size")
     if n is None:
-        sampler.length = max(len(sampler), 4 * cfg.batch_size)
+        sampler.length = max(len(sampler), 4 * (cfg.batch_size or BATCH_CHIPS))
     return sampler
 
 
@@ -116,12 +117,12 @@ def make_loader(dataset: Any, sampler: Any, collate: Callable[..., Any], cfg: Tr
     workers = cfg.num_workers or 0  # None: not resolved by the caller (auto_workers), none
     prefetch = 2  # the ring's slot count depends on it
     if (pin_memory if ring is None else ring) and workers > 0 and isinstance(collate, BatchMaker):
-        collate.attach_ring(workers, prefetch, cfg.batch_size, cfg.tile_size)
+        collate.attach_ring(workers, prefetch, cfg.batch_size or BATCH_CHIPS, cfg.tile_size)
     init = None
     if workers > 0:  # the workers share this process's GDAL block cache budget instead of each taking it
         # (GDAL's default is 5 % of the RAM per process: 8 persistent workers could hold 40 % of it as cache)
         init = partial(set_block_cache, max(64 << 20, block_cache_size() // workers))
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+    return DataLoader(dataset, batch_size=cfg.batch_size or BATCH_CHIPS, sampler=sampler, collate_fn=collate,
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
                       prefetch_factor=prefetch if workers > 0 else None, in_order=True, worker_init_fn=init)
 

@@ -1,0 +1,70 @@
+"""What ``geoseg train`` picks when left to choose: the architecture and the sampling, from the labels
+and the bands it is given (torch-free). Every training default that depends on the data is decided here.
+
+The rule, measured on the accuracy suite (``benchmarks/bench_accuracy.py``, docs/training.md):
+
+* **Polygons or points** (``--vector-labels``): a per-pixel model (``tempcnn``, reading the pixel alone)
+  trained on a table of the labelled pixels, each class drawn with weight ``sqrt(its pixels)``, with
+  photometric jitter. A U-Net trained on chips of a few dozen polygons learns the polygons' shapes,
+  not the classes (issue 17: it fell below a random forest on new scenes); pixel sampling treats a
+  point like a polygon's pixel and is as good as or better than the forest on every scene of the suite.
+* **A label raster on a stack of many bands** (at least :data:`TIME_SERIES_BANDS`: a time series):
+  the same per-pixel model, as TempCNN (Pelletier et al. 2019) is trained.
+* **A label raster on a few bands** (imagery with dense labels): the U-Net on chips, whose context
+  a dense map rewards.
+
+``bands_per_date`` of the picked ``tempcnn``: all bands (one date) below :data:`TIME_SERIES_BANDS`,
+else 1 (one band a date, e.g. an NDVI series); pass ``--bands-per-date`` for a multi-band series.
+What was picked is said in one line and recorded in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from geoseg.train.config import TrainConfig
+
+#: a stack of at least this many bands is taken for a time series
+TIME_SERIES_BANDS = 20
+#: pixels per epoch of pixel sampling (50 steps of 256): 256k pixel draws over the default 20 epochs
+PIXELS_PER_EPOCH = 12_800
+#: batch sizes (chips, pixels) and jitter (chips, pixels) when not given
+BATCH_CHIPS, BATCH_PIXELS = 8, 256
+JITTER_CHIPS, JITTER_PIXELS = 0.0, 0.05
+#: class_balance of pixel sampling: polygons and points (drawn by a user), a label raster (the landscape's)
+BALANCE_VECTOR, BALANCE_RASTER = 0.5, 1.0
+
+
+def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
+    """``cfg`` with ``arch``, ``sampling``, ``bands_per_date``, ``batch_size`` and ``jitter`` decided, and a
+    line saying what ``auto`` picked (empty when nothing was left to pick). Validated again."""
+    picks: dict[str, Any] = {}
+    why = ""
+    if cfg.arch == "auto":
+        if cfg.vector_labels is not None:
+            picks["arch"], why = "tempcnn", "per-pixel model on the labelled pixels: labels are polygons or points"
+        elif bands >= TIME_SERIES_BANDS:
+            picks["arch"], why = "tempcnn", f"per-pixel model on the labelled pixels: {bands} bands, a time series"
+        else:
+            picks["arch"], why = "unet", f"U-Net on chips: a label raster on {bands} bands"
+        if picks["arch"] == "tempcnn" and cfg.bands_per_date is None:
+            picks["bands_per_date"] = bands if bands < TIME_SERIES_BANDS else 1
+    out = dataclasses.replace(cfg, **picks)
+    if out.sampling == "auto":
+        out = dataclasses.replace(out, sampling="pixels" if out.pixels else "chips")
+    fill: dict[str, Any] = {}
+    if out.batch_size is None:
+        fill["batch_size"] = BATCH_PIXELS if out.pixels else BATCH_CHIPS
+    if out.jitter is None:
+        fill["jitter"] = JITTER_PIXELS if out.pixels else JITTER_CHIPS
+    if out.class_balance is None and out.pixels:
+        fill["class_balance"] = BALANCE_VECTOR if out.vector_labels is not None else BALANCE_RASTER
+    out = dataclasses.replace(out, **fill).validate()
+    line = ""
+    if picks:
+        args = ", ".join(f"{k} {v}" for k, v in out.arch_args.items() if k in ("bands_per_date", "depth"))
+        line = (f"--arch auto: {out.arch}" + (f" ({args})" if args else "") + f", {why}; batches of "
+                f"{out.batch_size} {'pixels' if out.pixels else 'chips'}, jitter {out.jitter}"
+                + (f", class balance {out.class_balance}" if out.pixels else ""))
+    return out, line

@@ -1,0 +1,177 @@
+"""Tables of labelled pixels, for per-pixel models trained with ``sampling`` pixels (numpy, rasterio, shapely).
+
+The labels of one side of the split (training or validation) are put on the image grid window by
+window (windows of :data:`WINDOW` pixels that meet the side's regions): polygons and points
+rasterized by pixel centre (a point labels the pixel it falls in), a label raster warped onto the
+grid (nearest) and cut to the side's blocks. Each labelled pixel whose bands are all valid (not
+nodata, finite) joins the table with its raw band values.
+
+Memory stays bounded whatever the labels cover: each class keeps a uniform random sample of at most
+``cap`` of its pixels (a reservoir: every pixel gets a random key, the ``cap`` smallest keys stay), and
+the table records how many pixels each class had in all, which the class-balanced sampling uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+from rasterio.windows import Window
+
+from geoseg.io.raster import open_raster
+from geoseg.train.config import IGNORE_INDEX
+from geoseg.train.data.grid import Box, ImageGrid
+from geoseg.train.data.plan import LabelPlan
+
+#: side of the windows the labels and bands are read in
+WINDOW = 512
+#: bytes the table's band values may take in all (the per-class cap follows from it)
+TABLE_BYTES = 1 << 29
+
+
+@dataclass
+class PixelTable:
+    """Labelled pixels: raw band values ``x`` (N, bands) float32, class indexes ``y`` (N,), and the number of
+    valid labelled pixels each class had before the cap (``counts``)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def default_cap(bands: int, classes: int) -> int:
+    """Pixels kept per class: :data:`TABLE_BYTES` shared by the classes, between 10 000 and 2 000 000."""
+    return int(np.clip(TABLE_BYTES // (4 * max(bands, 1) * max(classes, 1)), 10_000, 2_000_000))
+
+
+def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field: str | None, seed: int,
+                     ignore_values: tuple[int, ...] = (), cap: int | None = None) -> PixelTable:
+    """The labelled pixels of ``part`` (``"train"`` or ``"val"``) of ``plan``; see the module."""
+    regions = plan.train_regions if part == "train" else plan.val_regions
+    source = plan.train_source if part == "train" else plan.val_source
+    n_cls, bands = len(plan.schema), len(grid.band_names)
+    cap = cap or default_cap(bands, n_cls)
+    keep_x: list[np.ndarray] = [np.empty((0, bands), np.float32) for _ in range(n_cls)]
+    keep_k: list[np.ndarray] = [np.empty(0) for _ in range(n_cls)]
+    counts = np.zeros(n_cls, dtype=np.int64)
+    rng = np.random.default_rng([seed, 0 if part == "train" else 1, 17])
+    if source is None or not regions:
+        return PixelTable(np.empty((0, bands), np.float32), np.empty(0, np.int64), counts)
+    with contextlib.ExitStack() as stack:
+        labels: Any = (_VectorLabels(source, grid, plan, class_field) if plan.kind == "vector"
+                       else stack.enter_context(_RasterLabels(source, grid, plan, regions, ignore_values)))
+        images = [stack.enter_context(open_raster(p)) for p in grid.paths]
+        for win in _windows(grid, regions):
+            y = labels.read(win)
+            lab = y != IGNORE_INDEX
+            if not lab.any():
+                continue
+            parts = [ds.read(window=win, masked=True) for ds in images]
+            x = np.ma.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+            data = np.asarray(x.data, dtype=np.float32)
+            ok = lab & ~np.ma.getmaskarray(x).any(axis=0) & np.isfinite(data).all(axis=0)
+            xs, ys = data[:, ok].T, y[ok]
+            for c in np.unique(ys):
+                sel = xs[ys == c]
+                counts[c] += len(sel)
+                xk = np.concatenate([keep_x[c], sel])
+                kk = np.concatenate([keep_k[c], rng.random(len(sel))])
+                if len(kk) > cap:
+                    top = np.argpartition(kk, cap)[:cap]
+                    xk, kk = xk[top], kk[top]
+                keep_x[c], keep_k[c] = xk, kk
+    y_all = np.concatenate([np.full(len(k), c, dtype=np.int64) for c, k in enumerate(keep_k)])
+    return PixelTable(np.concatenate(keep_x), y_all, counts)
+
+
+def _windows(grid: ImageGrid, regions: list[Box]) -> Iterator[Window]:
+    """The :data:`WINDOW`-pixel windows of the grid that meet a region."""
+    spans = [_pixel_span(grid, b) for b in regions]
+    for r0 in range(0, grid.height, WINDOW):
+        for c0 in range(0, grid.width, WINDOW):
+            r1, c1 = min(r0 + WINDOW, grid.height), min(c0 + WINDOW, grid.width)
+            if any(a < r1 and b > r0 and c < c1 and d > c0 for a, b, c, d in spans):
+                yield Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _pixel_span(grid: ImageGrid, box: Box) -> tuple[int, int, int, int]:
+    """Rows and columns ``(r0, r1, c0, c1)`` of a grid-snapped box."""
+    t, (rx, ry) = grid.transform, grid.res
+    c0, c1 = round((box[0] - t.c) / rx), round((box[2] - t.c) / rx)
+    r0, r1 = round((t.f - box[3]) / ry), round((t.f - box[1]) / ry)
+    return max(r0, 0), min(r1, grid.height), max(c0, 0), min(c1, grid.width)
+
+
+class _VectorLabels:
+    """Polygons and points of one side of the split, rasterized window by window by pixel centre."""
+
+    def __init__(self, source: str, grid: ImageGrid, plan: LabelPlan, class_field: str | None) -> None:
+        import geopandas as gpd
+        import shapely
+
+        from geoseg.io.labels import class_key
+
+        assert class_field is not None
+        gdf = gpd.read_parquet(source).to_crs(grid.crs)
+        codes = plan.split["codes"]
+        self.codes = np.array([codes.get(class_key(v), 0) for v in gdf[class_field]], dtype=np.int64)
+        self.geoms = gdf.geometry.to_numpy()
+        self.tree = shapely.STRtree(self.geoms)
+        self.grid, self.lut = grid, plan.lut
+
+    def read(self, win: Window) -> np.ndarray:
+        import shapely
+        from rasterio.features import rasterize
+        from rasterio.windows import bounds, transform
+
+        g = self.grid
+        hit = np.sort(self.tree.query(shapely.box(*bounds(win, g.transform))))
+        shape = (int(win.height), int(win.width))
+        if not len(hit):
+            return np.full(shape, IGNORE_INDEX, dtype=np.int64)
+        code = rasterize(((self.geoms[i], int(self.codes[i])) for i in hit), out_shape=shape,
+                         transform=transform(win, g.transform), fill=0, dtype="int32")
+        return self.lut[code]
+
+
+class _RasterLabels:
+    """A label raster warped onto the grid, its values looked up as classes, cut to the part's blocks."""
+
+    def __init__(self, source: str, grid: ImageGrid, plan: LabelPlan, regions: list[Box],
+                 ignore_values: tuple[int, ...]) -> None:
+        self.source, self.grid, self.lut = source, grid, plan.lut
+        self.spans = [_pixel_span(grid, b) for b in regions]
+        self.ignore = ignore_values
+
+    def __enter__(self) -> "_RasterLabels":
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        g = self.grid
+        self._src = open_raster(self.source)
+        self.vrt = WarpedVRT(self._src, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
+                             resampling=Resampling.nearest, nodata=self._src.nodata)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.vrt.close()
+        self._src.close()
+
+    def read(self, win: Window) -> np.ndarray:
+        a = self.vrt.read(1, window=win, masked=True)
+        v = np.asarray(a.data).astype(np.int64)
+        inside = np.zeros(v.shape, dtype=bool)
+        r0, c0 = int(win.row_off), int(win.col_off)
+        for a0, a1, b0, b1 in self.spans:
+            inside[max(a0 - r0, 0):max(a1 - r0, 0), max(b0 - c0, 0):max(b1 - c0, 0)] = True
+        ok = inside & ~np.ma.getmaskarray(a) & (v >= 0) & (v < len(self.lut))
+        for iv in self.ignore:
+            ok &= v != iv
+        y = np.full(v.shape, IGNORE_INDEX, dtype=np.int64)
+        y[ok] = self.lut[v[ok]]
+        return y
