@@ -15,7 +15,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
                        QgsProcessingParameterVectorLayer)
 
 from . import runner
-from .options import ARCH, BLEND, PROBABILITY_DTYPE, TTA
+from .options import BLEND, PROBABILITY_DTYPE, TRAIN_ARCH, TTA
 
 
 class LoadDefaultStyle(QgsProcessingLayerPostProcessorInterface):
@@ -258,21 +258,24 @@ class TrainAlgorithm(GeosegAlgorithm):
     NAME = "train"
     TITLE = "Train a model"
     HELP = ("Trains a segmentation model on a raster (or several single-band rasters, stacked in order) with a label "
-            "raster or training polygons, with a spatial validation split; the checkpoint works with 'Segment "
-            "raster'. A canceled run keeps the checkpoints of finished epochs: run it again with 'Resume' checked.")
+            "raster or training polygons or points, with a spatial validation split; the checkpoint works with "
+            "'Segment raster'. A canceled run keeps the checkpoints of finished epochs: run it again with 'Resume' "
+            "checked.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         P = self.addParameter  # noqa: N806
         P(QgsProcessingParameterMultipleLayers("IMAGES", "Image raster(s)", layerType=QgsProcessing.TypeRaster))
         P(QgsProcessingParameterRasterLayer("LABELS", "Label raster (integer classes, 0 unlabelled)", optional=True))
-        P(QgsProcessingParameterVectorLayer("VECTOR_LABELS", "Training polygons", optional=True,
-                                            types=[QgsProcessing.TypeVectorPolygon]))
-        P(QgsProcessingParameterString("CLASS_FIELD", "Polygon attribute holding the class", optional=True))
-        P(QgsProcessingParameterEnum("ARCH", "Architecture", options=ARCH, defaultValue=0))
+        P(QgsProcessingParameterVectorLayer("VECTOR_LABELS", "Training polygons or points", optional=True,
+                                            types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeVectorPoint]))
+        P(QgsProcessingParameterString("CLASS_FIELD", "Attribute holding the class", optional=True))
+        P(QgsProcessingParameterEnum("ARCH", "Architecture (auto: geoseg picks from the labels and says which)",
+                                     options=TRAIN_ARCH, defaultValue=0))
         P(QgsProcessingParameterString("ENCODER", "smp-* architectures: encoder, e.g. resnet34 (empty: the default)",
                                        optional=True))
         P(QgsProcessingParameterNumber("EPOCHS", "Maximum epochs", minValue=1, defaultValue=20))
-        P(QgsProcessingParameterNumber("BATCH_SIZE", "Chips per step", minValue=1, defaultValue=8))
+        P(QgsProcessingParameterNumber("BATCH_SIZE", "Chips (or pixels) per step; 0: geoseg's default (8 chips, 256 "
+                                       "pixels)", minValue=0, defaultValue=0))
         P(QgsProcessingParameterNumber("TILE_SIZE", "Chip side in pixels", minValue=16, defaultValue=64))
         P(QgsProcessingParameterString("DEVICE", "Device (auto, cpu, cuda, cuda:N)", defaultValue="auto"))
         P(QgsProcessingParameterFile("CONFIG", "Options file (YAML or TOML; the parameters above win)",
@@ -295,13 +298,14 @@ class TrainAlgorithm(GeosegAlgorithm):
         args += ["--labels", labels] if labels else ["--vector-labels", vlabels]
         if self.string(parameters, "CLASS_FIELD", context):
             args += ["--class-field", self.string(parameters, "CLASS_FIELD", context)]
-        args += ["--arch", ARCH[self.parameterAsEnum(parameters, "ARCH", context)],
+        args += ["--arch", TRAIN_ARCH[self.parameterAsEnum(parameters, "ARCH", context)],
                  "--epochs", str(self.parameterAsInt(parameters, "EPOCHS", context)),
-                 "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
                  "--tile-size", str(self.parameterAsInt(parameters, "TILE_SIZE", context)),
                  "--device", self.string(parameters, "DEVICE", context) or "auto"]
         if self.string(parameters, "ENCODER", context):
             args += ["--encoder", self.string(parameters, "ENCODER", context)]
+        if self.parameterAsInt(parameters, "BATCH_SIZE", context) > 0:
+            args += ["--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context))]
         if self.string(parameters, "CONFIG", context):
             args += ["--config", self.string(parameters, "CONFIG", context)]
         if self.parameterAsBool(parameters, "RESUME", context):

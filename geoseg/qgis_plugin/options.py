@@ -9,6 +9,8 @@ TTA = ["none", "flips", "d4"]
 PROBABILITY_DTYPE = ["uint8", "float32"]
 ARCH = ["unet", "smp-unet", "smp-unetplusplus", "smp-manet", "smp-linknet", "smp-fpn", "smp-pspnet", "smp-deeplabv3",
         "smp-deeplabv3plus", "smp-upernet", "smp-segformer", "tempcnn"]
+#: the Train algorithm's choices: auto (geoseg picks from the labels and bands, the default) first
+TRAIN_ARCH = ["auto", *ARCH]
 
 #: polygon formats geoseg writes, by extension (the first is the default)
 VECTOR_EXTENSIONS = ["gpkg", "shp", "geojson", "parquet", "fgb"]
