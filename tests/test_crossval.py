@@ -21,7 +21,8 @@ BR_IMG = "rstoolbox_brazil/lsat_tm_1988.tif"
 BR_POLY = "rstoolbox_brazil/trainingPolygons_lsat.gpkg"
 SLO_IMG = "eolearn_slovenia/NDVI_timeseries_68dates.tif"
 SLO_LAB = "eolearn_slovenia/LULC_label.tif"
-TINY: dict[str, Any] = dict(tile_size=32, depth=2, base_channels=4, batch_size=4, samples_per_epoch=8, epochs=1)
+TINY: dict[str, Any] = dict(arch="unet", tile_size=32, depth=2, base_channels=4, batch_size=4, samples_per_epoch=8,
+                            epochs=1)
 
 
 def _labelled_pixels_of_polygons() -> int:
@@ -95,8 +96,7 @@ def test_raster_cv_blanks_held_out_blocks_and_scores_each_labelled_pixel_once(tm
 def test_train_cv_is_stored_and_shown_by_model_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.pt"
     args = ["train", "-i", str(shared_file(BR_IMG)), "--vector-labels", str(shared_file(BR_POLY)), "--class-field",
-            "class", "-o", str(out), "--cv", "2", "-q", "--tile-size", "32", "--depth", "2", "--base-channels", "4",
-            "--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4"]
+            "class", "-o", str(out), "--cv", "2", "-q", "--epochs", "1", "--samples-per-epoch", "512"]  # the defaults
     code, text, err = _cli(args, capsys)
     assert code == 0, err
     assert "estimated accuracy: spatial 2-fold CV" in text

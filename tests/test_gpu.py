@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     p = tmp_path_factory.mktemp("t") / "slovenia.pt"
     rep = train(TrainConfig(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)), output=str(p),
                             val_split=0.0, epochs=8, tile_size=64, batch_size=16, samples_per_epoch=256,
-                            base_channels=16, depth=3, device="cuda", seed=0))
+                            base_channels=16, depth=3, device="cuda", seed=0, arch="unet"))
     return rep.output
 
 
@@ -97,7 +97,8 @@ def test_train_on_gpu_bf16_then_infer(tmp_path):
 
     img, lab = shared_file(SLO_IMG), shared_file(SLO_LAB)
     kw = dict(images=[str(img)], labels=str(lab), output=str(tmp_path / "m.pt"), val_block=48, tile_size=32,
-              batch_size=8, samples_per_epoch=32, base_channels=8, depth=2, device="cuda", num_workers=2)
+              batch_size=8, samples_per_epoch=32, base_channels=8, depth=2, device="cuda", num_workers=2,
+              arch="unet")
     rep = train(TrainConfig(epochs=1, **kw))
     assert rep.device.startswith("cuda") and "bf16" in rep.precision
     rep2 = train(TrainConfig(epochs=2, resume=True, **kw))
@@ -146,7 +147,7 @@ def test_ring_batches_on_the_gpu_equal_the_cpu_ones(tmp_path):
 
     cfg = TrainConfig(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)),
                       output=str(tmp_path / "m.pt"), val_split=0.0, tile_size=32, batch_size=4,
-                      samples_per_epoch=22, num_workers=2)
+                      samples_per_epoch=22, num_workers=2, arch="unet")
     with train_parts(cfg) as t:
         out = {}
         for device in ("cuda", "cpu"):

@@ -27,7 +27,7 @@ def _cfg(tmp_path: Path, name: str = "m.pt", **kw: Any) -> Any:
     from geoseg.train import TrainConfig
 
     base: dict[str, Any] = dict(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)),
-                                output=str(tmp_path / name), val_block=48, epochs=2, **TINY)
+                                output=str(tmp_path / name), val_block=48, epochs=2, arch="unet", **TINY)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -858,7 +858,7 @@ def test_pixel_table_cuts_raster_labels_to_their_blocks_and_caps_each_class() ->
     from geoseg.train.data.pixels import read_pixel_table
 
     cfg = TrainConfig(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)), arch="tempcnn",
-                      sampling="pixels", tile_size=16).validate()
+                      sampling="pixels", tile_size=16, val_split=0.2).validate()
     grid = D.image_grid(cfg.images)
     plan = D.plan_labels(cfg, grid)
     assert plan.val_regions and cfg.block_size == 32
@@ -905,7 +905,8 @@ def test_pixel_batches_draw_classes_by_the_square_root_of_their_pixels() -> None
 
 def test_default_training_on_polygons_is_per_pixel_says_so_and_round_trips_into_infer(tmp_path: Path) -> None:
     """The defaults on polygons: tempcnn on the labelled pixels (said in one line, recorded in the checkpoint),
-    the whole schedule run and the last epoch kept; the model classifies the image in geoseg infer."""
+    no validation split, the whole schedule run and the last epoch kept; with a validation split, it is scored
+    every epoch but steers nothing; the model classifies the image in geoseg infer."""
     from geoseg.models import read_meta
     from geoseg.pipeline import predict_raster
     from geoseg.train import TrainConfig, train
@@ -915,11 +916,16 @@ def test_default_training_on_polygons_is_per_pixel_says_so_and_round_trips_into_
                       output=str(tmp_path / "m.pt"), epochs=3, patience=1, samples_per_epoch=8192)
     report = train(cfg, on_message=said.append)
     assert len(said) == 1 and said[0].startswith("--arch auto: tempcnn (bands_per_date 7)")
+    assert "no validation split (--cv 3 estimates accuracy)" in said[0]
     meta = read_meta(report.output)
     assert meta.arch == "tempcnn" and meta.training["auto"] == said[0]
     assert meta.training["config"]["sampling"] == "pixels" and meta.training["config"]["batch_size"] == 256
-    assert meta.training["pixel_tables"]["train"] > 0 and meta.training["pixel_tables"]["val"] > 0
-    assert report.epochs_run == 3 and report.best_epoch == 2  # no early stop, the last epoch kept
+    assert meta.training["config"]["val_split"] == 0.0
+    assert meta.training["pixel_tables"]["train"] > 0 and meta.training["pixel_tables"]["val"] == 0
+    assert report.epochs_run == 3 and report.best_epoch == 2
+    held = train(TrainConfig(**{**cfg.to_dict(), "output": str(tmp_path / "v.pt"), "val_split": 0.2}))
+    assert held.epochs_run == 3 and held.best_epoch == 2  # no early stop (patience 1), the last epoch kept
+    assert read_meta(held.output).training["pixel_tables"]["val"] > 0 and held.val_metrics is not None
     predict_raster(shared_file(BR_IMG), report.output, tmp_path / "c.tif")
     with rasterio.open(tmp_path / "c.tif") as ds:
         c = ds.read(1)

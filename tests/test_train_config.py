@@ -114,14 +114,16 @@ def test_arch_auto_picks_from_the_labels_and_bands_and_says_so() -> None:
     vec = TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c").validate()
     assert vec.arch == "auto" and vec.batch_size is None and vec.jitter is None
     cfg, line = resolve(vec, 7)
-    assert (cfg.arch, cfg.sampling, cfg.arch_args["bands_per_date"], cfg.batch_size, cfg.jitter) == \
-        ("tempcnn", "pixels", 7, 256, 0.05)
+    assert (cfg.arch, cfg.sampling, cfg.arch_args["bands_per_date"], cfg.batch_size, cfg.jitter, cfg.val_split,
+            cfg.class_balance) == ("tempcnn", "pixels", 7, 256, 0.05, 0.0, 0.5)
     assert cfg.pixels and line.startswith("--arch auto: tempcnn") and "polygons or points" in line
     series, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif"), 68)
-    assert (series.arch, series.sampling, series.arch_args["bands_per_date"]) == ("tempcnn", "pixels", 1)
+    assert (series.arch, series.sampling, series.arch_args["bands_per_date"], series.class_balance) == \
+        ("tempcnn", "pixels", 1, 1.0)
     assert series.block_size == 32 and "time series" in line
     dense, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif"), 4)
-    assert (dense.arch, dense.sampling, dense.batch_size, dense.jitter) == ("unet", "chips", 8, 0.0)
+    assert (dense.arch, dense.sampling, dense.batch_size, dense.jitter, dense.val_split, dense.class_balance) == \
+        ("unet", "chips", 8, 0.0, 0.2, None)
     assert dense.block_size == 128 and "U-Net" in line
     kept, line = resolve(TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c", arch="unet"), 7)
     assert (kept.arch, kept.sampling, line) == ("unet", "chips", "")

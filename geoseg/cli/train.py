@@ -73,7 +73,7 @@ def train(
     jitter: Annotated[Optional[float], typer.Option(help="Photometric jitter amplitude, normalised units [0.05 with --sampling pixels, else 0 = off].")] = None,
     band_dropout: Annotated[Optional[float], typer.Option(help="Probability of replacing each band of a chip by its mean, e.g. 0.3 for cloudy time series [0 = off].")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of an exponential moving average of the weights, used for validation and saved, e.g. 0.99 [0 = off].")] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Fraction of polygons / spatial blocks held out for validation [0.2].")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Fraction of polygons / spatial blocks held out for validation [0.2 on chips, 0 with --sampling pixels].")] = None,
     val_block: Annotated[Optional[int], typer.Option(help="Raster labels: spatial block side in pixels [max(2*tile, 64); 32 with --sampling pixels].", min=16)] = None,
     class_map: Annotated[Optional[list[str]], typer.Option(help="SOURCE=TARGET to rename or merge classes, TARGET 'ignore' drops; repeatable.")] = None,
     ignore_value: Annotated[Optional[list[int]], typer.Option(help="Label-raster value meaning unlabelled; repeatable [0].")] = None,

@@ -81,7 +81,9 @@ class TrainConfig:
             stacks it teaches the model not to rely on any single date (clouds); 0
             disables it.
         val_split: fraction of polygons (vector labels) or spatial blocks (raster
-            labels) held out for validation; 0 disables validation.
+            labels) held out for validation; 0 disables validation. None: 0.2 on chips (the
+            best epoch and early stopping need it), 0 with ``sampling`` pixels (nothing is chosen
+            on it there, and few polygons are too precious to hold out; ``cv`` estimates accuracy).
         val_block: side of the spatial blocks in pixels (raster labels; default
             ``max(2 * tile_size, 64)``).
         class_map: ``{source: target}``: rename or merge label values or class-field
@@ -129,7 +131,7 @@ class TrainConfig:
     jitter: float | None = None
     band_dropout: float = 0.0
     ema: float = 0.0
-    val_split: float = 0.2
+    val_split: float | None = None
     val_block: int | None = None
     class_map: dict[str, str] = field(default_factory=dict)
     ignore_values: list[int] = field(default_factory=lambda: [0])
@@ -178,7 +180,7 @@ class TrainConfig:
                 raise UsageError(f"--{name} {getattr(self, name.replace('-', '_'))!r} is out of range")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise UsageError("--samples-per-epoch must be >= 1")
-        if not 0 <= self.val_split < 1:
+        if self.val_split is not None and not 0 <= self.val_split < 1:
             raise UsageError(f"--val-split {self.val_split}: use a fraction in [0, 1), e.g. 0.2")
         if self.class_weights not in ("none", "auto"):
             raise UsageError(f"--class-weights {self.class_weights!r}: choose none or auto")

@@ -86,9 +86,11 @@ def _check_resume(cfg: TrainConfig, payload: dict[str, Any], last: Path) -> dict
         raise CheckpointError(f"{last}: has no training state to resume from (not a last checkpoint of "
                               "'geoseg train')")
     old = extra.get("config", {})
-    changed = [k for k in _RESUME_FIXED if old.get(k) != cfg.to_dict().get(k)]
+    # an option older versions did not have (not in the old config) cannot differ
+    changed = [k for k in _RESUME_FIXED if k in old and old.get(k) != cfg.to_dict().get(k)]
     if changed:
-        raise UsageError(f"--resume: {', '.join(changed)} differ from the run in {last}; resume with the same "
+        was = ", ".join(f"{k} (was {old.get(k)!r})" for k in changed)
+        raise UsageError(f"--resume: {was} differ from the run in {last}; resume with the same "
                          "data and model options (you may change --epochs, --lr, --patience)")
     return extra
 

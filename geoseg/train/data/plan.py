@@ -29,6 +29,7 @@ from geoseg.classes import ClassInfo, ClassSchema, default_colour
 from geoseg.errors import LabelError, UsageError
 from geoseg.io.labels import check_label_raster, class_key, no_overlap, polygons_inside, raster_overlaps, read_polygons
 from geoseg.io.raster import open_raster
+from geoseg.train.auto import val_split_of
 from geoseg.train.config import IGNORE_INDEX, TrainConfig
 from geoseg.train.data.grid import Box, ImageGrid
 
@@ -203,11 +204,11 @@ def _plan_raster(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     rng = np.random.default_rng(cfg.seed)
     order = [blocks[i] for i in rng.permutation(len(blocks))]
     val: list[tuple[int, int]] = []
-    if cfg.val_split > 0:
+    if val_split_of(cfg) > 0:
         if len(blocks) < 2:
             raise UsageError(f"the labels lie in a single {bs}-pixel block, so no spatial validation split is "
                              f"possible; use a smaller --val-block (>= --tile-size) or --val-split 0")
-        target = max(1, int(round(cfg.val_split * len(blocks))))
+        target = max(1, int(round(val_split_of(cfg) * len(blocks))))
         train_tot = sum(per_block.values())
         for b in order:
             if len(val) >= target or len(val) >= len(blocks) - 1:
@@ -273,13 +274,13 @@ def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     rng = np.random.default_rng(cfg.seed)
     is_val = np.zeros(len(gdf), dtype=bool)
     single: list[str] = []
-    if cfg.val_split > 0:
+    if val_split_of(cfg) > 0:
         for c in range(n):
             idx = np.flatnonzero(cls == c)
             if len(idx) < 2:
                 single.append(schema.classes[c].name)
                 continue
-            k = min(max(1, int(round(cfg.val_split * len(idx)))), len(idx) - 1)
+            k = min(max(1, int(round(val_split_of(cfg) * len(idx)))), len(idx) - 1)
             is_val[rng.permutation(idx)[:k]] = True
     _check_fits(cfg, grid)
     tmp = tempfile.TemporaryDirectory(prefix="geoseg-labels-")
