@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 
 from geoseg.cli import main  # noqa: E402
 
-TRAIN = ["--epochs", "1", "--samples-per-epoch", "4", "--batch-size", "2", "--tile-size", "16",
-         "--base-channels", "4", "--depth", "2", "-q"]
+TRAIN = ["--epochs", "1", "--samples-per-epoch", "4", "--batch-size", "2", "--tile-size", "16", "-q"]  # else defaults
 
 # id: (argv with {name} placeholders for corpus files and {out} for the output dir, outcome, text in stderr)
 CASES: dict[str, tuple[list[str], str, str]] = {

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.io.raster import open_raster
+from geoseg.io.raster import open_raster, read_bands
 from geoseg.train.config import IGNORE_INDEX
 from geoseg.train.data.grid import Box, ImageGrid
 from geoseg.train.data.plan import LabelPlan
@@ -71,7 +71,8 @@ def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field
             lab = y != IGNORE_INDEX
             if not lab.any():
                 continue
-            parts = [ds.read(window=win, masked=True) for ds in images]
+            # bands of mixed types (a VRT may mix them) are read one by one
+            parts = [read_bands(ds, range(1, ds.count + 1), window=win, masked=True) for ds in images]
             x = np.ma.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
             data = np.asarray(x.data, dtype=np.float32)
             ok = lab & ~np.ma.getmaskarray(x).any(axis=0) & np.isfinite(data).all(axis=0)
