@@ -826,7 +826,7 @@ def test_pixel_table_holds_exactly_the_training_polygons_pixels(tmp_path: Path) 
     from geoseg.train import TrainConfig
 
     cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(shared_file(BR_POLY)), class_field="class",
-                      arch="tempcnn", tile_size=16).validate()
+                      arch="tempcnn", tile_size=16, val_split=0.2).validate()
     grid = D.image_grid(cfg.images)
     plan = D.plan_labels(cfg, grid)
     try:
