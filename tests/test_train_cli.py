@@ -132,7 +132,7 @@ def test_config_file_and_cli_train_then_infer(tmp_path: Path, capsys: pytest.Cap
     cfgf = tmp_path / "train.toml"
     cfgf.write_text(f'images = ["{shared_file("eolearn_slovenia/NDVI_timeseries_68dates.tif")}"]\n'
                     f'labels = "{shared_file("eolearn_slovenia/LULC_label.tif")}"\n'
-                    'tile_size = 32\ndepth = 2\nbase_channels = 4\nepochs = 1\nsamples_per_epoch = 4\n'
+                    'arch = "unet"\ntile_size = 32\ndepth = 2\nbase_channels = 4\nepochs = 1\nsamples_per_epoch = 4\n'
                     'batch_size = 4\nval_block = 48\nclass_map = ["1=cultivated", "8=artificial"]\n')
     out = tmp_path / "m.pt"
     code, stdout, err = run(["train", "--config", str(cfgf), "-o", str(out), "-q"], capsys)
