@@ -9,14 +9,17 @@ cross entropy with ``ignore_index`` (optionally class-weighted) + optional soft
 Dice, then a full pass over the validation grid (GridGeoSampler) that accumulates
 one confusion matrix. The best epoch by validation macro IoU is written to
 ``output`` and every epoch to ``<stem>.last.pt`` (both atomically), the history to
-``<stem>.metrics.csv`` and ``<stem>.curves.png``.
+``<stem>.metrics.csv`` and ``<stem>.curves.png``. With ``sampling`` pixels the chips are
+class-balanced batches of labelled pixels (:mod:`geoseg.train.data.pixel_batches`), the
+whole schedule runs and the last epoch is the one kept. What ``--arch auto`` and the other
+data-dependent defaults pick is decided first, by :mod:`geoseg.train.auto`.
 
 Reproducibility: every random draw of epoch ``e`` (chip positions, augmentation,
 dropout) is seeded from ``(seed, e)``, so a run resumed after epoch ``e`` continues
 exactly as the uninterrupted run would on CPU.
 
 One function a phase (restore, set up the data, train an epoch, validate, save), all in this
-module (a little over 400 lines): they share one ``_Session`` and are read together.
+module (under 500 lines): they share one ``_Session`` and are read together.
 """
 
 from __future__ import annotations
