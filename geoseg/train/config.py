@@ -41,7 +41,7 @@ class TrainConfig:
             e.g. 8 px).
         sampling: ``auto``, ``pixels`` or ``chips``. ``pixels``: a per-pixel model (context 1)
             trains on a table of the labelled pixels (:mod:`geoseg.train.data.pixels`), each
-            class drawn with weight ``sqrt(pixels of the class)``; ``chips``: on chips read
+            class drawn with weight ``pixels ** class_balance``; ``chips``: on chips read
             through torchgeo. ``auto``: pixels for per-pixel models with context 1, else chips.
         class_balance: ``sampling`` pixels: class ``c`` is drawn with weight ``pixels_c ** class_balance``
             (1: as often as it is labelled, 0.5: by the square root, 0: all classes equally). None:
@@ -85,7 +85,7 @@ class TrainConfig:
             best epoch and early stopping need it), 0 with ``sampling`` pixels (nothing is chosen
             on it there, and few polygons are too precious to hold out; ``cv`` estimates accuracy).
         val_block: side of the spatial blocks in pixels (raster labels; default
-            ``max(2 * tile_size, 64)``).
+            ``max(2 * tile_size, 64)``, 32 with ``sampling`` pixels).
         class_map: ``{source: target}``: rename or merge label values or class-field
             names (``"3": "grass", "4": "grass"``); a target of ``""`` or ``"ignore"`` drops
             the source class (its pixels become unlabelled).
