@@ -56,8 +56,11 @@ def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field
     source = plan.train_source if part == "train" else plan.val_source
     n_cls, bands = len(plan.schema), len(grid.band_names)
     cap = cap or default_cap(bands, n_cls)
-    keep_x: list[np.ndarray] = [np.empty((0, bands), np.float32) for _ in range(n_cls)]
-    keep_k: list[np.ndarray] = [np.empty(0) for _ in range(n_cls)]
+    # per class: rows and their random keys, in pieces; compacted to the cap smallest keys whenever
+    # they pass twice the cap (each row is copied a bounded number of times, memory stays under 2 x cap)
+    keep_x: list[list[np.ndarray]] = [[] for _ in range(n_cls)]
+    keep_k: list[list[np.ndarray]] = [[] for _ in range(n_cls)]
+    held = np.zeros(n_cls, dtype=np.int64)
     counts = np.zeros(n_cls, dtype=np.int64)
     rng = np.random.default_rng([seed, 0 if part == "train" else 1, 17])
     if source is None or not regions:
@@ -80,24 +83,40 @@ def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field
             for c in np.unique(ys):
                 sel = xs[ys == c]
                 counts[c] += len(sel)
-                xk = np.concatenate([keep_x[c], sel])
-                kk = np.concatenate([keep_k[c], rng.random(len(sel))])
-                if len(kk) > cap:
-                    top = np.argpartition(kk, cap)[:cap]
-                    xk, kk = xk[top], kk[top]
-                keep_x[c], keep_k[c] = xk, kk
-    y_all = np.concatenate([np.full(len(k), c, dtype=np.int64) for c, k in enumerate(keep_k)])
-    return PixelTable(np.concatenate(keep_x), y_all, counts)
+                keep_x[c].append(sel)
+                keep_k[c].append(rng.random(len(sel)))
+                held[c] += len(sel)
+                if held[c] > 2 * cap:
+                    held[c] = _compact(keep_x[c], keep_k[c], cap)
+    for c in range(n_cls):
+        _compact(keep_x[c], keep_k[c], cap)
+    xs_all = [keep_x[c][0] if keep_x[c] else np.empty((0, bands), np.float32) for c in range(n_cls)]
+    y_all = np.concatenate([np.full(len(x), c, dtype=np.int64) for c, x in enumerate(xs_all)])
+    return PixelTable(np.concatenate(xs_all), y_all, counts)
+
+
+def _compact(xs: list[np.ndarray], keys: list[np.ndarray], cap: int) -> int:
+    """Join a class's pieces into one, keeping the ``cap`` rows of smallest key; returns the rows kept."""
+    if not xs:
+        return 0
+    x, k = np.concatenate(xs), np.concatenate(keys)
+    if len(k) > cap:
+        top = np.argpartition(k, cap)[:cap]
+        x, k = x[top], k[top]
+    xs[:], keys[:] = [x], [k]
+    return len(k)
 
 
 def _windows(grid: ImageGrid, regions: list[Box]) -> Iterator[Window]:
     """The :data:`WINDOW`-pixel windows of the grid that meet a region."""
-    spans = [_pixel_span(grid, b) for b in regions]
-    for r0 in range(0, grid.height, WINDOW):
-        for c0 in range(0, grid.width, WINDOW):
-            r1, c1 = min(r0 + WINDOW, grid.height), min(c0 + WINDOW, grid.width)
-            if any(a < r1 and b > r0 and c < c1 and d > c0 for a, b, c, d in spans):
-                yield Window(c0, r0, c1 - c0, r1 - r0)
+    cells: set[tuple[int, int]] = set()
+    for a, b, c, d in (_pixel_span(grid, box) for box in regions):  # each region adds the cells it meets
+        if a < b and c < d:
+            cells.update((i, j) for i in range(a // WINDOW, (b - 1) // WINDOW + 1)
+                         for j in range(c // WINDOW, (d - 1) // WINDOW + 1))
+    for i, j in sorted(cells):  # row by row, as the file is laid out
+        r0, c0 = i * WINDOW, j * WINDOW
+        yield Window(c0, r0, min(WINDOW, grid.width - c0), min(WINDOW, grid.height - r0))
 
 
 def _pixel_span(grid: ImageGrid, box: Box) -> tuple[int, int, int, int]:
