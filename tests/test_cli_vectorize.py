@@ -199,8 +199,11 @@ def test_ctrl_c_stops_quickly_says_so_and_leaves_nothing(tmp_path: Path, workers
     big = mirror_tile(shared_file("usda_cdl_kansas/2021_30m_cdls.tif"), tmp_path / "big.tif", 6144, 6144)
     out = tmp_path / "out"
     out.mkdir()
+    # Ctrl-C's default action in the child even when the suite runs in the background (a shell's `cmd &`
+    # starts it with SIGINT ignored, which the child would inherit and keep)
     p = subprocess.Popen([sys.executable, "-m", "geoseg", "vectorize", str(big), "-o", str(out / "v.gpkg"),
-                          "--workers", workers, "-q"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                          "--workers", workers, "-q"], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(5)
     if p.poll() is not None:
         pytest.skip("the job finished before the signal")
