@@ -84,7 +84,8 @@ def pixel_loaders(cfg: "TrainConfig", grid: "ImageGrid", plan: "LabelPlan", mean
     from geoseg.errors import LabelError
     from geoseg.train.auto import PIXELS_PER_EPOCH
 
-    assert cfg.batch_size is not None and cfg.jitter is not None  # resolved by geoseg.train.auto
+    # resolved by geoseg.train.auto, the one place these defaults are decided
+    assert cfg.batch_size is not None and cfg.jitter is not None and cfg.class_balance is not None
     ident = np.arange(len(plan.schema))  # the tables hold class indexes already
     tables = {part: read_pixel_table(grid, plan, part, class_field=cfg.class_field, seed=cfg.seed,
                                      ignore_values=tuple(cfg.ignore_values)) for part in ("train", "val")}
@@ -94,8 +95,8 @@ def pixel_loaders(cfg: "TrainConfig", grid: "ImageGrid", plan: "LabelPlan", mean
     train_bm = BatchMaker(grid, ident, mean, std, augment="none", jitter=cfg.jitter, band_dropout=cfg.band_dropout,
                           seed=cfg.seed)
     steps = math.ceil((cfg.samples_per_epoch or PIXELS_PER_EPOCH) / cfg.batch_size)
-    balance = cfg.class_balance if cfg.class_balance is not None else 1.0
-    train = PixelBatches(tables["train"], train_bm, cfg.batch_size, steps, seed=cfg.seed, balance=balance, rank=rank)
+    train = PixelBatches(tables["train"], train_bm, cfg.batch_size, steps, seed=cfg.seed, balance=cfg.class_balance,
+                         rank=rank)
     val_bm: Any = None
     val = None
     if len(tables["val"]):
