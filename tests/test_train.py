@@ -457,6 +457,54 @@ def test_tempcnn_chunked_evaluation_equals_one_pass() -> None:
     torch.testing.assert_close(chunked, whole)
 
 
+def test_tempcnn_ensemble_trains_members_on_their_own_and_averages_their_probabilities() -> None:
+    """members=3: member 0 is the single network (same names, same init), training returns one logit map a
+    member on a last axis, the loss is the mean of the members' own losses (a member's gradient does not
+    depend on the others), and evaluation returns the log of the members' mean softmax."""
+    from geoseg.models.tempcnn import TempCNN
+    from geoseg.train.losses import segmentation_loss
+
+    torch.manual_seed(0)
+    one = TempCNN(12, 4, bands_per_date=2)
+    torch.manual_seed(0)
+    ens = TempCNN(12, 4, bands_per_date=2, members=3)
+    single = one.state_dict()
+    assert all(torch.equal(ens.state_dict()[k], v) for k, v in single.items())
+    assert len(ens.state_dict()) == 3 * len(single)
+    x = torch.randn(2, 12, 5, 6)
+    target = torch.randint(0, 4, (2, 5, 6))
+    target[0, 0] = 255
+    ens.train()
+    torch.manual_seed(1)
+    logits = ens(x)
+    assert logits.shape == (2, 4, 5, 6, 3)
+    for dice in (False, True):
+        want = torch.stack([segmentation_loss(logits[..., k], target, None, dice) for k in range(3)]).mean()
+        torch.testing.assert_close(segmentation_loss(logits, target, None, dice), want)
+    picked = ens(x, pixels=torch.tensor([0, 7, 59]))
+    assert picked.shape == (3, 4, 3)
+    # member 1's gradient comes from its own logits only: zero the others' loss, same gradient
+    ens.zero_grad()
+    segmentation_loss(logits, target, None, False).backward(retain_graph=True)
+    g_all = [p.grad.clone() for p in ens.more[0].parameters()]
+    ens.zero_grad()
+    (segmentation_loss(logits[..., 1], target, None, False) / 3).backward()
+    for a, b in zip(g_all, ens.more[0].parameters()):
+        torch.testing.assert_close(a, b.grad)
+    ens.eval()
+    with torch.no_grad():
+        got = ens(x)
+        ens.chunk = 7
+        chunked = ens(x)
+        probs = []
+        for conv, dense, head in [(ens.conv, ens.dense, ens.head), *ens.more]:
+            z = x.permute(0, 2, 3, 1).reshape(-1, 6, 2).transpose(1, 2)
+            probs.append(head(dense(conv(z))).softmax(1))
+    want = torch.stack(probs).mean(0).log().reshape(2, 5, 6, 4).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(chunked, want)
+
+
 def test_tempcnn_context_reads_the_pixel_and_its_neighbourhood_mean() -> None:
     """context=3: each pixel's profile beside the mean of its 3x3 window (inside the image only)."""
     import torch.nn.functional as F

@@ -115,8 +115,9 @@ def test_arch_auto_picks_from_the_labels_and_bands_and_says_so() -> None:
     assert vec.arch == "auto" and vec.batch_size is None and vec.jitter is None
     cfg, line = resolve(vec, 7)
     assert (cfg.arch, cfg.sampling, cfg.arch_args["bands_per_date"], cfg.batch_size, cfg.jitter, cfg.val_split,
-            cfg.class_balance) == ("tempcnn", "pixels", 7, 256, 0.05, 0.0, 0.5)
-    assert cfg.pixels and line.startswith("--arch auto: tempcnn") and "polygons or points" in line
+            cfg.class_balance, cfg.arch_args["members"]) == ("tempcnn", "pixels", 7, 256, 0.05, 0.0, 0.5, 3)
+    assert cfg.pixels and line.startswith("--arch auto: tempcnn (bands_per_date 7, members 3)")
+    assert "polygons or points" in line
     series, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif"), 68)
     assert (series.arch, series.sampling, series.arch_args["bands_per_date"], series.class_balance) == \
         ("tempcnn", "pixels", 1, 1.0)
@@ -129,7 +130,11 @@ def test_arch_auto_picks_from_the_labels_and_bands_and_says_so() -> None:
     assert (kept.arch, kept.sampling, line) == ("unet", "chips", "")
     chips, _ = resolve(TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c", arch="tempcnn",
                                    context=3, tile_size=16), 7)
-    assert chips.sampling == "chips"  # a neighbourhood needs chips
+    assert chips.sampling == "chips" and chips.arch_args["members"] == 1  # a neighbourhood needs chips
+    one, _ = resolve(TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c", members=1), 7)
+    assert one.arch_args["members"] == 1  # as given
+    with pytest.warns(UserWarning, match="--members 2 applies to --arch tempcnn only, not --arch unet; ignored"):
+        assert "members" not in resolve(TrainConfig(images=["a.tif"], labels="l.tif", members=2), 4)[0].arch_args
     with pytest.raises(UsageError, match="multiple of 8"):
         resolve(TrainConfig(images=["a.tif"], labels="l.tif", tile_size=60, depth=3), 4)
     with pytest.raises(UsageError, match="--sampling pixels trains a per-pixel model"):

@@ -16,6 +16,8 @@ The rule, measured on the accuracy suite (``benchmarks/bench_accuracy.py``, docs
 
 ``bands_per_date`` of the picked ``tempcnn``: all bands (one date) below :data:`TIME_SERIES_BANDS`,
 else 1 (one band a date, e.g. an NDVI series); pass ``--bands-per-date`` for a multi-band series.
+With pixel sampling the per-pixel model is an ensemble of :data:`MEMBERS_PIXELS` networks trained side by
+side (``--members``): it costs that many times the compute and cancels much of the seed-to-seed spread.
 What was picked is said in one line and recorded in the checkpoint.
 """
 
@@ -38,6 +40,9 @@ BALANCE_VECTOR, BALANCE_RASTER = 0.5, 1.0
 #: the validation split on chips (it picks the best epoch and stops early) and with pixel sampling (it picks
 #: nothing there, and holding out a fifth of a few polygons cost accuracy on the suite: docs/training.md)
 VAL_SPLIT_CHIPS, VAL_SPLIT_PIXELS = 0.2, 0.0
+#: networks of the per-pixel ensemble with pixel sampling (one checkpoint, probabilities averaged):
+#: seeds of one network differ by up to 0.14 OA on a held-out block of the suite (docs/training.md)
+MEMBERS_PIXELS = 3
 
 
 def val_split_of(cfg: TrainConfig) -> float:
@@ -48,7 +53,7 @@ def val_split_of(cfg: TrainConfig) -> float:
 
 
 def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
-    """``cfg`` with ``arch``, ``sampling``, ``bands_per_date``, ``batch_size`` and ``jitter`` decided, and a
+    """``cfg`` with ``arch``, ``sampling``, ``bands_per_date``, ``members``, ``batch_size`` and ``jitter`` decided, and a
     line saying what ``auto`` picked (empty when nothing was left to pick). Validated again."""
     picks: dict[str, Any] = {}
     why = ""
@@ -71,12 +76,14 @@ def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
         fill["jitter"] = JITTER_PIXELS if out.pixels else JITTER_CHIPS
     if out.val_split is None:
         fill["val_split"] = val_split_of(out)
+    if out.members is None and out.pixels and "members" in out.arch_args:
+        fill["members"] = MEMBERS_PIXELS
     if out.class_balance is None and out.pixels:
         fill["class_balance"] = BALANCE_VECTOR if out.vector_labels is not None else BALANCE_RASTER
     out = dataclasses.replace(out, **fill).validate()
     line = ""
     if picks:
-        args = ", ".join(f"{k} {v}" for k, v in out.arch_args.items() if k in ("bands_per_date", "depth"))
+        args = ", ".join(f"{k} {v}" for k, v in out.arch_args.items() if k in ("bands_per_date", "depth", "members"))
         line = (f"--arch auto: {out.arch}" + (f" ({args})" if args else "") + f", {why}; batches of "
                 f"{out.batch_size} {'pixels' if out.pixels else 'chips'}, jitter {out.jitter}"
                 + (f", class balance {out.class_balance}" if out.pixels else "")

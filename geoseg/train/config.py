@@ -59,6 +59,9 @@ class TrainConfig:
         context: tempcnn: odd side in pixels of the neighbourhood whose mean profile the
             model reads beside each pixel's own (1 = the pixel alone; e.g. 7 damps the
             pixel noise of maps whose classes cover many pixels).
+        members: tempcnn: networks trained side by side whose probabilities are averaged (an
+            ensemble in one checkpoint); None: :data:`geoseg.train.auto.MEMBERS_PIXELS` with
+            ``sampling`` pixels, else 1.
         epochs: maximum number of epochs.
         samples_per_epoch: training chips per epoch (default: about the number of
             non-overlapping chips in the training regions, at least 4 batches), or pixels
@@ -119,6 +122,7 @@ class TrainConfig:
     encoder_weights: str | None = None
     bands_per_date: int | None = None
     context: int | None = None
+    members: int | None = None
     epochs: int = 20
     samples_per_epoch: int | None = None
     batch_size: int | None = None
@@ -174,7 +178,7 @@ class TrainConfig:
                   ("weight-decay", self.weight_decay >= 0),
                   ("band-dropout", 0 <= self.band_dropout < 1), ("ema", 0 <= self.ema < 1),
                   ("bands-per-date", args.get("bands_per_date", 1) >= 1),
-                  ("context", context >= 1 and context % 2 == 1)]
+                  ("context", context >= 1 and context % 2 == 1), ("members", args.get("members", 1) >= 1)]
         for name, ok in checks:
             if not ok:
                 raise UsageError(f"--{name} {getattr(self, name.replace('-', '_'))!r} is out of range")
@@ -224,7 +228,8 @@ class TrainConfig:
                 warnings.simplefilter("ignore")
             return complete_arch_args(self.arch, strict=False, base_channels=self.base_channels, depth=self.depth,
                                       encoder=self.encoder, encoder_depth=self.encoder_depth,
-                                      bands_per_date=self.bands_per_date, context=self.context)
+                                      bands_per_date=self.bands_per_date, context=self.context,
+                                      members=self.members)
 
     @property
     def size_multiple(self) -> int:

@@ -15,8 +15,13 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     """Cross entropy over labelled pixels (+ soft Dice). Zero, with a graph, when nothing is labelled.
 
     ``logits`` are ``(N, C, H, W)`` with ``target`` ``(N, H, W)``, or ``(P, C)`` with ``(P,)``
-    for pixels already picked out (per-pixel models).
+    for pixels already picked out (per-pixel models). An ensemble's logits have one more, last
+    axis (a member each): the loss is the mean of the members' losses against the same target, so
+    each member learns on its own (their parameters are disjoint).
     """
+    if logits.dim() == target.dim() + 2:
+        members = logits.unbind(-1)
+        return torch.stack([segmentation_loss(m, target, weight, dice) for m in members]).mean()
     # masks instead of boolean indexing and no early return: nothing here waits for the GPU
     valid = target != IGNORE_INDEX
     logits = logits.float()
@@ -26,8 +31,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     denom = (weight[safe] * valid).sum() if weight is not None else valid.sum()
     loss = ce / denom.clamp_min(1e-6)  # 0 when nothing is labelled
     if dice:
-        p = logits.softmax(1)
-        p = (p if p.dim() == 2 else p.permute(0, 2, 3, 1)).reshape(-1, n)  # (pixels, n)
+        p = logits.softmax(1).movedim(1, -1).reshape(-1, n)  # (pixels, n)
         m = valid.reshape(-1, 1).to(p.dtype)
         t = F.one_hot(safe.reshape(-1), n).to(p.dtype) * m
         p = p * m
