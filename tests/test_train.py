@@ -497,7 +497,7 @@ def test_tempcnn_ensemble_trains_members_on_their_own_and_averages_their_probabi
         ens.chunk = 7
         chunked = ens(x)
         probs = []
-        for conv, dense, head in [(ens.conv, ens.dense, ens.head), *ens.more]:
+        for conv, dense, head in [(ens.conv, ens.dense, ens.head), *map(tuple, ens.more)]:
             z = x.permute(0, 2, 3, 1).reshape(-1, 6, 2).transpose(1, 2)
             probs.append(head(dense(conv(z))).softmax(1))
     want = torch.stack(probs).mean(0).log().reshape(2, 5, 6, 4).permute(0, 3, 1, 2)

@@ -53,8 +53,8 @@ def val_split_of(cfg: TrainConfig) -> float:
 
 
 def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
-    """``cfg`` with ``arch``, ``sampling``, ``bands_per_date``, ``members``, ``batch_size`` and ``jitter`` decided, and a
-    line saying what ``auto`` picked (empty when nothing was left to pick). Validated again."""
+    """``cfg`` with ``arch``, ``sampling``, ``bands_per_date``, ``members``, ``batch_size`` and ``jitter``
+    decided, and a line saying what ``auto`` picked (empty when nothing was left to pick). Validated again."""
     picks: dict[str, Any] = {}
     why = ""
     if cfg.arch == "auto":
