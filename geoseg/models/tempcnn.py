@@ -80,7 +80,10 @@ class TempCNN(nn.Module):
         out = self.head(self.dense(self.conv(z)))
         if not len(self.more):
             return out
-        outs = [out] + [net[2](net[1](net[0](z))) for net in self.more]  # (conv, dense, head) each
+        outs = [out]
+        for net in self.more:
+            conv, dense, head = net.children()
+            outs.append(head(dense(conv(z))))
         if self.training:
             return torch.stack(outs, -1)
         mean = torch.stack([o.float().softmax(1) for o in outs]).mean(0)

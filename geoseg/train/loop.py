@@ -54,8 +54,8 @@ from geoseg.train.losses import confusion_update, cosine_lr, segmentation_loss
 
 #: config fields that must not change when resuming
 _RESUME_FIXED = ("images", "labels", "vector_labels", "class_field", "arch", "sampling", "members", "base_channels",
-                 "depth", "encoder", "encoder_depth", "encoder_weights", "tile_size", "class_map", "ignore_values", "val_split",
-                 "val_block", "seed", "class_weights", "dice", "bands_per_date", "context")
+                 "depth", "encoder", "encoder_depth", "encoder_weights", "tile_size", "class_map", "ignore_values",
+                 "val_split", "val_block", "seed", "class_weights", "dice", "bands_per_date", "context")
 
 
 # ---------------------------------------------------------------------- helpers
