@@ -187,3 +187,31 @@ def test_tune_prunes_a_trial_the_data_cannot_take_and_goes_on(tmp_path: Path, mo
     assert len(calls) == 3  # every trial ran and was pruned; the first refusal did not end the search
     assert sum("not possible here" in ln for ln in lines) == 3
     assert not (tmp_path / "best.pt").exists()
+
+
+def test_the_default_cv_that_cannot_run_keeps_the_model_and_says_why(tmp_path: Path) -> None:
+    """Points with the defaults end in a 3-fold spatial CV; three points make one spatial group, so the
+    default CV cannot run: the model is kept, a line says why, nothing is recorded. Asked for, it is an error."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    from geoseg.errors import UsageError
+    from geoseg.models import read_meta
+    from geoseg.train import TrainConfig, train
+
+    with rasterio.open(shared_file(BR_IMG)) as ds:
+        t, crs = ds.transform, ds.crs
+    pts = gpd.GeoDataFrame({"class": ["a", "b", "a"]}, crs=crs,
+                           geometry=[Point(t @ (10.5, 20.5)), Point(t @ (100.2, 200.7)), Point(t @ (250.9, 30.1))])
+    path = tmp_path / "pts.gpkg"
+    pts.to_file(path)
+    cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(path), class_field="class",
+                      output=str(tmp_path / "m.pt"), epochs=1, samples_per_epoch=512, members=1)
+    said: list[str] = []
+    report = train(cfg, on_message=said.append)
+    assert report.output.exists() and report.cross_validation is None
+    assert said[-1].startswith("no accuracy estimate: the default 3-fold spatial cross-validation cannot run: "
+                               "cross-validation needs at least 3 spatially separate label groups; found 1")
+    assert "spatial_cv" not in read_meta(report.output).training
+    with pytest.raises(UsageError, match="needs at least 3 spatially separate label groups"):
+        train(TrainConfig(**{**cfg.to_dict(), "output": str(tmp_path / "a.pt"), "cv": 3}))

@@ -963,15 +963,19 @@ def test_default_training_on_polygons_is_per_pixel_says_so_and_round_trips_into_
     cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(shared_file(BR_POLY)), class_field="class",
                       output=str(tmp_path / "m.pt"), epochs=3, patience=1, samples_per_epoch=8192)
     report = train(cfg, on_message=said.append)
-    assert len(said) == 1 and said[0].startswith("--arch auto: tempcnn (bands_per_date 7)")
-    assert "no validation split (--cv 3 estimates accuracy)" in said[0]
+    assert said[0].startswith("--arch auto: tempcnn (bands_per_date 7, members 3)")
+    assert "no validation split; then a spatial 3-fold cross-validation estimates its accuracy" in said[0]
+    assert len(said) > 1 and not any(line.startswith("--arch") for line in said[1:])  # the folds' own progress
     meta = read_meta(report.output)
     assert meta.arch == "tempcnn" and meta.training["auto"] == said[0]
+    assert meta.arch_args["members"] == 3 and meta.training["config"]["cv"] == 3
+    cv = meta.training["spatial_cv"]
+    assert report.cross_validation is not None and cv["folds"] == 3 and 0.5 < cv["overall_accuracy"] <= 1
     assert meta.training["config"]["sampling"] == "pixels" and meta.training["config"]["batch_size"] == 256
     assert meta.training["config"]["val_split"] == 0.0
     assert meta.training["pixel_tables"]["train"] > 0 and meta.training["pixel_tables"]["val"] == 0
     assert report.epochs_run == 3 and report.best_epoch == 2
-    held = train(TrainConfig(**{**cfg.to_dict(), "output": str(tmp_path / "v.pt"), "val_split": 0.2}))
+    held = train(TrainConfig(**{**cfg.to_dict(), "output": str(tmp_path / "v.pt"), "val_split": 0.2, "cv": 0}))
     assert held.epochs_run == 3 and held.best_epoch == 2  # no early stop (patience 1), the last epoch kept
     assert read_meta(held.output).training["pixel_tables"]["val"] > 0 and held.val_metrics is not None
     predict_raster(shared_file(BR_IMG), report.output, tmp_path / "c.tif")

@@ -79,7 +79,7 @@ def train(
     class_map: Annotated[Optional[list[str]], typer.Option(help="SOURCE=TARGET to rename or merge classes, TARGET 'ignore' drops; repeatable.")] = None,
     ignore_value: Annotated[Optional[list[int]], typer.Option(help="Label-raster value meaning unlabelled; repeatable [0].")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without a better val macro IoU [10].", min=1)] = None,
-    cv: Annotated[Optional[int], typer.Option(help="After training, estimate accuracy by spatial cross-validation with this many folds (each trains a model); stored in the checkpoint [0 = off].", min=0)] = None,
+    cv: Annotated[Optional[int], typer.Option(help="After training, estimate accuracy by spatial cross-validation with this many folds (each trains a model); stored in the checkpoint; 0 = off [3 for polygons or points with --sampling pixels, else 0].", min=0)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice [0].")] = None,
     device: TrainDeviceOpt = None,
     devices: Annotated[Optional[int], typer.Option(help="GPUs for DDP (Lightning Fabric) [1].", min=1)] = None,

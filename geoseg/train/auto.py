@@ -40,6 +40,9 @@ BALANCE_VECTOR, BALANCE_RASTER = 0.5, 1.0
 #: the validation split on chips (it picks the best epoch and stops early) and with pixel sampling (it picks
 #: nothing there, and holding out a fifth of a few polygons cost accuracy on the suite: docs/training.md)
 VAL_SPLIT_CHIPS, VAL_SPLIT_PIXELS = 0.2, 0.0
+#: folds of the spatial cross-validation that ends a training on polygons or points with pixel sampling: no
+#: validation split is held out there, and each fold costs one training on a few thousand pixels
+CV_VECTOR_PIXELS = 3
 #: networks of the per-pixel ensemble with pixel sampling (one checkpoint, probabilities averaged):
 #: seeds of one network differ by up to 0.14 OA on a held-out block of the suite (docs/training.md)
 MEMBERS_PIXELS = 3
@@ -78,6 +81,8 @@ def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
         fill["val_split"] = val_split_of(out)
     if out.members is None and out.pixels and "members" in out.arch_args:
         fill["members"] = MEMBERS_PIXELS
+    if out.cv is None:
+        fill["cv"] = CV_VECTOR_PIXELS if out.pixels and out.vector_labels is not None else 0
     if out.class_balance is None and out.pixels:
         fill["class_balance"] = BALANCE_VECTOR if out.vector_labels is not None else BALANCE_RASTER
     out = dataclasses.replace(out, **fill).validate()
@@ -87,5 +92,6 @@ def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
         line = (f"--arch auto: {out.arch}" + (f" ({args})" if args else "") + f", {why}; batches of "
                 f"{out.batch_size} {'pixels' if out.pixels else 'chips'}, jitter {out.jitter}"
                 + (f", class balance {out.class_balance}" if out.pixels else "")
-                + ("; no validation split (--cv 3 estimates accuracy)" if out.pixels and not out.val_split else ""))
+                + ("; no validation split" if out.pixels and not out.val_split else "")
+                + (f"; then a spatial {out.cv}-fold cross-validation estimates its accuracy" if out.cv else ""))
     return out, line

@@ -97,7 +97,9 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation macro IoU.
         cv: after training, estimate the model's accuracy by spatial cross-validation with this many
             folds (each trains a model on the other folds' labels; see :mod:`geoseg.train.crossval`),
-            stored in the checkpoint; 0 disables it.
+            stored in the checkpoint; 0 disables it. None: :data:`geoseg.train.auto.CV_VECTOR_PIXELS`
+            folds for polygons or points with pixel sampling (no validation split says how good the
+            model is there), else 0.
         seed: seed of every random choice (split, sampling, augmentation, weights).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         devices: number of GPUs (more than 1 uses Lightning Fabric's DDP).
@@ -140,7 +142,7 @@ class TrainConfig:
     class_map: dict[str, str] = field(default_factory=dict)
     ignore_values: list[int] = field(default_factory=lambda: [0])
     patience: int = 10
-    cv: int = 0
+    cv: int | None = None
     seed: int = 0
     device: str = "auto"
     devices: int = 1
@@ -170,7 +172,7 @@ class TrainConfig:
                              + "; use --sampling chips")
         checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size is None or self.batch_size >= 1),
                   ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
-                  ("cv", self.cv == 0 or self.cv >= 2),
+                  ("cv", self.cv is None or self.cv == 0 or self.cv >= 2),
                   ("devices", self.devices >= 1), ("num-workers", self.num_workers is None or self.num_workers >= 0),
                   ("depth", 1 <= args.get("depth", 1) <= 8), ("base-channels", args.get("base_channels", 1) >= 1),
                   ("jitter", self.jitter is None or 0 <= self.jitter < 1),

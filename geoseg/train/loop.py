@@ -34,7 +34,7 @@ from typing import Any, Callable, Literal
 import torch
 import torch.nn.functional as F
 
-from geoseg.errors import CheckpointError, UsageError
+from geoseg.errors import CheckpointError, LabelError, UsageError
 from geoseg.io.atomic import check_destination
 from geoseg.metrics import SegmentationMetrics, metrics_from_confusion
 from geoseg.architectures import PER_PIXEL, default_overlap
@@ -118,6 +118,7 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
 
     t_start = time.perf_counter()
     cfg.validate()
+    cv_asked = cfg.cv is not None  # a default cross-validation that cannot run leaves the model and says why
     grid = D.image_grid(cfg.images)
     cfg, picked = resolve(cfg, len(grid.band_names))
     out, last = Path(cfg.output), cfg.sidecar("last")
@@ -146,7 +147,14 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
     if cfg.cv:
         from geoseg.train.crossval import record_cross_validation, spatial_cross_validation
 
-        cv = spatial_cross_validation(cfg, cfg.cv, log=on_message)
+        try:
+            cv = spatial_cross_validation(cfg, cfg.cv, log=on_message)
+        except (UsageError, LabelError) as e:  # the labels cannot be cut into folds, or a fold cannot train
+            if cv_asked:
+                raise
+            if on_message:
+                on_message(f"no accuracy estimate: the default {cfg.cv}-fold spatial cross-validation cannot run: {e}")
+            return report
         record_cross_validation(out, cv)
         report = replace(report, cross_validation=cv, seconds=time.perf_counter() - t_start)
     return report
