@@ -123,7 +123,7 @@ def _owners(option: str) -> str:
     names = [a.name for a in ARCHITECTURES.values() if option in a.defaults]
     if len(names) > 1 and all(ARCHITECTURES[n].family == "smp" for n in names):
         return "the smp-* architectures"
-    return "--arch " + " or ".join(names) + (" only" if len(names) == 1 else "")
+    return "`arch` " + " or ".join(names) + (" only" if len(names) == 1 else "")
 
 
 def arch_args(name: str, *, strict: bool = True, **given: Any) -> dict[str, Any]:
@@ -140,14 +140,14 @@ def arch_args(name: str, *, strict: bool = True, **given: Any) -> dict[str, Any]
     arch = get_architecture(name)
     chosen = {k: v for k, v in given.items() if v is not None}
     for k in sorted(set(chosen) - set(arch.defaults)):
-        text = f"--{k.replace('_', '-')} {chosen[k]} applies to {_owners(k)}, not --arch {name}"
+        text = f"`{k}` {chosen[k]} applies to {_owners(k)}, not `arch` {name}"
         if strict:
             raise UsageError(text)
         warnings.warn(f"{text}; ignored", UserWarning, stacklevel=3)
         del chosen[k]
     args = {**arch.defaults, **chosen}
     if arch.family == "smp" and int(args["encoder_depth"]) not in arch.encoder_depths:
-        raise UsageError(f"--arch {name} supports --encoder-depth {' or '.join(map(str, arch.encoder_depths))}, "
+        raise UsageError(f"`arch` {name} supports `encoder_depth` {' or '.join(map(str, arch.encoder_depths))}, "
                          f"not {args['encoder_depth']}")
     return args
 

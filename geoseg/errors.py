@@ -4,10 +4,18 @@ Every error a user can cause (a bad file, a wrong option) is a :class:`GeosegErr
 whose message is one line saying what is wrong and what to do. The CLI prints that
 line and exits non-zero; anything else is a bug and shows a traceback.
 
+Messages (of errors and warnings) name an option by its Python parameter name, marked with
+backticks: ``"`epochs` 0 is out of range"``, ``"pass `overwrite=True` to replace it"``. That is
+what a library user reads. The CLI shows the same text through :func:`for_cli`, which puts each
+option's flag in place of its marked name (``--epochs``, ``--overwrite``).
+
 Stdlib only: this module is imported everywhere, torch-free.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Mapping
 
 
 class GeosegError(Exception):
@@ -74,7 +82,7 @@ class GeoreferenceWarning(UserWarning):
 
 
 class ResumeWarning(UserWarning):
-    """``--resume`` found nothing to resume, so the run started from the beginning."""
+    """``resume`` found nothing to resume, so the run started from the beginning."""
 
 
 class StyleWarning(UserWarning):
@@ -112,3 +120,31 @@ def is_disk_full(e: BaseException) -> bool:
             return True
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+#: a parameter marked in a message: its name in backticks, or ``name=True`` in backticks (an on/off option)
+_MARKED = re.compile(r"`([a-z][a-z0-9_]*)(=True)?`")
+
+#: parameters whose CLI flag is not ``--`` and the name with ``_`` as ``-``
+FLAGS: dict[str, str] = {
+    "images": "--image",
+    "ignore_values": "--ignore-value",
+    "max_memory_mb": "--max-memory",
+    "resolution_cm": "--resolution",
+}
+
+
+def flag(name: str, flags: Mapping[str, str] | None = None) -> str:
+    """The CLI flag of parameter ``name``: ``tile_size`` -> ``--tile-size``, ``images`` -> ``--image``."""
+    table = FLAGS if flags is None else {**FLAGS, **flags}
+    return table.get(name) or "--" + name.replace("_", "-")
+
+
+def for_cli(message: BaseException | str, flags: Mapping[str, str] | None = None) -> str:
+    """``message`` (an error, a warning or their text) in the CLI's words: each marked parameter becomes
+    its flag (:func:`flag`; ``flags`` adds or overrides names); a marked ``overwrite=True`` becomes ``--overwrite``.
+
+    ``"`epochs` 0 is out of range"`` -> ``"--epochs 0 is out of range"``. Text without marks is returned
+    as it is, so applying it twice changes nothing.
+    """
+    return _MARKED.sub(lambda m: flag(m[1], flags), str(message))

@@ -249,7 +249,7 @@ class _VectorTruth:
         import shapely
 
         if not class_field:
-            raise UsageError(f"{path}: vector truth needs --class-field, the attribute holding each polygon's class")
+            raise UsageError(f"{path}: vector truth needs `class_field`, the attribute holding each polygon's class")
         gdf = read_polygons(path, class_field)
         if ignore_values:
             # polygons whose class value (or the class id it maps to) means "unlabelled" are not scored

@@ -132,7 +132,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
             bands = list(rgb) if rgb else default_rgb(ids)
             for b in bands:
                 if not 1 <= b <= ids.count:
-                    raise UsageError(f"--rgb band {b} does not exist; {image} has bands 1..{ids.count}")
+                    raise UsageError(f"`rgb` band {b} does not exist; {image} has bands 1..{ids.count}")
             with read_errors(str(image)):
                 data = read_bands(ids, bands, out_shape=(h, w), resampling=Resampling.nearest, masked=True)
             valid = np.asarray(~np.ma.getmaskarray(data).all(axis=0))

@@ -106,7 +106,7 @@ def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> Ru
         old, new = {**st.key, **st.key.get("options", {})}, {**key, **key.get("options", {})}
         diff = sorted(k for k in set(old) | set(new) if k != "options" and old.get(k) != new.get(k))
         raise UsageError(f"{dest}: the interrupted run used a different {', '.join(diff)}; rerun with the same "
-                         "input, model and options, or without --resume to start over")
+                         "input, model and options, or without `resume` to start over")
     return st
 
 
@@ -127,7 +127,7 @@ def check_staging(dest: Path, staged: list[Path], rows: int = 512) -> None:
             msg = str(e).splitlines()[0][:120] if str(e) else ""
             why = "truncated or overwritten" if not msg or "previous exception" in msg else msg
             raise UsageError(f"{dest}: the interrupted run's staging file {p.name} is damaged ({why}); run "
-                             "without --resume to start over") from None
+                             "without `resume` to start over") from None
 
 
 def remove_leftovers(dest: Path) -> None:

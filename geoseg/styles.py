@@ -154,7 +154,7 @@ def write_qml(layer_path: str | os.PathLike[str], text: str, *, overwrite: bool 
         except (OSError, UnicodeDecodeError):
             same = False
         if not same:
-            warnings.warn(f"{dest}: a different style file exists; kept it (pass --overwrite to replace it)",
+            warnings.warn(f"{dest}: a different style file exists; kept it (pass `overwrite=True` to replace it)",
                           StyleWarning, stacklevel=2)
             return None
         return dest

@@ -41,7 +41,7 @@ def axis_starts(n: int, size: int, overlap: int, align: int = 1) -> list[int]:
     stride = (size - overlap) // align * align
     if stride < 1:
         raise TilingError(f"overlap {overlap} leaves no stride that is a multiple of {align} for tile size "
-                          f"{size}; use --overlap <= {size - align}")
+                          f"{size}; use `overlap` <= {size - align}")
     count = 1 + math.ceil((n - size) / stride)
     starts = [i * stride for i in range(count - 1)]
     starts.append(-(-(n - size) // align) * align)  # > starts[-1] since (count-2)*stride < n-size
@@ -55,10 +55,10 @@ def check_tile_params(size: int, overlap: int, multiple: int = 1) -> None:
     if overlap < 0:
         raise TilingError(f"overlap must be >= 0 pixels, got {overlap}")
     if overlap >= size:
-        raise TilingError(f"overlap {overlap} must be smaller than the tile size {size}; use --overlap < {size}")
+        raise TilingError(f"overlap {overlap} must be smaller than the tile size {size}; use `overlap` < {size}")
     if multiple > 1 and size % multiple:
         lo = max(multiple, size // multiple * multiple)
-        raise TilingError(f"tile size {size} must be a multiple of {multiple} for this model; use --tile-size {lo}")
+        raise TilingError(f"tile size {size} must be a multiple of {multiple} for this model; use `tile_size` {lo}")
 
 
 @dataclass(frozen=True, slots=True)

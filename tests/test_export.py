@@ -157,7 +157,7 @@ def test_overwrite_policy_and_atomicity(make_raster, tmp_path: Path) -> None:
     out = tmp_path / "p.shp"
     vectorize(path, out)
     before = out.stat().st_mtime_ns
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="`overwrite=True`"):
         vectorize(path, out)
     assert out.stat().st_mtime_ns == before
     vectorize(path, out, overwrite=True, classes=[1])

@@ -219,7 +219,7 @@ def test_encoder_weights_from_a_file_adapt_the_bands(tmp_path, capsys):
 
     other = timm.create_model("efficientnet_b0", pretrained=False)
     torch.save(other.state_dict(), tmp_path / "effnet.pth")
-    with pytest.raises(Exception, match=r"fit \d of the 120 .*published for this --encoder"):
+    with pytest.raises(Exception, match=r"fit \d of the 120 .*published for this `encoder`"):
         load_encoder_weights(build_model("smp-unet", 7, 3, encoder="resnet18"), tmp_path / "effnet.pth")
 
     out = tmp_path / "m.pt"

@@ -261,10 +261,10 @@ def test_band_list_errors_name_the_option_they_came_from():
     from geoseg.errors import UsageError
     from geoseg.io.raster import parse_bands
 
-    assert parse_bands("4, 3,2", "--rgb") == [4, 3, 2]
-    with pytest.raises(UsageError, match=r"^--rgb 'a,b,c'"):
-        parse_bands("a,b,c", "--rgb")
-    with pytest.raises(UsageError, match=r"^--bands "):
+    assert parse_bands("4, 3,2", "rgb") == [4, 3, 2]
+    with pytest.raises(UsageError, match=r"^`rgb` 'a,b,c'"):
+        parse_bands("a,b,c", "rgb")
+    with pytest.raises(UsageError, match=r"^`bands` "):
         parse_bands("x")
 
 

@@ -52,7 +52,7 @@ def test_preview_of_real_scene(tmp_path):
     assert pic[..., :3].std() > 0.05  # not blank
     with pytest.raises(Exception, match="exists"):
         write_preview(cpath, out, image=img)
-    with pytest.raises(UsageError, match="--rgb band 9"):
+    with pytest.raises(UsageError, match="`rgb` band 9"):
         write_preview(cpath, tmp_path / "q.png", image=img, rgb=[9, 2, 1])
     assert not (tmp_path / "q.png").exists()
 

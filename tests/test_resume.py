@@ -272,7 +272,7 @@ def test_resume_on_a_damaged_staging_file_says_so(raster, tmp_path):
     with open(staging, "r+b") as f:
         f.truncate(staging.stat().st_size // 3)
     with pytest.raises(UsageError, match=r"staging file .* is damaged \(truncated or overwritten\); run without "
-                                         r"--resume to start over"):
+                                         r"`resume` to start over"):
         run(raster, tmp_path, ConvModel(), resume=True)
     run(raster, tmp_path, ConvModel())  # without --resume: starts over
     assert not list(tmp_path.glob(".*geoseg-tmp*"))

@@ -590,11 +590,11 @@ def test_margin_leaves_out_labels_near_inner_chip_edges_only() -> None:
 def test_context_options_are_checked(tmp_path: Path) -> None:
     from geoseg.errors import UsageError
 
-    with pytest.raises(UsageError, match="applies to --arch tempcnn only"):
+    with pytest.raises(UsageError, match="applies to `arch` tempcnn only"):
         _cfg(tmp_path, context=3).validate()
-    with pytest.raises(UsageError, match="--context"):
+    with pytest.raises(UsageError, match="`context`"):
         _cfg(tmp_path, arch="tempcnn", context=4, tile_size=16).validate()
-    with pytest.raises(UsageError, match="smaller than --context 9"):
+    with pytest.raises(UsageError, match="smaller than `context` 9"):
         _cfg(tmp_path, arch="tempcnn", context=9, tile_size=8).validate()
     _cfg(tmp_path, arch="tempcnn", context=7, tile_size=16).validate()
 
@@ -776,7 +776,7 @@ def test_ema_weights_are_saved_and_resume_exactly(tmp_path: Path) -> None:
     assert any(not torch.equal(sa[k], raw[k]) for k in sa if sa[k].is_floating_point())  # averaged != raw
     plain = _state(train(_cfg(tmp_path, "c.pt")).last)
     assert all(torch.equal(raw[k], plain[k]) for k in raw)  # EMA does not change the training itself
-    with pytest.raises(UsageError, match="--ema"):
+    with pytest.raises(UsageError, match="`ema`"):
         train(_cfg(tmp_path, "d.pt", ema=1.0))
 
 

@@ -36,10 +36,10 @@ def test_command_line_overrides_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text,match", [
     ("images: a.tif\nlabels: l.tif\nepochz: 3\n", "unknown option 'epochz'"),
     ("images: a.tif\nlabels: l.tif\nepochs: many\n", "invalid value"),
-    ("images: a.tif\n", "exactly one of --labels"),
-    ("images: a.tif\nvector_labels: p.gpkg\n", "needs --class-field"),
+    ("images: a.tif\n", "exactly one of `labels`"),
+    ("images: a.tif\nvector_labels: p.gpkg\n", "needs `class_field`"),
     ("images: a.tif\nlabels: l.tif\narch: unet\ntile_size: 60\ndepth: 3\n", "multiple of 8"),
-    ("images: a.tif\nlabels: l.tif\nval_split: 1.5\n", "val-split"),
+    ("images: a.tif\nlabels: l.tif\nval_split: 1.5\n", "`val_split`"),
     ("- a\n- b\n", "mapping"),
 ])
 def test_bad_configs_are_one_clear_error(tmp_path: Path, text: str, match: str) -> None:
@@ -82,7 +82,7 @@ def test_a_class_called_ignore_is_a_class_and_one_class_is_refused():
 
     schema, lut = build_schema(["crop", "ignore", "water"], {}, numeric_ids=False)
     assert [c.name for c in schema.classes] == ["crop", "ignore", "water"]
-    with pytest.warns(UserWarning, match="--class-map drops the labels water"):
+    with pytest.warns(UserWarning, match="`class_map` drops the labels water"):
         schema, lut = build_schema(["crop", "ignore", "water"], {"water": "ignore"}, numeric_ids=False)
     assert [c.name for c in schema.classes] == ["crop", "ignore"] and "water" not in lut
     with pytest.raises(LabelError, match="one class only"):
@@ -98,10 +98,10 @@ def test_architecture_options_come_from_the_table_and_others_are_said_to_be_igno
 
     cfg = TrainConfig(images=["a.tif"], labels="l.tif", arch="smp-fpn")
     assert cfg.arch_args == ARCHITECTURES["smp-fpn"].defaults
-    with pytest.warns(UserWarning, match="--depth 2 applies to --arch unet only, not --arch tempcnn; ignored"):
+    with pytest.warns(UserWarning, match="`depth` 2 applies to `arch` unet only, not `arch` tempcnn; ignored"):
         args = TrainConfig(images=["a.tif"], labels="l.tif", arch="tempcnn", depth=2, tile_size=16).validate().arch_args
     assert "depth" not in args
-    with pytest.raises(UsageError, match="--context 3 applies to --arch tempcnn only"):
+    with pytest.raises(UsageError, match="`context` 3 applies to `arch` tempcnn only"):
         TrainConfig(images=["a.tif"], labels="l.tif", arch="unet", context=3).validate()
 
 
@@ -133,9 +133,9 @@ def test_arch_auto_picks_from_the_labels_and_bands_and_says_so() -> None:
     assert chips.sampling == "chips" and chips.arch_args["members"] == 1  # a neighbourhood needs chips
     one, _ = resolve(TrainConfig(images=["a.tif"], vector_labels="p.gpkg", class_field="c", members=1), 7)
     assert one.arch_args["members"] == 1  # as given
-    with pytest.warns(UserWarning, match="--members 2 applies to --arch tempcnn only, not --arch unet; ignored"):
+    with pytest.warns(UserWarning, match="`members` 2 applies to `arch` tempcnn only, not `arch` unet; ignored"):
         assert "members" not in resolve(TrainConfig(images=["a.tif"], labels="l.tif", members=2), 4)[0].arch_args
     with pytest.raises(UsageError, match="multiple of 8"):
         resolve(TrainConfig(images=["a.tif"], labels="l.tif", tile_size=60, depth=3), 4)
-    with pytest.raises(UsageError, match="--sampling pixels trains a per-pixel model"):
+    with pytest.raises(UsageError, match="`sampling` pixels trains a per-pixel model"):
         TrainConfig(images=["a.tif"], labels="l.tif", arch="unet", sampling="pixels").validate()

@@ -278,7 +278,7 @@ def test_bad_inputs_raise_one_line_errors(make_raster, tmp_path: Path) -> None:
     with pytest.raises(RasterReadError, match="non-integer"):
         vectorize(f)
     ok = make_raster(np.zeros((4, 4), np.uint8), name="ok.tif")
-    with pytest.raises(UsageError, match="--simplify"):
+    with pytest.raises(UsageError, match="`simplify`"):
         vectorize(ok, simplify="a lot")
     with pytest.raises(GeosegError, match="unknown vector format"):
         vectorize(ok, tmp_path / "out.xyz")

@@ -1,7 +1,9 @@
 """The ``geoseg`` command line. Only this package imports typer and rich.
 
 Modules here import torch, torchgeo, geopandas only inside command bodies, so
-``geoseg --help`` stays fast. Errors are handled once, in :func:`main`.
+``geoseg --help`` stays fast. Errors are handled once, in :func:`main`. The library's errors and
+warnings name parameters (``tile_size`` in backticks); what the CLI shows of them goes through
+:func:`geoseg.errors.for_cli`, which names their flags (``--tile-size``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import typer
 
 from geoseg import __version__
-from geoseg.errors import GeosegError, Interrupted
+from geoseg.errors import GeosegError, Interrupted, for_cli
 
 
 def _plain_type(self: Any, ctx: Any) -> str | None:
@@ -108,7 +110,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
     if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
         return
-    SafeConsole(stderr=True, soft_wrap=True).print(styled("warning:", "yellow", f" {message}"))
+    SafeConsole(stderr=True, soft_wrap=True).print(styled("warning:", "yellow", f" {for_cli(message)}"))
 
 
 def _err(msg: str) -> None:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         except GeosegError as e:
             if debug:
                 raise
-            _err(str(e))  # shown literally: the console parses no markup
+            _err(for_cli(e))  # shown literally: the console parses no markup
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             if debug:

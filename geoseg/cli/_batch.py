@@ -15,7 +15,7 @@ def run_sequential(items: Sequence[BatchItem], run_one: Callable[[BatchItem], No
     interruption (Ctrl-C, SIGTERM) stops the batch. Ends with :func:`finish`.
     """
     from geoseg.cli._console import err, styled
-    from geoseg.errors import GeosegError, Interrupted
+    from geoseg.errors import GeosegError, Interrupted, for_cli
 
     summary = BatchSummary()
     n = len(items)
@@ -30,7 +30,7 @@ def run_sequential(items: Sequence[BatchItem], run_one: Callable[[BatchItem], No
         except Interrupted:
             raise
         except GeosegError as e:
-            err.print(styled("error:", "bold red", f" {summary.fail(item.source, e)}"), soft_wrap=True)
+            err.print(styled("error:", "bold red", f" {summary.fail(item.source, for_cli(e))}"), soft_wrap=True)
         else:
             summary.done.append(item.source)
     finish(summary)
@@ -40,9 +40,9 @@ def run_sequential(items: Sequence[BatchItem], run_one: Callable[[BatchItem], No
 def finish(summary: BatchSummary) -> None:
     """Print the summary; a :class:`~geoseg.errors.BatchError` (exit status 1) if any input failed."""
     from geoseg.cli._console import err
-    from geoseg.errors import BatchError
+    from geoseg.errors import BatchError, for_cli
 
     for line in summary.lines():
-        err.print(line, soft_wrap=True)
+        err.print(for_cli(line), soft_wrap=True)
     if summary.failed:
         raise BatchError(f"{len(summary.failed)} of {summary.total} inputs failed (listed above)")

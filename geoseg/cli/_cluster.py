@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from geoseg.batch import BatchItem, BatchSummary
+from geoseg.errors import for_cli
 
 
 @contextlib.contextmanager
@@ -88,7 +89,7 @@ def infer_on_cluster(items: Sequence[BatchItem], outputs: Callable[[BatchItem], 
                    summary=summary, on_task=on_task, on_done=done)
     err.print(f"{tasks[0]} task{'s' if tasks[0] != 1 else ''} ran on the cluster", soft_wrap=True)
     summary.done = [names.get(s, s) for s in summary.done]
-    summary.failed = [(names.get(s, s), m.replace(s, names.get(s, s), 1)) for s, m in summary.failed]
+    summary.failed = [(names.get(s, s), for_cli(m.replace(s, names.get(s, s), 1))) for s, m in summary.failed]
     for _, msg in summary.failed:
         from geoseg.cli._console import styled
 
@@ -126,5 +127,5 @@ def vectorize_on_cluster(pairs: Sequence[tuple[str, Path]], options: dict[str, A
                        on_task=(lambda d, t: bar(_Tasks(d, t))) if bar else None,
                        on_done=lambda src, out_path, res: out.print(f"polygons: {out_path}", soft_wrap=True))
     for _, msg in summary.failed:
-        err.print(styled("error:", "bold red", f" {msg}"), soft_wrap=True)
+        err.print(styled("error:", "bold red", f" {for_cli(msg)}"), soft_wrap=True)
     finish(summary)

@@ -50,4 +50,14 @@ def styled(label: str, style: str, rest: Any = "") -> Text:
 
 
 def warn_line(msg: str) -> None:
-    err.print(styled("warning:", "yellow", f" {msg}"))
+    """A warning of the library (its parameter names shown as flags, :func:`geoseg.errors.for_cli`)."""
+    from geoseg.errors import for_cli
+
+    err.print(styled("warning:", "yellow", f" {for_cli(msg)}"))
+
+
+def say(msg: str) -> None:
+    """A line of the library's progress messages on stderr, in the CLI's words (flags)."""
+    from geoseg.errors import for_cli
+
+    err.print(for_cli(msg))

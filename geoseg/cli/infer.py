@@ -174,7 +174,7 @@ def _write_preview(image: str, paths: dict[str, Path], rgb: str | None, overwrit
     from geoseg.io.raster import parse_bands
     from geoseg.preview import write_preview
 
-    write_preview(paths["classes"], paths["preview"], image=image, rgb=parse_bands(rgb, "--rgb"),
+    write_preview(paths["classes"], paths["preview"], image=image, rgb=parse_bands(rgb, "rgb"),
                   polygons=polygons, overwrite=overwrite)
     out.print(f"preview: {paths['preview']}")
 

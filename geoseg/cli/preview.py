@@ -31,7 +31,7 @@ def preview(
     from geoseg.io.paths import beside, name_stem
 
     dest = output or beside(classes) / f"{name_stem(classes)}_preview.png"
-    bands = parse_bands(rgb, "--rgb")
+    bands = parse_bands(rgb, "rgb")
     if bands is not None and len(bands) != 3:
         from geoseg.errors import UsageError
 

@@ -91,7 +91,7 @@ def train(
     progress: ProgressOpt = ProgressMode.bar,
 ) -> None:
     """Train a model on IMAGE(s) with a label raster or polygons; the result works with 'geoseg infer'."""
-    from geoseg.cli._console import err, out
+    from geoseg.cli._console import err, out, say
     from geoseg.train.config import TrainConfig, parse_class_map
 
     cli = {
@@ -121,7 +121,7 @@ def train(
     if auto:
         from geoseg.train.tune import tune as run_tune
 
-        report_t = run_tune(cfg, trials=AUTO_TRIALS, folds=AUTO_FOLDS, sampler="tpe", log=None if quiet else err.print)
+        report_t = run_tune(cfg, trials=AUTO_TRIALS, folds=AUTO_FOLDS, sampler="tpe", log=None if quiet else say)
         out.print(f"--auto: the best of {report_t.trials} trials, macro F1 {report_t.best_macro_f1:.3f} (spatial CV, "
                   f"optimistic): {report_t.best_params}; table {report_t.table}")
         out.print(f"model: {report_t.model}")
@@ -133,7 +133,7 @@ def train(
     try:
         with _TrainBar(quiet or progress == ProgressMode.none, json_lines=progress == ProgressMode.json) as cb:
             report = run_train(cfg, on_progress=cb, command=["geoseg", *sys.argv[1:]],
-                               on_message=err.print)
+                               on_message=say)
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted("interrupted; checkpoints of finished epochs are kept: run the same command with "
                           "--resume to continue") from None

@@ -41,7 +41,7 @@ def tune(
     on IMAGE and its labels: each trial is scored by spatial cross-validation (macro F1 over held-out
     places, never pixels of training labels); hopeless trials are pruned; the study is resumable. Ends
     by training the best options on all labels into OUTPUT, with a table and a plot of the trials."""
-    from geoseg.cli._console import err, out
+    from geoseg.cli._console import err, out, say
     from geoseg.errors import UsageError
     from geoseg.io.atomic import check_destination
     from geoseg.train.config import TrainConfig
@@ -62,7 +62,7 @@ def tune(
         err.print(f"study: {db} ({'resuming' if Path(db).exists() else 'new'}); {trials} trials of {folds}-fold "
                   f"spatial cross-validation, {sampler.value} sampler")
     report = run_tune(cfg, trials=trials, folds=folds, sampler=sampler.value, timeout=timeout, storage=db,
-                      log=None if quiet else err.print)
+                      log=None if quiet else say)
     out.print(f"best: macro F1 {report.best_macro_f1:.3f} (spatial CV; the best of {report.trials} trials, so "
               f"optimistic) with {report.best_params}")
     out.print(f"trials: {report.complete} complete, {report.pruned} pruned, {report.failed} failed; "

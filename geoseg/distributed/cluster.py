@@ -22,7 +22,7 @@ def _import_distributed() -> Any:
     try:
         import distributed
     except ImportError:
-        raise UsageError("--scheduler/--workers need Dask: pip install 'dask[distributed]'") from None
+        raise UsageError("`scheduler`/`workers` need Dask: pip install 'dask[distributed]'") from None
     return distributed
 
 
@@ -32,7 +32,7 @@ def client_for(scheduler: str | None, workers: int | None) -> Iterator[Any]:
     (closed again at the end)."""
     distributed = _import_distributed()
     if scheduler is not None and workers is not None:
-        raise UsageError("--scheduler and --workers exclude each other: the scheduler's cluster has its own workers")
+        raise UsageError("`scheduler` and `workers` exclude each other: the scheduler's cluster has its own workers")
     if scheduler is not None:
         try:
             client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)

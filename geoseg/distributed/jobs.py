@@ -238,7 +238,7 @@ def _prepare_blocks(job: InferJob, model: Sequence[str], options: dict[str, Any]
             old = {}
         if old.get("key") != key:
             raise UsageError(f"{job.classes}: the interrupted run used a different input, model or options; rerun "
-                             "with the same ones, or without --resume to start over")
+                             "with the same ones, or without `resume` to start over")
         done = {b for b in range(len(job.bounds)) if all(job.part(o, b).exists() for o in range(len(job.outputs)))}
         # one block always runs: its result carries the outputs' creation arguments for the assembly
         return done - {max(done, key=lambda b: -(job.bounds[b][1] - job.bounds[b][0]))} if len(done) == len(

@@ -36,11 +36,11 @@ def check_destination(path: str | os.PathLike[str], *, overwrite: bool,
         if same:
             raise RasterWriteError(f"{p}: output path is the same as an input; choose another output")
     if p.exists() and not overwrite:
-        raise OutputExistsError(f"{p}: file exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{p}: file exists; pass `overwrite=True` to replace it")
     if not overwrite and p.suffix.lower() == ".shp":  # a Shapefile's parts are replaced or removed with it
         part = next((q for q in sidecars(p) if q.exists()), None)
         if part is not None:
-            raise OutputExistsError(f"{part}: file exists (a part of the Shapefile {p.name}); pass --overwrite "
+            raise OutputExistsError(f"{part}: file exists (a part of the Shapefile {p.name}); pass `overwrite=True` "
                                     "to replace it")
     if p.is_dir():
         raise RasterWriteError(f"{p}: is a directory, expected a file path")

@@ -105,7 +105,7 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, ex
             names = f" ({', '.join(band_names)})" if band_names else ""
             extra = f" plus {len(alpha)} alpha" if alpha else ""
             if len(idx) > expected:
-                todo = (f"select {expected} bands in model order with --bands, e.g. --bands "
+                todo = (f"select {expected} bands in model order with `bands`, e.g. `bands` "
                         f"{','.join(str(i) for i in range(1, expected + 1))}")
             else:
                 todo = "use a raster with those bands (stack them first) or a model trained for this one"
@@ -117,7 +117,7 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, ex
         if not 1 <= b <= ds.count:
             raise UsageError(f"{ds.name}: band {b} does not exist; the raster has bands 1..{ds.count}")
     if len(idx) != expected:
-        raise BandMismatchError(f"--bands selects {len(idx)} bands but the model expects {expected}")
+        raise BandMismatchError(f"`bands` selects {len(idx)} bands but the model expects {expected}")
     return idx
 
 
@@ -202,14 +202,14 @@ def read_into(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Windo
         valid &= out != nodata
 
 
-def parse_bands(text: str | None, option: str = "--bands") -> list[int] | None:
-    """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based); errors name ``option``, the flag the text came from."""
+def parse_bands(text: str | None, option: str = "bands") -> list[int] | None:
+    """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based); errors name ``option``, the parameter the text is for."""
     if text is None or not str(text).strip():
         return None
     try:
         out = [int(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
-        raise UsageError(f"{option} {text!r}: expected comma-separated 1-based band numbers like 4,3,2") from None
+        raise UsageError(f"`{option}` {text!r}: expected comma-separated 1-based band numbers like 4,3,2") from None
     if not out:
         return None
     return out

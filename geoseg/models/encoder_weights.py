@@ -94,7 +94,7 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> Enco
 
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module):
-        raise UsageError("--encoder-weights needs an smp-* architecture (a model with an encoder)")
+        raise UsageError("`encoder_weights` needs an smp-* architecture (a model with an encoder)")
     target = encoder.state_dict()
     found = _candidates(read_state_dict(path), target)
     load: dict[str, torch.Tensor] = {}
@@ -108,6 +108,6 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> Enco
             adapted.append(f"{k}: {v.shape[1]} -> {want.shape[1]} bands")
     if len(load) < MIN_MATCHED * len(target):
         raise UsageError(f"{path}: its tensors fit {len(load)} of the {len(target)} of this encoder "
-                         f"({type(encoder).__name__}); pass weights published for this --encoder")
+                         f"({type(encoder).__name__}); pass weights published for this `encoder`")
     encoder.load_state_dict(load, strict=False)
     return EncoderLoad(len(load), len(target), adapted)

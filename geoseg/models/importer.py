@@ -168,7 +168,7 @@ def _from_lightning(obj: dict[str, Any], opts: ImportOptions) -> tuple[str, dict
         raise CheckpointError(f"model_kwargs {dict(hp['model_kwargs'])} change the architecture; geoseg builds "
                               f"{arch.smp_class} with smp's defaults only")
     if opts.arch is not None and opts.arch != arch.name:
-        raise UsageError(f"--arch {opts.arch} disagrees with the checkpoint's model {hp['model']!r} ({arch.name})")
+        raise UsageError(f"`arch` {opts.arch} disagrees with the checkpoint's model {hp['model']!r} ({arch.name})")
     args = arch_args(arch.name, encoder=str(hp.get("backbone") or "resnet50"),
                      encoder_depth=opts.encoder_depth)
     bands = int(hp.get("in_channels") or 0)
@@ -191,8 +191,8 @@ def _from_state_dict(obj: dict[str, Any], opts: ImportOptions) -> tuple[str, dic
     if not state:
         raise CheckpointError("holds no weights (expected a state dict or a Lightning checkpoint)")
     if opts.arch is None:
-        raise UsageError("a plain state dict does not say its architecture: pass --arch (and --encoder for smp-*), "
-                         "e.g. --arch smp-unet --encoder efficientnet-b3")
+        raise UsageError("a plain state dict does not say its architecture: pass `arch` (and `encoder` for smp-*), "
+                         "e.g. `arch` smp-unet `encoder` efficientnet-b3")
     args = arch_args(opts.arch, encoder=opts.encoder, encoder_depth=opts.encoder_depth,
                      base_channels=opts.base_channels, depth=opts.depth)
     # band and class counts from the weights: the first convolution's inputs, the last one's outputs
@@ -204,17 +204,17 @@ def _from_state_dict(obj: dict[str, Any], opts: ImportOptions) -> tuple[str, dic
 
 def _normalization(opts: ImportOptions, preset: Preset | None, n: int) -> tuple[list[float], list[float]]:
     if opts.scale is not None and (opts.mean or opts.std):
-        raise UsageError("give --scale or --mean/--std, not both")
+        raise UsageError("give `scale` or `mean`/`std`, not both")
     if opts.mean or opts.std:
         if not (opts.mean and opts.std) or len(opts.mean) != n or len(opts.std) != n:
-            raise UsageError(f"--mean and --std need {n} values each (the model takes {n} bands)")
+            raise UsageError(f"`mean` and `std` need {n} values each (the model takes {n} bands)")
         return [float(v) for v in opts.mean], [float(v) for v in opts.std]
     scale = opts.scale if opts.scale is not None else preset.scale if preset else None
     if scale is None:
-        raise UsageError("the file does not say how its input was scaled: pass --scale S (the model took image / S), "
-                         f"--mean/--std per band, or --preset ({', '.join(PRESETS)})")
+        raise UsageError("the file does not say how its input was scaled: pass `scale` S (the model took image / S), "
+                         f"`mean`/`std` per band, or `preset` ({', '.join(PRESETS)})")
     if not (math.isfinite(scale) and scale > 0):
-        raise UsageError(f"--scale must be a number > 0, got {scale}")
+        raise UsageError(f"`scale` must be a number > 0, got {scale}")
     return [0.0] * n, [float(scale)] * n
 
 
@@ -241,7 +241,7 @@ def import_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[
     preset = None
     if opts.preset is not None:
         if opts.preset not in PRESETS:
-            raise UsageError(f"--preset {opts.preset!r}: choose one of {', '.join(PRESETS)}")
+            raise UsageError(f"`preset` {opts.preset!r}: choose one of {', '.join(PRESETS)}")
         preset = PRESETS[opts.preset]
     check_destination(output, overwrite=overwrite, inputs=[source])  # before the work, not after it
     obj = read_external(source)
@@ -263,8 +263,8 @@ def import_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[
         detail = (f"missing {len(missing)} (e.g. {missing[0]})" if missing else "") + \
                  ("; " if missing and unexpected else "") + \
                  (f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
-        raise CheckpointError(f"{source}: the weights are not those of {arch} {args}: {detail}; check --arch "
-                              "and --encoder")
+        raise CheckpointError(f"{source}: the weights are not those of {arch} {args}: {detail}; check `arch` "
+                              "and `encoder`")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

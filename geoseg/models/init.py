@@ -30,9 +30,9 @@ def init_checkpoint(output: str | os.PathLike[str], *, arch: str = "unet", bands
     ``arch`` does not take is a :class:`UsageError`.
     """
     if class_names is not None and len(class_names) != classes:
-        raise UsageError(f"{len(class_names)} class names given for --classes {classes}")
+        raise UsageError(f"{len(class_names)} class names given for `classes` {classes}")
     if band_names is not None and len(band_names) != bands:
-        raise UsageError(f"{len(band_names)} band names given for --bands {bands}")
+        raise UsageError(f"{len(band_names)} band names given for `bands` {bands}")
     arch_args = complete_arch_args(arch, base_channels=base_channels, depth=depth, encoder=encoder,
                                    encoder_depth=encoder_depth)
     check_tile_params(tile_size, overlap, size_multiple(arch, arch_args))
@@ -41,12 +41,12 @@ def init_checkpoint(output: str | os.PathLike[str], *, arch: str = "unet", bands
 
         m, s = band_stats([stats_from])
         if len(m) != bands:
-            raise UsageError(f"{stats_from} has {len(m)} bands but --bands is {bands}")
+            raise UsageError(f"{stats_from} has {len(m)} bands but `bands` is {bands}")
     else:
         m = list(mean) if mean else [0.0] * bands
         s = list(std) if std else [1.0] * bands
         if len(m) != bands or len(s) != bands:
-            raise UsageError(f"--mean/--std need {bands} values each")
+            raise UsageError(f"`mean`/`std` need {bands} values each")
     torch.manual_seed(seed)
     model = build_model(arch, bands, classes, **arch_args)
     schema = ClassSchema.from_names(class_names) if class_names else ClassSchema.default(classes)

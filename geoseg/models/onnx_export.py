@@ -69,7 +69,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], output: str | os.PathLike[st
     from geoseg.models.checkpoint import load_checkpoint
 
     if resolution_cm is not None and not resolution_cm > 0:
-        raise UsageError(f"--resolution must be > 0 cm per pixel, got {resolution_cm}")
+        raise UsageError(f"`resolution_cm` must be > 0 cm per pixel, got {resolution_cm}")
     # the destination is checked before the model is loaded and traced (a refused output costs nothing)
     dest = check_destination(output, overwrite=overwrite, inputs=[checkpoint])
     model, meta = load_checkpoint(checkpoint)

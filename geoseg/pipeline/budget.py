@@ -40,10 +40,10 @@ def strip_width_for_budget(max_memory_mb: float, tile: int, bands: int, classes:
     if width < tile:
         need = buffer_bytes(tile, *args, gdal_cache_mb) / 2**20
         if what is None:
-            raise UsageError(f"--max-memory {max_memory_mb:g} MB is too small for tile {tile} and batch {batch} "
-                             f"(needs about {need:.0f} MB); raise it or lower --tile-size/--batch-size")
+            raise UsageError(f"`max_memory_mb` {max_memory_mb:g} MB is too small for tile {tile} and batch {batch} "
+                             f"(needs about {need:.0f} MB); raise it or lower `tile_size`/`batch_size`")
         raise UsageError(f"tile {tile} and batch {batch} need about {need:.0f} MB of buffers but {what} is "
-                         f"{max_memory_mb:.0f} MB; lower --batch-size or --tile-size")
+                         f"{max_memory_mb:.0f} MB; lower `batch_size` or `tile_size`")
     return max(tile, width)
 
 

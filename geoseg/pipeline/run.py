@@ -218,9 +218,9 @@ def predict_raster(
     """
     t0 = time.perf_counter()
     if blend not in BLEND_WINDOWS:
-        raise UsageError(f"--blend {blend!r}: choose one of {', '.join(BLEND_WINDOWS)}")
+        raise UsageError(f"`blend` {blend!r}: choose one of {', '.join(BLEND_WINDOWS)}")
     if batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+        raise UsageError("`batch_size` must be >= 1")
     if probability_dtype not in ("uint8", "float32"):
         raise UsageError("probability dtype must be uint8 or float32")
     out_path = Path(output) if output is not None else default_output_paths(source, None)["classes"]

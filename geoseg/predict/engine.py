@@ -50,14 +50,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda[:N]") from None
+        raise UsageError(f"`device` {device!r}: expected auto, cpu or cuda[:N]") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+            raise UsageError(f"`device` {device}: no CUDA GPU is available here; use `device` cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise UsageError(f"`device` {device}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif dev.type != "cpu":
-        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda[:N]")
+        raise UsageError(f"`device` {device!r}: expected auto, cpu or cuda[:N]")
     return dev
 
 
@@ -79,7 +79,7 @@ class TorchPredictor:
     def __init__(self, model: Any, meta: ModelMeta, *, device: str = "auto", tta: str = "none",
                  precision: str = "auto", threads: int | None = None, compile: bool | str = False) -> None:
         if tta not in TTA:
-            raise UsageError(f"--tta {tta!r}: choose one of {', '.join(TTA)}")
+            raise UsageError(f"`tta` {tta!r}: choose one of {', '.join(TTA)}")
         self.meta = meta
         self.device = resolve_device(device)
         self.tta = tta

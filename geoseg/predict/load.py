@@ -22,8 +22,8 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
     if onnx:
         if len(paths) > 1:
             raise UsageError("an ONNX model cannot be part of an ensemble; pass it alone, or the .pt checkpoints")
-        given = [name for name, used in (("--tta", tta != "none"), ("--precision", precision != "auto"),
-                                         ("--compile", compile), ("--device", device not in ("auto", "cpu")))
+        given = [name for name, used in (("`tta`", tta != "none"), ("`precision`", precision != "auto"),
+                                         ("`compile`", compile), ("`device`", device not in ("auto", "cpu")))
                  if used]
         if given:
             raise UsageError(f"{', '.join(given)} apply to .pt checkpoints; an ONNX model runs on the CPU as "

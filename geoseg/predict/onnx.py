@@ -108,7 +108,7 @@ class OnnxPredictor:
     def check_tile(self, size: int) -> None:
         """Refuse tiles larger than a fixed-size graph takes."""
         if self.fixed_tile is not None and size > self.fixed_tile:
-            raise UsageError(f"{self.path.name} takes tiles of at most {self.fixed_tile} px; use --tile-size "
+            raise UsageError(f"{self.path.name} takes tiles of at most {self.fixed_tile} px; use `tile_size` "
                              f"{self.fixed_tile} or less")
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -154,60 +154,60 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise :class:`UsageError` on the first invalid value; return self."""
         if not self.images:
-            raise UsageError("no input image; pass --image (repeat it to stack single-band files)")
+            raise UsageError("no input image; pass `images` (repeat it to stack single-band files)")
         if (self.labels is None) == (self.vector_labels is None):
-            raise UsageError("give exactly one of --labels (a label raster) or --vector-labels (polygons)")
+            raise UsageError("give exactly one of `labels` (a label raster) or `vector_labels` (polygons)")
         if self.vector_labels is not None and not self.class_field:
-            raise UsageError("--vector-labels needs --class-field, the attribute holding each polygon's class")
+            raise UsageError("`vector_labels` needs `class_field`, the attribute holding each polygon's class")
         if self.arch != "auto" and self.arch not in ARCHITECTURES:
-            raise UsageError(f"--arch {self.arch!r}: choose auto or one of {', '.join(ARCHITECTURES)}")
+            raise UsageError(f"`arch` {self.arch!r}: choose auto or one of {', '.join(ARCHITECTURES)}")
         if self.sampling not in ("auto", "pixels", "chips"):
-            raise UsageError(f"--sampling {self.sampling!r}: choose auto, pixels or chips")
+            raise UsageError(f"`sampling` {self.sampling!r}: choose auto, pixels or chips")
         min_tile = 1 if self.arch in PER_PIXEL or self.arch == "auto" else 16
         args = self._arch_args(warn=True)  # says which options of other architectures are ignored
         context = int(args.get("context", 1))
         if self.sampling == "pixels" and self.arch != "auto" and (self.arch not in PER_PIXEL or context != 1):
-            raise UsageError(f"--sampling pixels trains a per-pixel model reading the pixel alone (--arch tempcnn "
-                             f"--context 1), not --arch {self.arch}" + (f" --context {context}" if context != 1 else "")
-                             + "; use --sampling chips")
-        checks = [("epochs", self.epochs >= 1), ("batch-size", self.batch_size is None or self.batch_size >= 1),
-                  ("tile-size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
+            raise UsageError(f"`sampling` pixels trains a per-pixel model reading the pixel alone (`arch` tempcnn "
+                             f"`context` 1), not `arch` {self.arch}" + (f" `context` {context}" if context != 1 else "")
+                             + "; use `sampling` chips")
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size is None or self.batch_size >= 1),
+                  ("tile_size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
                   ("cv", self.cv is None or self.cv == 0 or self.cv >= 2),
-                  ("devices", self.devices >= 1), ("num-workers", self.num_workers is None or self.num_workers >= 0),
-                  ("depth", 1 <= args.get("depth", 1) <= 8), ("base-channels", args.get("base_channels", 1) >= 1),
+                  ("devices", self.devices >= 1), ("num_workers", self.num_workers is None or self.num_workers >= 0),
+                  ("depth", 1 <= args.get("depth", 1) <= 8), ("base_channels", args.get("base_channels", 1) >= 1),
                   ("jitter", self.jitter is None or 0 <= self.jitter < 1),
-                  ("class-balance", self.class_balance is None or 0 <= self.class_balance <= 1),
-                  ("weight-decay", self.weight_decay >= 0),
-                  ("band-dropout", 0 <= self.band_dropout < 1), ("ema", 0 <= self.ema < 1),
-                  ("bands-per-date", args.get("bands_per_date", 1) >= 1),
+                  ("class_balance", self.class_balance is None or 0 <= self.class_balance <= 1),
+                  ("weight_decay", self.weight_decay >= 0),
+                  ("band_dropout", 0 <= self.band_dropout < 1), ("ema", 0 <= self.ema < 1),
+                  ("bands_per_date", args.get("bands_per_date", 1) >= 1),
                   ("context", context >= 1 and context % 2 == 1), ("members", args.get("members", 1) >= 1)]
         for name, ok in checks:
             if not ok:
-                raise UsageError(f"--{name} {getattr(self, name.replace('-', '_'))!r} is out of range")
+                raise UsageError(f"`{name}` {getattr(self, name)!r} is out of range")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-            raise UsageError("--samples-per-epoch must be >= 1")
+            raise UsageError("`samples_per_epoch` must be >= 1")
         if self.val_split is not None and not 0 <= self.val_split < 1:
-            raise UsageError(f"--val-split {self.val_split}: use a fraction in [0, 1), e.g. 0.2")
+            raise UsageError(f"`val_split` {self.val_split}: use a fraction in [0, 1), e.g. 0.2")
         if self.class_weights not in ("none", "auto"):
-            raise UsageError(f"--class-weights {self.class_weights!r}: choose none or auto")
+            raise UsageError(f"`class_weights` {self.class_weights!r}: choose none or auto")
         if self.augment not in ("none", "d4"):
-            raise UsageError(f"--augment {self.augment!r}: choose d4 or none")
+            raise UsageError(f"`augment` {self.augment!r}: choose d4 or none")
         if self.encoder_weights is not None and "encoder" not in args:
-            raise UsageError("--encoder-weights applies to the smp-* architectures: choose one with --arch (e.g. "
+            raise UsageError("`encoder_weights` applies to the smp-* architectures: choose one with `arch` (e.g. "
                              f"smp-unet), not {self.arch}")
         if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
-            raise UsageError(f"--encoder-weights {self.encoder_weights}: file not found")
+            raise UsageError(f"`encoder_weights` {self.encoder_weights}: file not found")
         if self.arch == "auto":
             return self  # the rest depends on the architecture: checked again once it is chosen
         if self.val_block is not None and not self.pixels and self.val_block < self.tile_size:
-            raise UsageError(f"--val-block {self.val_block} is smaller than --tile-size {self.tile_size}")
+            raise UsageError(f"`val_block` {self.val_block} is smaller than `tile_size` {self.tile_size}")
         if self.tile_size < context:
-            raise UsageError(f"--tile-size {self.tile_size} is smaller than --context {context}: chips need "
-                             f"labels beyond {context // 2} px of their edges; use --tile-size "
+            raise UsageError(f"`tile_size` {self.tile_size} is smaller than `context` {context}: chips need "
+                             f"labels beyond {context // 2} px of their edges; use `tile_size` "
                              f"{max(16, 2 * context)}")
         mult = self.size_multiple
         if self.tile_size % mult:
-            raise UsageError(f"--tile-size {self.tile_size} must be a multiple of {mult} for {self.arch}; "
+            raise UsageError(f"`tile_size` {self.tile_size} must be a multiple of {mult} for {self.arch}; "
                              f"use {max(mult, self.tile_size // mult * mult)}")
         return self
 
@@ -379,9 +379,9 @@ def parse_class_map(items: list[str] | None) -> dict[str, str]:
             if not part:
                 continue
             if "=" not in part:
-                raise UsageError(f"--class-map entry {part!r} must look like SOURCE=TARGET (e.g. 4=grass)")
+                raise UsageError(f"`class_map` entry {part!r} must look like SOURCE=TARGET (e.g. 4=grass)")
             k, v = part.split("=", 1)
             if not k.strip():
-                raise UsageError(f"--class-map entry {part!r} has an empty source")
+                raise UsageError(f"`class_map` entry {part!r} has an empty source")
             out[k.strip()] = v.strip()
     return out

@@ -209,7 +209,7 @@ def _fold_raster_labels(cfg: TrainConfig, held: list[Unit], path: Path, grid: An
     with _labels_on_grid(cfg, grid) as (src, vrt):
         nodata = src.nodata if src.nodata is not None else (cfg.ignore_values[0] if cfg.ignore_values else None)
         if nodata is None:
-            raise UsageError("cross-validation of a label raster needs a nodata value or --ignore-value")
+            raise UsageError("cross-validation of a label raster needs a nodata value or `ignore_values`")
         prof = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype=src.dtypes[0],
                     crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, compress="deflate")
         with rasterio.open(path, "w", **prof) as dst:
@@ -302,7 +302,7 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
 
     t0 = time.perf_counter()
     if folds < 2:
-        raise UsageError(f"--cv {folds}: use at least 2 folds (or 0 for none)")
+        raise UsageError(f"`cv` {folds}: use at least 2 folds (or 0 for none)")
     grid = image_grid(cfg.images)
     full = dataclasses.replace(cfg, val_split=0.0)
     plan = plan_labels(full, grid)

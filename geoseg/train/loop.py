@@ -67,15 +67,15 @@ def _fabric(cfg: TrainConfig) -> Any:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda but no CUDA device is available; use --device cpu")
+            raise UsageError("`device` cuda but no CUDA device is available; use `device` cpu")
         devices: Any = [int(dev.split(":")[1])] if ":" in dev else cfg.devices
         precision: Literal["bf16-mixed", "16-mixed"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         strategy = "ddp" if (isinstance(devices, int) and devices > 1) else "auto"
         return Fabric(accelerator="cuda", devices=devices, precision=precision, strategy=strategy)
     if dev != "cpu":
-        raise UsageError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"`device` {cfg.device!r}: use auto, cpu, cuda or cuda:N")
     if cfg.devices > 1:
-        raise UsageError("--devices > 1 needs CUDA GPUs; on CPU use --devices 1")
+        raise UsageError("`devices` > 1 needs CUDA GPUs; on CPU use `devices` 1")
     return Fabric(accelerator="cpu", devices=1, precision="32-true")
 
 
@@ -93,8 +93,8 @@ def _check_resume(cfg: TrainConfig, payload: dict[str, Any], last: Path) -> dict
     changed = [k for k in _RESUME_FIXED if k in old and old.get(k) != cfg.to_dict().get(k)]
     if changed:
         was = ", ".join(f"{k} (was {old.get(k)!r})" for k in changed)
-        raise UsageError(f"--resume: {was} differ from the run in {last}; resume with the same "
-                         "data and model options (you may change --epochs, --lr, --patience)")
+        raise UsageError(f"`resume`: {was} differ from the run in {last}; resume with the same "
+                         "data and model options (you may change `epochs`, `lr`, `patience`)")
     return extra
 
 # ---------------------------------------------------------------------- train
@@ -127,7 +127,7 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
     payload = None
     if cfg.resume:
         if not last.exists():
-            raise UsageError(f"--resume: {last} not found; start without --resume")
+            raise UsageError(f"`resume`: {last} not found; start without `resume`")
         from geoseg.models.checkpoint import read_checkpoint
 
         payload = read_checkpoint(last)
@@ -232,7 +232,7 @@ def _run(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, payload: dict[s
             break
     fabric.barrier()
     if not out.exists():
-        raise CheckpointError(f"{out}: no epoch was run (already at --epochs {cfg.epochs}); raise --epochs to "
+        raise CheckpointError(f"{out}: no epoch was run (already at `epochs` {cfg.epochs}); raise `epochs` to "
                               "continue training")
     return TrainReport(output=out, last=last, metrics_csv=csv_path, curves_png=png_path,
                        best_epoch=standing.best_epoch,
@@ -249,7 +249,7 @@ def _normalization(cfg: TrainConfig, grid: D.ImageGrid, plan: D.LabelPlan, paylo
     if payload is not None:
         old_meta = ModelMeta.from_json(payload["geoseg_meta"])
         if old_meta.schema.to_dict() != plan.schema.to_dict():
-            raise UsageError("--resume: the classes found in the labels differ from the checkpoint's")
+            raise UsageError("`resume`: the classes found in the labels differ from the checkpoint's")
         return list(old_meta.mean), list(old_meta.std)
     mean, std = D.normalization_stats(grid)
     if cfg.arch == "tempcnn":

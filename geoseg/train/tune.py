@@ -107,9 +107,9 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
 
     t0 = time.perf_counter()
     if sampler not in SAMPLERS:
-        raise UsageError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        raise UsageError(f"`sampler` {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if trials < 1 or folds < 2:
-        raise UsageError("--trials must be >= 1 and --folds >= 2")
+        raise UsageError("`trials` must be >= 1 and `folds` >= 2")
     db, csv_path, png_path = sidecars(base.output)
     db = Path(storage) if storage else db
     optuna.logging.set_verbosity(optuna.logging.WARNING)

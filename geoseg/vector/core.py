@@ -73,7 +73,7 @@ def _band_rows(band_rows: int | None, width: int, sieve: int | None) -> int:
 
 def _check_positive(name: str, v: float | None) -> None:
     if v is not None and not (np.isfinite(v) and v >= 0):
-        raise UsageError(f"{name} must be a non-negative number, got {v}")
+        raise UsageError(f"`{name}` must be a non-negative number, got {v}")
 
 
 class _Plan:
@@ -84,18 +84,18 @@ class _Plan:
                  band_rows: int | None, workers: int | None = None, executor: Any = None) -> None:
         self.src = src
         if workers is not None and workers < 0:
-            raise UsageError(f"--workers must be >= 0 (0: automatic), got {workers}")
+            raise UsageError(f"`workers` must be >= 0 (0: automatic), got {workers}")
         self.workers = 1 if workers is None else auto_workers(src.width, src.height) if workers == 0 else int(workers)
         self.executor = executor
-        self.keep = None if classes is None else [src.resolve_class(c, "--classes") for c in classes]
-        self.boundary = None if boundary_class is None else src.resolve_class(boundary_class, "--boundary-class")
+        self.keep = None if classes is None else [src.resolve_class(c, "classes") for c in classes]
+        self.boundary = None if boundary_class is None else src.resolve_class(boundary_class, "boundary_class")
         if self.keep is not None and self.boundary is not None and self.boundary in self.keep:
-            raise UsageError(f"--boundary-class {self.boundary} is also in --classes; boundary pixels are never "
-                             "polygons, drop it from --classes")
-        _check_positive("--min-area", min_area)
-        _check_positive("--fill-holes", fill_holes)
+            raise UsageError(f"`boundary_class` {self.boundary} is also in `classes`; boundary pixels are never "
+                             "polygons, drop it from `classes`")
+        _check_positive("min_area", min_area)
+        _check_positive("fill_holes", fill_holes)
         if sieve is not None and (int(sieve) != sieve or sieve < 0):
-            raise UsageError(f"--sieve must be a whole number of pixels >= 0, got {sieve}")
+            raise UsageError(f"`sieve` must be a whole number of pixels >= 0, got {sieve}")
         self.min_area = min_area or 0.0
         self.fill_holes = fill_holes or 0.0
         self.sieve = int(sieve) if sieve else None

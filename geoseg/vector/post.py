@@ -124,8 +124,8 @@ def parse_tolerance(value: Any, pixel_size: float) -> tuple[float, str]:
             v = float(s)
             px = v / pixel_size
     except ValueError:
-        raise UsageError(f"--simplify {value!r}: expected a tolerance in CRS units (e.g. 15) or pixels "
+        raise UsageError(f"`simplify` {value!r}: expected a tolerance in CRS units (e.g. 15) or pixels "
                          "(e.g. 1.5px)") from None
     if not np.isfinite(v) or v < 0:
-        raise UsageError(f"--simplify {value!r}: tolerance must be a non-negative number")
+        raise UsageError(f"`simplify` {value!r}: tolerance must be a non-negative number")
     return px, (f"{v:g} px" if s.endswith("px") else f"{v:g} CRS units ({px:g} px)")

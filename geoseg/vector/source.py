@@ -119,8 +119,8 @@ class ClassSource:
         for k, v in self.names.items():
             if v == s:
                 return k
-        known = ", ".join(f"{k}={v}" for k, v in sorted(self.names.items())) or "none (pass --class-names)"
-        raise UsageError(f"{option} {s!r}: no class of that name; known classes: {known}")
+        known = ", ".join(f"{k}={v}" for k, v in sorted(self.names.items())) or "none (pass `class_names`)"
+        raise UsageError(f"`{option}` {s!r}: no class of that name; known classes: {known}")
 
     def _read(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         w = Window(0, r0, self.width, r1 - r0)

@@ -119,7 +119,7 @@ def pool_over_dates(mean: Sequence[float], std: Sequence[float], bands_per_date:
     """
     if len(mean) % bands_per_date:
         raise UsageError(f"tempcnn: {len(mean)} bands are not a whole number of dates of {bands_per_date} bands; "
-                         "check --bands-per-date")
+                         "check `bands_per_date`")
     m = np.asarray(mean, dtype=np.float64).reshape(-1, bands_per_date)
     s = np.asarray(std, dtype=np.float64).reshape(-1, bands_per_date)
     pm = m.mean(axis=0)

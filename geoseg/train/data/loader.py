@@ -40,7 +40,7 @@ def train_sampler(grid: ImageGrid, plan: LabelPlan, cfg: TrainConfig, generator:
     n = cfg.samples_per_epoch
     sampler = SeededRandomGeoSampler(regions, size=cfg.tile_size, length=n, generator=generator)
     if len(sampler) == 0 and n is None:
-        raise LabelError("no training region is as large as one chip; lower --tile-size")
+        raise LabelError("no training region is as large as one chip; lower `tile_size`")
     if n is None:
         sampler.length = max(len(sampler), 4 * (cfg.batch_size or BATCH_CHIPS))
     return sampler

@@ -54,7 +54,7 @@ def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids:
     """
     unknown = sorted(set(class_map) - set(keys))
     if unknown:
-        raise UsageError(f"--class-map source(s) {', '.join(unknown)} are not among the label values "
+        raise UsageError(f"`class_map` source(s) {', '.join(unknown)} are not among the label values "
                          f"({', '.join(keys[:20])}); check the spelling")
     groups: dict[str, list[str]] = {}
     dropped = []
@@ -65,10 +65,10 @@ def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids:
             continue
         groups.setdefault(class_map.get(k, k), []).append(k)
     if dropped:
-        warnings.warn(f"--class-map drops the labels {', '.join(dropped[:20])}: their pixels are not trained on",
+        warnings.warn(f"`class_map` drops the labels {', '.join(dropped[:20])}: their pixels are not trained on",
                       UserWarning, stacklevel=2)
     if not groups:
-        raise LabelError("no classes left after --class-map (every class was dropped)")
+        raise LabelError("no classes left after `class_map` (every class was dropped)")
     if len(groups) == 1:
         only = next(iter(groups))
         raise LabelError(f"the labels hold one class only ({only}); a segmentation model needs at least two: add "
@@ -182,7 +182,7 @@ def _plan_raster(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
                         vals, cnt = np.unique(sub, return_counts=True)
                         counts[(bi, bj)] = {int(v): int(c) for v, c in zip(vals, cnt)}
     if not counts:
-        raise LabelError(f"{path}: no labelled pixels inside the image (all nodata or in --ignore-value "
+        raise LabelError(f"{path}: no labelled pixels inside the image (all nodata or in `ignore_values` "
                          f"{sorted(ignore)}); check the label file")
     keys_int = sorted({v for c in counts.values() for v in c})
     schema, lut_map = build_schema([str(v) for v in keys_int], cfg.class_map, numeric_ids=True, colours=colours)
@@ -199,7 +199,7 @@ def _plan_raster(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     per_block = {b: cls_counts(c) for b, c in counts.items()}
     per_block = {b: c for b, c in per_block.items() if c.sum() > 0}
     if not per_block:
-        raise LabelError(f"{path}: every labelled class was dropped by --class-map")
+        raise LabelError(f"{path}: every labelled class was dropped by `class_map`")
     blocks = sorted(per_block)
     rng = np.random.default_rng(cfg.seed)
     order = [blocks[i] for i in rng.permutation(len(blocks))]
@@ -207,7 +207,7 @@ def _plan_raster(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
     if val_split_of(cfg) > 0:
         if len(blocks) < 2:
             raise UsageError(f"the labels lie in a single {bs}-pixel block, so no spatial validation split is "
-                             f"possible; use a smaller --val-block (>= --tile-size) or --val-split 0")
+                             f"possible; use a smaller `val_block` (>= `tile_size`) or `val_split` 0")
         target = max(1, int(round(val_split_of(cfg) * len(blocks))))
         train_tot = sum(per_block.values())
         for b in order:
@@ -250,8 +250,8 @@ def _check_fits(cfg: TrainConfig, grid: ImageGrid) -> None:
     if cfg.tile_size > min(grid.width, grid.height):
         m = cfg.size_multiple
         fit = min(grid.width, grid.height) // m * m
-        raise UsageError(f"--tile-size {cfg.tile_size} exceeds the image ({grid.width}x{grid.height} px); "
-                         f"use --tile-size <= {fit}")
+        raise UsageError(f"`tile_size` {cfg.tile_size} exceeds the image ({grid.width}x{grid.height} px); "
+                         f"use `tile_size` <= {fit}")
 
 
 def _plan_vector(cfg: TrainConfig, grid: ImageGrid) -> LabelPlan:
