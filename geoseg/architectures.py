@@ -95,7 +95,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     _smp("smp-upernet", "UPerNet", "UPerNet: pyramid pooling with an FPN", torchgeo="upernet", tile_context=True),
     _smp("smp-segformer", "Segformer", "SegFormer's all-MLP decoder (global with a MiT encoder)",
          torchgeo="segformer", tile_context=True),
-    Architecture("tempcnn", "tempcnn", "per-pixel temporal CNN for stacks of many dates (bands_per_date, context)",
+    Architecture("tempcnn", "tempcnn", "per-pixel temporal CNN for stacks of many dates (bands_per_date, context, members)",
                  {"bands_per_date": 1, "hidden": 64, "kernel": 5, "fc": 256, "dropout": 0.2, "context": 1,
                   "members": 1},
                  per_pixel=True),
