@@ -178,16 +178,17 @@ def test_onnx_export_carries_metadata_and_infers_like_torch(tmp_path, capsys):
     assert code != 0 and "--tta" in err and not bad.exists()
 
 
-@pytest.mark.parametrize("arch", ["smp-deeplabv3plus", "smp-segformer", "tempcnn"])
+@pytest.mark.parametrize("arch", ["smp-deeplabv3plus", "smp-segformer", "tempcnn", "tempcnn-members"])
 def test_other_architectures_export_to_onnx(arch, tmp_path):
-    """Architectures beyond the U-Nets export too, and onnxruntime reproduces torch's probabilities."""
+    """Architectures beyond the U-Nets export too (a tempcnn ensemble too), and onnxruntime reproduces
+    torch's probabilities."""
     import onnxruntime as ort
 
     from geoseg.models import load_checkpoint
     from geoseg.models.onnx_export import export_onnx
     from tests.test_models import _init
 
-    ckpt = _init(tmp_path, arch, tile=64)
+    ckpt = _init(tmp_path, "tempcnn", tile=64, members=3) if arch == "tempcnn-members" else _init(tmp_path, arch, tile=64)
     export_onnx(ckpt, tmp_path / "m.onnx")
     model, _ = load_checkpoint(ckpt)
     x = torch.randn(3, 7, 64, 64)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pytest
 import rasterio
@@ -18,14 +20,15 @@ torch = pytest.importorskip("torch")
 SMALL = {"geoseg": {"base_channels": 4, "depth": 2}, "smp": {}, "tempcnn": {"hidden": 8, "fc": 16}}
 
 
-def _init(tmp_path: Path, arch: str, bands: int = 7, classes: int = 3, tile: int = 64, overlap: int = 16) -> Path:
+def _init(tmp_path: Path, arch: str, bands: int = 7, classes: int = 3, tile: int = 64, overlap: int = 16,
+          **options: Any) -> Path:
     from geoseg.architectures import arch_args
     from geoseg.classes import ClassSchema
     from geoseg.models import build_model, save_checkpoint
     from geoseg.models.meta import ModelMeta
     from geoseg.io.stats import band_stats
 
-    args = arch_args(arch, **SMALL[ARCHITECTURES[arch].family])
+    args = arch_args(arch, **{**SMALL[ARCHITECTURES[arch].family], **options})
     mean, std = band_stats([SAMPLE / "field.tif"])
     torch.manual_seed(0)
     net = build_model(arch, bands, classes, **args)
