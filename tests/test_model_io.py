@@ -188,7 +188,8 @@ def test_other_architectures_export_to_onnx(arch, tmp_path):
     from geoseg.models.onnx_export import export_onnx
     from tests.test_models import _init
 
-    ckpt = _init(tmp_path, "tempcnn", tile=64, members=3) if arch == "tempcnn-members" else _init(tmp_path, arch, tile=64)
+    members = arch == "tempcnn-members"
+    ckpt = _init(tmp_path, "tempcnn", tile=64, members=3) if members else _init(tmp_path, arch, tile=64)
     export_onnx(ckpt, tmp_path / "m.onnx")
     model, _ = load_checkpoint(ckpt)
     x = torch.randn(3, 7, 64, 64)
