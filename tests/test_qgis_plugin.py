@@ -55,7 +55,15 @@ def _profile(root: Path, command: str) -> dict[str, str]:
                 "--command", command)
     run_dir = root / "runtime"
     run_dir.mkdir(mode=0o700)
-    return {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QGIS_CUSTOM_CONFIG_PATH": str(root),
+    # QGIS embeds the system Python: an activated virtual environment (its bin first on PATH) would make it
+    # look for its standard library there and fail ("Couldn't load SIP module"); the plugin's command runs
+    # this environment's geoseg by its full path anyway
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep)
+                                      if not d.startswith(venv.rstrip("/") + "/"))
+    return {**env, "QT_QPA_PLATFORM": "offscreen", "QGIS_CUSTOM_CONFIG_PATH": str(root),
             "XDG_RUNTIME_DIR": str(run_dir)}
 
 
