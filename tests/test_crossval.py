@@ -141,12 +141,10 @@ def test_tune_runs_trials_resumes_and_trains_the_best(tmp_path: Path, capsys: py
     assert len(list(csv.DictReader((tmp_path / "best.tune.csv").open()))) == 3
 
 
-def test_points_label_the_pixel_they_fall_in(tmp_path: Path) -> None:
+def _three_points(tmp_path: Path) -> Path:
+    """Three labelled points on the Brazil image (classes a, b, a), far apart: one spatial group."""
     import geopandas as gpd
     from shapely.geometry import Point
-
-    from geoseg.train import TrainConfig
-    from geoseg.train.data import image_grid, plan_labels
 
     with rasterio.open(shared_file(BR_IMG)) as ds:
         t, crs = ds.transform, ds.crs
@@ -154,6 +152,14 @@ def test_points_label_the_pixel_they_fall_in(tmp_path: Path) -> None:
                            geometry=[Point(t @ (10.5, 20.5)), Point(t @ (100.2, 200.7)), Point(t @ (250.9, 30.1))])
     path = tmp_path / "pts.gpkg"
     pts.to_file(path)
+    return path
+
+
+def test_points_label_the_pixel_they_fall_in(tmp_path: Path) -> None:
+    from geoseg.train import TrainConfig
+    from geoseg.train.data import image_grid, plan_labels
+
+    path = _three_points(tmp_path)
     cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(path), class_field="class",
                       output=str(tmp_path / "m.pt"), val_split=0.0, **TINY)
     plan = plan_labels(cfg, image_grid(cfg.images))
@@ -192,19 +198,11 @@ def test_tune_prunes_a_trial_the_data_cannot_take_and_goes_on(tmp_path: Path, mo
 def test_the_default_cv_that_cannot_run_keeps_the_model_and_says_why(tmp_path: Path) -> None:
     """Points with the defaults end in a 3-fold spatial CV; three points make one spatial group, so the
     default CV cannot run: the model is kept, a line says why, nothing is recorded. Asked for, it is an error."""
-    import geopandas as gpd
-    from shapely.geometry import Point
-
     from geoseg.errors import UsageError
     from geoseg.models import read_meta
     from geoseg.train import TrainConfig, train
 
-    with rasterio.open(shared_file(BR_IMG)) as ds:
-        t, crs = ds.transform, ds.crs
-    pts = gpd.GeoDataFrame({"class": ["a", "b", "a"]}, crs=crs,
-                           geometry=[Point(t @ (10.5, 20.5)), Point(t @ (100.2, 200.7)), Point(t @ (250.9, 30.1))])
-    path = tmp_path / "pts.gpkg"
-    pts.to_file(path)
+    path = _three_points(tmp_path)
     cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(path), class_field="class",
                       output=str(tmp_path / "m.pt"), epochs=1, samples_per_epoch=512, members=1)
     said: list[str] = []
