@@ -15,7 +15,6 @@ Stdlib only: this module is imported everywhere, torch-free.
 from __future__ import annotations
 
 import re
-from typing import Mapping
 
 
 class GeosegError(Exception):
@@ -134,17 +133,16 @@ FLAGS: dict[str, str] = {
 }
 
 
-def flag(name: str, flags: Mapping[str, str] | None = None) -> str:
+def flag(name: str) -> str:
     """The CLI flag of parameter ``name``: ``tile_size`` -> ``--tile-size``, ``images`` -> ``--image``."""
-    table = FLAGS if flags is None else {**FLAGS, **flags}
-    return table.get(name) or "--" + name.replace("_", "-")
+    return FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
-def for_cli(message: BaseException | str, flags: Mapping[str, str] | None = None) -> str:
+def for_cli(message: BaseException | str) -> str:
     """``message`` (an error, a warning or their text) in the CLI's words: each marked parameter becomes
-    its flag (:func:`flag`; ``flags`` adds or overrides names); a marked ``overwrite=True`` becomes ``--overwrite``.
+    its flag (:func:`flag`); a marked ``overwrite=True`` becomes ``--overwrite``.
 
     ``"`epochs` 0 is out of range"`` -> ``"--epochs 0 is out of range"``. Text without marks is returned
     as it is, so applying it twice changes nothing.
     """
-    return _MARKED.sub(lambda m: flag(m[1], flags), str(message))
+    return _MARKED.sub(lambda m: flag(m[1]), str(message))

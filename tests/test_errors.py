@@ -53,7 +53,6 @@ def test_for_cli_puts_flags_in_place_of_marked_parameters() -> None:
     assert for_cli("x.tif: file exists; pass `overwrite=True` to replace it") == \
         "x.tif: file exists; pass --overwrite to replace it"
     assert for_cli(UsageError("`max_memory_mb` 10 MB is too small")) == "--max-memory 10 MB is too small"
-    assert for_cli("`classes` 'x'", flags={"classes": "--keep"}) == "--keep 'x'"
     # unmarked text, code in backticks and text already in the CLI's words stay as they are
     for text in ("tile size 60 is too small", "a script without `if __name__ == '__main__':`", "--epochs 0"):
         assert for_cli(text) == text

@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from geoseg.errors import for_cli
+
 #: control characters other than tab and newline, shown as ``\\xNN``
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
 
@@ -51,13 +53,9 @@ def styled(label: str, style: str, rest: Any = "") -> Text:
 
 def warn_line(msg: str) -> None:
     """A warning of the library (its parameter names shown as flags, :func:`geoseg.errors.for_cli`)."""
-    from geoseg.errors import for_cli
-
     err.print(styled("warning:", "yellow", f" {for_cli(msg)}"))
 
 
 def say(msg: str) -> None:
     """A line of the library's progress messages on stderr, in the CLI's words (flags)."""
-    from geoseg.errors import for_cli
-
     err.print(for_cli(msg))

@@ -77,17 +77,14 @@ class TempCNN(nn.Module):
     def _classify(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of the pixel sequences ``z``: ``(P, classes)``; with several members ``(P, classes,
         members)`` in training, the log of their mean probabilities in evaluation."""
-        out = self.head(self.dense(self.conv(z)))
-        if not len(self.more):
-            return out
-        outs = [out]
-        for net in self.more:
-            conv, dense, head = net.children()
-            outs.append(head(dense(conv(z))))
+        nets = [(self.conv, self.dense, self.head), *(tuple(net.children()) for net in self.more)]
+        outs = [head(dense(conv(z))) for conv, dense, head in nets]
+        if len(outs) == 1:
+            return outs[0]
         if self.training:
             return torch.stack(outs, -1)
         mean = torch.stack([o.float().softmax(1) for o in outs]).mean(0)
-        return mean.clamp_min(1e-12).log().to(out.dtype)
+        return mean.clamp_min(1e-12).log().to(outs[0].dtype)
 
     def forward(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits ``(N, classes, H, W)``; with ``pixels`` (indexes into the ``N*H*W``
