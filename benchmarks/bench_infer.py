@@ -93,19 +93,23 @@ def _sync(dev) -> None:
 
 
 def model_only_seconds(pred, size: int, batch: int, n_tiles: int) -> float:
-    """Seconds for the model alone on ``n_tiles`` tiles (same size, batch, precision), already on the device."""
+    """Seconds for the model alone on ``n_tiles`` tiles (same size, batch, precision), already on the device,
+    with the C heap as the pipeline keeps it (:func:`geoseg.io.heap.streaming_heap`)."""
     import torch
+
+    from geoseg.io.heap import streaming_heap
 
     x = torch.randn(batch, pred.meta.num_bands, size, size, device=pred.device)
     if pred.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     n_batches = -(-n_tiles // batch)
-    _sync(pred.device)
-    t = time.perf_counter()
-    for _ in range(n_batches):
-        pred.forward_tensor(x)
-    _sync(pred.device)
-    return (time.perf_counter() - t) * n_tiles / (n_batches * batch)
+    with streaming_heap():
+        _sync(pred.device)
+        t = time.perf_counter()
+        for _ in range(n_batches):
+            pred.forward_tensor(x)
+        _sync(pred.device)
+        return (time.perf_counter() - t) * n_tiles / (n_batches * batch)
 
 
 def read_only(raster: str, size: int, overlap: int, align: int, threads: int) -> float:

@@ -55,8 +55,8 @@ def client_for(scheduler: str | None, workers: int | None) -> Iterator[Any]:
     # Dask's statistical profiler samples every worker thread's stack every 10 ms, which slowed the
     # one-thread workers' Python-heavy tasks: 1 worker took 1.19x the in-process time before; with it off,
     # 6 rasters of 512² took 10.3-12.8 s against 13.2-15.7 s (in-process 9.0-11.2 s; 2 shared cores at a
-    # load of 3.5). The nannies hand this setting to the worker processes they start.
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    # load of 3.5). The nannies hand these settings to the worker processes they start.
+    with dask.config.set({"distributed.worker.profile.enabled": False, **WORKER_ENVIRON}):
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                            dashboard_address="127.0.0.1:0", host="127.0.0.1", silence_logs=50)
     try:
@@ -67,6 +67,14 @@ def client_for(scheduler: str | None, workers: int | None) -> Iterator[Any]:
             client.close()
     finally:
         cluster.close()
+
+
+#: Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any of glibc's malloc
+#: thresholds turns off its adaptive mmap threshold, so every buffer over 128 KiB (row bands, batches,
+#: tiles) is a fresh mmap with its page faults: a 1536² raster took 6.6-6.9 s in-process with it against
+#: 5.8-6.1 s without (2 cores, demo model). None unsets it (the pipeline already hands freed heap back to
+#: the OS after each row band); docs/distributed.md says how to do the same on external workers.
+WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 def dashboard(client: Any) -> str | None:

@@ -39,12 +39,12 @@ from geoseg.classes import SCHEMA_TAG
 from geoseg.errors import Interrupted, NodataWarning, ResumeWarning, UsageError
 from geoseg.io.atomic import check_destination, destination_lock
 from geoseg.io.gdalcache import block_cache
-from geoseg.io.heap import release_free_heap
+from geoseg.io.heap import HeapTrimmer, streaming_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.models.meta import ModelMeta
 from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
-from geoseg.pipeline.budget import check_disk, fit_strip_width
+from geoseg.pipeline.budget import HEAP_CREEP_BYTES, check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
@@ -393,17 +393,19 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
                            alloc=pinned_alloc if runner.cuda else None, nodata=nodata)
     bands = iter(reader)
     waited, t_loop = 0.0, time.perf_counter()
+    trim = HeapTrimmer(HEAP_CREEP_BYTES)
     try:
-        while True:
+        with streaming_heap():  # no fresh mmap (and its page faults) for every large tensor
+            while True:
+                t = time.perf_counter()
+                band = next(bands, None)
+                waited += time.perf_counter() - t
+                if band is None:
+                    break
+                runner.push(band, partial(band.release, reader.buffers))
+                trim()  # freed memory piling up band after band: else the peak creeps up with height
             t = time.perf_counter()
-            band = next(bands, None)
-            waited += time.perf_counter() - t
-            if band is None:
-                break
-            runner.push(band, partial(band.release, reader.buffers))
-            release_free_heap()  # the band's temporaries: else the heap's resident size creeps up with height
-        t = time.perf_counter()
-        stats = runner.close()
+            stats = runner.close()
         stats["timings"] = {"setup": t_loop - t0, "waiting for input": waited,
                             "main thread (device stages)": t - t_loop - waited,
                             "draining the device and writer": time.perf_counter() - t}
