@@ -348,12 +348,16 @@ def test_a_worker_that_cannot_see_the_output_is_named(tmp_path: Path) -> None:
     assert _outputs(out) == []
 
 
-def test_local_cluster_workers_run_without_the_sampling_profiler() -> None:
-    """`--workers N` starts workers without Dask's statistical profiler: it samples every thread's stack
-    every 10 ms and made the one-thread workers ~15-20% slower than the in-process run (issue 16)."""
+def test_local_cluster_workers_run_without_the_sampling_profiler_or_a_malloc_threshold(monkeypatch) -> None:
+    """`--workers N` starts workers without Dask's statistical profiler (it samples every thread's stack
+    every 10 ms and made the one-thread workers ~15-20% slower than the in-process run, issue 16) and
+    without Dask's MALLOC_TRIM_THRESHOLD_ (it turns glibc's adaptive mmap threshold off: ~15% slower)."""
     from geoseg.distributed.cluster import client_for
 
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with client_for(None, 1) as client:
         client.wait_for_workers(1, timeout=120)
         sampling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+        threshold = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert list(sampling.values()) == [False]
+    assert list(threshold.values()) == [None]

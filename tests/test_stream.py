@@ -246,3 +246,48 @@ def test_row_blender_matches_the_numpy_reference_accumulator(dtype):
         np.testing.assert_allclose(p.numpy()[:, v_ref], p_ref[:, v_ref], atol=1e-6 if dtype == "float64" else 1e-5)
         same = c.numpy()[v_ref] == c_ref[v_ref]
         assert same.mean() == 1.0 if dtype == "float64" else same.mean() >= 0.999
+
+
+def test_cpu_tile_by_tile_path_equals_the_whole_band_path(make_raster, tmp_path, monkeypatch):
+    """On a CPU, tiles are normalized and masked straight into the batch buffer (``_push_tiles``); the
+    whole-band path (kept for padding, float64 input and GPUs) must give the same bytes, nodata included."""
+    torch = pytest.importorskip("torch")
+    from geoseg.predict.stream import StreamRunner
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 3000, size=(3, 150, 170)).astype(np.uint16)
+    data[:, 20:40, 30:90] = 0  # a nodata hole across tiles
+    data[1, 100:110, 5:15] = 0  # one band's nodata only
+    src = make_raster(data, nodata=0)
+    w = torch.as_tensor(rng.normal(size=(4, 3)) / 1000, dtype=torch.float32)
+
+    class Pointwise:
+        meta = ModelMeta("pointwise", {}, ["a", "b", "c"], [1500.0] * 3, [800.0] * 3, ClassSchema.default(4), 64, 16)
+        device = "cpu"
+
+        def forward_tensor(self, x):
+            return torch.einsum("kb,nbhw->nkhw", w * 800, x).softmax(dim=1)
+
+    calls = {"tiles": 0}
+    tiles = StreamRunner._push_tiles
+
+    def counted(self, *a):
+        calls["tiles"] += 1
+        return tiles(self, *a)
+
+    monkeypatch.setattr(StreamRunner, "_push_tiles", counted)
+    out = {}
+    for how in ("tiles", "band"):
+        if how == "band":
+            monkeypatch.setattr(StreamRunner, "_push_tiles",
+                                lambda self, job, band, raw, valid: self._push_band(job, band, raw, valid,
+                                                                                    self.plan.band_width(job)))
+        predict_raster(src, Pointwise(), tmp_path / f"{how}.tif", probabilities=tmp_path / f"{how}_p.tif",
+                       probability_dtype="float32", batch_size=3)
+        with rasterio.open(tmp_path / f"{how}.tif") as c, rasterio.open(tmp_path / f"{how}_p.tif") as p:
+            out[how] = c.read(), p.read()
+    assert calls["tiles"] > 0  # the first run took the tile-by-tile path
+    np.testing.assert_array_equal(out["tiles"][0], out["band"][0])
+    np.testing.assert_array_equal(out["tiles"][1], out["band"][1])
+    assert (out["tiles"][0][0, 25:35, 40:80] == 255).all()  # the hole is nodata, not a class
+    assert len(np.unique(out["tiles"][0])) > 2

@@ -416,8 +416,8 @@ class StreamRunner:
         assert bl is not None
         r0 = bl.base
         cut = min(max(0, self.skip_until - r0), upto - r0)
-        with self._all_threads():
-            cls, probs, valid = bl.pop(upto, cut, self.want_probs, self.lut[: self.k])
+        # one thread: the reader and writer threads hold the other cores (measured no faster on two)
+        cls, probs, valid = bl.pop(upto, cut, self.want_probs, self.lut[: self.k])
         if upto <= self.skip_until:
             return  # rows an earlier run wrote (resume)
         cls.masked_fill_(~valid, self.nodata)
