@@ -351,13 +351,15 @@ def test_a_worker_that_cannot_see_the_output_is_named(tmp_path: Path) -> None:
 def test_local_cluster_workers_run_without_the_sampling_profiler_or_a_malloc_threshold(monkeypatch) -> None:
     """`--workers N` starts workers without Dask's statistical profiler (it samples every thread's stack
     every 10 ms and made the one-thread workers ~15-20% slower than the in-process run, issue 16) and
-    without Dask's MALLOC_TRIM_THRESHOLD_ (it turns glibc's adaptive mmap threshold off: ~15% slower)."""
+    without Dask's MALLOC_TRIM_THRESHOLD_ (it turns glibc's adaptive mmap threshold off: ~15% slower), and
+    with one malloc arena (a task's thread arena unmapped its heaps whenever they emptied: ~15% slower)."""
     from geoseg.distributed.cluster import client_for
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with client_for(None, 1) as client:
         client.wait_for_workers(1, timeout=120)
         sampling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
-        threshold = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+        env = client.run(lambda: {k: __import__("os").environ.get(k)
+                                  for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")})
     assert list(sampling.values()) == [False]
-    assert list(threshold.values()) == [None]
+    assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1"}]

@@ -69,12 +69,16 @@ def client_for(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         cluster.close()
 
 
-#: Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any of glibc's malloc
-#: thresholds turns off its adaptive mmap threshold, so every buffer over 128 KiB (row bands, batches,
-#: tiles) is a fresh mmap with its page faults: a 1536² raster took 6.6-6.9 s in-process with it against
-#: 5.8-6.1 s without (2 cores, demo model). None unsets it (the pipeline already hands freed heap back to
-#: the OS after each row band); docs/distributed.md says how to do the same on external workers.
-WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+#: The workers' C heap. Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``: setting any
+#: of glibc's malloc thresholds turns off its adaptive mmap threshold, so every buffer over 128 KiB (row
+#: bands, batches, tiles) was a fresh mmap with its page faults (a 1536² raster: 6.6-6.9 s in-process
+#: with it, 5.8-6.1 s without; 2 cores, demo model). None unsets it (the pipeline manages its heap,
+#: :mod:`geoseg.io.heap`). And a task runs in a worker thread, whose allocations glibc serves from a
+#: thread arena of 64 MiB heaps that are unmapped whenever they empty: 5x the page faults of the same
+#: run on a main thread, 4.1-4.2 s against 3.6-3.7 s. ``MALLOC_ARENA_MAX=1`` keeps every thread in
+#: the main heap (3.6-3.7 s). docs/distributed.md says how to do the same on external workers.
+WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                  "distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": 1}
 
 
 def dashboard(client: Any) -> str | None:
