@@ -28,6 +28,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 #: its adaptive rule reaches after freeing a large block (mallopt cannot turn that rule back on)
 _AFTER = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20))
 _DEPTH = 0
+#: how far a run's resident size may creep above its first working set before :class:`HeapTrimmer` trims:
+#: 64 MiB kept the peak of a 16x taller raster at 1.04-1.07x for inference (docs/memory.md)
+CREEP_BYTES = 64 << 20
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _GUARD = threading.Lock()
 
@@ -61,7 +64,7 @@ def release_free_heap() -> None:
     batches and row bands in flight) pin it, so without trimming the resident size crept up
     band after band: vectorizing a 1024 x 16384 Cropland Data Layer 299 -> 482 MiB between
     bands; inference of a 1024 x 16384 raster 1.13x the peak of a 1024 x 1024 one.
-    Called once per row band by the vectorizer; the inference pipeline uses :class:`HeapTrimmer`.
+    Called after each band by the vectorizer's worker processes; the main loops use :class:`HeapTrimmer`.
     """
     lib = _libc()
     if lib:
@@ -80,7 +83,7 @@ class HeapTrimmer:
     ``keep_bytes``: the peak stays flat in raster height.
     """
 
-    def __init__(self, keep_bytes: int) -> None:
+    def __init__(self, keep_bytes: int = CREEP_BYTES) -> None:
         self.keep = keep_bytes
         self.high: int | None = None
 

@@ -8,11 +8,6 @@ from pathlib import Path
 from geoseg.errors import RasterWriteError, UsageError
 
 
-#: how far a run's resident size may creep above its first working set before the heap is trimmed
-#: (:class:`geoseg.io.heap.HeapTrimmer`): 64 MiB kept the peak of a 16x taller raster 1.05x (docs/memory.md)
-HEAP_CREEP_BYTES = 64 << 20
-
-
 def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: int, prefetch: int,
                  gdal_cache_mb: float) -> int:
     """Upper estimate of the buffers one run holds, in bytes (on the predictor's device or the host).

@@ -44,7 +44,7 @@ from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.models.meta import ModelMeta
 from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
-from geoseg.pipeline.budget import HEAP_CREEP_BYTES, check_disk, fit_strip_width
+from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
 from geoseg.pipeline.read import RowBandReader, block_cache_bytes
 from geoseg.pipeline.write import RowWriter
@@ -393,7 +393,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
                            alloc=pinned_alloc if runner.cuda else None, nodata=nodata)
     bands = iter(reader)
     waited, t_loop = 0.0, time.perf_counter()
-    trim = HeapTrimmer(HEAP_CREEP_BYTES)
+    trim = HeapTrimmer()
     try:
         with streaming_heap():  # no fresh mmap (and its page faults) for every large tensor
             while True:
