@@ -22,6 +22,7 @@ wired together (its docstring is a third of it); its next split belongs to the G
 
 from __future__ import annotations
 
+import contextlib
 import json
 from functools import partial
 import os
@@ -395,7 +396,9 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
     waited, t_loop = 0.0, time.perf_counter()
     trim = HeapTrimmer()
     try:
-        with streaming_heap():  # no fresh mmap (and its page faults) for every large tensor
+        # on a CPU no fresh mmap (and its page faults) for every large tensor; a GPU's host side
+        # allocates little per batch, and its page-locked buffers stay as they were measured
+        with streaming_heap() if not runner.cuda else contextlib.nullcontext():
             while True:
                 t = time.perf_counter()
                 band = next(bands, None)
