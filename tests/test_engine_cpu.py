@@ -1,0 +1,65 @@
+"""TorchPredictor on a CPU: batch normalization folded into the convolutions and channels_last, checked."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from geoseg.classes import ClassSchema  # noqa: E402
+from geoseg.models import build_model  # noqa: E402
+from geoseg.models.meta import ModelMeta  # noqa: E402
+from geoseg.predict.engine import TorchPredictor, for_cpu  # noqa: E402
+
+
+def _meta(arch: str, bands: int, tile: int = 64) -> ModelMeta:
+    return ModelMeta(arch, {}, [f"b{i}" for i in range(bands)], [0.0] * bands, [1.0] * bands,
+                     ClassSchema.default(3), tile, 16)
+
+
+def _trained_bn(net: torch.nn.Module) -> torch.nn.Module:
+    """Batch-norm statistics that are not the identity, so folding them matters."""
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net.eval()
+
+
+def test_unet_is_folded_and_channels_last_with_the_same_probabilities():
+    torch.manual_seed(0)
+    net = _trained_bn(build_model("unet", 4, 3, base_channels=8, depth=2))
+    fast, cl = for_cpu(net, _meta("unet", 4))
+    assert cl
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # folded
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the checkpoint's module untouched
+    x = torch.randn(2, 4, 64, 64)
+    p = TorchPredictor(net, _meta("unet", 4), device="cpu")
+    assert p.channels_last
+    with torch.inference_mode():
+        want = torch.softmax(net(x), dim=1)
+    got = p.forward_tensor(x)
+    assert float((got - want).abs().max()) < 1e-5
+
+
+def test_a_network_the_layout_breaks_is_used_as_it_is():
+    class Flat(torch.nn.Module):  # a view across channels and pixels: impossible in channels_last
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            n, c, h, w = y.shape
+            return y.view(n, c * h * w).view(n, c, h, w)
+
+    net = Flat().eval()
+    fast, cl = for_cpu(net, _meta("unet", 4))
+    assert not cl and fast is net
+
+
+def test_per_pixel_networks_are_left_alone():
+    net = build_model("tempcnn", 12, 3).eval()
+    p = TorchPredictor(net, _meta("tempcnn", 12), device="cpu")
+    assert not p.channels_last and p.model is net
