@@ -29,7 +29,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _AFTER = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20))
 _DEPTH = 0
 #: how far a run's resident size may creep above its first working set before :class:`HeapTrimmer` trims:
-#: 64 MiB kept the peak of a 16x taller raster at 1.04-1.07x for inference (docs/memory.md)
+#: 64 MiB kept the peak of a 16x taller raster at 1.035-1.07x for inference (docs/memory.md)
 CREEP_BYTES = 64 << 20
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _GUARD = threading.Lock()
