@@ -12,7 +12,7 @@ One thread everywhere: each worker is a process with one thread (Dask's nanny se
 the in-process run's model is made with ``threads=1``. Timed:
 
 * in-process: ``predict_raster`` on each input in turn (what ``geoseg infer`` does without a
-  cluster; the model is loaded for every input, as there);
+  cluster; the model is loaded once, as there);
 * the cluster path, 1 worker and 2 workers: :func:`geoseg.distributed.jobs.infer_many` on a
   local cluster that is already up (its start-up, ~2 s, is not counted; the model loads are):
   the small rasters whole (one task each), the large one whole (the default below 64 M pixels)
@@ -61,10 +61,12 @@ def _raster(path: Path, size: int) -> Path:
 def _in_process(inputs: list[Path], out: Path) -> float:
     from geoseg.pipeline import predict_raster
 
-    from geoseg.predict import TorchPredictor
+    from geoseg.predict.load import cached_loader
 
-    def one_thread(paths: list[str], **kw: object) -> TorchPredictor:  # as a worker's model (tasks._threads)
-        return TorchPredictor.from_checkpoint(paths, threads=1, **kw)
+    load = cached_loader()  # as `geoseg infer` does: the model is loaded once for all inputs
+
+    def one_thread(paths: list[str], **kw: object) -> object:  # as a worker's model (tasks._threads)
+        return load(paths, **{**kw, "threads": 1})
 
     out.mkdir()
     t = time.perf_counter()

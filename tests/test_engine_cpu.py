@@ -63,3 +63,23 @@ def test_per_pixel_networks_are_left_alone():
     net = build_model("tempcnn", 12, 3).eval()
     p = TorchPredictor(net, _meta("tempcnn", 12), device="cpu")
     assert not p.channels_last and p.model is net
+
+
+def test_cached_loader_loads_each_model_once(tmp_path):
+    """`geoseg infer` on many inputs in one process loads the model once (its CPU preparation included);
+    another option or a rewritten checkpoint loads again."""
+    import os
+    import shutil
+
+    from geoseg.models.demo import DEMO_MODEL
+    from geoseg.predict.load import cached_loader
+
+    ckpt = tmp_path / "m.pt"
+    shutil.copy(DEMO_MODEL, ckpt)
+    load = cached_loader()
+    a = load([ckpt], device="cpu", threads=1)
+    assert load([str(ckpt)], device="cpu", threads=1) is a
+    assert load([ckpt], device="cpu", threads=1, tta="flips") is not a
+    st = os.stat(ckpt)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten
+    assert load([ckpt], device="cpu", threads=1) is not a

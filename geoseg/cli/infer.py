@@ -84,6 +84,7 @@ def infer(
     from geoseg.io.atomic import check_destination, output_directory
     from geoseg.io.raster import parse_bands
     from geoseg.pipeline import default_output_paths, predict_raster
+    from geoseg.predict.load import cached_loader
 
     models = list(model or [DEMO_MODEL])
     model_path = models[0] if len(models) == 1 else models
@@ -131,6 +132,8 @@ def infer(
                              if preview else None)
             return
 
+        load_model = cached_loader()  # many inputs: the model is loaded once
+
         def run_one(item: BatchItem) -> None:
             image = item.source
             paths = outputs(item)
@@ -141,7 +144,8 @@ def infer(
                 report = predict_raster(
                     image, model_path, paths["classes"],
                     probabilities=paths["probabilities"] if probabilities else None, overwrite=overwrite,
-                    resume=resume, checkpoint_seconds=checkpoint_seconds, on_progress=on_progress, **options)
+                    resume=resume, checkpoint_seconds=checkpoint_seconds, on_progress=on_progress,
+                    load_model=load_model, **options)
             if report.resumed_from is not None:
                 err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} "
                           "were already done")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from geoseg.errors import UsageError
 from geoseg.predict.onnx import OnnxPredictor, is_onnx
@@ -33,3 +33,26 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
 
     return TorchPredictor.from_checkpoint(list(paths), device=device, tta=tta, precision=precision, compile=compile,
                                           threads=threads)
+
+
+def cached_loader() -> Callable[..., Any]:
+    """A ``load_model`` for :func:`geoseg.pipeline.predict_raster` that loads each model (paths, their size
+    and modification time, and the options) once and hands the same predictor to every later run: ``geoseg
+    infer`` on many inputs in one process pays the load (and the CPU predictor's preparation,
+    :func:`geoseg.predict.engine.for_cpu`) once, as each Dask worker does."""
+    models: dict[tuple[Any, ...], Any] = {}
+
+    def load(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> Any:
+        files: list[tuple[str, int | None, int | None]] = []
+        for p in paths:
+            try:
+                st = os.stat(p)
+                files.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+            except OSError:
+                files.append((str(p), None, None))  # the loader says what is wrong with it
+        key = (tuple(files), tuple(sorted(kwargs.items())))
+        if key not in models:
+            models[key] = load_predictor(paths, **kwargs)
+        return models[key]
+
+    return load
