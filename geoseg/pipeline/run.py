@@ -40,7 +40,7 @@ from geoseg.classes import SCHEMA_TAG
 from geoseg.errors import Interrupted, NodataWarning, ResumeWarning, UsageError
 from geoseg.io.atomic import check_destination, destination_lock
 from geoseg.io.gdalcache import block_cache
-from geoseg.io.heap import HeapTrimmer, streaming_heap
+from geoseg.io.heap import HeapTrimmer, release_free_heap, streaming_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.writer import GeoTiffSink
 from geoseg.models.meta import ModelMeta
@@ -394,10 +394,11 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
                            alloc=pinned_alloc if runner.cuda else None, nodata=nodata)
     bands = iter(reader)
     waited, t_loop = 0.0, time.perf_counter()
-    trim = HeapTrimmer()
+    # on a CPU no fresh mmap (and its page faults) for every large tensor, and a trim only when freed
+    # memory piles up; a GPU's host side allocates little per batch and keeps its heap as it was measured
+    # (trimmed after every band)
+    trim = HeapTrimmer() if not runner.cuda else release_free_heap
     try:
-        # on a CPU no fresh mmap (and its page faults) for every large tensor; a GPU's host side
-        # allocates little per batch, and its page-locked buffers stay as they were measured
         with streaming_heap() if not runner.cuda else contextlib.nullcontext():
             while True:
                 t = time.perf_counter()
