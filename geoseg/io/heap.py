@@ -64,7 +64,8 @@ def release_free_heap() -> None:
     batches and row bands in flight) pin it, so without trimming the resident size crept up
     band after band: vectorizing a 1024 x 16384 Cropland Data Layer 299 -> 482 MiB between
     bands; inference of a 1024 x 16384 raster 1.13x the peak of a 1024 x 1024 one.
-    Called after each band by the vectorizer's worker processes; the main loops use :class:`HeapTrimmer`.
+    Called after each band by the vectorizer and by inference on a GPU; inference on a CPU uses
+    :class:`HeapTrimmer`.
     """
     lib = _libc()
     if lib:
