@@ -982,3 +982,18 @@ def test_default_training_on_polygons_is_per_pixel_says_so_and_round_trips_into_
     with rasterio.open(tmp_path / "c.tif") as ds:
         c = ds.read(1)
     assert set(np.unique(c)) <= set(meta.schema.ids) and len(np.unique(c)) >= 3
+
+
+def test_two_dimensional_networks_train_in_channels_last_on_a_cpu_too():
+    """oneDNN's convolutions prefer channels_last (a U-Net step 1.2x faster on 2 cores); per-pixel
+    networks keep their own layout (channels_last breaks their reshapes)."""
+    import torch
+
+    from geoseg.train import TrainConfig
+    from geoseg.train.loop import _channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _channels_last(TrainConfig(images=["a.tif"], labels="l.tif", arch="unet"), cpu)
+    assert _channels_last(TrainConfig(images=["a.tif"], labels="l.tif", arch="smp-unet"), cpu)
+    assert not _channels_last(TrainConfig(images=["a.tif"], labels="l.tif", arch="tempcnn"), cpu)
+    assert _channels_last(TrainConfig(images=["a.tif"], labels="l.tif", arch="tempcnn"), cuda)

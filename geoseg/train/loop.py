@@ -272,7 +272,7 @@ def _restore(cfg: TrainConfig, fabric: Any, grid: D.ImageGrid, n_cls: int, paylo
         loaded = load_encoder_weights(model, cfg.encoder_weights)
         encoder_start = {"file": str(cfg.encoder_weights), "tensors": loaded.matched, "of": loaded.total,
                          "adapted": loaded.adapted}
-    if fabric.device.type == "cuda":
+    if _channels_last(cfg, fabric.device):
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if payload is not None:
@@ -291,6 +291,13 @@ def _restore(cfg: TrainConfig, fabric: Any, grid: D.ImageGrid, n_cls: int, paylo
             ema.module.load_state_dict(payload["state_dict"])
             ema.n_averaged.fill_(int(payload["extra"]["ema_n"]))
     return model, opt, ema, encoder_start
+
+
+def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """The model and its chips in channels_last: on a GPU, and for 2-D networks on a CPU too (oneDNN's
+    convolutions prefer it: a training step of this U-Net 0.346 -> 0.289 s, smp's ResNet-18 U-Net 0.622 ->
+    0.558 s, 16 chips of 128² on 2 cores). Per-pixel networks keep their own layout."""
+    return device.type == "cuda" or cfg.arch not in PER_PIXEL
 
 
 def _set_up_data(s: _Session) -> None:
@@ -346,6 +353,7 @@ def _train_epoch(s: _Session, epoch: int, on_progress: Callable[[TrainProgress],
     """One pass over the epoch's training chips; returns the mean loss (NaN when no step ran)."""
     cfg, model, opt, on_cuda = s.cfg, s.model, s.opt, s.on_cuda
     per_pixel = cfg.arch in PER_PIXEL
+    layout = _channels_last(cfg, s.fabric.device)
     # every random draw of this epoch depends on (seed, epoch) only
     torch.manual_seed(cfg.seed * 100_003 + epoch)
     s.gen.manual_seed(cfg.seed * 100_003 + epoch + 1)
@@ -360,7 +368,7 @@ def _train_epoch(s: _Session, epoch: int, on_progress: Callable[[TrainProgress],
     for step, batch in enumerate(s.train_loader, start=1):
         batch = _on_device(s, s.train_bm, batch)
         x, y = batch["image"], batch["mask"]
-        if on_cuda:
+        if layout:
             x = x.contiguous(memory_format=torch.channels_last)
         if per_pixel:
             # per-pixel models run on the labelled pixels only (batch norm needs two)
@@ -400,7 +408,7 @@ def _validate(s: _Session, epoch: int, on_progress: Callable[[TrainProgress], No
         for step, batch in enumerate(s.val_loader, start=1):
             batch = _on_device(s, s.val_bm, batch)
             x, y = batch["image"], batch["mask"]
-            if s.on_cuda:
+            if _channels_last(s.cfg, fabric.device):
                 x = x.contiguous(memory_format=torch.channels_last)
             with fabric.autocast():  # the EMA copy is not wrapped by Fabric
                 logits = net(x).float()
