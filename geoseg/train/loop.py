@@ -2,7 +2,8 @@
 
 One code path for every device: Lightning Fabric sets up the model, optimizer and
 loaders; on CUDA it runs bf16 autocast and the model in channels_last, with
-``devices > 1`` it runs DDP (Lightning's launcher), on CPU it runs fp32.
+``devices > 1`` it runs DDP (Lightning's launcher), on CPU it runs fp32 (2-D networks in
+channels_last there too, :func:`_channels_last`).
 
 Each epoch: random chips from the training regions (RandomGeoSampler), loss =
 cross entropy with ``ignore_index`` (optionally class-weighted) + optional soft
