@@ -61,12 +61,10 @@ def _raster(path: Path, size: int) -> Path:
 def _in_process(inputs: list[Path], out: Path) -> float:
     from geoseg.pipeline import predict_raster
 
-    from geoseg.predict.load import cached_loader
+    from geoseg.predict.load import shared_predictor
 
-    load = cached_loader()  # as `geoseg infer` does: the model is loaded once for all inputs
-
-    def one_thread(paths: list[str], **kw: object) -> object:  # as a worker's model (tasks._threads)
-        return load(paths, **{**kw, "threads": 1})
+    def one_thread(paths: list[str], **kw: object) -> object:  # as a worker's model (tasks._threads); loaded
+        return shared_predictor(paths, **{**kw, "threads": 1})[0]  # once for all inputs, as `geoseg infer` does
 
     out.mkdir()
     t = time.perf_counter()

@@ -209,10 +209,10 @@ def test_six_rasters_on_the_cluster_equal_sequential(tmp_path: Path, cluster: Cl
     # each worker loaded the model once, whatever the number of its tasks
     from distributed import Client
 
-    from geoseg.distributed import tasks
+    from geoseg.predict import load
 
     with Client(cluster.address, timeout=WAIT_S) as c:
-        loads = c.run(lambda: tasks.LOADS)
+        loads = c.run(lambda: load.LOADS)
     assert loads and all(n <= 1 for n in loads.values()), loads
     # vectorize of several inputs on the cluster: the same polygons as one by one
     pv = _cli("vectorize", *[tmp_path / "seq" / n for n in tifs if "classes" in n][:3], "-o", tmp_path / "vec",

@@ -65,21 +65,20 @@ def test_per_pixel_networks_are_left_alone():
     assert not p.channels_last and p.model is net
 
 
-def test_cached_loader_loads_each_model_once(tmp_path):
-    """`geoseg infer` on many inputs in one process loads the model once (its CPU preparation included);
-    another option or a rewritten checkpoint loads again."""
-    import os
-    import shutil
+def test_shared_predictor_loads_each_model_once(tmp_path):
+    """`geoseg infer` on many inputs in one process (as a Dask worker) loads the model once, its CPU
+    preparation included; another option or a rewritten checkpoint loads again."""
+    from geoseg.models import save_checkpoint
+    from geoseg.predict.load import shared_predictor
 
-    from geoseg.models.demo import DEMO_MODEL
-    from geoseg.predict.load import cached_loader
-
+    meta = ModelMeta("unet", {"base_channels": 4, "depth": 2}, [f"b{i}" for i in range(4)], [0.0] * 4, [1.0] * 4,
+                     ClassSchema.default(3), 64, 16)
     ckpt = tmp_path / "m.pt"
-    shutil.copy(DEMO_MODEL, ckpt)
-    load = cached_loader()
-    a = load([ckpt], device="cpu", threads=1)
-    assert load([str(ckpt)], device="cpu", threads=1) is a
-    assert load([ckpt], device="cpu", threads=1, tta="flips") is not a
-    st = os.stat(ckpt)
-    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten
-    assert load([ckpt], device="cpu", threads=1) is not a
+    torch.manual_seed(0)
+    save_checkpoint(build_model("unet", 4, 3, base_channels=4, depth=2), meta, ckpt)
+    a, _ = shared_predictor([ckpt], device="cpu", threads=1)
+    assert shared_predictor([str(ckpt)], device="cpu", threads=1)[0] is a
+    assert shared_predictor([ckpt], device="cpu", threads=1, tta="flips")[0] is not a
+    torch.manual_seed(1)
+    save_checkpoint(build_model("unet", 4, 3, base_channels=4, depth=2), meta, ckpt, overwrite=True)  # rewritten
+    assert shared_predictor([ckpt], device="cpu", threads=1)[0] is not a

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, List, Optional
+from typing import Annotated, Any, Iterator, List, Optional
 
 import typer
 
@@ -84,7 +84,7 @@ def infer(
     from geoseg.io.atomic import check_destination, output_directory
     from geoseg.io.raster import parse_bands
     from geoseg.pipeline import default_output_paths, predict_raster
-    from geoseg.predict.load import cached_loader
+    from geoseg.predict.load import shared_predictor
 
     models = list(model or [DEMO_MODEL])
     model_path = models[0] if len(models) == 1 else models
@@ -132,7 +132,8 @@ def infer(
                              if preview else None)
             return
 
-        load_model = cached_loader()  # many inputs: the model is loaded once
+        def load_model(paths: list[str], **kwargs: Any) -> Any:  # many inputs: the model is loaded once
+            return shared_predictor(paths, **kwargs)[0]
 
         def run_one(item: BatchItem) -> None:
             image = item.source

@@ -1,10 +1,11 @@
 """What runs on a Dask worker: whole inputs, blocks of rows, the storage check. Torch-free at import.
 
-Each worker process keeps the models it loaded (:func:`cached_model`), keyed by the
-checkpoints' content hashes and the device options, so a model is loaded once per worker,
-not once per task. Every task writes through the atomic outputs of the single-process code
-(staging files, renamed when complete), so a worker killed mid-task leaves no partial file
-under a final name and the task can simply run again elsewhere.
+Each worker process keeps the models it loaded (:func:`cached_model`, through
+:func:`geoseg.predict.load.shared_predictor`), keyed by the checkpoints' content hashes and the
+device options, so a model is loaded once per worker, not once per task. Every task writes
+through the atomic outputs of the single-process code (staging files, renamed when complete), so
+a worker killed mid-task leaves no partial file under a final name and the task can simply run
+again elsewhere.
 """
 
 from __future__ import annotations
@@ -13,27 +14,6 @@ import os
 import threading
 from pathlib import Path
 from typing import Any, Sequence
-
-_MODELS: dict[tuple[Any, ...], Any] = {}
-_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
-_HASHES: dict[tuple[str, int, int], str] = {}
-_GUARD = threading.Lock()
-#: how many times this process loaded a model (the tests check that a worker loads it once)
-LOADS = 0
-
-
-def content_hash(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a checkpoint's content (:func:`geoseg.resume.file_fingerprint`), cached by size and mtime."""
-    from geoseg.resume import file_fingerprint
-
-    st = os.stat(path)
-    k = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    h = _HASHES.get(k)
-    if h is None:
-        fp = file_fingerprint(path)
-        h = _HASHES[k] = fp.get("sha256") or fp["sha256_sampled"]
-    return h
-
 
 def _device(device: str) -> str:
     """``auto`` on a worker of a local cluster on a machine with several GPUs: the worker's own GPU
@@ -66,25 +46,16 @@ def _threads() -> int | None:
 
 
 def cached_model(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> tuple[Any, threading.Lock]:
-    """This worker's predictor for ``paths`` and options, loaded on first use; with its lock (one
+    """This worker's predictor for ``paths`` and options, loaded on first use
+    (:func:`geoseg.predict.load.shared_predictor`) on the worker's own GPU and threads; with its lock (one
     run at a time uses a model)."""
-    global LOADS
+    from geoseg.predict.load import shared_predictor
     from geoseg.predict.onnx import is_onnx
 
     if not any(is_onnx(p) for p in paths):  # ONNX models run on the CPU as exported
         kwargs["device"] = _device(kwargs.get("device", "auto"))
         kwargs.setdefault("threads", _threads())
-    key = (tuple(content_hash(p) for p in paths), tuple(sorted(kwargs.items())))
-    with _GUARD:
-        lock = _LOCKS.setdefault(key, threading.Lock())
-    with lock:
-        model = _MODELS.get(key)
-        if model is None:
-            from geoseg.predict import load_predictor
-
-            model = _MODELS[key] = load_predictor(list(paths), **kwargs)
-            LOADS += 1
-    return model, lock
+    return shared_predictor(paths, **kwargs)
 
 
 def _loader(lock_holder: list[threading.Lock]) -> Any:
@@ -109,6 +80,7 @@ def infer_task(source: str, model: Sequence[str], classes: str, probabilities: s
                overwrite: bool, resume: bool, since_ns: int, rows: tuple[int, int] | None = None) -> dict[str, Any]:
     """Run ``predict_raster`` on a whole input (or on its block ``rows``, as parts); a small summary."""
     from geoseg.pipeline import predict_raster
+    from geoseg.predict import load
 
     outs = [Path(classes)] + ([Path(probabilities)] if probabilities else [])
     if rows is None and _done_earlier(outs, since_ns):  # a block simply runs again (its parts are the job's own)
@@ -121,7 +93,7 @@ def infer_task(source: str, model: Sequence[str], classes: str, probabilities: s
         for lk in held:
             lk.release()
     return {"width": rep.width, "height": rep.height, "tiles": rep.tiles_run, "seconds": rep.seconds,
-            "device": rep.device, "specs": rep.sink_specs, "loads": LOADS, "worker_pid": os.getpid()}
+            "device": rep.device, "specs": rep.sink_specs, "loads": load.LOADS, "worker_pid": os.getpid()}
 
 
 def vectorize_task(source: str, output: str, options: dict[str, Any], probabilities: str | None, overwrite: bool,

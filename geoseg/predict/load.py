@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+import threading
+from pathlib import Path
+from typing import Any, Sequence
 
 from geoseg.errors import UsageError
 from geoseg.predict.onnx import OnnxPredictor, is_onnx
@@ -35,24 +37,42 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
                                           threads=threads)
 
 
-def cached_loader() -> Callable[..., Any]:
-    """A ``load_model`` for :func:`geoseg.pipeline.predict_raster` that loads each model (paths, their size
-    and modification time, and the options) once and hands the same predictor to every later run: ``geoseg
-    infer`` on many inputs in one process pays the load (and the CPU predictor's preparation,
-    :func:`geoseg.predict.engine.for_cpu`) once, as each Dask worker does."""
-    models: dict[tuple[Any, ...], Any] = {}
+_MODELS: dict[tuple[Any, ...], Any] = {}
+_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
+_HASHES: dict[tuple[str, int, int], str] = {}
+_GUARD = threading.Lock()
+#: how many times this process loaded a model (the tests check that a Dask worker loads it once)
+LOADS = 0
 
-    def load(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> Any:
-        files: list[tuple[str, int | None, int | None]] = []
-        for p in paths:
-            try:
-                st = os.stat(p)
-                files.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
-            except OSError:
-                files.append((str(p), None, None))  # the loader says what is wrong with it
-        key = (tuple(files), tuple(sorted(kwargs.items())))
-        if key not in models:
-            models[key] = load_predictor(paths, **kwargs)
-        return models[key]
 
-    return load
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a checkpoint's content (:func:`geoseg.resume.file_fingerprint`), cached by size and mtime."""
+    from geoseg.resume import file_fingerprint
+
+    st = os.stat(path)
+    k = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    h = _HASHES.get(k)
+    if h is None:
+        fp = file_fingerprint(path)
+        h = _HASHES[k] = fp.get("sha256") or fp["sha256_sampled"]
+    return h
+
+
+def shared_predictor(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> tuple[Any, threading.Lock]:
+    """This process's predictor for ``paths`` and options (:func:`load_predictor`'s), loaded on first use
+    and kept, keyed by the checkpoints' content hashes; with its lock (one run at a time uses a model).
+
+    A Dask worker's tasks (:func:`geoseg.distributed.tasks.cached_model`) and ``geoseg infer``'s inputs in
+    one process pay the load, and the CPU predictor's preparation (:func:`geoseg.predict.engine.for_cpu`),
+    once.
+    """
+    global LOADS
+    key = (tuple(content_hash(p) for p in paths), tuple(sorted(kwargs.items())))
+    with _GUARD:
+        lock = _LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        model = _MODELS.get(key)
+        if model is None:
+            model = _MODELS[key] = load_predictor(list(paths), **kwargs)
+            LOADS += 1
+    return model, lock
