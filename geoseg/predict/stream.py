@@ -184,7 +184,6 @@ class StreamRunner:
         self._wt: dict[tuple[Any, ...], torch.Tensor] = {}
         self._pad_index: dict[tuple[int, int], torch.Tensor] = {}
         self.batch_size = batch_size
-        self.bands = len(np.atleast_1d(np.asarray(mean)))
         self._batch: torch.Tensor | None = None  # CPU: the batch's tiles, written in place (_slot)
         self.lut = torch.as_tensor(np.asarray(lut, np.uint8), device=self.device)
         self.nodata = int(nodata)
@@ -306,13 +305,13 @@ class StreamRunner:
             if vb is not None:
                 vt = vb[:, :, a: a + size]
                 slot.masked_fill_(~vt, 0.0)
-                v = vt.any(dim=0)[:, : min(size, self.grid.width - c)]
+                v = vt.any(dim=0)  # the whole tile is inside the raster here
             self._queue(job, j, slot, v)
 
     def _slot(self) -> torch.Tensor:
         """The next free tile of the batch buffer (CPU): allocated once, reused batch after batch."""
         if self._batch is None:
-            self._batch = torch.empty((self.batch_size, self.bands, self.grid.size, self.grid.size),
+            self._batch = torch.empty((self.batch_size, self.mean.shape[0], self.grid.size, self.grid.size),
                                       dtype=torch.float32, device=self.device)
         return self._batch[self.n_data]
 
