@@ -137,7 +137,16 @@ def test_runner_reports_progress_and_cancel_keeps_a_resumable_run(tmp_path) -> N
     with the same result as a run never interrupted."""
     cmd = _this_geoseg(tmp_path)
     assert runner.check_version(cmd)
-    args = ["infer", str(SAMPLE / "field.tif"), "-o", str(tmp_path), "--no-vector", "--tile-size", "64",
+    # field.tif mirrored 4 x 4: long enough (~2 s) that the cancel, checked every POLL_SECONDS, lands
+    # during inference even with a fast CPU path (field.tif alone took ~0.1 s and could finish first)
+    src = tmp_path / "field.tif"
+    with rasterio.open(SAMPLE / "field.tif") as ds:
+        data, profile = ds.read(), ds.profile
+    row = np.concatenate([data, data[:, :, ::-1]] * 2, axis=2)
+    big = np.concatenate([row, row[:, ::-1]] * 2, axis=1)
+    with rasterio.open(src, "w", **dict(profile, height=big.shape[1], width=big.shape[2])) as o:
+        o.write(big)
+    args = ["infer", str(src), "-o", str(tmp_path / "out"), "--no-vector", "--tile-size", "64",
             "--overlap", "16", "--checkpoint-seconds", "0"]
     seen: list[tuple[float | None, str]] = []
     messages: list[str] = []
@@ -146,14 +155,14 @@ def test_runner_reports_progress_and_cancel_keeps_a_resumable_run(tmp_path) -> N
     assert canceled and code != 0
     assert seen[0][1] == "tiles" and 0 < seen[-1][0] < 1
     assert any("--resume" in m for m in messages)  # geoseg says how to continue
-    assert not (tmp_path / "field_classes.tif").exists()
+    assert not (tmp_path / "out" / "field_classes.tif").exists()
     code, canceled = runner.run(cmd, [*args, "--resume"], on_progress=lambda f, s: None, on_message=messages.append,
                                 is_canceled=lambda: False)
     assert (code, canceled) == (0, False), messages[-5:]
     assert any(m.startswith("resumed:") for m in messages)
     import geoseg
 
-    whole = geoseg.predict_raster(SAMPLE / "field.tif", DEMO_MODEL, tmp_path / "whole.tif",
+    whole = geoseg.predict_raster(src, DEMO_MODEL, tmp_path / "whole.tif",
                                   tile_size=64, overlap=16)  # the CLI's defaults otherwise
-    with rasterio.open(tmp_path / "field_classes.tif") as a, rasterio.open(whole.classes_path) as b:
+    with rasterio.open(tmp_path / "out" / "field_classes.tif") as a, rasterio.open(whole.classes_path) as b:
         assert np.array_equal(a.read(), b.read())
