@@ -123,9 +123,15 @@ def _terminate_workers(ex: Any) -> None:
     """End the worker processes of a ``ProcessPoolExecutor`` now (its ``shutdown`` waits for their bands;
     the executor has no public way to stop them before Python 3.14's ``terminate_workers``)."""
     processes = list((getattr(ex, "_processes", None) or {}).values())  # shutdown forgets them
+    manager = getattr(ex, "_executor_manager_thread", None)
     ex.shutdown(wait=False, cancel_futures=True)
     for p in processes:
         p.terminate()
+    if manager is not None:
+        # it closes its wake-up pipe as it ends; left running, it could do so while the interpreter's exit
+        # hook writes to that pipe (CPython < 3.12): "Exception ignored ... Bad file descriptor" after the
+        # one-line Ctrl-C message (seen once in CI)
+        manager.join(timeout=5)
 
 
 def _result(future: Any, poll: float = 0.2) -> Any:
