@@ -132,6 +132,10 @@ def _terminate_workers(ex: Any) -> None:
         # hook writes to that pipe (CPython < 3.12): "Exception ignored ... Bad file descriptor" after the
         # one-line Ctrl-C message (seen once in CI)
         manager.join(timeout=5)
+        if manager.is_alive():  # stuck on the killed workers: the exit hook would join it for ever
+            from concurrent.futures import process
+
+            getattr(process, "_threads_wakeups", {}).pop(manager, None)
 
 
 def _result(future: Any, poll: float = 0.2) -> Any:
