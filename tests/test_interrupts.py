@@ -140,3 +140,45 @@ def test_polygonizing_a_band_stops_when_asked() -> None:
 
     err, took = _in_background(lambda: _shapes_stoppable(endless(), chunk=1000), 0.2)
     assert isinstance(err, StopRequested) and took < 1.0, (err, took)
+
+
+def _half_a_result(sent: str) -> None:
+    """In a pool worker: start a result message (its length header) in the pool's result pipe, then hang, as
+    a worker killed while it sends its band."""
+    import gc
+    import struct
+    from multiprocessing.queues import SimpleQueue
+
+    queues = [o for o in gc.get_objects() if isinstance(o, SimpleQueue)]
+    assert len(queues) == 1  # the worker's result queue (its call queue is a Queue, not a SimpleQueue)
+    queues[0]._writer._send(struct.pack("!i", 1 << 20))
+    Path(sent).touch()
+    time.sleep(60)
+
+
+def test_stopping_workers_does_not_wait_on_a_half_sent_result(tmp_path: Path) -> None:
+    """Ctrl-C while a worker sends its band: the pool's manager thread, waiting for the rest of that message,
+    is released at once (it used to wait for it for ever; the stop gave up on it after 5 s)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from geoseg.vector.parallel import _terminate_workers
+
+    ex = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))  # as geoseg's pool
+    sent = tmp_path / "sent"
+    ex.submit(_half_a_result, str(sent))
+    deadline = time.monotonic() + 60
+    while not sent.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sent.exists()
+    time.sleep(0.3)  # the manager reads the header and waits for the rest
+    manager = ex._executor_manager_thread  # type: ignore[attr-defined]
+    writer = ex._result_queue._writer  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    try:
+        _terminate_workers(ex)
+        took = time.perf_counter() - t0
+    finally:
+        writer.close()  # releases a manager left stuck: no hung exit
+    assert took < 3
+    assert manager is not None and not manager.is_alive()
