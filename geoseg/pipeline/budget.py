@@ -12,7 +12,7 @@ def buffer_bytes(strip_width: int, tile: int, bands: int, classes: int, batch: i
                  gdal_cache_mb: float) -> int:
     """Upper estimate of the buffers one run holds, in bytes (on the predictor's device or the host).
 
-    Blender ``(8*(K+1)+1)*T*S`` (float64 sums and weights on a CPU, validity); raw row bands
+    Blender ``(8*(K+1)+1)*T*S`` (sums and weights as float64, the most ``accumulate`` takes; validity); raw row bands
     ``(prefetch+3)*(itemsize+1)*B*T*S`` with the largest itemsize, 8 (the queue, the band being
     read, the next one started, the one on the device; values plus validity bytes); the band
     normalized to float32 ``4*B*T*S``; finished rows waiting for the writer ``4*T*S*(K+3)``;

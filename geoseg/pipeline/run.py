@@ -198,8 +198,8 @@ def predict_raster(
             needs the cores; with a GPU all cores but two, at most 16: decoding must keep up with it).
         gdal_cache_mb: GDAL block cache for this run, in MB (default: enough for the row bands in
             flight, :func:`geoseg.pipeline.read.block_cache_bytes`; 64 MB with ``max_memory_mb``).
-        accumulate: blending sums ``auto`` (float64 on a CPU, float32 on a GPU), ``float32`` or
-            ``float64``.
+        accumulate: blending sums ``auto`` (float32 on every device), ``float32`` or ``float64``
+            (the exactness reference: tiled = whole-image to 1e-6; float32 is within 1e-5).
         compile: compile the model with ``torch.compile`` (checkpoint paths only; see docs/gpu.md).
         on_progress: called after each batch with a :class:`Progress`.
         rows: write only output rows ``[r0, r1)`` (tile row starts, :func:`geoseg.pipeline.plan.block_bounds`)
@@ -357,7 +357,7 @@ def predict_raster(
         tiles_skipped=stats["skipped"], seconds=time.perf_counter() - t0,
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
-        accumulator_bytes=(8 * (k + 1) + 1) * grid.band_height * widest,
+        accumulator_bytes=((8 if accumulate == "float64" else 4) * (k + 1) + 1) * grid.band_height * widest,
         class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"],
         sink_specs=specs,
         pixels_processed=(info.width * (r1 - r0) if rows is not None

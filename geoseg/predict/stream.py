@@ -11,9 +11,10 @@ into page-locked buffers, as uint8 classes (plus probabilities if asked for). On
 nothing here waits for the device: the host queues work and the writer thread waits for
 each copy's event; on a CPU the same operations run on all cores.
 
-The sums are float64 on the CPU (the exactness reference: tiled = whole-image to 1e-6) and
-float32 on a GPU (``accumulate``); tests bound the difference (classes equal except at
-near-ties, probabilities within 1/255).
+The sums are float32 on every device by default (``accumulate``; on a CPU 1.6x faster stages
+than float64: 0.17 -> 0.11 s per 2048² raster); float64 sums are the exactness reference
+(tiled = whole-image to 1e-6), and tests bound the difference (classes equal except at
+near-ties, probabilities within 1e-5).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class StreamRunner:
         lut: uint8 lookup from class index to class value; ``nodata`` for invalid pixels.
         probabilities: also produce probabilities and confidence, ``prob_dtype`` uint8 or float32.
         emit: receives each :class:`~geoseg.pipeline.write.FinishedRows` (the writer's ``put``).
-        accumulate: ``auto`` (float64 on a CPU, float32 on a GPU), ``float32`` or ``float64``.
+        accumulate: ``auto`` (float32), ``float32`` or ``float64`` (the exactness reference).
         on_batch: called after each batch with (tiles done, pixels finished).
     """
 
@@ -191,7 +192,7 @@ class StreamRunner:
         self.prob_dtype = prob_dtype
         self.emit = emit
         if accumulate == "auto":
-            accumulate = "float32" if self.cuda else "float64"
+            accumulate = "float32"
         self.acc_dtype = {"float32": torch.float32, "float64": torch.float64}[accumulate]
         self.on_batch = on_batch
         self.out_pool = BufferPool(out_buffers, pinned_alloc) if self.cuda else None
@@ -389,7 +390,8 @@ class StreamRunner:
         key = (job.row == 0, job.row + g.size >= g.height, c == 0, c + g.size >= g.width)
         w = self._wt.get(key)
         if w is None:
-            w = torch.as_tensor(self.weights.get(g.size, g.size, *key), device=self.device)
+            # in the sums' own type: a float64 window into float32 sums is a mixed-type pass, 7x slower
+            w = torch.as_tensor(self.weights.get(g.size, g.size, *key), device=self.device).to(self.acc_dtype)
             self._wt[key] = w
         return w
 
