@@ -12,7 +12,9 @@ mirror-tiled to each size (``--tall``: ``--width`` wide and each size tall), as 
 uncompressed tiled GeoTIFF (``--compress``). Printed side by side in one run, per size:
 
 * model-only: the grid's own number of tiles already on the device, forward + softmax, as raster
-  megapixels/s (so both sides pay for the overlap); eager, and compiled with ``--compile``;
+  megapixels/s (so both sides pay for the overlap); eager, compiled with ``--compile``, and with
+  batch normalization folded into the convolutions with ``--fold-bn`` (a CPU predictor always
+  folds it; on a GPU this column decides whether it should);
 * read-only: every tile row's band of rows read once in the raster's own type, by the pipeline's
   reader (same threads, buffers and validity checks);
 * write-only: the same all-zero class raster written by row bands and converted to a DEFLATE COG;
@@ -112,6 +114,19 @@ def model_only_seconds(pred, size: int, batch: int, n_tiles: int) -> float:
         return (time.perf_counter() - t) * n_tiles / (n_batches * batch)
 
 
+def folded_predictor(checkpoint: str, device: str):
+    """The checkpoint's network with each batch normalization folded into the convolution before it
+    (``torch.fx``, as :func:`geoseg.predict.engine.for_cpu` does on a CPU), on ``device``: the
+    ``--fold-bn`` model-only column, to decide on evidence whether a GPU should fold it too."""
+    from torch.fx.experimental.optimization import fuse
+
+    from geoseg.models.ensemble import load_ensemble
+    from geoseg.predict import TorchPredictor
+
+    net, meta = load_ensemble([checkpoint])
+    return TorchPredictor(fuse(net.eval()), meta, device=device)
+
+
 def read_only(raster: str, size: int, overlap: int, align: int, threads: int) -> float:
     """Raster Mpx/s of the pipeline's reader alone (every tile row's band read once, own type)."""
     from geoseg.io.raster import open_raster
@@ -181,6 +196,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs; the best is kept")
     ap.add_argument("--null-only", action="store_true", help="only read, write and the null predictor")
+    ap.add_argument("--fold-bn", action="store_true",
+                    help="also time model-only with batch normalization folded into the convolutions")
     ap.add_argument("--compile", action="store_true", help="also time the compiled model (torch.compile)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child runs")
@@ -214,6 +231,10 @@ def main() -> None:
         t = time.perf_counter()
         model_only_seconds(comp, args.tile_size, args.batch_size, 3 * args.batch_size)
         print(f"compile + warm-up: {time.perf_counter() - t:.1f} s")
+    folded = None
+    if args.fold_bn and not args.null_only:
+        folded = folded_predictor(str(model), args.device)
+        model_only_seconds(folded, args.tile_size, args.batch_size, 2 * args.batch_size)  # warm-up
     if not args.null_only:
         model_only_seconds(pred, args.tile_size, args.batch_size, 2 * args.batch_size)  # warm-up
     on_gpu = pred.device.type == "cuda"
@@ -246,6 +267,8 @@ def main() -> None:
                 keep("model", mpx / model_only_seconds(pred, args.tile_size, args.batch_size, len(g)))
                 if comp is not None:
                     keep("compiled", mpx / model_only_seconds(comp, args.tile_size, args.batch_size, len(g)))
+                if folded is not None:
+                    keep("model_bn_folded", mpx / model_only_seconds(folded, args.tile_size, args.batch_size, len(g)))
                 t = time.perf_counter()
                 rep = predict_raster(raster, pred, str(work / "c.tif"), batch_size=args.batch_size, overwrite=True)
                 keep("e2e", mpx / (time.perf_counter() - t))
@@ -272,6 +295,8 @@ def main() -> None:
 
     print()
     cols = ["model", "compiled", "read", "write", "null", "e2e", "e2e_compiled", "rss"]
+    if folded is not None:
+        cols.insert(1, "model_bn_folded")
     print(f"{'input':>8} {'size':>12} {'Mpx':>7} " + " ".join(f"{c:>12}" for c in cols)
           + f" {'null/min(r,w)':>14} {'e2e/model':>10} {'e2e/min':>8} {'e2e_c/model':>12}")
     for compress, size, mpx, b in rows:
