@@ -922,6 +922,52 @@ def test_pixel_table_cuts_raster_labels_to_their_blocks_and_caps_each_class() ->
     assert all(tuple(r) in rows for r in capped.x[capped.y == 0])
 
 
+def test_pixel_table_with_a_context_gives_the_model_each_pixels_own_neighbourhood() -> None:
+    """``context`` 7 on raster labels: each row holds the pixel's values and the mean of its 7 x 7 pixels
+    (beyond the image they do not count, as on a tile); as a chip, the TempCNN gives it the same logits
+    as on the whole image there."""
+    import torch.nn.functional as F
+
+    from geoseg.models.tempcnn import TempCNN
+    from geoseg.train import TrainConfig
+    from geoseg.train import data as D
+    from geoseg.train.data.batches import BatchMaker
+    from geoseg.train.data.pixel_batches import PixelBatches
+    from geoseg.train.data.pixels import read_pixel_table
+
+    cfg = TrainConfig(images=[str(shared_file(SLO_IMG))], labels=str(shared_file(SLO_LAB)), arch="tempcnn",
+                      context=7, sampling="pixels", val_split=0).validate()
+    assert cfg.pixels
+    grid = D.image_grid(cfg.images)
+    plan = D.plan_labels(cfg, grid)
+    with rasterio.open(cfg.images[0]) as ds:
+        img = ds.read().astype(np.float64)
+    bands = img.shape[0]
+    mean = img.mean(axis=(1, 2))
+    std = img.std(axis=(1, 2)) + 1e-6
+    t = read_pixel_table(grid, plan, "train", class_field=None, seed=0, ignore_values=(0,), context=7, fill=mean)
+    one = read_pixel_table(grid, plan, "train", class_field=None, seed=0, ignore_values=(0,))
+    assert t.context == 7 and t.x.shape == (len(one), 2 * bands) and (t.y == one.y).all()
+    assert (t.x[:, :bands] == one.x).all()
+    # brute force: the 7 x 7 mean over the pixels inside the image
+    box = F.avg_pool2d(torch.from_numpy(img)[None], 7, stride=1, padding=3, count_include_pad=False)[0].numpy()
+    rows = {tuple(r): i for i, r in enumerate(img.reshape(bands, -1).T.astype(np.float32))}
+    at = np.array([rows[tuple(r)] for r in t.x[:, :bands]])  # each row's pixel (the series are distinct)
+    want = box.reshape(bands, -1)[:, at].T
+    assert np.abs(t.x[:, bands:] - want).max() <= 1e-4 * np.abs(want).max()
+    # the same logits as on the whole normalized image
+    torch.manual_seed(0)
+    net = TempCNN(bands, len(plan.schema), bands_per_date=1, context=7).eval()
+    norm = ((img - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    with torch.no_grad():
+        whole = net(torch.from_numpy(norm)[None])[0].reshape(len(plan.schema), -1)[:, at].T
+        bm = BatchMaker(grid, list(range(len(plan.schema))), mean.tolist(), std.tolist())
+        got = torch.cat([net(b["image"], pixels=(b["mask"].flatten() != 255).nonzero().squeeze(1))
+                         for b in PixelBatches(t, bm, 512, balance=None)])
+    assert torch.allclose(got, whole, atol=1e-4), float((got - whole).abs().max())
+    plan.close()
+
+
 def test_pixel_batches_draw_classes_by_the_square_root_of_their_pixels() -> None:
     """Class-balanced draws: class c with probability sqrt(n_c) / sum sqrt(n); the same seed and epoch draw the
     same batches; validation batches hold every pixel once."""

@@ -39,8 +39,9 @@ class TrainConfig:
             :data:`geoseg.architectures.ARCHITECTURES`: ``unet``, the ``smp-*`` decoders, or
             ``tempcnn`` (per-pixel temporal CNN for stacks of many dates; chips can then be small,
             e.g. 8 px).
-        sampling: ``auto``, ``pixels`` or ``chips``. ``pixels``: a per-pixel model (context 1)
-            trains on a table of the labelled pixels (:mod:`geoseg.train.data.pixels`), each
+        sampling: ``auto``, ``pixels`` or ``chips``. ``pixels``: a per-pixel model (with ``context``
+            > 1 each pixel also carries its neighbourhood's mean profile) trains on a table of the
+            labelled pixels (:mod:`geoseg.train.data.pixels`), each
             class drawn with weight ``pixels ** class_balance``; ``chips``: on chips read
             through torchgeo. ``auto``: pixels for per-pixel models with context 1, else chips.
         class_balance: ``sampling`` pixels: class ``c`` is drawn with weight ``pixels_c ** class_balance``
@@ -166,10 +167,9 @@ class TrainConfig:
         min_tile = 1 if self.arch in PER_PIXEL or self.arch == "auto" else 16
         args = self._arch_args(warn=True)  # says which options of other architectures are ignored
         context = int(args.get("context", 1))
-        if self.sampling == "pixels" and self.arch != "auto" and (self.arch not in PER_PIXEL or context != 1):
-            raise UsageError(f"`sampling` pixels trains a per-pixel model reading the pixel alone (`arch` tempcnn "
-                             f"`context` 1), not `arch` {self.arch}" + (f" `context` {context}" if context != 1 else "")
-                             + "; use `sampling` chips")
+        if self.sampling == "pixels" and self.arch != "auto" and self.arch not in PER_PIXEL:
+            raise UsageError(f"`sampling` pixels trains a per-pixel model (`arch` tempcnn), not `arch` {self.arch}; "
+                             "use `sampling` chips")
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size is None or self.batch_size >= 1),
                   ("tile_size", self.tile_size >= min_tile), ("lr", self.lr > 0), ("patience", self.patience >= 1),
                   ("cv", self.cv is None or self.cv == 0 or self.cv >= 2),

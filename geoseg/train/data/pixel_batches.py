@@ -6,6 +6,12 @@ imbalance without letting a class of a few pixels dominate), then a pixel of tha
 Validation (``balance`` None): every pixel once, in order. Pixels go through the
 :class:`~geoseg.train.data.batches.BatchMaker` as 1 x 1 chips, so normalization, jitter and band
 dropout are the chips' own. Draws depend on (seed, epoch) only: a resumed run repeats them.
+
+With a neighbourhood ``context`` k (the table holds each pixel's mean of its k x k pixels) a pixel goes
+as a k x k chip labelled at its centre: the centre holds the pixel's values and the other k² - 1 pixels
+the value that makes the chip's mean the stored neighbourhood mean. The model's box filter then gives the
+centre exactly its neighbourhood mean, and the chips' normalization, jitter and band dropout (affine per
+band and chip) keep that so.
 """
 
 from __future__ import annotations
@@ -61,9 +67,29 @@ class PixelBatches:
             yield self._make(idx)
 
     def _make(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(self.table.x[idx])[:, :, None, None]
-        y = torch.from_numpy(self.table.y[idx])[:, None, None]
-        return self.maker.process(x, y)
+        k = self.table.context
+        if k == 1:
+            x = torch.from_numpy(self.table.x[idx])[:, :, None, None]
+            y = torch.from_numpy(self.table.y[idx])[:, None, None]
+            return self.maker.process(x, y)
+        return self.maker.process(*context_chips(self.table.x[idx], self.table.y[idx], k))
+
+
+def context_chips(rows: np.ndarray, labels: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, bands, k, k)`` chips and ``(B, k, k)`` labels for table rows of (values, neighbourhood mean):
+    the values at the centre, elsewhere ``(k² mean - values) / (k² - 1)``, so that the chip's mean is the
+    neighbourhood mean; the label at the centre only."""
+    from geoseg.train.config import IGNORE_INDEX
+
+    bands = rows.shape[1] // 2
+    x = rows[:, :bands].astype(np.float64)
+    m = rows[:, bands:].astype(np.float64)
+    n = k * k
+    chips = np.repeat(((n * m - x) / (n - 1)).astype(np.float32)[:, :, None, None], k, axis=2).repeat(k, axis=3)
+    chips[:, :, k // 2, k // 2] = rows[:, :bands]
+    y = np.full((len(rows), k, k), IGNORE_INDEX, dtype=np.int64)
+    y[:, k // 2, k // 2] = labels
+    return torch.from_numpy(chips), torch.from_numpy(y)
 
 
 @dataclass
@@ -87,8 +113,10 @@ def pixel_loaders(cfg: "TrainConfig", grid: "ImageGrid", plan: "LabelPlan", mean
     # resolved by geoseg.train.auto, the one place these defaults are decided
     assert cfg.batch_size is not None and cfg.jitter is not None and cfg.class_balance is not None
     ident = np.arange(len(plan.schema))  # the tables hold class indexes already
+    context = int(cfg.arch_args.get("context", 1))
     tables = {part: read_pixel_table(grid, plan, part, class_field=cfg.class_field, seed=cfg.seed,
-                                     ignore_values=tuple(cfg.ignore_values)) for part in ("train", "val")}
+                                     ignore_values=tuple(cfg.ignore_values), context=context,
+                                     fill=np.asarray(mean, np.float64)) for part in ("train", "val")}
     if not len(tables["train"]):
         raise LabelError("no labelled pixel of the training split has valid values in every band (all nodata or "
                          "not finite there); check that the labels lie on valid image pixels")

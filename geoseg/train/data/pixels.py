@@ -6,6 +6,11 @@ rasterized by pixel centre (a point labels the pixel it falls in), a label raste
 grid (nearest) and cut to the side's blocks. Each labelled pixel whose bands are all valid (not
 nodata, finite) joins the table with its raw band values.
 
+With ``context`` k > 1 (a per-pixel model that also reads the mean profile of the k x k pixels around
+each pixel, :class:`geoseg.models.tempcnn.TempCNN`), each row also holds that neighbourhood mean, computed
+as the model computes it on a tile: a band value that is not valid counts as the band's normalization
+mean (the 0 it becomes after normalization), and pixels beyond the image's edge do not count.
+
 Memory stays bounded whatever the labels cover: each class keeps a uniform random sample of at most
 ``cap`` of its pixels (a reservoir: every pixel gets a random key, the ``cap`` smallest keys stay), and
 the table records how many pixels each class had in all, which the class-balanced sampling uses.
@@ -34,11 +39,13 @@ TABLE_BYTES = 1 << 29
 @dataclass
 class PixelTable:
     """Labelled pixels: raw band values ``x`` (N, bands) float32, class indexes ``y`` (N,), and the number of
-    valid labelled pixels each class had before the cap (``counts``)."""
+    valid labelled pixels each class had before the cap (``counts``). With ``context`` > 1, ``x`` is
+    (N, 2 * bands): each pixel's values, then the mean of its ``context`` x ``context`` neighbourhood."""
 
     x: np.ndarray
     y: np.ndarray
     counts: np.ndarray
+    context: int = 1
 
     def __len__(self) -> int:
         return len(self.y)
@@ -50,12 +57,18 @@ def default_cap(bands: int, classes: int) -> int:
 
 
 def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field: str | None, seed: int,
-                     ignore_values: tuple[int, ...] = (), cap: int | None = None) -> PixelTable:
-    """The labelled pixels of ``part`` (``"train"`` or ``"val"``) of ``plan``; see the module."""
+                     ignore_values: tuple[int, ...] = (), cap: int | None = None, context: int = 1,
+                     fill: np.ndarray | None = None) -> PixelTable:
+    """The labelled pixels of ``part`` (``"train"`` or ``"val"``) of ``plan``; see the module. With ``context``
+    > 1, ``fill`` (per band, raw units) is the normalization mean that stands for invalid values."""
     regions = plan.train_regions if part == "train" else plan.val_regions
     source = plan.train_source if part == "train" else plan.val_source
     n_cls, bands = len(plan.schema), len(grid.band_names)
-    cap = cap or default_cap(bands, n_cls)
+    r = context // 2
+    if r and fill is None:
+        raise ValueError("a neighbourhood context needs the bands' fill values")
+    width = bands * (2 if r else 1)
+    cap = cap or default_cap(width, n_cls)
     # per class: rows and their random keys, in pieces; compacted to the cap smallest keys whenever
     # they pass twice the cap (each row is copied a bounded number of times, memory stays under 2 x cap)
     keep_x: list[list[np.ndarray]] = [[] for _ in range(n_cls)]
@@ -64,7 +77,7 @@ def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field
     counts = np.zeros(n_cls, dtype=np.int64)
     rng = np.random.default_rng([seed, 0 if part == "train" else 1, 17])
     if source is None or not regions:
-        return PixelTable(np.empty((0, bands), np.float32), np.empty(0, np.int64), counts)
+        return PixelTable(np.empty((0, width), np.float32), np.empty(0, np.int64), counts, context)
     with contextlib.ExitStack() as stack:
         labels: Any = (_VectorLabels(source, grid, plan, class_field) if plan.kind == "vector"
                        else stack.enter_context(_RasterLabels(source, grid, plan, regions, ignore_values)))
@@ -74,12 +87,21 @@ def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field
             lab = y != IGNORE_INDEX
             if not lab.any():
                 continue
+            # with a context, the window and the neighbours around it (as far as the image goes)
+            halo = _grown(win, r, grid) if r else win
             # bands of mixed types (a VRT may mix them) are read one by one
-            parts = [read_bands(ds, range(1, ds.count + 1), window=win, masked=True) for ds in images]
+            parts = [read_bands(ds, range(1, ds.count + 1), window=halo, masked=True) for ds in images]
             x = np.ma.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
             data = np.asarray(x.data, dtype=np.float32)
-            ok = lab & ~np.ma.getmaskarray(x).any(axis=0) & np.isfinite(data).all(axis=0)
-            xs, ys = data[:, ok].T, y[ok]
+            valid = ~np.ma.getmaskarray(x) & np.isfinite(data)  # per band value
+            inner = (slice(int(win.row_off - halo.row_off), int(win.row_off - halo.row_off + win.height)),
+                     slice(int(win.col_off - halo.col_off), int(win.col_off - halo.col_off + win.width)))
+            ok = lab & valid[(slice(None), *inner)].all(axis=0)
+            xs, ys = data[(slice(None), *inner)][:, ok].T, y[ok]
+            if r:
+                assert fill is not None
+                means = _box_means(data, valid, fill, r, _edges(win, r, grid))
+                xs = np.concatenate([xs, means[:, ok].T], axis=1)
             for c in np.unique(ys):
                 sel = xs[ys == c]
                 counts[c] += len(sel)
@@ -90,9 +112,47 @@ def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field
                     held[c] = _compact(keep_x[c], keep_k[c], cap)
     for c in range(n_cls):
         _compact(keep_x[c], keep_k[c], cap)
-    xs_all = [keep_x[c][0] if keep_x[c] else np.empty((0, bands), np.float32) for c in range(n_cls)]
+    xs_all = [keep_x[c][0] if keep_x[c] else np.empty((0, width), np.float32) for c in range(n_cls)]
     y_all = np.concatenate([np.full(len(x), c, dtype=np.int64) for c, x in enumerate(xs_all)])
-    return PixelTable(np.concatenate(xs_all), y_all, counts)
+    return PixelTable(np.concatenate(xs_all), y_all, counts, context)
+
+
+def _grown(win: Window, r: int, grid: ImageGrid) -> Window:
+    """``win`` grown by ``r`` pixels on every side, within the image."""
+    r0, c0 = max(0, int(win.row_off) - r), max(0, int(win.col_off) - r)
+    r1 = min(grid.height, int(win.row_off + win.height) + r)
+    c1 = min(grid.width, int(win.col_off + win.width) + r)
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _edges(win: Window, r: int, grid: ImageGrid) -> tuple[int, int, int, int]:
+    """Pixels of the ``r``-pixel margin around ``win`` that lie beyond the image: top, bottom, left, right."""
+    return (max(0, r - int(win.row_off)), max(0, int(win.row_off + win.height) + r - grid.height),
+            max(0, r - int(win.col_off)), max(0, int(win.col_off + win.width) + r - grid.width))
+
+
+def _box_means(data: np.ndarray, valid: np.ndarray, fill: np.ndarray, r: int, outside: tuple[int, int, int, int],
+               chunk: int = 16) -> np.ndarray:
+    """The mean of each inner pixel's ``2r+1`` square of ``data`` (bands, h, w), read with an ``r``-pixel
+    margin except where ``outside`` says it lies beyond the image: invalid values count as ``fill``, pixels
+    beyond the image do not count (``avg_pool2d`` with ``count_include_pad=False`` on a tile).
+    Float64 running sums, ``chunk`` bands at a time."""
+    t, b, left, right = outside
+    k = 2 * r + 1
+
+    def box(a: np.ndarray) -> np.ndarray:
+        s = np.zeros(a.shape[:-2] + (a.shape[-2] + 1, a.shape[-1] + 1))
+        np.cumsum(a, axis=-2, out=s[..., 1:, 1:])
+        np.cumsum(s[..., 1:, 1:], axis=-1, out=s[..., 1:, 1:])
+        return s[..., k:, k:] - s[..., :-k, k:] - s[..., k:, :-k] + s[..., :-k, :-k]
+
+    pad = ((t, b), (left, right))
+    count = box(np.pad(np.ones(data.shape[1:]), pad))
+    out = np.empty((data.shape[0],) + count.shape, dtype=np.float32)
+    for i in range(0, data.shape[0], chunk):
+        v = np.where(valid[i:i + chunk], data[i:i + chunk], np.asarray(fill, np.float64)[i:i + chunk, None, None])
+        out[i:i + chunk] = box(np.pad(v, ((0, 0), *pad))) / count
+    return out
 
 
 def _compact(xs: list[np.ndarray], keys: list[np.ndarray], cap: int) -> int:
