@@ -297,7 +297,7 @@ def geoseg(scene: Scene, fold: Fold, seed: int, tmp: Path, options: dict[str, An
 
 
 # ---------------------------------------------------------------------------- the suite
-def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable[[str], None],
+def run_scene(scene: Scene, repeats: range, options: dict[str, Any], log: Callable[[str], None],
               candidate: bool = False, skip_geoseg: bool = False) -> dict[str, Any]:
     feats, valid = _features(scene.image)
     n = len(scene.names)
@@ -307,7 +307,7 @@ def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         folds = scene.folds(tmp)
-        for rep in range(repeats):
+        for rep in repeats:
             cm = {k: np.zeros((n, n), dtype=np.int64) for k in runs}
             for k, fold in enumerate(folds):
                 seed = k + 100 * rep
@@ -332,7 +332,7 @@ def run_scene(scene: Scene, repeats: int, options: dict[str, Any], log: Callable
                 runs[key].append((m.overall_accuracy, m.macro_f1))
             log(f"{scene.name} repeat {rep}: " + "; ".join(
                 f"{key} OA {v[-1][0]:.3f} macro F1 {v[-1][1]:.3f}" for key, v in runs.items()))
-    return {"scene": scene.name, "runs": runs, "seconds": secs, "repeats": repeats}
+    return {"scene": scene.name, "runs": runs, "seconds": secs, "repeats": len(repeats)}
 
 
 def summary(results: list[dict[str, Any]]) -> list[str]:
@@ -379,6 +379,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", nargs="+", choices=list(SCENES), default=list(SCENES))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--first-repeat", type=int, default=0,
+                    help="number of the first repeat (its seeds): run repeats first..first+repeats-1")
     ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE",
                     help="a geoseg train option for every run (JSON values), e.g. epochs=10")
     ap.add_argument("--threads", type=int, default=2)
@@ -395,7 +397,8 @@ def main() -> None:
         print(s, flush=True)
 
     log(f"geoseg options: {options or 'defaults'}; {a.repeats} repeats")
-    results = [run_scene(SCENES[s](), a.repeats, options, log, a.candidate, a.skip_geoseg) for s in a.scenes]
+    repeats = range(a.first_repeat, a.first_repeat + a.repeats)
+    results = [run_scene(SCENES[s](), repeats, options, log, a.candidate, a.skip_geoseg) for s in a.scenes]
     print("\n".join(["", *summary(results)]))
 
 

@@ -119,9 +119,11 @@ def test_arch_auto_picks_from_the_labels_and_bands_and_says_so() -> None:
     assert cfg.pixels and line.startswith("--arch auto: tempcnn (bands_per_date 7, members 3)")
     assert "polygons or points" in line
     series, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif"), 68)
-    assert (series.arch, series.sampling, series.arch_args["bands_per_date"], series.class_balance) == \
-        ("tempcnn", "pixels", 1, 1.0)
-    assert series.block_size == 32 and "time series" in line
+    assert (series.arch, series.sampling, series.arch_args["bands_per_date"], series.class_balance,
+            series.arch_args["context"]) == ("tempcnn", "pixels", 1, 1.0, 7)
+    assert series.block_size == 32 and "time series" in line and "7 x 7 neighbourhood" in line
+    alone, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif", context=1), 68)
+    assert (alone.sampling, alone.arch_args["context"]) == ("pixels", 1) and "neighbourhood" not in line
     dense, line = resolve(TrainConfig(images=["a.tif"], labels="l.tif"), 4)
     assert (dense.arch, dense.sampling, dense.batch_size, dense.jitter, dense.val_split, dense.class_balance) == \
         ("unet", "chips", 8, 0.0, 0.2, None)

@@ -51,7 +51,7 @@ def train(
     class_field: ClassFieldOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Best checkpoint (.pt); .last.pt, .metrics.csv, .curves.png go beside it.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML file with any of these options (command line wins).")] = None,
-    arch: Annotated[Optional[TrainArch], typer.Option(help=ARCH_HELP + " auto: tempcnn on the labelled pixels for polygons, points and time series, unet on chips for a label raster on a few bands; says what it picked [auto].")] = None,
+    arch: Annotated[Optional[TrainArch], typer.Option(help=ARCH_HELP + " auto: tempcnn on the labelled pixels for polygons, points and time series (then also reading each pixel's 7x7 neighbourhood), unet on chips for a label raster on a few bands; says what it picked [auto].")] = None,
     sampling: Annotated[Optional[Sampling], typer.Option(help="pixels: a per-pixel model trains on a table of the labelled pixels, classes drawn by sqrt(frequency); chips: on chips. auto: pixels for tempcnn with --context 1; with --context K each pixel also carries its K x K mean [auto].")] = None,
     class_balance: Annotated[Optional[float], typer.Option(help="--sampling pixels: draw each class with weight (its pixels)**B: 1 as labelled, 0.5 by the square root, 0 equally [0.5 for polygons/points, 1 for a label raster].", min=0, max=1)] = None,
     base_channels: BaseChannelsOpt = None,

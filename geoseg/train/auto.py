@@ -10,7 +10,9 @@ The rule, measured on the accuracy suite (``benchmarks/bench_accuracy.py``, docs
   a random forest on new scenes); pixel sampling treats a point like a polygon's pixel, and on the suite
   it is far above the forest on the point scenes and within 0.002 OA of it on the polygon scenes.
 * **A label raster on a stack of many bands** (at least :data:`TIME_SERIES_BANDS`: a time series):
-  the same per-pixel model, as TempCNN (Pelletier et al. 2019) is trained.
+  the same per-pixel model, as TempCNN (Pelletier et al. 2019) is trained, that also reads the mean
+  profile of the :data:`CONTEXT_TIME_SERIES` x :data:`CONTEXT_TIME_SERIES` pixels around each pixel: a
+  dense land-use map comes in patches of many pixels, and the mean damps the pixel noise of the dates.
 * **A label raster on a few bands** (imagery with dense labels): the U-Net on chips, whose context
   a dense map rewards.
 
@@ -30,6 +32,11 @@ from geoseg.train.config import TrainConfig
 
 #: a stack of at least this many bands is taken for a time series
 TIME_SERIES_BANDS = 20
+#: neighbourhood (side in pixels) of the per-pixel model on a time series with a label raster: on Slovenia's
+#: 68 NDVI dates (the suite's one labelled time series) the pooled OA of its four spatial folds went from
+#: about 0.87 (the pixel alone) to 0.918, the random forest's, and macro F1 from ~0.50 to 0.524 against its
+#: 0.446 (docs/performance.md); 7 x 7 on 16 px chips had reached 0.916 there
+CONTEXT_TIME_SERIES = 7
 #: pixels per epoch of pixel sampling (50 steps of 256): 256k pixel draws over the default 20 epochs
 PIXELS_PER_EPOCH = 12_800
 #: batch sizes (chips, pixels) and jitter (chips, pixels) when not given
@@ -65,7 +72,14 @@ def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
         if cfg.vector_labels is not None:
             picks["arch"], why = "tempcnn", "per-pixel model on the labelled pixels: labels are polygons or points"
         elif bands >= TIME_SERIES_BANDS:
-            picks["arch"], why = "tempcnn", f"per-pixel model on the labelled pixels: {bands} bands, a time series"
+            k = cfg.context or CONTEXT_TIME_SERIES
+            around = f" and their {k} x {k} neighbourhood" if k > 1 else ""
+            picks["arch"] = "tempcnn"
+            why = f"per-pixel model on the labelled pixels{around}: {bands} bands, a time series"
+            if cfg.context is None:
+                picks["context"] = CONTEXT_TIME_SERIES
+            if cfg.sampling == "auto":
+                picks["sampling"] = "pixels"
         else:
             picks["arch"], why = "unet", f"U-Net on chips: a label raster on {bands} bands"
         if picks["arch"] == "tempcnn" and cfg.bands_per_date is None:
@@ -89,7 +103,8 @@ def resolve(cfg: TrainConfig, bands: int) -> tuple[TrainConfig, str]:
     out = dataclasses.replace(out, **fill).validate()
     line = ""
     if picks:
-        args = ", ".join(f"{k} {v}" for k, v in out.arch_args.items() if k in ("bands_per_date", "depth", "members"))
+        args = ", ".join(f"{k} {v}" for k, v in out.arch_args.items()
+                         if k in ("bands_per_date", "depth", "members") or (k == "context" and v > 1))
         line = (f"--arch auto: {out.arch}" + (f" ({args})" if args else "") + f", {why}; batches of "
                 f"{out.batch_size} {'pixels' if out.pixels else 'chips'}, jitter {out.jitter}"
                 + (f", class balance {out.class_balance}" if out.pixels else "")
