@@ -100,7 +100,7 @@ def read_pixel_table(grid: ImageGrid, plan: LabelPlan, part: str, *, class_field
             xs, ys = data[(slice(None), *inner)][:, ok].T, y[ok]
             if r:
                 assert fill is not None
-                means = _box_means(data, valid, fill, r, _edges(win, r, grid))
+                means = _box_means(data, valid, fill, r, _beyond(win, halo, r))
                 xs = np.concatenate([xs, means[:, ok].T], axis=1)
             for c in np.unique(ys):
                 sel = xs[ys == c]
@@ -125,10 +125,11 @@ def _grown(win: Window, r: int, grid: ImageGrid) -> Window:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def _edges(win: Window, r: int, grid: ImageGrid) -> tuple[int, int, int, int]:
-    """Pixels of the ``r``-pixel margin around ``win`` that lie beyond the image: top, bottom, left, right."""
-    return (max(0, r - int(win.row_off)), max(0, int(win.row_off + win.height) + r - grid.height),
-            max(0, r - int(win.col_off)), max(0, int(win.col_off + win.width) + r - grid.width))
+def _beyond(win: Window, halo: Window, r: int) -> tuple[int, int, int, int]:
+    """Pixels of the ``r``-pixel margin around ``win`` that ``halo`` (:func:`_grown`) could not read, as they
+    lie beyond the image: top, bottom, left, right."""
+    return (r - int(win.row_off - halo.row_off), r - int(halo.row_off + halo.height - win.row_off - win.height),
+            r - int(win.col_off - halo.col_off), r - int(halo.col_off + halo.width - win.col_off - win.width))
 
 
 def _box_means(data: np.ndarray, valid: np.ndarray, fill: np.ndarray, r: int, outside: tuple[int, int, int, int],
