@@ -82,3 +82,23 @@ def test_shared_predictor_loads_each_model_once(tmp_path):
     torch.manual_seed(1)
     save_checkpoint(build_model("unet", 4, 3, base_channels=4, depth=2), meta, ckpt, overwrite=True)  # rewritten
     assert shared_predictor([ckpt], device="cpu", threads=1)[0] is not a
+
+
+def test_threads_option_gives_the_model_that_many_threads(tmp_path):
+    """``predict_raster(threads=N)`` (``geoseg infer --threads N``): the model runs on N CPU threads, and runs
+    with the same N give the same bytes (docs/reliability.md#determinism)."""
+    from pathlib import Path
+
+    from geoseg.models.demo import DEMO_MODEL
+    from geoseg.pipeline import predict_raster
+
+    field = Path(__file__).resolve().parents[1] / "sample_data" / "field.tif"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for i in range(2):
+            predict_raster(field, DEMO_MODEL, tmp_path / f"c{i}.tif", probabilities=tmp_path / f"p{i}.tif", threads=1)
+            assert torch.get_num_threads() == 1  # the model's threads, given back after the run
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "p0.tif").read_bytes() == (tmp_path / "p1.tif").read_bytes()

@@ -58,6 +58,7 @@ def infer(
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
     max_strip_width: Annotated[int, typer.Option(help="Widest column strip held in memory, pixels (bounds memory for very wide rasters).", min=256)] = 8192,
     read_threads: Annotated[Optional[int], typer.Option(help="Threads reading each row band of the input in parallel (default: 1 on CPU; with a GPU all cores but two, at most 16).", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model (default: every core; on a cluster, each worker's own). Runs with the same number give the same bytes; on some CPUs another number can move a probability by one step (docs/reliability.md).", min=1)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile for the fixed tile shape (a GPU: faster after a warm-up of about a minute; see docs/gpu.md).")] = False,
     max_memory: Annotated[Optional[float], typer.Option(help="Keep inference buffers under about this many MB (narrows column strips; the model itself is extra).", min=1)] = None,
     overwrite: OverwriteOpt = False,
@@ -102,7 +103,7 @@ def infer(
     options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), nodata=nodata, tile_size=tile_size,
                    overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
                    max_strip_width=max_strip_width, max_memory_mb=max_memory, read_threads=read_threads,
-                   compile=compile)
+                   compile=compile, threads=threads)
     with output_directory(out_dir):  # created if missing; removed again if the run fails before writing
         items = plan_outputs(inputs, out_dir)
 

@@ -54,7 +54,8 @@ def cached_model(paths: Sequence[str | os.PathLike[str]], **kwargs: Any) -> tupl
 
     if not any(is_onnx(p) for p in paths):  # ONNX models run on the CPU as exported
         kwargs["device"] = _device(kwargs.get("device", "auto"))
-        kwargs.setdefault("threads", _threads())
+        if kwargs.get("threads") is None:
+            kwargs["threads"] = _threads()
     return shared_predictor(paths, **kwargs)
 
 

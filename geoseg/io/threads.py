@@ -66,50 +66,90 @@ def join_through_interrupts(t: BackgroundThread, on_interrupt: Callable[[], None
         t.join()  # returns at once: the thread's work has ended
 
 
-def prefetch_in_thread(gen: Iterator[Any], maxsize: int = 2, name: str = "geoseg-prefetch") -> Iterator[Any]:
-    """Yield the items of ``gen``, produced in a worker thread at most ``maxsize`` ahead.
+class Prefetcher:
+    """The items of ``gen``, produced in a worker thread at most ``maxsize`` ahead, as an iterator.
 
-    Exceptions of ``gen`` are re-raised in the consumer. When the consumer stops (the returned
-    generator is closed or garbage collected, or a Ctrl-C arrives while it waits), the worker stops
-    after the item in progress (sooner where that work calls :func:`check_stop`), closes ``gen``,
-    and has ended before this generator finishes closing, so a resource that ``gen`` reads (an
-    open dataset) may be closed right after.
+    Unlike :func:`prefetch_in_thread`, the worker can start before the first item is asked for
+    (:meth:`start`): a run starts reading its input while it still sets up its outputs. Exceptions
+    of ``gen`` are re-raised in the consumer. :meth:`close` (also called when the items run out or
+    one raises) stops the worker after the item in progress (sooner where that work calls
+    :func:`check_stop`), closes ``gen``, and returns once the worker has ended, so a resource that
+    ``gen`` reads (an open dataset) may be closed right after. Register :meth:`close` (an
+    ``ExitStack`` callback) before calling :meth:`start`.
     """
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
 
-    def put(item: Any) -> bool:
-        """Queue ``item`` unless the consumer has stopped; never blocks past a stop."""
-        while not t.stop.is_set():
+    def __init__(self, gen: Iterator[Any], maxsize: int = 2, name: str = "geoseg-prefetch") -> None:
+        q: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
+
+        def put(item: Any) -> bool:
+            """Queue ``item`` unless the consumer has stopped; never blocks past a stop."""
+            while not t.stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run() -> None:  # references neither self nor the consumer: both can be collected
             try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+                for item in gen:
+                    if not put(item):
+                        break
+                else:
+                    put(_END)
+            except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+                put(e)
+            finally:
+                if t.stop.is_set() and hasattr(gen, "close"):
+                    gen.close()
 
-    def run() -> None:
+        t = BackgroundThread(run, name)
+        self._q, self._t, self._closed = q, t, False
+
+    def start(self) -> "Prefetcher":
+        """Start the worker (once; :meth:`__next__` starts it too)."""
+        if self._t.ident is None and not self._closed:
+            self._t.start()
+        return self
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise StopIteration
+        self.start()
         try:
-            for item in gen:
-                if not put(item):
-                    break
-            else:
-                put(_END)
-        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
-            put(e)
-        finally:
-            if t.stop.is_set() and hasattr(gen, "close"):
-                gen.close()
+            item = self._q.get()
+        except BaseException:
+            self.close()
+            raise
+        if item is _END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
 
-    t = BackgroundThread(run, name)
+    def close(self) -> None:
+        """Stop the worker and wait until it has ended (through a Ctrl-C meanwhile)."""
+        self._closed = True
+        self._t.stop.set()
+        join_through_interrupts(self._t)
+
+
+def prefetch_in_thread(gen: Iterator[Any], maxsize: int = 2, name: str = "geoseg-prefetch") -> Iterator[Any]:
+    """Yield the items of ``gen``, produced in a worker thread at most ``maxsize`` ahead (a
+    :class:`Prefetcher` that starts at the first item).
+
+    When the consumer stops (the returned generator is closed or garbage collected, or a Ctrl-C
+    arrives while it waits), the worker stops and has ended before this generator finishes closing.
+    """
+    p = Prefetcher(gen, maxsize, name)
     try:
-        t.start()  # inside the try: a Ctrl-C right after the start still stops and joins the thread
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        p.start()  # inside the try: a Ctrl-C right after the start still stops and joins the thread
+        yield from p
     finally:
-        t.stop.set()
-        join_through_interrupts(t)
+        p.close()

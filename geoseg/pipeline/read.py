@@ -25,7 +25,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geoseg.io.raster import open_raster, read_into, validity_kind
-from geoseg.io.threads import prefetch_in_thread
+from geoseg.io.threads import Prefetcher, prefetch_in_thread
 from geoseg.pipeline.plan import RowJob, RunPlan
 
 
@@ -248,6 +248,11 @@ class RowBandReader:
     def __iter__(self) -> Iterator[RowBand]:
         """Bands in order, read in a background thread at most ``ahead`` bands ahead."""
         return prefetch_in_thread(self._bands(), self.ahead, "geoseg-reader")
+
+    def prefetcher(self) -> Prefetcher:
+        """Bands in order as :meth:`__iter__` gives them, read from the moment its ``start()`` is called
+        (a run starts reading while it sets up its outputs); register its ``close()`` first."""
+        return Prefetcher(self._bands(), self.ahead, "geoseg-reader")
 
 
 class _Now:

@@ -42,6 +42,7 @@ from geoseg.io.atomic import check_destination, destination_lock
 from geoseg.io.gdalcache import block_cache
 from geoseg.io.heap import HeapTrimmer, release_free_heap, streaming_heap
 from geoseg.io.raster import inspect, open_raster, resolve_bands
+from geoseg.io.threads import Prefetcher
 from geoseg.io.writer import GeoTiffSink
 from geoseg.models.meta import ModelMeta
 from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
@@ -163,6 +164,7 @@ def predict_raster(
     gdal_cache_mb: float | None = None,
     accumulate: str = "auto",
     compile: bool = False,
+    threads: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     rows: tuple[int, int] | None = None,
     load_model: Callable[..., Any] | None = None,
@@ -201,6 +203,10 @@ def predict_raster(
         accumulate: blending sums ``auto`` (float32 on every device), ``float32`` or ``float64``
             (the exactness reference: tiled = whole-image to 1e-6; float32 is within 1e-5).
         compile: compile the model with ``torch.compile`` (checkpoint paths only; see docs/gpu.md).
+        threads: CPU threads for the model (checkpoint paths only; default every core, or a Dask worker's
+            own). Runs with the same number give the same bytes; on some CPUs (oneDNN's AVX-512 kernels)
+            another number changes the model's last float bits, and so can move a probability by one step
+            (docs/reliability.md#determinism).
         on_progress: called after each batch with a :class:`Progress`.
         rows: write only output rows ``[r0, r1)`` (tile row starts, :func:`geoseg.pipeline.plan.block_bounds`)
             into ``output``/``probabilities`` as plain GeoTIFF *parts* of that many rows, exactly the
@@ -235,7 +241,7 @@ def predict_raster(
     # one run at a time per destination: a second one gets a clear error instead of destroying this one
     with destination_lock(out_path), destination_lock(prob_path):
         # A bounded GDAL block cache: its default (5% of RAM) would grow with the raster.
-        with block_cache(64 << 20), open_raster(source) as ds:
+        with block_cache(64 << 20), open_raster(source) as ds, contextlib.ExitStack() as reading:
             info = inspect(ds)
             paths = ([model] if isinstance(model, (str, os.PathLike))
                      else list(model) if isinstance(model, (list, tuple)) else None)
@@ -243,7 +249,7 @@ def predict_raster(
                 from geoseg.predict import load_predictor
 
                 predictor: Any = (load_model or load_predictor)(paths, device=device, tta=tta, precision=precision,
-                                                                compile=compile)
+                                                                compile=compile, threads=threads)
             else:
                 predictor = model
             meta: ModelMeta = predictor.meta
@@ -267,6 +273,21 @@ def predict_raster(
                 if r0 not in grid.row_starts or not (r1 == grid.height or r1 in grid.row_starts) or r1 <= r0:
                     raise UsageError(f"rows {r0}..{r1} are not a block of the tile grid (see block_bounds)")
             check_disk(out_path, prob_path, info.width, r1 - r0, meta.num_classes, probability_dtype, resume)
+            reading.enter_context(block_cache(cache))  # process-wide in GDAL: the reader threads' handles too
+
+            def start_reading(plan: Any) -> tuple[RowBandReader, Prefetcher]:
+                """Start reading ``plan``'s row bands (page-locked buffers on a GPU: copied to it
+                asynchronously, with no staging copy); stopped when ``reading`` closes, if not before."""
+                alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None
+                if on_gpu:
+                    from geoseg.predict.stream import pinned_alloc as alloc
+                reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, alloc=alloc, nodata=nodata)
+                return reader, reading.enter_context(contextlib.closing(reader.prefetcher())).start()
+
+            # Unless a resume state decides where the run starts, reading starts now: the first row bands
+            # are decoded while the outputs are set up (fingerprints, staging files, the first checkpoint).
+            plan = plan_block(grid, strips, r0, r1) if rows is not None else None if resume else plan_run(grid, strips)
+            early = start_reading(plan) if plan is not None else None
             schema = meta.schema
             k = meta.num_classes
 
@@ -320,15 +341,20 @@ def predict_raster(
                     sinks.append(GeoTiffSink(dest, staging=stage, resume=resume, **{**spec, **part}))
                 writer = RowWriter(sinks, state, state_path(out_path), checkpoint_seconds)
                 writer.checkpoint()  # the run state exists from the first moment: --resume works after any kill
+                streamed = False
                 try:
-                    with block_cache(cache):  # process-wide in GDAL: the reader threads' handles too
-                        plan = plan_run(grid, strips, start) if rows is None else plan_block(grid, strips, r0, r1)
-                        stats = _stream(ds, band_idx, plan, predictor, blend=blend,
-                                        batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
-                                        prob_dtype=probability_dtype, prefetch=prefetch, threads=threads,
-                                        accumulate=accumulate, on_progress=on_progress, t0=t0, nodata=nodata)
+                    if early is None:
+                        plan = plan_run(grid, strips, start)
+                    reader, reads = early or start_reading(plan)
+                    stats = _stream(ds, reader, reads, predictor, blend=blend,
+                                    batch_size=batch_size, writer=writer, probabilities=prob_path is not None,
+                                    prob_dtype=probability_dtype, accumulate=accumulate, on_progress=on_progress,
+                                    t0=t0)
+                    streamed = True
                 finally:
-                    writer.close()
+                    # no last checkpoint after a complete stream: the COG step closes the staging files next,
+                    # and a run stopped during it resumes from its last checkpoint (checkpoint_seconds)
+                    writer.close(checkpoint=not streamed)
                 # two phases: every COG is built before any is renamed into place, so an interruption
                 # leaves either all outputs or none (the renames take microseconds)
                 t_cog = time.perf_counter()
@@ -371,14 +397,14 @@ def _pixels_written_before(strips: Sequence[tuple[int, int]], start: tuple[int, 
                                                                  if strip < len(strips) else 0)
 
 
-def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: str, batch_size: int,
-            writer: RowWriter, probabilities: bool, prob_dtype: str, prefetch: int, threads: int,
-            accumulate: str, on_progress: Callable[[Progress], None] | None, t0: float,
-            nodata: float | None = None) -> dict[str, Any]:
-    """Read the plan's row bands and run the device stages on them; the run's counts."""
-    from geoseg.predict.stream import StreamRunner, pinned_alloc
+def _stream(ds: Any, reader: RowBandReader, bands: Prefetcher, predictor: Any, *, blend: str, batch_size: int,
+            writer: RowWriter, probabilities: bool, prob_dtype: str, accumulate: str,
+            on_progress: Callable[[Progress], None] | None, t0: float) -> dict[str, Any]:
+    """Run the device stages on the row bands ``bands`` (being read by ``reader``); the run's counts."""
+    from geoseg.predict.stream import StreamRunner
 
     meta: ModelMeta = predictor.meta
+    plan = reader.plan
     grid = plan.grid
     total = plan.tiles
 
@@ -389,10 +415,6 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
     runner = StreamRunner(predictor, plan, mean=meta.mean, std=meta.std, blend=blend, batch_size=batch_size,
                           lut=meta.schema.lookup_table(), nodata=meta.schema.nodata, probabilities=probabilities,
                           prob_dtype=prob_dtype, emit=writer.put, accumulate=accumulate, on_batch=progress)
-    # row bands in page-locked memory on a GPU: copied to it asynchronously, no staging copy
-    reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch,
-                           alloc=pinned_alloc if runner.cuda else None, nodata=nodata)
-    bands = iter(reader)
     waited, t_loop = 0.0, time.perf_counter()
     # on a CPU no fresh mmap (and its page faults) for every large tensor, and a trim only when freed
     # memory piles up; a GPU's host side allocates little per batch and keeps its heap as it was measured
@@ -414,7 +436,7 @@ def _stream(ds: Any, band_idx: list[int], plan: Any, predictor: Any, *, blend: s
                             "main thread (device stages)": t - t_loop - waited,
                             "draining the device and writer": time.perf_counter() - t}
     finally:
-        bands.close()  # type: ignore[attr-defined]  # stop the readers now, before the caller closes the dataset
+        bands.close()  # stop the readers now, before the caller closes the dataset
         runner.release()
     if stats["overflow"]:
         n = stats["overflow"]

@@ -90,8 +90,8 @@ class RowWriter:
             raise self.error
         self.q.put(rows)
 
-    def close(self) -> None:
-        """Drain the queue, record the final checkpoint, re-raise any write error.
+    def close(self, checkpoint: bool = True) -> None:
+        """Drain the queue, record the final checkpoint (if ``checkpoint``), re-raise any write error.
 
         A Ctrl-C meanwhile drops the rows still queued, but this returns (raising it) only once the
         writer thread has ended: the caller then closes the files it was writing.
@@ -115,4 +115,5 @@ class RowWriter:
             raise pending
         if self.error is not None:
             raise self.error
-        self.checkpoint()
+        if checkpoint:
+            self.checkpoint()
