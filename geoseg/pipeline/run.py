@@ -273,6 +273,9 @@ def predict_raster(
                 if r0 not in grid.row_starts or not (r1 == grid.height or r1 in grid.row_starts) or r1 <= r0:
                     raise UsageError(f"rows {r0}..{r1} are not a block of the tile grid (see block_bounds)")
             check_disk(out_path, prob_path, info.width, r1 - r0, meta.num_classes, probability_dtype, resume)
+            # a remote source's fingerprint reads through ``ds``, which the reader thread is about to use
+            # (a GDAL handle serves one thread at a time)
+            source_key = remote_fingerprint(gdal_path(source), ds) if is_virtual(source) else None
             reading.enter_context(block_cache(cache))  # process-wide in GDAL: the reader threads' handles too
 
             def start_reading(plan: Any) -> tuple[RowBandReader, Prefetcher]:
@@ -293,7 +296,7 @@ def predict_raster(
 
             staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
             key = {
-                "source": remote_fingerprint(gdal_path(source), ds) if is_virtual(source) else file_fingerprint(source),
+                "source": source_key or file_fingerprint(source),
                 "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
                           else [file_fingerprint(p) for p in paths] if paths is not None
                           else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
