@@ -291,3 +291,21 @@ def test_cpu_tile_by_tile_path_equals_the_whole_band_path(make_raster, tmp_path,
     np.testing.assert_array_equal(out["tiles"][1], out["band"][1])
     assert (out["tiles"][0][0, 25:35, 40:80] == 255).all()  # the hole is nodata, not a class
     assert len(np.unique(out["tiles"][0])) > 2
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 12])
+def test_cpu_argmax_is_the_first_maximum_and_looks_up_class_values(k):
+    """``_argmax0`` (uint8 arithmetic on a CPU) equals torch's argmax, the first of equal maxima, with
+    noisy and tied sums, and class values in any order (their differences wrap around 256)."""
+    torch = pytest.importorskip("torch")
+    from geoseg.predict.stream import _argmax0
+
+    g = torch.Generator().manual_seed(k)
+    for trial in range(10):
+        s = (torch.randint(0, 3, (k, 19, 37), generator=g).float() if trial % 2
+             else torch.rand((k, 19, 37), generator=g))  # ties, then noise
+        values = torch.randperm(256, generator=g)[:k].to(torch.uint8)
+        first = torch.stack([(s[c] == s.amax(dim=0)) & ~(s[:c] == s.amax(dim=0)).any(dim=0) for c in range(k)]
+                            ).to(torch.int64).argmax(dim=0)
+        assert torch.equal(_argmax0(s).long(), first)
+        assert torch.equal(_argmax0(s, values), values[first])

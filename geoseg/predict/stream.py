@@ -134,21 +134,32 @@ class RowBlender:
 def _argmax0(s: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
     """``s.argmax(dim=0)`` (the first of equal maxima), or ``values[s.argmax(dim=0)]`` with ``values``.
 
-    On a CPU, as uint8 by a running comparison over the classes, in place: ~10x faster there than
-    torch's reduction over a leading strided axis, and the lookup of the class value costs nothing.
-    On a GPU, and for more than 255 classes, torch's own (int64), then the lookup.
+    On a CPU, as uint8 by a running comparison over the classes: ~10x faster there than torch's
+    reduction over a leading strided axis, and the lookup of the class value costs nothing. Each
+    class's winners take its value by uint8 arithmetic (``out ^= (out ^ v) * more``), not by
+    ``masked_fill_``/``where``, which branch per pixel: 0.37 against 0.78 ms for 3 classes on a
+    192 x 2048 band of real-looking sums, and against 4.0 ms on noisy ones. On a GPU, and for more
+    than 255 classes, torch's own (int64), then the lookup.
     """
     if s.shape[0] > 255 or s.is_cuda:
         idx = s.argmax(dim=0)
         return values[idx] if values is not None else idx
     vals = values.tolist() if values is not None else list(range(s.shape[0]))
-    best = s[0].clone()
-    out = torch.full(s.shape[1:], vals[0], dtype=torch.uint8, device=s.device)
-    more = torch.empty(s.shape[1:], dtype=torch.bool, device=s.device)
-    for k in range(1, s.shape[0]):
-        torch.gt(s[k], best, out=more)
-        torch.maximum(best, s[k], out=best)
-        out.masked_fill_(more, vals[k])
+    k = s.shape[0]
+    if k == 1:
+        return torch.full(s.shape[1:], vals[0], dtype=torch.uint8, device=s.device)
+    more = torch.gt(s[1], s[0])
+    m = more.view(torch.uint8)  # 0 or 1; follows ``more`` as it is rewritten below
+    out = m.mul((vals[1] - vals[0]) % 256).add_(vals[0])  # modulo 256: vals[1] where more, else vals[0]
+    if k > 2:
+        best = torch.maximum(s[0], s[1])
+        tmp = torch.empty_like(out)
+        for c in range(2, k):
+            torch.gt(s[c], best, out=more)
+            if c < k - 1:
+                torch.maximum(best, s[c], out=best)
+            torch.bitwise_xor(out, vals[c], out=tmp).mul_(m)  # out ^ v where more, 0 elsewhere
+            out.bitwise_xor_(tmp)
     return out
 
 
