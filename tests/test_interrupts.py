@@ -182,3 +182,48 @@ def test_stopping_workers_does_not_wait_on_a_half_sent_result(tmp_path: Path) ->
         writer.close()  # releases a manager left stuck: no hung exit
     assert took < 3
     assert manager is not None and not manager.is_alive()
+
+
+def test_a_prefetcher_reads_before_it_is_asked_and_stops_unasked() -> None:
+    """``Prefetcher.start()`` produces items before the first ``next`` (a run reads while it sets up), and
+    ``close()`` stops a worker nobody has asked anything of yet."""
+    from geoseg.io.threads import Prefetcher
+
+    produced = threading.Event()
+
+    def rows():
+        for i in range(1000):
+            produced.set()
+            yield i
+
+    p = Prefetcher(rows(), 2, "test-early").start()
+    assert produced.wait(5)  # before any next()
+    p.close()
+    assert not [t for t in threading.enumerate() if t.name == "test-early"]
+    assert list(p) == []  # closed: nothing more
+    q = Prefetcher(iter(range(5)), 2, "test-early")
+    assert list(q) == [0, 1, 2, 3, 4]  # next() starts it too
+    assert not [t for t in threading.enumerate() if t.name == "test-early"]
+
+
+def test_a_failure_while_setting_up_outputs_stops_the_reader_already_reading(tmp_path: Path, monkeypatch) -> None:
+    """Reading starts before the outputs are set up; an error there (here: the staging file cannot be
+    created) still stops the reader thread before the input is closed, and leaves nothing behind."""
+    from geoseg.errors import RasterWriteError
+    from geoseg.models.demo import DEMO_MODEL
+    from geoseg.pipeline import predict_raster
+    from geoseg.pipeline import run as run_module
+
+    readers: list[int] = []
+
+    def failing_sink(*args: object, **kwargs: object) -> None:
+        readers.append(len([t for t in threading.enumerate() if t.name == "geoseg-reader"]))
+        raise RasterWriteError("cannot create the staging file (test)")
+
+    monkeypatch.setattr(run_module, "GeoTiffSink", failing_sink)
+    field = Path(__file__).resolve().parents[1] / "sample_data" / "field.tif"
+    with pytest.raises(RasterWriteError, match="staging"):
+        predict_raster(field, DEMO_MODEL, tmp_path / "c.tif")
+    assert readers == [1]  # the reader was reading when the setup failed
+    assert not [t for t in threading.enumerate() if t.name == "geoseg-reader"]
+    assert not list(tmp_path.iterdir())
