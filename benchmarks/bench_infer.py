@@ -127,8 +127,9 @@ def folded_predictor(checkpoint: str, device: str):
     return TorchPredictor(fuse(net.eval()), meta, device=device)
 
 
-def read_only(raster: str, size: int, overlap: int, align: int, threads: int) -> float:
-    """Raster Mpx/s of the pipeline's reader alone (every tile row's band read once, own type)."""
+def read_only(raster: str, size: int, overlap: int, align: int, threads: int, gdal_decode: bool = True) -> float:
+    """Raster Mpx/s of the pipeline's reader alone (every tile row's band read once, own type); with
+    ``gdal_decode=False`` by block-aligned chunks, one thread each, even where GDAL could decode on threads."""
     from geoseg.io.raster import open_raster
     from geoseg.pipeline.plan import plan_run
     from geoseg.pipeline.read import RowBandReader
@@ -138,10 +139,18 @@ def read_only(raster: str, size: int, overlap: int, align: int, threads: int) ->
         g = TileGrid(ds.height, ds.width, size, overlap, align)
         plan = plan_run(g, column_strips(ds.width, size, overlap, 8192, align))
         t = time.perf_counter()
-        reader = RowBandReader(ds, list(range(1, ds.count + 1)), plan, threads=threads)
+        reader = RowBandReader(ds, list(range(1, ds.count + 1)), plan, threads=threads, gdal_decode=gdal_decode)
         for band in reader:
             band.release(reader.buffers)
         return ds.width * ds.height / 1e6 / (time.perf_counter() - t)
+
+
+def _default_read_threads(raster: str, on_gpu: bool, pred) -> int:
+    from geoseg.io.raster import open_raster
+    from geoseg.pipeline.read import default_read_threads
+
+    with open_raster(raster) as ds:
+        return default_read_threads(ds, on_gpu=on_gpu, model_threads=pred.threads)
 
 
 def write_only(raster: str, out: str, size: int, overlap: int) -> float:
@@ -200,6 +209,9 @@ def main() -> None:
                     help="also time model-only with batch normalization folded into the convolutions")
     ap.add_argument("--compile", action="store_true", help="also time the compiled model (torch.compile)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
+    ap.add_argument("--read-chunks", action="store_true",
+                    help="also time read-only by block-aligned chunks (one thread and handle each) instead of "
+                         "GDAL's decoding threads (column read_chunks; the same where GDAL cannot decode on threads)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child runs")
     ap.add_argument("--rss-variants", type=int, default=0,
                     help="also measure peak RSS with 1 reader thread (1) and with MALLOC_ARENA_MAX=2 (2)")
@@ -238,10 +250,9 @@ def main() -> None:
     if not args.null_only:
         model_only_seconds(pred, args.tile_size, args.batch_size, 2 * args.batch_size)  # warm-up
     on_gpu = pred.device.type == "cuda"
-    threads = min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1  # predict_raster's default
     print(f"model: unet base {args.base_channels} depth {args.depth}, tile {args.tile_size}, overlap "
           f"{args.overlap}, batch {args.batch_size}, {pred.device} {pred.precision}; src {Path(args.src).name}; "
-          f"cpus {os.cpu_count()}; reader threads {threads}", flush=True)
+          f"cpus {os.cpu_count()}", flush=True)
     align = 2 ** args.depth
     rows = []
     for compress in args.compress:
@@ -255,8 +266,12 @@ def main() -> None:
             def keep(name: str, value: float) -> None:
                 best[name] = max(best.get(name, 0.0), value)
 
+            threads = _default_read_threads(raster, on_gpu, pred)  # predict_raster's default for this raster
+            print(f"  {Path(raster).name}: reader threads {threads}", flush=True)
             for _ in range(0 if args.rss_only else args.repeats):
                 keep("read", read_only(raster, args.tile_size, args.overlap, align, threads))
+                if args.read_chunks:
+                    keep("read_chunks", read_only(raster, args.tile_size, args.overlap, align, threads, False))
                 keep("write", write_only(raster, str(work / "w.tif"), args.tile_size, args.overlap))
                 t = time.perf_counter()
                 rep = predict_raster(raster, null, str(work / "n.tif"), batch_size=args.batch_size, overwrite=True)
@@ -295,6 +310,8 @@ def main() -> None:
 
     print()
     cols = ["model", "compiled", "read", "write", "null", "e2e", "e2e_compiled", "rss"]
+    if args.read_chunks:
+        cols.insert(3, "read_chunks")
     if folded is not None:
         cols.insert(1, "model_bn_folded")
     print(f"{'input':>8} {'size':>12} {'Mpx':>7} " + " ".join(f"{c:>12}" for c in cols)

@@ -29,10 +29,11 @@ def test_chunks_fall_on_blocks_and_cover_the_range():
         assert all(b % block == 0 for _, b in pieces[:-1])
 
 
-@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("tiled,compress", [(True, None), (True, "deflate"), (False, None), (False, "deflate")])
 @pytest.mark.parametrize("kind", ["uint16", "float32-nan", "masked"])
-def test_reader_threads_equal_one_plain_read(make_raster, tmp_path, tiled, kind):
-    """Row bands read in block-aligned chunks by 3 threads = read_window of the whole band."""
+def test_reader_threads_equal_one_plain_read(make_raster, tmp_path, tiled, compress, kind):
+    """Row bands read with 3 threads = read_window of the whole band: in block-aligned chunks by 3 threads,
+    or, for a compressed tiled GeoTIFF, through one handle whose blocks GDAL decodes on 3 threads."""
     rng = np.random.default_rng(3)
     h, w = 300, 700
     if kind == "uint16":
@@ -45,11 +46,12 @@ def test_reader_threads_equal_one_plain_read(make_raster, tmp_path, tiled, kind)
         data, nodata = rng.integers(1, 200, size=(3, h, w)).astype(np.int16), 0
         data[:, :, :300] = 0
     prof = dict(tiled=True, blockxsize=128, blockysize=128) if tiled else {}
-    src = make_raster(data, nodata=nodata, **prof)
+    src = make_raster(data, nodata=nodata, compress=compress, **prof)
     grid = TileGrid(h, w, 96, 16)
     plan = plan_run(grid, column_strips(w, 96, 16, 320))
     with open_raster(src) as ds:
         reader = RowBandReader(ds, [1, 2, 3], plan, threads=3, ahead=1)
+        assert (reader.decode_threads, reader.threads) == ((3, 1) if tiled and compress else (1, 3))
         n = skipped = 0
         for band in reader:
             job = band.job
@@ -309,3 +311,22 @@ def test_cpu_argmax_is_the_first_maximum_and_looks_up_class_values(k):
                             ).to(torch.int64).argmax(dim=0)
         assert torch.equal(_argmax0(s).long(), first)
         assert torch.equal(_argmax0(s, values), values[first])
+
+
+def test_default_read_threads(make_raster):
+    """On a CPU two threads only where GDAL decodes the blocks on threads and the model has two or more
+    (a one-thread Dask worker keeps one); with a GPU all cores but two."""
+    import os
+
+    from geoseg.pipeline.read import default_read_threads
+
+    data = np.zeros((2, 300, 300), np.uint16)
+    tiled = dict(tiled=True, blockxsize=128, blockysize=128)
+    cases = {make_raster(data, "deflate.tif", compress="deflate", **tiled): 2,
+             make_raster(data, "none.tif", **tiled): 1,
+             make_raster(data, "striped.tif", compress="deflate"): 1}
+    for path, want in cases.items():
+        with open_raster(path) as ds:
+            assert default_read_threads(ds, on_gpu=False, model_threads=4) == want, path.name
+            assert default_read_threads(ds, on_gpu=False, model_threads=1) == 1
+            assert default_read_threads(ds, on_gpu=True, model_threads=1) == min(16, max(1, (os.cpu_count() or 1) - 2))

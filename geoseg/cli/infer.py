@@ -57,7 +57,7 @@ def infer(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation averaged in probability space.")] = Tta.none,
     max_strip_width: Annotated[int, typer.Option(help="Widest column strip held in memory, pixels (bounds memory for very wide rasters).", min=256)] = 8192,
-    read_threads: Annotated[Optional[int], typer.Option(help="Threads reading each row band of the input in parallel (default: 1 on CPU; with a GPU all cores but two, at most 16).", min=1)] = None,
+    read_threads: Annotated[Optional[int], typer.Option(help="Threads reading each row band of the input in parallel; a compressed tiled GeoTIFF is decoded by GDAL on that many threads (default: on CPU 2 for such a file, else 1; with a GPU all cores but two, at most 16).", min=1)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model (default: every core; on a cluster, each worker's own). Runs with the same number give the same bytes; on some CPUs another number can move a probability by one step (docs/reliability.md).", min=1)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile for the fixed tile shape (a GPU: faster after a warm-up of about a minute; see docs/gpu.md).")] = False,
     max_memory: Annotated[Optional[float], typer.Option(help="Keep inference buffers under about this many MB (narrows column strips; the model itself is extra).", min=1)] = None,

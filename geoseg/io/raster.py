@@ -20,11 +20,11 @@ from geoseg.io.paths import gdal_path, is_virtual
 _SUPPORTED_KINDS = "uifb"  # unsigned, signed, float, bool
 
 
-def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
+def open_raster(path: str | os.PathLike[str], **open_options: str) -> rasterio.io.DatasetReader:
     """Open a raster for reading; any failure becomes one clear :class:`RasterReadError`.
 
     ``path`` is a local file, a URL (``https://``, ``s3://``...) or a GDAL ``/vsi`` path
-    (:func:`geoseg.io.paths.gdal_path`).
+    (:func:`geoseg.io.paths.gdal_path`); ``open_options`` are the driver's (e.g. GTiff's ``NUM_THREADS``).
     """
     text = gdal_path(path)
     p: Any = text
@@ -43,7 +43,7 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
     try:
         with warnings.catch_warnings(), rasterio.Env(**opts):
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            ds = rasterio.open(p)
+            ds = rasterio.open(p, **open_options)
     except RasterioIOError as e:
         msg = error_text(e, 400) if str(e) else "unreadable"
         if "not recognized as being in a supported file format" in msg or "not recognised" in msg:

@@ -48,7 +48,7 @@ from geoseg.models.meta import ModelMeta
 from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
 from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
-from geoseg.pipeline.read import RowBandReader, block_cache_bytes
+from geoseg.pipeline.read import RowBandReader, block_cache_bytes, default_read_threads
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
@@ -196,8 +196,9 @@ def predict_raster(
         max_memory_mb: bound the run's buffers (accumulator, row bands, batches, GDAL cache) to about
             this many MB by narrowing the column strips (:func:`buffer_bytes`); the model itself is extra.
         prefetch: row bands read ahead.
-        read_threads: threads reading each row band in parallel (default: 1 on CPU, where the model
-            needs the cores; with a GPU all cores but two, at most 16: decoding must keep up with it).
+        read_threads: threads reading each row band in parallel (default:
+            :func:`geoseg.pipeline.read.default_read_threads`: with a GPU all cores but two, at most 16; on a
+            CPU 2 for a compressed tiled GeoTIFF, which GDAL then decodes on 2 threads, else 1).
         gdal_cache_mb: GDAL block cache for this run, in MB (default: enough for the row bands in
             flight, :func:`geoseg.pipeline.read.block_cache_bytes`; 64 MB with ``max_memory_mb``).
         accumulate: blending sums ``auto`` (float32 on every device), ``float32`` or ``float64``
@@ -259,7 +260,8 @@ def predict_raster(
             size, ov = grid.size, grid.overlap
             band_idx = resolve_bands(ds, bands, meta.num_bands, meta.bands)
             on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
-            threads = max(1, read_threads or (min(16, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 1))
+            threads = max(1, read_threads or default_read_threads(
+                ds, on_gpu=on_gpu, model_threads=int(getattr(predictor, "threads", os.cpu_count() or 1))))
             max_strip_width = fit_strip_width(max_strip_width, min(info.width, max_strip_width), max_memory_mb,
                                               size, meta.num_bands, meta.num_classes, min(batch_size, len(grid)),
                                               prefetch, gdal_cache_mb or 64)  # no batch is larger than the raster

@@ -116,8 +116,10 @@ class TorchPredictor:
         self.meta = meta
         self.device = resolve_device(device)
         self.tta = tta
+        #: CPU threads the model runs on
+        self.threads = int(threads or os.cpu_count() or 1)
         if self.device.type == "cpu":
-            torch.set_num_threads(threads or os.cpu_count() or 1)
+            torch.set_num_threads(self.threads)
         self.dtype = self._pick_precision(precision)
         model = model.eval().to(self.device)
         #: tiles go in as channels_last (the layout oneDNN's and cuDNN's convolutions prefer)

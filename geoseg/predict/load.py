@@ -15,7 +15,8 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
                    precision: str = "auto", compile: bool = False, threads: int | None = None) -> Any:
     """A predictor for one checkpoint, several (an ensemble), or one ONNX model.
 
-    ``threads``: torch's CPU threads for checkpoints (default: every core; a Dask worker gives its own).
+    ``threads``: CPU threads for the model, torch's or onnxruntime's (default: every core; a Dask worker gives
+    its own).
 
     ONNX models run on the CPU as exported: ``tta``, ``precision``, ``compile`` and a GPU
     ``device`` apply to checkpoints only and are refused for them.
@@ -30,7 +31,7 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
         if given:
             raise UsageError(f"{', '.join(given)} apply to .pt checkpoints; an ONNX model runs on the CPU as "
                              "exported")
-        return OnnxPredictor(onnx[0])
+        return OnnxPredictor(onnx[0], threads=threads)
     from geoseg.predict.engine import TorchPredictor
 
     return TorchPredictor.from_checkpoint(list(paths), device=device, tta=tta, precision=precision, compile=compile,

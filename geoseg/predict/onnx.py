@@ -74,7 +74,9 @@ class OnnxPredictor:
         if not p.is_file():
             raise CheckpointError(f"{p}: model file not found")
         self.path = p
-        self.session = _session(p, threads)
+        #: CPU threads the model runs on
+        self.threads = int(threads or os.cpu_count() or 1)
+        self.session = _session(p, self.threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise CheckpointError(f"{p}: expected one input of shape (N, bands, H, W), got "
