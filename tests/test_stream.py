@@ -330,3 +330,29 @@ def test_default_read_threads(make_raster):
             assert default_read_threads(ds, on_gpu=False, model_threads=4) == want, path.name
             assert default_read_threads(ds, on_gpu=False, model_threads=1) == 1
             assert default_read_threads(ds, on_gpu=True, model_threads=1) == min(16, max(1, (os.cpu_count() or 1) - 2))
+
+
+def test_a_damaged_tile_read_by_gdals_decoding_threads_is_one_clear_error(tmp_path):
+    """A compressed tiled input is decoded on GDAL's threads (the CPU default reads it on 2); a damaged
+    block there still fails the run with one error that names the file, and leaves no output."""
+    from pathlib import Path
+
+    from geoseg.errors import RasterReadError
+    from geoseg.models.demo import DEMO_MODEL
+
+    field = Path(__file__).resolve().parents[1] / "sample_data" / "field.tif"
+    src = tmp_path / "damaged.tif"
+    with rasterio.open(field) as ds:
+        data, prof = ds.read(), ds.profile
+    prof.update(tiled=True, blockxsize=64, blockysize=64, compress="deflate", interleave="pixel")
+    with rasterio.open(src, "w", **prof) as out:
+        out.write(data)
+    with rasterio.open(src) as ds:
+        off, size = (int(ds.get_tag_item(f"BLOCK_{k}_2_2", "TIFF", bidx=1)) for k in ("OFFSET", "SIZE"))
+    raw = bytearray(src.read_bytes())
+    for i in range(off + 2, off + size - 4):
+        raw[i] ^= 0x5A
+    src.write_bytes(bytes(raw))
+    with pytest.raises(RasterReadError, match="damaged.tif.*read failed"):
+        predict_raster(src, DEMO_MODEL, tmp_path / "c.tif", read_threads=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.tif"]
