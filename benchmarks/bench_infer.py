@@ -127,9 +127,9 @@ def folded_predictor(checkpoint: str, device: str):
     return TorchPredictor(fuse(net.eval()), meta, device=device)
 
 
-def read_only(raster: str, size: int, overlap: int, align: int, threads: int, gdal_decode: bool = True) -> float:
-    """Raster Mpx/s of the pipeline's reader alone (every tile row's band read once, own type); with
-    ``gdal_decode=False`` by block-aligned chunks, one thread each, even where GDAL could decode on threads."""
+def read_only(raster: str, size: int, overlap: int, align: int, threads: int, gdal_decode: bool) -> float:
+    """Raster Mpx/s of the pipeline's reader alone (every tile row's band read once, own type): through GDAL's
+    decoding threads where it can (``gdal_decode``), else by block-aligned chunks, one thread each."""
     from geoseg.io.raster import open_raster
     from geoseg.pipeline.plan import plan_run
     from geoseg.pipeline.read import RowBandReader
@@ -209,9 +209,10 @@ def main() -> None:
                     help="also time model-only with batch normalization folded into the convolutions")
     ap.add_argument("--compile", action="store_true", help="also time the compiled model (torch.compile)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
-    ap.add_argument("--read-chunks", action="store_true",
-                    help="also time read-only by block-aligned chunks (one thread and handle each) instead of "
-                         "GDAL's decoding threads (column read_chunks; the same where GDAL cannot decode on threads)")
+    ap.add_argument("--read-modes", action="store_true",
+                    help="also time read-only through GDAL's decoding threads (read_gdal) and by block-aligned "
+                         "chunks, one thread and handle each (read_chunks); the same where GDAL cannot decode on "
+                         "threads (geoseg.pipeline.read.GDAL_DECODE says which one 'read' uses)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child runs")
     ap.add_argument("--rss-variants", type=int, default=0,
                     help="also measure peak RSS with 1 reader thread (1) and with MALLOC_ARENA_MAX=2 (2)")
@@ -223,6 +224,7 @@ def main() -> None:
     from geoseg.io.stats import band_stats
     from geoseg.models.init import init_checkpoint
     from geoseg.pipeline import predict_raster
+    from geoseg.pipeline.read import GDAL_DECODE
     from geoseg.predict import TorchPredictor
     from geoseg.predict.null import NullPredictor
     from geoseg.tiling import TileGrid
@@ -267,11 +269,14 @@ def main() -> None:
                 best[name] = max(best.get(name, 0.0), value)
 
             threads = _default_read_threads(raster, on_gpu, pred)  # predict_raster's default for this raster
-            print(f"  {Path(raster).name}: reader threads {threads}", flush=True)
+            default_decode = GDAL_DECODE["cuda" if on_gpu else "cpu"]
+            print(f"  {Path(raster).name}: reader threads {threads}, GDAL's decoding threads where it can: "
+                  f"{default_decode}", flush=True)
             for _ in range(0 if args.rss_only else args.repeats):
-                keep("read", read_only(raster, args.tile_size, args.overlap, align, threads))
-                if args.read_chunks:
-                    keep("read_chunks", read_only(raster, args.tile_size, args.overlap, align, threads, False))
+                keep("read", read_only(raster, args.tile_size, args.overlap, align, threads, default_decode))
+                if args.read_modes:
+                    for name, decode in (("read_gdal", True), ("read_chunks", False)):
+                        keep(name, read_only(raster, args.tile_size, args.overlap, align, threads, decode))
                 keep("write", write_only(raster, str(work / "w.tif"), args.tile_size, args.overlap))
                 t = time.perf_counter()
                 rep = predict_raster(raster, null, str(work / "n.tif"), batch_size=args.batch_size, overwrite=True)
@@ -310,8 +315,8 @@ def main() -> None:
 
     print()
     cols = ["model", "compiled", "read", "write", "null", "e2e", "e2e_compiled", "rss"]
-    if args.read_chunks:
-        cols.insert(3, "read_chunks")
+    if args.read_modes:
+        cols[3:3] = ["read_gdal", "read_chunks"]
     if folded is not None:
         cols.insert(1, "model_bn_folded")
     print(f"{'input':>8} {'size':>12} {'Mpx':>7} " + " ".join(f"{c:>12}" for c in cols)

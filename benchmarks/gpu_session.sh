@@ -50,7 +50,7 @@ for s in $steps; do
     infer)
       echo "=== bench_infer: classic 64-channel U-Net, 512^2 tiles, eager and compiled, DEFLATE input"
       timeout 330 python3 benchmarks/bench_infer.py --device cuda --base-channels 64 --tile-size 512 \
-        --overlap 64 --batch-size 16 --sizes 4096 16384 --compile --fold-bn --read-chunks --workdir /tmp/bi 2>&1 \
+        --overlap 64 --batch-size 16 --sizes 4096 16384 --compile --fold-bn --read-modes --workdir /tmp/bi 2>&1 \
         | tee "$out/bench_infer.log" ;;
     rss)
       echo "=== bench_infer: peak RSS at 4096^2 and 16384^2, and with 1 reader thread and MALLOC_ARENA_MAX=2"
@@ -59,7 +59,7 @@ for s in $steps; do
     null)
       echo "=== bench_infer: the pipeline's own cost (null predictor on the GPU), uncompressed and DEFLATE input"
       timeout 150 python3 benchmarks/bench_infer.py --device cuda --null-only --no-rss --tile-size 512 --overlap 64 \
-        --batch-size 16 --sizes ${NULL_SIZE:-8192} --compress none deflate --read-chunks --workdir /tmp/bn 2>&1 \
+        --batch-size 16 --sizes ${NULL_SIZE:-8192} --compress none deflate --read-modes --workdir /tmp/bn 2>&1 \
         | tee "$out/bench_null.log" ;;
     *) echo "unknown step $s (smoke, train, tests, stream-tests, infer, rss, null)"; exit 2 ;;
   esac

@@ -5,10 +5,11 @@ plus, only where the raster can have masked or non-finite values, a per-band val
 byte. Nothing else happens per pixel on the host: normalization, padding and tiling run
 on the predictor's device (:mod:`geoseg.predict.stream`).
 
-With ``threads`` > 1, a compressed tiled GeoTIFF is read a band at a time through one dataset
-handle whose blocks GDAL decodes on ``threads`` threads (GTiff's ``NUM_THREADS``, GDAL >= 3.6):
-on 2 cores 43.8 against 33.1 Mpx/s for the chunks below (2048² Sentinel-2, 8 bands, DEFLATE;
-one thread 23.7). Any other raster is split into chunks along the file's blocks (columns for
+With ``threads`` > 1 and ``gdal_decode`` (on a CPU; :data:`GDAL_DECODE`), a compressed tiled
+GeoTIFF is read a band at a time through one dataset handle whose blocks GDAL decodes on
+``threads`` threads (GTiff's ``NUM_THREADS``, GDAL >= 3.6): on 2 cores 38.9-45.9 against
+34.2-43.9 Mpx/s for the chunks below (2048² and 2048 x 8192 Sentinel-2, 8 bands, DEFLATE; one
+thread 23.4-24.4). Otherwise the raster is split into chunks along the file's blocks (columns for
 tiled files, rows for striped ones) and the chunks are read by ``threads`` threads, each through
 its own dataset handle (GDAL handles are not thread-safe), straight into the band's buffer. The
 buffers come from a :class:`Buffers` pool: page-locked memory on a GPU, so the copy to
@@ -117,6 +118,13 @@ def block_cache_bytes(ds: Any, band_idx: list[int], strip_width: int, tile: int)
     itemsize = max(np.dtype(ds.dtypes[b - 1]).itemsize for b in band_idx)
     rows = min(ds.height, 3 * max(bh, 1) if bh < ds.height else bh)
     return max(64 * 2**20, int(rows * (strip_width + tile) * ds.count * itemsize * 1.1))
+
+
+#: Whether a compressed tiled GeoTIFF is read through GDAL's decoding threads (else by chunk threads),
+#: by device. Measured on CPUs (2 cores: 38.9-45.9 against 34.2-43.9 Mpx/s, never slower); a GPU host keeps
+#: the chunk readers it was measured with (84.5 Mpx/s on 14 threads, H200) until ``gpu_session.sh``
+#: (``bench_infer.py --read-modes``) compares the two there.
+GDAL_DECODE = {"cpu": True, "cuda": False}
 
 
 def default_read_threads(ds: Any, *, on_gpu: bool, model_threads: int) -> int:

@@ -48,7 +48,7 @@ from geoseg.models.meta import ModelMeta
 from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
 from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
-from geoseg.pipeline.read import RowBandReader, block_cache_bytes, default_read_threads
+from geoseg.pipeline.read import GDAL_DECODE, RowBandReader, block_cache_bytes, default_read_threads
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
                            staging_path, state_path)
@@ -198,7 +198,8 @@ def predict_raster(
         prefetch: row bands read ahead.
         read_threads: threads reading each row band in parallel (default:
             :func:`geoseg.pipeline.read.default_read_threads`: with a GPU all cores but two, at most 16; on a
-            CPU 2 for a compressed tiled GeoTIFF, which GDAL then decodes on 2 threads, else 1).
+            CPU 2 for a compressed tiled GeoTIFF, which GDAL then decodes on 2 threads, else 1;
+            :data:`geoseg.pipeline.read.GDAL_DECODE` says where GDAL's decoding threads are used).
         gdal_cache_mb: GDAL block cache for this run, in MB (default: enough for the row bands in
             flight, :func:`geoseg.pipeline.read.block_cache_bytes`; 64 MB with ``max_memory_mb``).
         accumulate: blending sums ``auto`` (float32 on every device), ``float32`` or ``float64``
@@ -286,7 +287,8 @@ def predict_raster(
                 alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None
                 if on_gpu:
                     from geoseg.predict.stream import pinned_alloc as alloc
-                reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, alloc=alloc, nodata=nodata)
+                reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, alloc=alloc, nodata=nodata,
+                                       gdal_decode=GDAL_DECODE["cuda" if on_gpu else "cpu"])
                 return reader, reading.enter_context(contextlib.closing(reader.prefetcher())).start()
 
             # Unless a resume state decides where the run starts, reading starts now: the first row bands
