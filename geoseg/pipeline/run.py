@@ -16,8 +16,9 @@ The stages, one module each:
 This module imports no torch: the device stages are loaded when a run starts. Peak memory
 is independent of raster height (docs/memory.md).
 
-It is a little over 400 lines because ``predict_raster`` is the one place where the stages are
-wired together (its docstring is a third of it); its next split belongs to the GPU pipeline work.
+``predict_raster`` is the one place where the stages are wired together (its docstring is a
+third of it); the outputs' creation arguments (:func:`_output_specs`), starting the reader
+(:func:`_start_reading`) and the device stages' loop (:func:`_stream`) are beside it.
 """
 
 from __future__ import annotations
@@ -280,23 +281,12 @@ def predict_raster(
             # (a GDAL handle serves one thread at a time)
             source_key = remote_fingerprint(gdal_path(source), ds) if is_virtual(source) else None
             reading.enter_context(block_cache(cache))  # process-wide in GDAL: the reader threads' handles too
-
-            def start_reading(plan: Any) -> tuple[RowBandReader, Prefetcher]:
-                """Start reading ``plan``'s row bands (page-locked buffers on a GPU: copied to it
-                asynchronously, with no staging copy); stopped when ``reading`` closes, if not before."""
-                alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None
-                if on_gpu:
-                    from geoseg.predict.stream import pinned_alloc as alloc
-                reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, alloc=alloc, nodata=nodata,
-                                       gdal_decode=GDAL_DECODE["cuda" if on_gpu else "cpu"])
-                return reader, reading.enter_context(contextlib.closing(reader.prefetcher())).start()
-
+            start_reading = partial(_start_reading, reading, ds, band_idx, threads=threads, prefetch=prefetch,
+                                    on_gpu=on_gpu, nodata=nodata)
             # Unless a resume state decides where the run starts, reading starts now: the first row bands
             # are decoded while the outputs are set up (fingerprints, staging files, the first checkpoint).
             plan = plan_block(grid, strips, r0, r1) if rows is not None else None if resume else plan_run(grid, strips)
             early = start_reading(plan) if plan is not None else None
-            schema = meta.schema
-            k = meta.num_classes
 
             staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
             key = {
@@ -326,18 +316,7 @@ def predict_raster(
                     remove_leftovers(dest)
             start = (state.strip, state.rows_done)
 
-            tags = {SCHEMA_TAG: schema.to_json(), "geoseg_model_arch": meta.arch,
-                    "geoseg_tile_size": str(size), "geoseg_overlap": str(ov), "geoseg_blend": blend}
-            common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
-            specs = [dict(count=1, dtype="uint8", nodata=schema.nodata, colormap=schema.colormap(), classes=schema,
-                          descriptions=["class"], tags=tags, resampling="nearest", **common)]
-            if prob_path is not None:
-                fdt = probability_dtype == "float32"
-                specs.append(dict(count=k + 1, dtype=probability_dtype, nodata=float("nan") if fdt else None,
-                                  descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
-                                  tags={**tags, "scale": "1" if fdt else "1/255"},
-                                  scale=None if fdt else 1 / 255,  # GDAL band scale: tools read 0-1
-                                  resampling="average", mask=not fdt, **common))
+            specs = _output_specs(meta, info, grid, blend, probability_dtype if prob_path is not None else None)
             part = {} if rows is None else dict(height=r1 - r0, transform=info.transform * Affine.translation(0, r0),
                                                 row_offset=r0, cog=False)
             sinks: list[GeoTiffSink] = []
@@ -370,7 +349,7 @@ def predict_raster(
                 for s in sinks:
                     s.publish()
                 if rows is None:  # a block's part has no style; the joined COG gets it (assemble_blocks)
-                    write_qml(out_path, raster_qml(schema), overwrite=overwrite)
+                    write_qml(out_path, raster_qml(meta.schema), overwrite=overwrite)
                 clear_state(out_path, staged)
                 stats["timings"]["writing COGs"] = time.perf_counter() - t_cog
                 ok = True
@@ -390,7 +369,8 @@ def predict_raster(
         tiles_skipped=stats["skipped"], seconds=time.perf_counter() - t0,
         device=str(getattr(predictor, "device", "custom")), precision=getattr(predictor, "precision", "custom"),
         tile_size=size, overlap=ov, blend=blend, strips=len(strips),
-        accumulator_bytes=((8 if accumulate == "float64" else 4) * (k + 1) + 1) * grid.band_height * widest,
+        accumulator_bytes=(((8 if accumulate == "float64" else 4) * (meta.num_classes + 1) + 1) * grid.band_height
+                           * widest),
         class_pixel_counts=stats["counts"], resumed_from=start if resume else None, timings=stats["timings"],
         sink_specs=specs,
         pixels_processed=(info.width * (r1 - r0) if rows is not None
@@ -402,6 +382,39 @@ def _pixels_written_before(strips: Sequence[tuple[int, int]], start: tuple[int, 
     strip, rows = start
     return sum((b - a) * height for a, b in strips[:strip]) + (rows * (strips[strip][1] - strips[strip][0])
                                                                  if strip < len(strips) else 0)
+
+
+def _output_specs(meta: ModelMeta, info: Any, grid: Any, blend: str, probability_dtype: str | None
+                  ) -> list[dict[str, Any]]:
+    """The :class:`~geoseg.io.writer.GeoTiffSink` arguments (but the paths) of the class raster and, with a
+    ``probability_dtype``, of the probabilities: georeferencing, class schema and colours, band names,
+    the tags that say how they were made, scale, nodata or mask, overview resampling."""
+    schema = meta.schema
+    tags = {SCHEMA_TAG: schema.to_json(), "geoseg_model_arch": meta.arch,
+            "geoseg_tile_size": str(grid.size), "geoseg_overlap": str(grid.overlap), "geoseg_blend": blend}
+    common = dict(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
+    specs = [dict(count=1, dtype="uint8", nodata=schema.nodata, colormap=schema.colormap(), classes=schema,
+                  descriptions=["class"], tags=tags, resampling="nearest", **common)]
+    if probability_dtype is not None:
+        fdt = probability_dtype == "float32"
+        specs.append(dict(count=meta.num_classes + 1, dtype=probability_dtype, nodata=float("nan") if fdt else None,
+                          descriptions=[f"p_{c.name}" for c in schema.classes] + ["confidence"],
+                          tags={**tags, "scale": "1" if fdt else "1/255"},
+                          scale=None if fdt else 1 / 255,  # GDAL band scale: tools read 0-1
+                          resampling="average", mask=not fdt, **common))
+    return specs
+
+
+def _start_reading(stack: contextlib.ExitStack, ds: Any, band_idx: list[int], plan: Any, *, threads: int,
+                   prefetch: int, on_gpu: bool, nodata: float | None) -> tuple[RowBandReader, Prefetcher]:
+    """Start reading ``plan``'s row bands (page-locked buffers on a GPU: copied to it asynchronously, with no
+    staging copy); the reading stops when ``stack`` closes, if not before."""
+    alloc: Callable[[int], tuple[np.ndarray, Any]] | None = None
+    if on_gpu:
+        from geoseg.predict.stream import pinned_alloc as alloc
+    reader = RowBandReader(ds, band_idx, plan, threads=threads, ahead=prefetch, alloc=alloc, nodata=nodata,
+                           gdal_decode=GDAL_DECODE["cuda" if on_gpu else "cpu"])
+    return reader, stack.enter_context(contextlib.closing(reader.prefetcher())).start()
 
 
 def _stream(ds: Any, reader: RowBandReader, bands: Prefetcher, predictor: Any, *, blend: str, batch_size: int,
