@@ -20,6 +20,9 @@ uncompressed tiled GeoTIFF (``--compress``). Printed side by side in one run, pe
 * write-only: the same all-zero class raster written by row bands and converted to a DEFLATE COG;
 * end-to-end ``predict_raster`` with the model, and with a null predictor (fixed probabilities at
   no cost, on the same device: the pipeline's own cost), and their ratios;
+* with ``--floor``: the null run again with every per-pixel stage skipped (no conversion, blending,
+  argmax or classes; all-nodata rows written): reading, setup, writing and the COG alone, the upper
+  bound of the null column on that machine (a measurement device, never the product's behaviour);
 * peak RSS of a default end-to-end run of each size in a fresh process, and the ratio.
 
 Runs alternate in one process (best of ``--repeats``), so all see the same machine state.
@@ -31,12 +34,14 @@ a CPU and >= 0.85 on a GPU; peak RSS ratio <= 1.10 for 16x taller rasters, <= 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +132,40 @@ def folded_predictor(checkpoint: str, device: str):
     return TorchPredictor(fuse(net.eval()), meta, device=device)
 
 
+@contextlib.contextmanager
+def without_pixel_stages():
+    """Within: :class:`~geoseg.predict.stream.StreamRunner` skips every per-pixel stage. Each tile is queued
+    as one without data (no conversion, model or blending) and finished rows are all nodata without an
+    argmax or a slide, so a run only reads, sets up, writes rows and builds the COG: how fast the null run
+    could be if its stages cost nothing (``--floor``). For measurement only."""
+    import torch
+
+    from geoseg.predict import stream
+
+    def no_tiles(self, job, band, raw, valid, width=None):
+        for j in range(len(job.cols)):
+            self.pending.append((job, j, None, None))
+            if len(self.pending) >= self.batch_size:
+                self._run_batch()
+
+    blank: dict = {}
+
+    def no_argmax(self, upto, skip=0, probabilities=False, values=None):
+        shape = (upto - self.base - skip, self.width)
+        if shape not in blank:
+            blank[shape] = (torch.zeros(shape, dtype=torch.uint8), torch.zeros(shape, dtype=torch.bool))
+        self.base = upto
+        return blank[shape][0], None, blank[shape][1]
+
+    saved = stream.StreamRunner._push_tiles, stream.StreamRunner._push_band, stream.RowBlender.pop
+    stream.StreamRunner._push_tiles, stream.StreamRunner._push_band, stream.RowBlender.pop = (
+        no_tiles, no_tiles, no_argmax)
+    try:
+        yield
+    finally:
+        stream.StreamRunner._push_tiles, stream.StreamRunner._push_band, stream.RowBlender.pop = saved
+
+
 def read_only(raster: str, size: int, overlap: int, align: int, threads: int, gdal_decode: bool) -> float:
     """Raster Mpx/s of the pipeline's reader alone (every tile row's band read once, own type): through GDAL's
     decoding threads where it can (``gdal_decode``), else by block-aligned chunks, one thread each."""
@@ -205,6 +244,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs; the best is kept")
     ap.add_argument("--null-only", action="store_true", help="only read, write and the null predictor")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the null run with every per-pixel stage skipped (null_floor: reading, setup, "
+                         "writing and the COG alone; the upper bound of the null column)")
     ap.add_argument("--fold-bn", action="store_true",
                     help="also time model-only with batch normalization folded into the convolutions")
     ap.add_argument("--compile", action="store_true", help="also time the compiled model (torch.compile)")
@@ -282,6 +324,14 @@ def main() -> None:
                 rep = predict_raster(raster, null, str(work / "n.tif"), batch_size=args.batch_size, overwrite=True)
                 keep("null", mpx / (time.perf_counter() - t))
                 print("  null:", _timings(rep), flush=True)
+                if args.floor:
+                    with warnings.catch_warnings(), without_pixel_stages():
+                        warnings.simplefilter("ignore")  # its rows are all nodata, and say so
+                        t = time.perf_counter()
+                        rep = predict_raster(raster, null, str(work / "f.tif"), batch_size=args.batch_size,
+                                             overwrite=True)
+                        keep("null_floor", mpx / (time.perf_counter() - t))
+                    print("  null, per-pixel stages skipped:", _timings(rep), flush=True)
                 if args.null_only:
                     continue
                 keep("model", mpx / model_only_seconds(pred, args.tile_size, args.batch_size, len(g)))
@@ -315,12 +365,14 @@ def main() -> None:
 
     print()
     cols = ["model", "compiled", "read", "write", "null", "e2e", "e2e_compiled", "rss"]
+    if args.floor:
+        cols.insert(5, "null_floor")
     if args.read_modes:
         cols[3:3] = ["read_gdal", "read_chunks"]
     if folded is not None:
         cols.insert(1, "model_bn_folded")
     print(f"{'input':>8} {'size':>12} {'Mpx':>7} " + " ".join(f"{c:>12}" for c in cols)
-          + f" {'null/min(r,w)':>14} {'e2e/model':>10} {'e2e/min':>8} {'e2e_c/model':>12}")
+          + f" {'null/min(r,w)':>14} {'floor/min':>10} {'e2e/model':>10} {'e2e/min':>8} {'e2e_c/model':>12}")
     for compress, size, mpx, b in rows:
         if "read" not in b:  # --rss-only
             continue
@@ -329,9 +381,11 @@ def main() -> None:
         e2e_model = f"{b['e2e'] / b['model']:>10.2f}" if "e2e" in b else f"{'-':>10}"
         e2e_min = (f"{b['e2e'] / min(b['model'], floor_io):>8.2f}" if "e2e" in b else f"{'-':>8}")
         e2e_c = (f"{b['e2e_compiled'] / b['model']:>12.2f}" if "e2e_compiled" in b else f"{'-':>12}")
-        print(f"{compress:>8} {size:>12} {mpx:>7.1f} {cells} {b['null'] / floor_io:>14.2f} {e2e_model} {e2e_min} "
-              f"{e2e_c}")
-    print(f"(raster Mpx/s, best of {args.repeats}; rss = peak RSS MB of a default end-to-end run in a fresh process;"
+        floor = f"{b['null_floor'] / floor_io:>10.2f}" if "null_floor" in b else f"{'-':>10}"
+        print(f"{compress:>8} {size:>12} {mpx:>7.1f} {cells} {b['null'] / floor_io:>14.2f} {floor} {e2e_model} "
+              f"{e2e_min} {e2e_c}")
+    print(f"(raster Mpx/s, best of {args.repeats}; floor/min = null_floor / min(read, write);\n"
+          " rss = peak RSS MB of a default end-to-end run in a fresh process;"
           " e2e_c/model = compiled end-to-end over eager model-only)")
     for compress in args.compress:
         rs = [r for r in rows if r[0] == compress and "rss" in r[3]]
