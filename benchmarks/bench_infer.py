@@ -151,11 +151,12 @@ def without_pixel_stages():
     blank: dict = {}
 
     def no_argmax(self, upto, skip=0, probabilities=False, values=None):
-        shape = (upto - self.base - skip, self.width)
-        if shape not in blank:
-            blank[shape] = (torch.zeros(shape, dtype=torch.uint8), torch.zeros(shape, dtype=torch.bool))
+        key = (upto - self.base - skip, self.width, self.sums.device)
+        if key not in blank:
+            blank[key] = (torch.zeros(key[:2], dtype=torch.uint8, device=key[2]),
+                          torch.zeros(key[:2], dtype=torch.bool, device=key[2]))
         self.base = upto
-        return blank[shape][0], None, blank[shape][1]
+        return blank[key][0], None, blank[key][1]
 
     saved = stream.StreamRunner._push_tiles, stream.StreamRunner._push_band, stream.RowBlender.pop
     stream.StreamRunner._push_tiles, stream.StreamRunner._push_band, stream.RowBlender.pop = (

@@ -60,7 +60,7 @@ for s in $steps; do
     null)
       echo "=== bench_infer: the pipeline's own cost (null predictor on the GPU), uncompressed and DEFLATE input"
       timeout 150 python3 benchmarks/bench_infer.py --device cuda --null-only --no-rss --tile-size 512 --overlap 64 \
-        --batch-size 16 --sizes ${NULL_SIZE:-8192} --compress none deflate --read-modes --workdir /tmp/bn 2>&1 \
+        --batch-size 16 --sizes ${NULL_SIZE:-8192} --compress none deflate --read-modes --floor --workdir /tmp/bn 2>&1 \
         | tee "$out/bench_null.log" ;;
     *) echo "unknown step $s (smoke, train, tests, stream-tests, infer, rss, null)"; exit 2 ;;
   esac
