@@ -81,7 +81,8 @@ def _crafted_pickle(path: Path, marker: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing", "text", "empty", "bands", "trunc_model", "pickle", "arch",
-                                  "outdir", "readonly_dir", "tile"])
+                                  "outdir", "readonly_dir", "tile", "model_missing", "onnx_missing", "model_dir",
+                                  "model_url", "out_url", "classes_url"])
 def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
     src = shared_file("ftw_baselines/inference-img.tif")
     model = model8
@@ -124,6 +125,14 @@ def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
             args = ["infer", src, "-m", model, "-o", out]
     elif case == "tile":
         args = ["infer", src, "-m", model, "-o", out, "--tile-size", "102"]
+    elif case in ("model_missing", "onnx_missing", "model_dir", "model_url"):
+        model = {"model_missing": tmp_path / "nope.pt", "onnx_missing": tmp_path / "nope.onnx", "model_dir": tmp_path,
+                 "model_url": "https://example.invalid/m.pt"}[case]
+        args = ["infer", src, "-m", model, "-o", out]
+    elif case == "out_url":
+        args = ["infer", src, "-m", model, "-o", "s3://bucket/out"]
+    elif case == "classes_url":
+        args = ["infer", src, "-m", model, "--classes-out", "/vsimem/c.tif", "-o", out]
     before = sorted(p.name for p in out.iterdir())
     code, stdout, err = run_cli([*args, "-q"], capsys)
     assert code != 0
@@ -139,6 +148,14 @@ def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
         assert "expects 8" in err
     if case == "arch":
         assert "do not match" in err
+    assert "unexpected" not in err
+    if case.endswith("_url") and case != "model_url":
+        assert "outputs are written to local files" in err
+        assert not Path("s3:").exists()  # nothing made in the working directory either
+    if case.startswith("model") or case == "onnx_missing":
+        assert {"model_missing": "model file not found", "onnx_missing": "model file not found",
+                "model_dir": "is a directory", "model_url": "https://example.invalid/m.pt: models are read from local "
+                "files"}[case] in err
 
 
 def test_output_equal_to_input_is_refused(tmp_path, model8):

@@ -75,6 +75,7 @@ def test_vectorize_simplify_keeps_a_coverage(tmp_path: Path) -> None:
     (["{mask}", "-o", "{tmp}/o.gpkg", "--simplify", "lots"], "--simplify"),
     (["{mask}", "-o", "{tmp}/o.gpkg", "--classes", "maize"], "no class of that name"),
     (["{mask}", "-o", "{tmp}/o.gpkg", "--class-names", "1=a,b"], "ID=NAME"),
+    (["{mask}", "-o", "s3://bucket/o.gpkg"], "s3://bucket/o.gpkg: outputs are written to local files"),
 ])
 def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
     mask = shared_file("ftw_baselines/mask.tif")

@@ -52,8 +52,9 @@ def vectorize(
     from geoseg.batch import BatchItem, expand_inputs, plan_outputs
     from geoseg.errors import UsageError
     from geoseg.export import EXTENSIONS
-    from geoseg.io.atomic import output_directory
+    from geoseg.io.atomic import local_output, output_directory
 
+    local_output(output)  # before the format is read from a URL's extension
     inputs = expand_inputs(rasters)
     if probabilities is not None and len(inputs) > 1:
         raise UsageError("--probabilities names one raster but there are several inputs; vectorize them one by one")

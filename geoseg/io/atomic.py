@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from geoseg.errors import GeosegError, OutputExistsError, RasterWriteError, error_text, is_disk_full
+from geoseg.io.paths import as_typed, is_remote_path
 
 #: Marker in every temporary name, so leftovers are recognisable (``*.geoseg-tmp*``).
 TMP_MARKER = ".geoseg-tmp"
+
+
+def local_output(path: str | os.PathLike[str]) -> None:
+    """Refuse a URL or GDAL ``/vsi`` path as an output (:class:`RasterWriteError`): outputs are local files,
+    written atomically (a temporary file renamed into place), which object stores cannot do."""
+    if is_remote_path(path):
+        raise RasterWriteError(f"{as_typed(path)}: outputs are written to local files; write them here and "
+                               "upload them (e.g. with 'aws s3 cp' or 'gsutil cp')")
 
 
 def check_destination(path: str | os.PathLike[str], *, overwrite: bool,
@@ -27,6 +36,7 @@ def check_destination(path: str | os.PathLike[str], *, overwrite: bool,
         OutputExistsError: the file exists and ``overwrite`` is False.
         RasterWriteError: the directory is missing or not writable, or the output is an input.
     """
+    local_output(path)
     p = Path(path)
     for i in inputs:
         try:
@@ -63,6 +73,7 @@ def output_directory(path: str | os.PathLike[str] | None) -> Iterator[Path | Non
     if path is None:
         yield None
         return
+    local_output(path)
     d = Path(path)
     created = [p for p in [d, *d.parents] if not p.exists()][::-1]
     try:

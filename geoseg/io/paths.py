@@ -42,6 +42,21 @@ def is_virtual(path: str | os.PathLike[str]) -> bool:
     return gdal_path(path).startswith("/vsi")
 
 
+#: a URL or a GDAL virtual path, also after :class:`pathlib.Path` folded a URL's ``//`` (``s3:/bucket/key``)
+_REMOTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]+:/|/vsi[a-z0-9_]+/)")
+
+
+def as_typed(path: str | os.PathLike[str]) -> str:
+    """``path`` as text, a URL's ``//`` put back where :class:`pathlib.Path` folded it (for messages)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", r"\1://", os.fspath(path))
+
+
+def is_remote_path(path: str | os.PathLike[str]) -> bool:
+    """``path`` names a URL or a GDAL ``/vsi`` path (even one that went through :class:`pathlib.Path`):
+    not a place to write outputs, nor to read models from."""
+    return bool(_REMOTE.match(os.fspath(path)))
+
+
 def name_stem(path: str | os.PathLike[str]) -> str:
     """The stem of the last component of ``path`` (a URL's query string left out): output names."""
     text = gdal_path(path).split("?", 1)[0].rstrip("/")

@@ -18,6 +18,7 @@ from torch import nn
 
 from geoseg.errors import CheckpointError
 from geoseg.io.atomic import atomic_output
+from geoseg.models.files import model_file
 from geoseg.models.meta import ModelMeta
 from geoseg.models.registry import build_model
 
@@ -55,11 +56,7 @@ def update_training_record(path: str | os.PathLike[str], **entries: Any) -> None
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load the raw payload safely (weights only); raise :class:`CheckpointError` on any problem."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: model file not found; create one with 'geoseg model init' or 'geoseg train'")
-    if p.is_dir():
-        raise CheckpointError(f"{p}: is a directory, expected a model .pt file")
+    p = model_file(path)
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: model file is empty")
     if not zipfile.is_zipfile(p):

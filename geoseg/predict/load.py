@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from geoseg.errors import UsageError
+from geoseg.models.files import model_file
 from geoseg.predict.onnx import OnnxPredictor, is_onnx
 
 
@@ -21,6 +22,8 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
     ONNX models run on the CPU as exported: ``tta``, ``precision``, ``compile`` and a GPU
     ``device`` apply to checkpoints only and are refused for them.
     """
+    for p in paths:
+        model_file(p)  # one clear line for a missing file, a directory or a URL, whatever the format
     onnx = [p for p in paths if is_onnx(p)]
     if onnx:
         if len(paths) > 1:
@@ -50,7 +53,7 @@ def content_hash(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a checkpoint's content (:func:`geoseg.resume.file_fingerprint`), cached by size and mtime."""
     from geoseg.resume import file_fingerprint
 
-    st = os.stat(path)
+    st = os.stat(model_file(path))
     k = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     h = _HASHES.get(k)
     if h is None:

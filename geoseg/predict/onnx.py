@@ -21,6 +21,7 @@ import numpy as np
 
 from geoseg.classes import ClassSchema
 from geoseg.errors import CheckpointError, UsageError
+from geoseg.models.files import model_file
 from geoseg.models.meta import ModelMeta
 
 
@@ -70,9 +71,7 @@ class OnnxPredictor:
     device = "cpu"
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"{p}: model file not found")
+        p = model_file(path)
         self.path = p
         #: CPU threads the model runs on
         self.threads = int(threads or os.cpu_count() or 1)
