@@ -217,3 +217,40 @@ def test_resume_of_a_finished_run_says_it_is_complete(tmp_path, capsys):
     assert code == 0, err
     assert "already complete" in err and "error" not in err
     assert (tmp_path / "out" / "field_classes.tif").read_bytes() == before
+
+
+def test_interrupted_while_making_polygons_says_what_is_kept_and_resume_makes_only_the_rest(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """Ctrl-C during the polygon stage: the class raster is complete and stays (the message said that partial
+    outputs were removed, and the next run refused the 'existing' class raster); --resume makes the polygons and
+    the preview without running inference again."""
+    import geoseg.vector
+
+    real = geoseg.vector.vectorize
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    args = ["infer", ROOT / "sample_data" / "field.tif", "-o", tmp_path / "out", "--probabilities", "--preview", "-q"]
+    monkeypatch.setattr(geoseg.vector, "vectorize", interrupted)
+    code, _, err = run_cli(args, capsys)
+    assert code != 0 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "field_classes.tif (and any probabilities) are complete and kept" in errors[0], err
+    assert "--resume" in errors[0]
+    out = tmp_path / "out"
+    cls, prob = out / "field_classes.tif", out / "field_probabilities.tif"
+    assert cls.exists() and prob.exists()
+    assert not (out / "field_polygons.gpkg").exists() and not (out / "field_preview.png").exists()
+    before = cls.read_bytes(), cls.stat().st_mtime_ns
+
+    monkeypatch.setattr(geoseg.vector, "vectorize", real)
+    code, _, err = run_cli(args, capsys)  # without --resume the complete raster is not replaced
+    assert code == 1 and "--overwrite" in err
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    assert "already complete; making the missing outputs" in err
+    assert (out / "field_polygons.gpkg").exists() and (out / "field_preview.png").exists()
+    assert (cls.read_bytes(), cls.stat().st_mtime_ns) == before  # no second inference
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0 and "nothing to resume" in err

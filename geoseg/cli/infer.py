@@ -62,7 +62,7 @@ def infer(
     compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile for the fixed tile shape (a GPU: faster after a warm-up of about a minute; see docs/gpu.md).")] = False,
     max_memory: Annotated[Optional[float], typer.Option(help="Keep inference buffers under about this many MB (narrows column strips; the model itself is extra).", min=1)] = None,
     overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs, model and options (rows already written are kept; inputs and blocks already complete are skipped).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs, model and options (rows already written are kept; inputs, blocks and outputs already complete are skipped: interrupted while polygons or the preview were made, only those are made).")] = False,
     checkpoint_seconds: Annotated[float, typer.Option(help="How often finished rows are flushed and recorded for --resume, seconds.", min=0)] = 30.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     progress: ProgressOpt = ProgressMode.bar,
@@ -139,28 +139,38 @@ def infer(
         def run_one(item: BatchItem) -> None:
             image = item.source
             paths = outputs(item)
-            if preview:
+            prob_path = paths["probabilities"] if probabilities else None
+            # --resume after an interruption while the polygons or the preview were made: the rasters are
+            # complete (they are published together, at the end of inference), so only what is missing is made
+            rasters_done = resume and all(p.exists() for p in (paths["classes"], prob_path) if p is not None)
+            make_preview = preview and not (rasters_done and paths["preview"].exists())
+            if make_preview:
                 check_destination(paths["preview"], overwrite=overwrite, inputs=[image])
-            vector_path = _vector_destination(paths, vector_format, vector_out, no_vector, overwrite, image)
-            with progress_bar(quiet, mode=progress) as on_progress, _resumable():
-                report = predict_raster(
-                    image, model_path, paths["classes"],
-                    probabilities=paths["probabilities"] if probabilities else None, overwrite=overwrite,
-                    resume=resume, checkpoint_seconds=checkpoint_seconds, on_progress=on_progress,
-                    load_model=load_model, **options)
-            if report.resumed_from is not None:
-                err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} "
-                          "were already done")
-            out.print(f"classes: {report.classes_path}")
-            if report.probabilities_path:
-                out.print(f"probabilities: {report.probabilities_path}")
-            err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
-                      f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
-                      f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
-            if vector_path is not None:
-                _write_polygons(report, vector_path, overwrite, quiet, progress)
-            if preview:
-                _write_preview(image, paths, rgb, overwrite, vector_path)
+            vector_path = _vector_destination(paths, vector_format, vector_out, no_vector,
+                                              overwrite, image, keep_existing=rasters_done)
+            if rasters_done:
+                err.print(f"{paths['classes']}{' and its probabilities' if prob_path else ''} already complete; "
+                          "making the missing outputs")
+            else:
+                with progress_bar(quiet, mode=progress) as on_progress, _resumable():
+                    report = predict_raster(
+                        image, model_path, paths["classes"], probabilities=prob_path, overwrite=overwrite,
+                        resume=resume, checkpoint_seconds=checkpoint_seconds, on_progress=on_progress,
+                        load_model=load_model, **options)
+                if report.resumed_from is not None:
+                    err.print(f"resumed: strip {report.resumed_from[0] + 1}, rows 0..{report.resumed_from[1]} "
+                              "were already done")
+                out.print(f"classes: {report.classes_path}")
+                if report.probabilities_path:
+                    out.print(f"probabilities: {report.probabilities_path}")
+                err.print(f"{report.width}x{report.height} px, {report.tiles_run} tiles run "
+                          f"({report.tiles_skipped} all-nodata skipped) on {report.device} {report.precision} "
+                          f"in {report.seconds:.1f} s ({report.megapixels_per_second:.2f} Mpx/s)")
+            with _after_inference(paths["classes"]):
+                if vector_path is not None:
+                    _write_polygons(paths["classes"], prob_path, vector_path, overwrite, quiet, progress)
+                if make_preview:
+                    _write_preview(image, paths, rgb, overwrite, vector_path)
 
         if len(items) == 1 and resume and complete(items[0]):
             # a finished run: nothing to resume (it used to fail on its own outputs: "file exists")
@@ -187,13 +197,16 @@ def _write_preview(image: str, paths: dict[str, Path], rgb: str | None, overwrit
 
 # --- polygons after inference (geoseg.vector); kept apart from the inference code above ---
 def _vector_destination(paths: dict[str, Path], fmt: "VectorFormat", vector_out: Path | None, no_vector: bool,
-                        overwrite: bool, image: str) -> Path | None:
-    """The polygon path, checked before the long inference starts (None with --no-vector)."""
+                        overwrite: bool, image: str, keep_existing: bool = False) -> Path | None:
+    """The polygon path, checked before the long inference starts (None with --no-vector, or when
+    ``keep_existing`` and it exists: a resumed command keeps its complete outputs)."""
     if no_vector:
         return None
     from geoseg.export import check_output
 
     path = _vector_path(paths, fmt, vector_out)
+    if keep_existing and path.exists():
+        return None
     check_output(path, overwrite=overwrite, inputs=[image, paths["classes"]])
     return path
 
@@ -204,18 +217,32 @@ def _vector_path(paths: dict[str, Path], fmt: "VectorFormat", vector_out: Path |
     return vector_out or paths["polygons"].with_suffix(EXTENSIONS[fmt.value])
 
 
-def _write_polygons(report: object, path: Path, overwrite: bool, quiet: bool, progress: str) -> None:
+def _write_polygons(classes: Path, probabilities: Path | None, path: Path, overwrite: bool, quiet: bool,
+                    progress: str) -> None:
     from geoseg.cli._console import err, out, warn_line
     from geoseg.cli._progress import progress_bar
     from geoseg.vector import vectorize
 
     with progress_bar(quiet, description="polygons", mode=progress) as on_progress:
-        vrep = vectorize(report.classes_path, path, probabilities=report.probabilities_path,  # type: ignore[attr-defined]
-                         overwrite=overwrite, workers=0, on_progress=on_progress)
+        vrep = vectorize(classes, path, probabilities=probabilities, overwrite=overwrite, workers=0,
+                         on_progress=on_progress)
     for w in vrep.warnings:
         warn_line(w)
     out.print(f"polygons: {vrep.path}", soft_wrap=True)
     err.print(f"{vrep.polygons} polygon{'' if vrep.polygons == 1 else 's'} in {vrep.seconds:.1f} s", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _after_inference(classes: Path) -> Iterator[None]:
+    """Ctrl-C / SIGTERM while the polygons or the preview are made: the rasters are complete and stay;
+    say so, and how to make the rest (the polygon or preview file being written is removed)."""
+    from geoseg.errors import Interrupted
+
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(f"interrupted after inference; {classes} (and any probabilities) are complete and kept: "
+                          "run the same command with --resume to make the polygons and preview") from None
 
 
 @contextlib.contextmanager
