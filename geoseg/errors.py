@@ -84,6 +84,10 @@ class ResumeWarning(UserWarning):
     """``resume`` found nothing to resume, so the run started from the beginning."""
 
 
+class BandOrderWarning(UserWarning):
+    """The input's band names disagree with the model's for the bands chosen by hand."""
+
+
 class StyleWarning(UserWarning):
     """A different style file (``.qml``) already sat beside an output and was kept."""
 

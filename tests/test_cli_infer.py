@@ -254,3 +254,41 @@ def test_interrupted_while_making_polygons_says_what_is_kept_and_resume_makes_on
     assert (cls.read_bytes(), cls.stat().st_mtime_ns) == before  # no second inference
     code, _, err = run_cli([*args, "--resume"], capsys)
     assert code == 0 and "nothing to resume" in err
+
+
+def _described(path: Path, names: list[str | None]) -> Path:
+    with rasterio.open(path, "r+") as ds:
+        for i, n in enumerate(names, start=1):
+            if n is not None:
+                ds.set_band_description(i, n)
+    return path
+
+
+def test_band_names_that_disagree_with_the_model_are_refused_with_the_order_they_give(tmp_path, capsys,
+                                                                                       make_raster):
+    """The model's band names found on the raster in another order: the bands would be fed wrongly, silently
+    (they were). Refused with the order the names give; a hand-made `--bands` is used, with a warning."""
+    model = tmp_path / "m.pt"
+    main(["model", "init", "--bands", "3", "--classes", "2", "--base-channels", "4", "--depth", "2",
+          "--tile-size", "64", "--overlap", "16", "--band-names", "red,green,nir", "-o", str(model)])
+    data = np.random.default_rng(0).integers(0, 200, (3, 80, 90)).astype(np.uint8)
+    swapped = _described(make_raster(data, "swapped.tif"), ["NIR", "green", " Red "])  # case and spaces aside
+    code, _, err = run_cli(["infer", swapped, "-m", model, "-o", tmp_path / "a", "--no-vector", "-q"], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "at bands 3,2,1" in err and "--bands 3,2,1" in err
+    assert not (tmp_path / "a" / "swapped_classes.tif").exists()
+    code, _, err = run_cli(["infer", swapped, "-m", model, "-o", tmp_path / "b", "--no-vector", "-q",
+                            "--bands", "3,2,1"], capsys)
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run_cli(["infer", swapped, "-m", model, "-o", tmp_path / "c", "--no-vector", "-q",
+                            "--bands", "1,2,3"], capsys)
+    assert code == 0 and "warning:" in err and "3,2,1; used as given" in err, err
+    # names in model order, names the raster lacks, repeated names: nothing to say
+    for i, names in enumerate([["red", "green", "nir"], ["B4", "B3", "B8"], ["nir", "nir", "red"], [None, None, None]]):
+        r = _described(make_raster(data, f"r{i}.tif"), names)
+        code, _, err = run_cli(["infer", r, "-m", model, "-o", tmp_path / f"d{i}", "--no-vector", "-q"], capsys)
+        assert code == 0 and "warning" not in err, (names, err)
+    # more bands than the model takes: the hint gives the bands of those names
+    wide = _described(make_raster(np.concatenate([data, data[:2]]), "wide.tif"), ["x", "nir", "red", "green", "y"])
+    code, _, err = run_cli(["infer", wide, "-m", model, "-o", tmp_path / "e", "--no-vector", "-q"], capsys)
+    assert code == 1 and "--bands 3,4,2 (the bands of those names here)" in err, err

@@ -14,7 +14,8 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import BandMismatchError, GeoreferenceWarning, RasterReadError, UsageError, error_text
+from geoseg.errors import (BandMismatchError, BandOrderWarning, GeoreferenceWarning, RasterReadError, UsageError,
+                           error_text)
 from geoseg.io.paths import gdal_path, is_virtual
 
 _SUPPORTED_KINDS = "uifb"  # unsigned, signed, float, bool
@@ -99,6 +100,7 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, ex
         band_names: the model's band names, for the error message.
     """
     alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == rasterio.enums.ColorInterp.alpha]
+    by_name = bands_by_name(ds, band_names)
     if bands is None:
         idx = [b for b in range(1, ds.count + 1) if b not in alpha]
         if len(idx) != expected:
@@ -106,11 +108,17 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, ex
             extra = f" plus {len(alpha)} alpha" if alpha else ""
             if len(idx) > expected:
                 todo = (f"select {expected} bands in model order with `bands`, e.g. `bands` "
-                        f"{','.join(str(i) for i in range(1, expected + 1))}")
+                        f"{','.join(str(i) for i in by_name or range(1, expected + 1))}"
+                        f"{' (the bands of those names here)' if by_name else ''}")
             else:
                 todo = "use a raster with those bands (stack them first) or a model trained for this one"
             raise BandMismatchError(
                 f"{ds.name}: raster has {len(idx)} bands{extra} but the model expects {expected}{names}; {todo}")
+        if by_name is not None and by_name != idx:
+            raise BandMismatchError(
+                f"{ds.name}: its band names put the model's bands ({', '.join(band_names)}) at bands "
+                f"{','.join(map(str, by_name))}, not in the raster's order; pass `bands` "
+                f"{','.join(map(str, by_name))} (or `bands` {','.join(map(str, idx))} if the names are wrong)")
         return idx
     idx = list(bands)
     for b in idx:
@@ -118,7 +126,31 @@ def resolve_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None, ex
             raise UsageError(f"{ds.name}: band {b} does not exist; the raster has bands 1..{ds.count}")
     if len(idx) != expected:
         raise BandMismatchError(f"`bands` selects {len(idx)} bands but the model expects {expected}")
+    if by_name is not None and by_name != idx:
+        warnings.warn(f"{ds.name}: `bands` {','.join(map(str, idx))} differ from the bands its names give for the "
+                      f"model's ({', '.join(band_names)}): {','.join(map(str, by_name))}; used as given",
+                      BandOrderWarning, stacklevel=3)
     return idx
+
+
+def bands_by_name(ds: rasterio.io.DatasetReader, band_names: Sequence[str]) -> list[int] | None:
+    """The 1-based bands whose descriptions are the model's ``band_names`` (case and spaces aside), in
+    model order; None unless each name is the description of exactly one band (generic or missing
+    descriptions say nothing about the order, and then nothing is checked)."""
+    if not band_names:
+        return None
+
+    def key(text: str | None) -> str:
+        return " ".join((text or "").split()).casefold()
+
+    descriptions = [key(d) for d in ds.descriptions]
+    found = []
+    for name in band_names:
+        hits = [i + 1 for i, d in enumerate(descriptions) if d and d == key(name)]
+        if len(hits) != 1:
+            return None
+        found.append(hits[0])
+    return found if len(set(found)) == len(found) else None
 
 
 def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, *,
