@@ -150,7 +150,7 @@ def without_pixel_stages():
 
     blank: dict = {}
 
-    def no_argmax(self, upto, skip=0, probabilities=False, values=None):
+    def no_argmax(self, upto, skip=0, probabilities=False, values=None, nonfinite=None):
         key = (upto - self.base - skip, self.width, self.sums.device)
         if key not in blank:
             blank[key] = (torch.zeros(key[:2], dtype=torch.uint8, device=key[2]),

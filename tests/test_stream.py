@@ -211,6 +211,46 @@ def test_values_beyond_float32_are_nodata_with_a_warning(make_raster, tmp_path):
     np.testing.assert_array_equal(c, expect)
 
 
+@pytest.mark.parametrize("acc", ["auto", "float64"])
+def test_non_finite_model_outputs_are_nodata_with_a_warning(make_raster, tmp_path, acc):
+    """A model that gives NaN (or infinity) near an undeclared extreme fill value: those pixels were class 0,
+    while the float32 probabilities called them nodata (NaN). Now nodata in both, with a warning."""
+    from geoseg.errors import NodataWarning
+
+    data = np.random.default_rng(2).normal(size=(2, 40, 36)).astype(np.float32)
+    data[:, 10:13, 20:22] = -3.4e38  # an undeclared float32 fill
+    src = make_raster(data)
+    meta = ModelMeta("pointwise", {}, ["a", "b"], [0.0] * 2, [1.0] * 2, ClassSchema.default(2), 16, 4)
+
+    class Spreads:  # like a convolution: a NaN spreads one pixel around the fill
+        def __init__(self) -> None:
+            self.meta = meta
+
+        def predict(self, batch):
+            p = (batch[:, :1] > 0).astype(np.float32)
+            out = np.concatenate([p, 1 - p], axis=1)
+            bad = np.abs(batch).max(axis=1) > 1e30
+            bad[:, 1:] |= bad[:, :-1].copy()
+            bad[:, :, 1:] |= bad[:, :, :-1].copy()
+            out[:, 0][bad] = np.nan
+            out[:, 1][bad & (np.arange(bad.shape[-1]) % 2 == 0)] = np.inf
+            return out
+
+    with pytest.warns(NodataWarning, match="NaN or infinite probabilities for 12 pixels"):
+        predict_raster(src, Spreads(), tmp_path / "c.tif", probabilities=tmp_path / "p.tif",
+                       probability_dtype="float32", accumulate=acc)
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        c = ds.read(1)
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        p = ds.read()
+    bad = np.zeros(c.shape, bool)
+    bad[10:14, 20:23] = True
+    assert (c[bad] == 255).all() and np.isnan(p[:, bad]).all()
+    expect = np.where(data[0] > 0, 0, 1)
+    np.testing.assert_array_equal(c[~bad], expect[~bad])
+    assert np.isfinite(p[:, ~bad]).all()
+
+
 def test_checkpoint_normalization_must_be_finite():
     from geoseg.errors import CheckpointError
 

@@ -462,6 +462,11 @@ def _stream(ds: Any, reader: RowBandReader, bands: Prefetcher, predictor: Any, *
         n = stats["overflow"]
         warnings.warn(f"{ds.name}: {n} pixel{'s hold' if n != 1 else ' holds'} values beyond float32's range "
                       "after normalization; nodata there", NodataWarning, stacklevel=3)
+    if stats.get("nonfinite"):
+        n = stats["nonfinite"]
+        warnings.warn(f"{ds.name}: the model gave NaN or infinite probabilities for {n} pixel{'s' if n != 1 else ''} "
+                      "(usually near extreme input values, such as an undeclared fill value); nodata there: declare "
+                      "the fill value with `nodata`", NodataWarning, stacklevel=3)
     if total and stats["run"] == 0:
         warnings.warn(f"{ds.name}: no valid pixels (all nodata); the outputs are entirely nodata", NodataWarning,
                       stacklevel=3)

@@ -102,13 +102,15 @@ class RowBlender:
         else:
             self.valid[rs, cs] |= valid[:, lo:hi]
 
-    def pop(self, upto: int, skip: int = 0, probabilities: bool = False, values: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def pop(self, upto: int, skip: int = 0, probabilities: bool = False, values: torch.Tensor | None = None,
+            nonfinite: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Finish rows ``[base + skip, upto)``: (class index, probabilities or None, valid); slide down.
 
         The class is the argmax of the weighted sums (dividing by a positive weight sum keeps the
         order); probabilities are float32 sums / weights. With ``values`` (uint8, one per class) the
-        first result is ``values[argmax]`` instead of the index.
+        first result is ``values[argmax]`` instead of the index. A pixel whose sums are not finite (a
+        model gave NaN or infinite probabilities there, e.g. next to an extreme undeclared fill value)
+        is not valid, and is counted into ``nonfinite``.
         """
         n = upto - self.base
         if n < 0 or n > self.height:
@@ -118,6 +120,13 @@ class RowBlender:
         idx = _argmax0(s, values)
         probs = (s / torch.where(covered, w, torch.ones_like(w))).float() if probabilities else None
         valid = covered & self.valid[skip:n]
+        # the sum of bounded probabilities is finite where each one is: on a CPU the total first (0.05 ms a
+        # 3-class 192 x 2048 band, against 0.8 ms per pixel), on a GPU per pixel (no wait for the device)
+        if s.is_cuda or not bool(torch.isfinite(s.sum())):
+            finite = torch.isfinite(s.sum(dim=0))
+            if nonfinite is not None:
+                nonfinite += (valid & ~finite).sum()
+            valid &= finite
         if n:
             keep = self.height - n
             for t in (self.sums, self.weights, self.valid):
@@ -221,6 +230,7 @@ class StreamRunner:
         self.n_data = 0
         self.counts = torch.zeros(256, dtype=torch.int64, device=self.device)
         self.overflow = torch.zeros((), dtype=torch.int64, device=self.device)  # pixels beyond float32
+        self.nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)  # NaN/inf from the model
         self.tiles_done = self.tiles_run = self.tiles_skipped = self.pixels_done = 0
 
     # --- host -> device ---------------------------------------------------------------------------
@@ -341,10 +351,12 @@ class StreamRunner:
                     self._run_batch()
                 counts = self.counts.cpu().numpy()
                 overflow = int(self.overflow)
+                nonfinite = int(self.nonfinite)
         finally:
             self.release()
         return {"total": self.plan.tiles, "run": self.tiles_run, "skipped": self.tiles_skipped,
-                "counts": {int(i): int(c) for i, c in enumerate(counts) if c}, "overflow": overflow}
+                "counts": {int(i): int(c) for i, c in enumerate(counts) if c}, "overflow": overflow,
+                "nonfinite": nonfinite}
 
     @contextlib.contextmanager
     def _all_threads(self) -> Iterator[None]:
@@ -429,7 +441,7 @@ class StreamRunner:
         r0 = bl.base
         cut = min(max(0, self.skip_until - r0), upto - r0)
         # one thread: the reader and writer threads hold the other cores (measured no faster on two)
-        cls, probs, valid = bl.pop(upto, cut, self.want_probs, self.lut[: self.k])
+        cls, probs, valid = bl.pop(upto, cut, self.want_probs, self.lut[: self.k], self.nonfinite)
         if upto <= self.skip_until:
             return  # rows an earlier run wrote (resume)
         cls.masked_fill_(~valid, self.nodata)
