@@ -11,8 +11,23 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["infer"], ["vectorize"], ["train"], ["evaluate"], ["preview"], ["model", "init"],
-            ["model", "import"], ["model", "export"], ["model", "info"], ["qgis", "build"], ["qgis", "install"]]
+
+
+def commands() -> list[list[str]]:
+    """Every command and subcommand of the CLI, in its --help order (a new one is documented by itself)."""
+    import typer  # noqa: TID251 (a docs tool reads the CLI itself)
+
+    sys.path.insert(0, str(ROOT))
+    from geoseg.cli import app
+
+    def walk(group: object, prefix: list[str]) -> list[list[str]]:
+        out = []
+        for name, cmd in getattr(group, "commands", {}).items():
+            sub = getattr(cmd, "commands", None)
+            out += walk(cmd, [*prefix, name]) if sub else [[*prefix, name]]
+        return out
+
+    return [[], *walk(typer.main.get_command(app), [])]
 
 
 def _help(cmd: list[str]) -> str:
@@ -27,7 +42,7 @@ def render() -> str:
              "Generated from `--help` by `python docs/make_cli_docs.py`. `tests/test_docs.py` fails when this",
              "page and the code disagree. Every command also accepts `--debug`, which shows full tracebacks",
              "(or set `GEOSEG_DEBUG=1`).", ""]
-    for cmd in COMMANDS:
+    for cmd in commands():
         parts += [f"## `{' '.join(['geoseg', *cmd])}`", "", "```text", _help(cmd), "```", ""]
     return "\n".join(parts)
 

@@ -146,3 +146,17 @@ def test_config_file_and_cli_train_then_infer(tmp_path: Path, capsys: pytest.Cap
     with rasterio.open(tmp_path / "NDVI_timeseries_68dates_classes.tif") as ds:
         vals = set(np.unique(ds.read(1)).tolist())
     assert vals <= {1, 2, 3, 4, 8}
+
+
+@pytest.mark.parametrize("command", ["train", "model init"])
+def test_a_checkpoint_named_onnx_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            command: str) -> None:
+    """`-o m.onnx` wrote a torch checkpoint there, which `geoseg infer -m m.onnx` then failed to load."""
+    out = tmp_path / "m.onnx"
+    if command == "train":
+        args = ["train", "--image", str(shared_file(BR_IMG)), "--vector-labels", str(shared_file(BR_POLY)),
+                "--class-field", "class", "-o", str(out), *FAST]
+    else:
+        args = ["model", "init", "--bands", "3", "--classes", "2", "-o", str(out)]
+    code, _, err = run(args, capsys)
+    assert_one_line_error(code, err, "name it .pt", out)

@@ -44,6 +44,7 @@ def tune(
     from geoseg.cli._console import err, out, say
     from geoseg.errors import UsageError
     from geoseg.io.atomic import check_destination
+    from geoseg.models.files import checkpoint_destination
     from geoseg.train.config import TrainConfig
     from geoseg.train.tune import sidecars
     from geoseg.train.tune import tune as run_tune
@@ -56,7 +57,7 @@ def tune(
     if output is None and not (file_opts or {}).get("output"):
         raise UsageError("no output; pass -o model.pt (or set output in --config)")
     cfg = TrainConfig.merge(file_opts, cli)
-    check_destination(Path(cfg.output), overwrite=cfg.overwrite, inputs=list(cfg.images))
+    check_destination(checkpoint_destination(cfg.output), overwrite=cfg.overwrite, inputs=list(cfg.images))
     db = storage or sidecars(cfg.output)[0]
     if not quiet:
         err.print(f"study: {db} ({'resuming' if Path(db).exists() else 'new'}); {trials} trials of {folds}-fold "

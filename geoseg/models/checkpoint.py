@@ -18,7 +18,7 @@ from torch import nn
 
 from geoseg.errors import CheckpointError
 from geoseg.io.atomic import atomic_output
-from geoseg.models.files import model_file
+from geoseg.models.files import checkpoint_destination, model_file
 from geoseg.models.meta import ModelMeta
 from geoseg.models.registry import build_model
 
@@ -38,7 +38,7 @@ def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike[s
     payload: dict[str, Any] = {"geoseg_meta": meta.to_json(), "state_dict": state}
     if extra:
         payload["extra"] = extra
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    with atomic_output(checkpoint_destination(path), overwrite=overwrite) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 

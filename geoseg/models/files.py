@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from geoseg.errors import CheckpointError
+from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.paths import as_typed, is_remote_path
 
 
@@ -26,3 +26,13 @@ def model_file(path: str | os.PathLike[str]) -> Path:
     if not p.exists():
         raise CheckpointError(f"{p}: model file not found; create one with 'geoseg model init' or 'geoseg train'")
     raise CheckpointError(f"{p}: not a regular file, expected a model file (.pt checkpoint or .onnx)")
+
+
+def checkpoint_destination(path: str | os.PathLike[str]) -> Path:
+    """``path`` for a geoseg checkpoint to be written: not named ``.onnx`` (``geoseg infer -m`` would run such a
+    file with onnxruntime, and fail), else :class:`UsageError`."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        raise UsageError(f"{p}: a geoseg checkpoint is a torch file; name it .pt (an ONNX model is made from a "
+                         "checkpoint with 'geoseg model export')")
+    return p

@@ -34,6 +34,7 @@ from geoseg.architectures import ARCHITECTURES, arch_args, from_torchgeo
 from geoseg.classes import ClassInfo, ClassSchema, default_colour
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import check_destination
+from geoseg.models.files import checkpoint_destination
 from geoseg.models.meta import ModelMeta
 from geoseg.models.checkpoint import save_checkpoint
 from geoseg.models.registry import build_model
@@ -243,7 +244,7 @@ def import_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[
         if opts.preset not in PRESETS:
             raise UsageError(f"`preset` {opts.preset!r}: choose one of {', '.join(PRESETS)}")
         preset = PRESETS[opts.preset]
-    check_destination(output, overwrite=overwrite, inputs=[source])  # before the work, not after it
+    check_destination(checkpoint_destination(output), overwrite=overwrite, inputs=[source])  # before the work
     obj = read_external(source)
     if isinstance(obj.get("hyper_parameters"), Mapping) and isinstance(obj.get("state_dict"), Mapping):
         arch, args, n_bands, n_classes, state, record = _from_lightning(obj, opts)

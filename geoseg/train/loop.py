@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from geoseg.errors import CheckpointError, LabelError, UsageError
 from geoseg.io.atomic import check_destination
+from geoseg.models.files import checkpoint_destination
 from geoseg.metrics import SegmentationMetrics, metrics_from_confusion
 from geoseg.architectures import PER_PIXEL, default_overlap
 from geoseg.models.meta import ModelMeta
@@ -134,6 +135,7 @@ def train(cfg: TrainConfig, *, on_progress: Callable[[TrainProgress], None] | No
         payload = read_checkpoint(last)
         _check_resume(cfg, payload, last)
     else:
+        checkpoint_destination(out)
         for p in (out, last, csv_path, png_path):
             check_destination(p, overwrite=cfg.overwrite, inputs=inputs)
 
