@@ -90,6 +90,8 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
     """
     # an output that is one of the inputs is refused, even with overwrite (as every command does)
     check_destination(output, overwrite=overwrite, inputs=[p for p in (classes, image, polygons) if p is not None])
+    if Path(output).suffix.lower() != ".png":
+        raise UsageError(f"{output}: the preview is a PNG picture; name it .png")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,9 +159,12 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
 
     aspect = w / h
     fig_w = 10.0
-    # the figure's height follows the image's shape within 3-12 inches (1200 px): a 1 x N raster asked for
-    # a figure of 960 000 pixels (several GB); the image keeps its aspect inside the axes
-    fig, ax = plt.subplots(figsize=(fig_w, min(12.0, max(3.0, fig_w / aspect * 0.8))))
+    # the figure's height follows the image's shape within 3-12 inches: a 1 x N raster asked for a figure
+    # of 960 000 pixels (several GB); the image keeps its aspect inside the axes. The same layout at every
+    # size: the resolution makes the longest side max_side pixels (12 inches at 100 dpi for 1200).
+    fig_h = min(12.0, max(3.0, fig_w / aspect * 0.8))
+    dpi = max_side / max(fig_w, fig_h)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
     extent = (bounds.left, bounds.right, bounds.bottom, bounds.top)
     ax.imshow(overlay, extent=extent, interpolation="nearest")
     if polygons is not None and outlines:
@@ -177,7 +182,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
     ax.set_xlabel(f"{crs.to_string() if crs else 'no CRS'} ({unit})", fontsize=8)
     fig.tight_layout()
     with atomic_output(output, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return Path(output)
 

@@ -64,6 +64,21 @@ def test_preview_cli(tmp_path, capsys):
     assert "preview:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("max_side", [256, 1200, 2000])
+def test_max_side_is_the_longest_side_of_the_picture(tmp_path, max_side):
+    """--max-side only set how finely the raster was sampled: the picture stayed ~1000 x 620 whatever it said."""
+    out = write_preview(shared_file("usda_cdl_kansas/2021_30m_cdls.tif"), tmp_path / "p.png", max_side=max_side)
+    with rasterio.open(out) as png:
+        assert max(png.width, png.height) in (max_side - 1, max_side)
+
+
+def test_a_preview_not_named_png_is_refused(tmp_path):
+    """-o x.jpg wrote PNG bytes into a .jpg."""
+    with pytest.raises(UsageError, match="name it .png"):
+        write_preview(shared_file("usda_cdl_kansas/2021_30m_cdls.tif"), tmp_path / "p.jpg")
+    assert not (tmp_path / "p.jpg").exists()
+
+
 def test_preview_never_replaces_an_input(make_raster, tmp_path):
     """-o equal to an input is refused even with --overwrite (issue 21: it replaced the input)."""
     from geoseg.errors import RasterWriteError
