@@ -84,6 +84,10 @@ class ResumeWarning(UserWarning):
     """``resume`` found nothing to resume, so the run started from the beginning."""
 
 
+class ClassMatchWarning(UserWarning):
+    """The truth's class ids may not mean the prediction's classes (``evaluate``)."""
+
+
 class BandOrderWarning(UserWarning):
     """The input's band names disagree with the model's for the bands chosen by hand."""
 

@@ -30,7 +30,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geoseg.classes import ClassSchema, schema_from_tags
-from geoseg.errors import LabelError, NodataWarning, UsageError, VectorError
+from geoseg.errors import ClassMatchWarning, LabelError, NodataWarning, UsageError, VectorError
 from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.io.labels import check_label_raster, class_key, no_overlap, polygons_inside, raster_overlaps, read_polygons
 from geoseg.io.paths import gdal_path, is_virtual, name_stem
@@ -161,6 +161,8 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
     if cm.sum() == 0:
         raise LabelError(f"{truth_path}: no labelled truth pixel overlaps a predicted pixel of {pred_path}; check "
                          "that they cover the same area (and their CRS)")
+    if not is_vector:
+        _warn_class_match(schema, truth_reader.schema, truth_path, cm, zero_scored=ignore_values is None)
     ids = sorted({int(i) for i in np.flatnonzero(cm.sum(axis=1))} | {int(i) for i in np.flatnonzero(cm.sum(axis=0))}
                  | (set(schema.ids) if schema else set()))
     sub = cm[np.ix_(ids, ids)]
@@ -192,12 +194,41 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
     return report
 
 
+def _warn_class_match(schema: ClassSchema | None, truth_schema: ClassSchema | None, truth: Any, cm: np.ndarray,
+                      zero_scored: bool) -> None:
+    """A truth raster's values are scored as the prediction's class ids: say so where that may be wrong (its
+    own class names disagree, or it names none while the prediction's classes have names), and when its
+    value 0 is scored as a class (0 is a class of the prediction, so 0 is not taken as unlabelled)."""
+    if schema is None:
+        return
+    scored = [int(i) for i in np.flatnonzero(cm.sum(axis=1))]
+    if truth_schema is not None:
+        differ = [(i, truth_schema.name_of(i), schema.name_of(i)) for i in scored
+                  if i in truth_schema.ids and i in schema.ids
+                  and truth_schema.name_of(i).casefold() != schema.name_of(i).casefold()]
+        if differ:
+            warnings.warn(f"{truth}: its class ids name other classes than the prediction's ("
+                          + "; ".join(f"{i} is {t!r} there, {p!r} here" for i, t, p in differ[:4])
+                          + "); scored by id, so these metrics compare different classes", ClassMatchWarning,
+                          stacklevel=3)
+    elif any(n != f"class_{i}" for i, n in zip(schema.ids, schema.names)):
+        shown = ", ".join(f"{i} {schema.name_of(i)!r}" for i in scored[:6]) + (", ..." if len(scored) > 6 else "")
+        warnings.warn(f"{truth}: names no classes, so its values are scored as the prediction's class ids ({shown}); "
+                      "if they mean other classes (a model trained on polygon names numbers its classes itself), "
+                      "these metrics are wrong", ClassMatchWarning, stacklevel=3)
+    if zero_scored and 0 in schema.ids and cm[0].sum():
+        warnings.warn(f"{truth}: its value 0 ({int(cm[0].sum())} pixels) is scored as the prediction's class 0 "
+                      f"({schema.name_of(0)!r}); pass `ignore_values` 0 if 0 means unlabelled there",
+                      ClassMatchWarning, stacklevel=3)
+
+
 class _RasterTruth:
     """Truth raster warped onto the prediction grid (nearest neighbour)."""
 
     def __init__(self, path: Path, pds: Any, schema: ClassSchema | None, ignore_values: Sequence[int] | None) -> None:
 
         self.src = open_raster(path)
+        self.schema = schema_from_tags(self.src.tags())  # a class raster of geoseg's names its classes
         try:
             check_label_raster(self.src, path, "truth raster")
             if not raster_overlaps(self.src, pds.crs, tuple(pds.bounds)):

@@ -196,3 +196,48 @@ def test_ignore_value_applies_to_polygon_truth(tmp_path):
     ignored = evaluate(tmp_path / "pred.tif", tmp_path / "truth.gpkg", class_field="id", ignore_values=[0],
                        object_level=False)
     assert ignored.metrics.matrix.sum() == 100 and ignored.metrics.matrix.trace() == 100
+
+
+def test_class_ids_that_may_mean_other_classes_are_pointed_out(tmp_path: Path,
+                                                              make_raster: Callable[..., Path]) -> None:
+    """A model trained on polygon names numbers its classes itself; scored against a label raster with other
+    ids, its metrics were silently wrong (0.03 accuracy for a 0.92 model). Now a warning says how ids were
+    matched, a truth that names its classes differently is named, and a scored truth value 0 is pointed out."""
+    import warnings
+
+    import rasterio
+
+    from geoseg.errors import ClassMatchWarning
+    from geoseg.evaluate import evaluate
+
+    pred = _pred(make_raster)
+    t = np.full((20, 30), 1, dtype=np.uint8)
+    t[15:, :] = 5
+    plain = make_raster(t, name="plain.tif", transform=TR)
+    with pytest.warns(ClassMatchWarning, match=r"names no classes, so its values are scored as the prediction's "
+                                               r"class ids \(1 'crop', 5 'water'\)"):
+        evaluate(pred, plain)
+    named = make_raster(t, name="named.tif", transform=TR)
+    with rasterio.open(named, "r+") as ds:
+        ds.update_tags(geoseg_classes=ClassSchema.from_names(["forest", "water"], ids=[1, 5]).to_json())
+    with pytest.warns(ClassMatchWarning, match="1 is 'forest' there, 'crop' here"):
+        evaluate(pred, named)
+    with rasterio.open(named, "r+") as ds:  # the same names (case aside): nothing to say
+        ds.update_tags(geoseg_classes=ClassSchema.from_names(["Crop", "water"], ids=[1, 5]).to_json())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassMatchWarning)
+        evaluate(pred, named)
+    # unnamed classes on both sides: ids are all there is to go by, nothing to say
+    a = np.ones((20, 30), dtype=np.uint8)
+    a[:, 15:] = 2
+    bare = make_raster(a, name="bare.tif", transform=TR, nodata=255)
+    with rasterio.open(bare, "r+") as ds:
+        ds.update_tags(geoseg_classes=ClassSchema.default(3).to_json())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassMatchWarning)
+        evaluate(bare, plain)
+    # 0 is a class of the prediction: the truth's 0 is scored, and said so
+    t0 = t.copy()
+    t0[:3] = 0
+    with pytest.warns(ClassMatchWarning, match=r"its value 0 \(90 pixels\) is scored as the prediction's class 0"):
+        evaluate(bare, make_raster(t0, name="zeros.tif", transform=TR))
