@@ -160,3 +160,28 @@ def test_a_checkpoint_named_onnx_is_refused_before_any_work(tmp_path: Path, caps
         args = ["model", "init", "--bands", "3", "--classes", "2", "-o", str(out)]
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, "name it .pt", out)
+
+
+def test_features_with_an_empty_or_null_class_are_unlabelled_and_said_so(tmp_path: Path) -> None:
+    """An empty text class became a class named "" (in the legend, RAT and style) while NULL was dropped
+    without a word; both are now left out, with one warning that counts them."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from geoseg.io.labels import read_polygons
+
+    g = gpd.GeoDataFrame({"c": ["crop", "", None, "  ", "forest"]},
+                         geometry=[box(i, 0, i + 1, 1) for i in range(5)], crs="EPSG:32633")
+    g.to_file(tmp_path / "p.gpkg")
+    with pytest.warns(UserWarning, match=r"3 feature\(s\) with an empty or NULL 'c' are left out"):
+        got = read_polygons(tmp_path / "p.gpkg", "c")
+    assert list(got["c"]) == ["crop", "forest"]
+
+
+def test_ignore_value_with_polygon_labels_is_refused_with_what_to_use(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--ignore-value 0 with --vector-labels did nothing: the polygons of value 0 were trained on, silently."""
+    out = tmp_path / "m.pt"
+    code, _, err = run(["train", "--image", str(shared_file(BR_IMG)), "--vector-labels", str(shared_file(BR_POLY)),
+                        "--class-field", "class", "--ignore-value", "0", "-o", str(out), *FAST], capsys)
+    assert_one_line_error(code, err, "--class-map VALUE=ignore", out)

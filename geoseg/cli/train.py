@@ -117,6 +117,11 @@ def train(
 
         raise UsageError("no output; pass -o model.pt (or set output in --config)")
     cfg = TrainConfig.merge(file_opts, cli)
+    if ignore_value and cfg.vector_labels:
+        from geoseg.errors import UsageError
+
+        raise UsageError("--ignore-value names label-raster values; to leave the polygons of a class out, map it "
+                         "away with --class-map VALUE=ignore")
 
     if auto:
         from geoseg.train.tune import tune as run_tune

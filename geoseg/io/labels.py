@@ -86,9 +86,14 @@ def read_polygons(path: str | os.PathLike[str], class_field: str) -> Any:
     if not kinds <= {"Polygon", "MultiPolygon", "Point", "MultiPoint"}:
         raise LabelError(f"{p}: labels must be polygons or points (a point labels the pixel it falls in), found "
                          f"{', '.join(sorted(kinds))}; buffer lines into polygons if that is what you mean")
-    gdf = gdf[~gdf[class_field].isna()]
-    if len(gdf) == 0:
+    # NULL and empty (or blank) text alike: no class, so unlabelled (an empty text was a class named "")
+    blank = gdf[class_field].isna() | gdf[class_field].map(lambda v: isinstance(v, str) and not v.strip())
+    if blank.all():
         raise LabelError(f"{p}: every feature has an empty {class_field!r}")
+    if blank.any():
+        gdf = gdf[~blank]
+        warnings.warn(f"{p}: {int(blank.sum())} feature(s) with an empty or NULL {class_field!r} are left out "
+                      "(unlabelled)", UserWarning, stacklevel=2)
     return gdf
 
 
