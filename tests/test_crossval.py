@@ -188,11 +188,44 @@ def test_tune_prunes_a_trial_the_data_cannot_take_and_goes_on(tmp_path: Path, mo
     cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(shared_file(BR_POLY)),
                       class_field="class", output=str(tmp_path / "best.pt"), **TINY)
     lines: list[str] = []
-    with pytest.raises(UsageError, match="no trial finished"):
+    with pytest.raises(UsageError, match="no trial finished: every trial was pruned or failed; e.g. the labels lie "
+                                         "in a single 128-pixel block"):
         tune(cfg, trials=3, folds=2, sampler="random", log=lines.append)
     assert len(calls) == 3  # every trial ran and was pruned; the first refusal did not end the search
     assert sum("not possible here" in ln for ln in lines) == 3
     assert not (tmp_path / "best.pt").exists()
+
+
+def test_tune_resumes_only_a_study_of_the_same_data_and_options(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study was resumed whatever had changed: after fixing a config whose trials all failed, the rerun resumed
+    the failed study ("no trial finished; see the messages above", with no message above)."""
+    import dataclasses
+
+    from geoseg.errors import UsageError
+    from geoseg.train import TrainConfig, crossval
+    from geoseg.train.tune import tune
+
+    class Scored:
+        macro_f1, overall_accuracy = 0.5, 0.6
+
+        def to_dict(self) -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setattr(crossval, "spatial_cross_validation", lambda cfg, folds, **kw: Scored())
+    cfg = TrainConfig(images=[str(shared_file(BR_IMG))], vector_labels=str(shared_file(BR_POLY)),
+                      class_field="class", output=str(tmp_path / "best.pt"), **TINY)
+    assert tune(cfg, trials=2, folds=2, sampler="random", train_best=False).trials == 2
+    assert tune(cfg, trials=3, folds=2, sampler="random", train_best=False).trials == 3  # resumed: one more
+    changed = dataclasses.replace(cfg, epochs=2)
+    with pytest.raises(UsageError, match=r"holds a study of other options \(epochs changed\)"):
+        tune(changed, trials=3, folds=2, sampler="random", train_best=False)
+    with pytest.raises(UsageError, match=r"\(folds changed\)"):
+        tune(cfg, trials=3, folds=3, sampler="random", train_best=False)
+    lines: list[str] = []
+    report = tune(dataclasses.replace(changed, overwrite=True), trials=1, folds=2, sampler="random",
+                  train_best=False, log=lines.append)
+    assert report.trials == 1 and any("replaced by a new one" in ln for ln in lines)
 
 
 def test_the_default_cv_that_cannot_run_keeps_the_model_and_says_why(tmp_path: Path) -> None:

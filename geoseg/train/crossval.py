@@ -321,8 +321,10 @@ def spatial_cross_validation(cfg: TrainConfig, folds: int = 3, *, log: Callable[
             units = _raster_units(plan, grid)
             method = f"label-raster blocks of {cfg.block_size} px"
         if len(units) < folds:
+            todo = (f"smaller spatial blocks (`val_block`, now {cfg.block_size} px; for tune, val_block in its "
+                    "--config)" if plan.kind == "raster" else "more labelled places")
             raise UsageError(f"cross-validation needs at least {folds} spatially separate label groups; "
-                             f"found {len(units)}: use fewer folds or more labels")
+                             f"found {len(units)}: use {todo}" + (" or fewer folds" if folds > 2 else ""))
         fold_of = assign_folds(units, folds, cfg.seed)
         unit_cms = np.zeros((len(units), n, n), dtype=np.int64)
         with tempfile.TemporaryDirectory(prefix="geoseg-cv-") as td:

@@ -118,9 +118,28 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
         "random": lambda: optuna.samplers.RandomSampler(seed=base.seed),
         "grid": lambda: optuna.samplers.GridSampler(GRID, seed=base.seed),
     }
-    study = optuna.create_study(
-        study_name="geoseg", storage=f"sqlite:///{db.resolve()}", load_if_exists=True, direction="maximize",
-        sampler=samplers[sampler](), pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+    setup = _study_setup(base, folds, sampler)
+
+    def open_study() -> Any:
+        return optuna.create_study(
+            study_name="geoseg", storage=f"sqlite:///{db.resolve()}", load_if_exists=True, direction="maximize",
+            sampler=samplers[sampler](), pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+
+    study = open_study()
+    before = study.user_attrs.get("setup")
+    if before is not None and before != setup:  # a study of other data or options: never resumed as this one
+        changed = sorted(k for k in set(before) | set(setup) if before.get(k) != setup.get(k))
+        if not base.overwrite:
+            raise UsageError(f"{db}: holds a study of other options ({', '.join(changed[:6])} changed); pass "
+                             "`overwrite=True` to start a new one, or the same options to resume it")
+        del study
+        db.unlink()
+        if log:
+            log(f"{db}: a study of other options ({', '.join(changed[:6])} changed) replaced by a new one")
+        study = open_study()
+        before = None
+    if before is None:
+        study.set_user_attr("setup", setup)
     from geoseg.train.crossval import spatial_cross_validation
 
     pick = _grid_suggest if sampler == "grid" else suggest
@@ -131,6 +150,7 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
         try:
             cfg = _config(base, params)
         except UsageError as e:  # a combination the architecture refuses: not a failure of the search
+            trial.set_user_attr("not_possible", str(e))
             raise optuna.TrialPruned(str(e)) from None
 
         def on_fold(f: int, so_far: Any) -> None:
@@ -145,6 +165,7 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
         except GeosegError as e:  # settings this data cannot take (a chip larger than a fold's window...)
             if log:
                 log(f"trial {trial.number} {params}: not possible here: {e}")
+            trial.set_user_attr("not_possible", str(e))
             raise optuna.TrialPruned(str(e)) from None
         trial.set_user_attr("overall_accuracy", cv.overall_accuracy)
         trial.set_user_attr("cv", cv.to_dict())
@@ -164,7 +185,9 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
     states = [t.state for t in study.trials]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise UsageError("no trial finished; see the messages above (every trial was pruned or failed)")
+        why = [t.user_attrs["not_possible"] for t in study.trials if "not_possible" in t.user_attrs]
+        raise UsageError("no trial finished: every trial was pruned or failed"
+                         + (f"; e.g. {why[-1]}" if why else ""))
     best = study.best_trial
     _write_table(study, csv_path)
     plot = _write_plot(study, png_path)
@@ -182,6 +205,17 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
                       complete=len(complete), pruned=states.count(optuna.trial.TrialState.PRUNED),
                       failed=states.count(optuna.trial.TrialState.FAIL), table=csv_path, plot=plot, model=model,
                       seconds=time.perf_counter() - t0)
+
+
+def _study_setup(base: TrainConfig, folds: int, sampler: str) -> dict[str, str]:
+    """What a study's trials depend on: the data, the options not searched, folds and sampler (as text, as
+    the study stores it); a resumed study must have the same."""
+    import json
+
+    run_only = {"output", "overwrite", "resume", "device", "devices", "num_workers"}
+    opts = {k: json.dumps(v, sort_keys=True, default=str) for k, v in dataclasses.asdict(base).items()
+            if k not in run_only}
+    return {**opts, "folds": str(folds), "sampler": sampler}
 
 
 def _record_tune(path: str, best: Any, n: int, sampler: str, folds: int) -> None:
