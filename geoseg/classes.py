@@ -197,6 +197,47 @@ def schema_from_tags(tags: Mapping[str, str]) -> "ClassSchema | None":
         return None
 
 
+def category_names(ds: Any) -> dict[int, str]:
+    """``{value: name}`` of band 1 from GDAL's category names or raster attribute table (the ``.aux.xml``
+    beside the file, where GDAL, QGIS and geoseg keep them); empty without them. For a class raster with
+    no geoseg tag (one exported or made by another tool), so that its classes keep their names."""
+    import xml.etree.ElementTree as ET
+
+    aux = next((f for f in getattr(ds, "files", []) if str(f).lower().endswith(".aux.xml")), None)
+    if aux is None:
+        return {}
+    try:
+        root = ET.parse(aux).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    band = next((b for b in root.iter("PAMRasterBand") if b.get("band", "1") == "1"), None)
+    if band is None:
+        return {}
+    cats = band.find("CategoryNames")
+    if cats is not None:
+        found = {i: (c.text or "").strip() for i, c in enumerate(cats.findall("Category"))}
+        return {i: n for i, n in found.items() if n}
+    rat = band.find("GDALRasterAttributeTable")
+    if rat is None:
+        return {}
+    usage = {int(f.get("index", -1)): ((f.findtext("Name") or "").lower(), f.findtext("Usage") or "")
+             for f in rat.findall("FieldDefn")}
+    name_col = next((i for i, (_, u) in usage.items() if u == "2"), None)
+    value_col = next((i for i, (n, u) in usage.items() if u == "5" or n == "value"), None)
+    if name_col is None or value_col is None:
+        return {}
+    out: dict[int, str] = {}
+    for row in rat.findall("Row"):
+        cells = [c.text or "" for c in row.findall("F")]
+        try:
+            value, name = int(float(cells[value_col])), cells[name_col].strip()
+        except (IndexError, ValueError):
+            continue
+        if name:
+            out[value] = name
+    return out
+
+
 def parse_class_names(items: Iterable[str] | None) -> dict[int, str] | None:
     """Parse ``["1=corn", "5=soy"]`` or ``["corn,soy"]`` into ``{id: name}``.
 

@@ -16,7 +16,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
 
-from geoseg.classes import default_colour, schema_from_tags
+from geoseg.classes import category_names, default_colour, schema_from_tags
 from geoseg.errors import RasterReadError, UsageError, error_text
 from geoseg.io.atomic import atomic_output, check_destination
 from geoseg.io.raster import open_raster, read_bands, read_errors
@@ -108,6 +108,7 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
         except ValueError:
             cmap = {}
         schema = schema_from_tags(cds.tags())
+        named = category_names(cds) if schema is None else {}  # a class raster of another tool
         bounds, crs = cds.bounds, cds.crs
     valid_cls = cls != nodata if nodata is not None else np.ones_like(cls, dtype=bool)
     present = [int(v) for v in np.unique(cls[valid_cls])]
@@ -120,10 +121,10 @@ def write_preview(classes: str | os.PathLike[str], output: str | os.PathLike[str
             col = info.colour if info else default_colour(k)
         elif v in cmap:
             col = cmap[v][:3]
-            names[v] = f"class {v}"
+            names[v] = named.get(v, f"class_{v}")  # spelled as the polygons' class names are
         else:
             col = default_colour(k)
-            names[v] = f"class {v}"
+            names[v] = named.get(v, f"class_{v}")
         colours[v] = (col[0] / 255, col[1] / 255, col[2] / 255)
 
     rgb_img = np.full((h, w, 3), 0.92, dtype=np.float32)

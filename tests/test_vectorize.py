@@ -224,6 +224,46 @@ def test_class_names_from_geoseg_tag_and_override(make_raster) -> None:
     assert dict(zip(gdf.class_id, gdf.class_name)) == {1: "wheat", 2: "corn"}
 
 
+@pytest.mark.parametrize("kind", ["categories", "rat", "geoseg_output"])
+def test_class_names_from_gdal_category_names_or_attribute_table(make_raster, tmp_path, kind) -> None:
+    """A class raster without geoseg's tag (exported, or made by another tool) that names its classes in GDAL's
+    category names or attribute table (its .aux.xml) gave polygons named class_0, class_1..."""
+    from geoseg.classes import ClassSchema, category_names
+    from geoseg.preview import write_preview
+
+    a = np.array([[0, 0, 1], [2, 2, 1]], np.uint8)
+    path = make_raster(a, nodata=255)
+    if kind == "geoseg_output":  # a geoseg COG (names in its tag and, through GDAL, in its .aux.xml) copied
+        from geoseg.io.writer import GeoTiffSink  # without the tag, as gdal_translate -unsetmd... would
+
+        schema = ClassSchema.from_names(["water", "wheat", "maize"])
+        with rasterio.open(path) as ds:
+            crs, tr = ds.crs, ds.transform
+        sink = GeoTiffSink(tmp_path / "c.tif", width=3, height=2, count=1, dtype="uint8", crs=crs, transform=tr,
+                           nodata=255, colormap=schema.colormap(), classes=schema)
+        sink.write(a[None], 0, 0)
+        sink.commit()
+        with rasterio.open(tmp_path / "c.tif") as src:
+            assert "geoseg_classes" not in src.tags()  # this sink was not given the tag: GDAL's names only
+        shutil.copy(tmp_path / "c.tif.aux.xml", path.with_name(path.name + ".aux.xml"))
+    elif kind == "categories":
+        path.with_name(path.name + ".aux.xml").write_text(
+            '<PAMDataset><PAMRasterBand band="1"><CategoryNames><Category>water</Category><Category>wheat'
+            '</Category><Category>maize</Category></CategoryNames></PAMRasterBand></PAMDataset>')
+    else:
+        path.with_name(path.name + ".aux.xml").write_text(
+            '<PAMDataset><PAMRasterBand band="1"><GDALRasterAttributeTable tableType="thematic">'
+            '<FieldDefn index="0"><Name>Value</Name><Type>0</Type><Usage>5</Usage></FieldDefn>'
+            '<FieldDefn index="1"><Name>Class_Name</Name><Type>2</Type><Usage>2</Usage></FieldDefn>'
+            '<Row index="0"><F>0</F><F>water</F></Row><Row index="1"><F>1</F><F>wheat</F></Row>'
+            '<Row index="2"><F>2</F><F>maize</F></Row></GDALRasterAttributeTable></PAMRasterBand></PAMDataset>')
+    with rasterio.open(path) as ds:
+        assert category_names(ds) == {0: "water", 1: "wheat", 2: "maize"}
+    gdf = vectorize(path)
+    assert dict(zip(gdf.class_id, gdf.class_name)) == {0: "water", 1: "wheat", 2: "maize"}
+    assert write_preview(path, tmp_path / "p.png").exists()
+
+
 def test_sieve_removes_small_regions_across_seams(make_raster) -> None:
     rng = np.random.default_rng(3)
     a = np.kron(rng.integers(0, 3, (10, 10)), np.ones((6, 6), int)).astype(np.uint8)

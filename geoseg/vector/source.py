@@ -9,7 +9,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.classes import ClassInfo, ClassSchema, default_colour, parse_class_names, schema_from_tags
+from geoseg.classes import (ClassInfo, ClassSchema, category_names, default_colour, parse_class_names,
+                            schema_from_tags)
 from geoseg.errors import RasterReadError, UsageError
 from geoseg.io.raster import open_raster, read_errors
 
@@ -80,7 +81,8 @@ class ClassSource:
         self.transform = ds.transform
         self.dtype = safe_dtype(ds.dtypes[0], self.name)
         self.schema: ClassSchema | None = schema_from_tags(ds.tags())
-        names = {c.id: c.name for c in self.schema.classes} if self.schema else {}
+        # geoseg's class tag, else GDAL's category names or attribute table (a class raster of another tool)
+        names = {c.id: c.name for c in self.schema.classes} if self.schema else category_names(ds)
         names.update(class_names or {})
         self.names = names
 
