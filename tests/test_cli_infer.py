@@ -82,7 +82,8 @@ def _crafted_pickle(path: Path, marker: Path) -> None:
 
 @pytest.mark.parametrize("case", ["missing", "text", "empty", "bands", "trunc_model", "pickle", "arch",
                                   "outdir", "readonly_dir", "tile", "model_missing", "onnx_missing", "model_dir",
-                                  "model_url", "out_url", "classes_url"])
+                                  "model_url", "out_url", "classes_url", "classes_png",
+                                  "same_file"])
 def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
     src = shared_file("ftw_baselines/inference-img.tif")
     model = model8
@@ -133,6 +134,10 @@ def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
         args = ["infer", src, "-m", model, "-o", "s3://bucket/out"]
     elif case == "classes_url":
         args = ["infer", src, "-m", model, "--classes-out", "/vsimem/c.tif", "-o", out]
+    elif case == "classes_png":  # a GeoTIFF was written under that name
+        args = ["infer", src, "-m", model, "--classes-out", out / "c.png"]
+    elif case == "same_file":  # "output path is the same as an input"
+        args = ["infer", src, "-m", model, "--classes-out", out / "c.tif", "--vector-out", out / "c.tif"]
     before = sorted(p.name for p in out.iterdir())
     code, stdout, err = run_cli([*args, "-q"], capsys)
     assert code != 0
@@ -149,6 +154,10 @@ def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
     if case == "arch":
         assert "do not match" in err
     assert "unexpected" not in err
+    if case == "classes_png":
+        assert "name it .tif" in err
+    if case == "same_file":
+        assert "would be the same file" in err
     if case.endswith("_url") and case != "model_url":
         assert "outputs are written to local files" in err
         assert not Path("s3:").exists()  # nothing made in the working directory either
@@ -292,3 +301,14 @@ def test_band_names_that_disagree_with_the_model_are_refused_with_the_order_they
     wide = _described(make_raster(np.concatenate([data, data[:2]]), "wide.tif"), ["x", "nir", "red", "green", "y"])
     code, _, err = run_cli(["infer", wide, "-m", model, "-o", tmp_path / "e", "--no-vector", "-q"], capsys)
     assert code == 1 and "--bands 3,4,2 (the bands of those names here)" in err, err
+
+
+def test_polygons_go_beside_the_class_raster_named_by_classes_out(tmp_path, capsys, monkeypatch):
+    """The help says so; they went to the working directory (or -o)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    code, _, err = run_cli(["infer", ROOT / "sample_data" / "field.tif", "--classes-out", tmp_path / "sub" / "c.tif",
+                            "-q"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "sub" / "c.tif").exists() and (tmp_path / "sub" / "field_polygons.gpkg").exists()
+    assert not (tmp_path / "field_polygons.gpkg").exists()

@@ -99,6 +99,9 @@ def infer(
         if given:
             raise UsageError(f"{', '.join(given)} name{'s' if len(given) == 1 else ''} one file but there are several "
                              "inputs; use -o DIR (and --vector-format)")
+    for name, given in (("--classes-out", classes_out), ("--probabilities-out", probabilities_out)):
+        if given is not None and given.suffix.lower() not in (".tif", ".tiff"):
+            raise UsageError(f"{name} {given}: rasters are written as GeoTIFF (COG); name it .tif")
     probabilities = probabilities or probabilities_out is not None
     options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), nodata=nodata, tile_size=tile_size,
                    overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
@@ -109,7 +112,9 @@ def infer(
 
         def outputs(item: BatchItem) -> dict[str, Path]:
             paths = default_output_paths(item.source, item.out_dir, item.stem)
-            paths["classes"] = classes_out or paths["classes"]  # one input only (checked above)
+            if classes_out is not None:  # one input only (checked above); its polygons go beside it
+                paths["classes"] = classes_out
+                paths["polygons"] = classes_out.parent / paths["polygons"].name
             paths["probabilities"] = probabilities_out or paths["probabilities"]
             return paths
 
@@ -207,6 +212,10 @@ def _vector_destination(paths: dict[str, Path], fmt: "VectorFormat", vector_out:
     path = _vector_path(paths, fmt, vector_out)
     if keep_existing and path.exists():
         return None
+    if path.resolve() == paths["classes"].resolve():
+        from geoseg.errors import UsageError
+
+        raise UsageError(f"{path}: the polygons and the class raster would be the same file; name them apart")
     check_output(path, overwrite=overwrite, inputs=[image, paths["classes"]])
     return path
 
