@@ -101,13 +101,15 @@ def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> Ru
     run with another input, model or options."""
     sp = state_path(dest)
     st = RunState.load(sp)
-    if st is None or not all(p.exists() for p in staged):
+    if st is None:
         return None
-    if st.key != key:
+    if st.key != key:  # before the staging files: a run asked for another output (probabilities) has other ones
         old, new = {**st.key, **st.key.get("options", {})}, {**key, **key.get("options", {})}
         diff = sorted(k for k in set(old) | set(new) if k != "options" and old.get(k) != new.get(k))
         raise UsageError(f"{dest}: the interrupted run used a different {', '.join(diff)}; rerun with the same "
                          "input, model and options, or without `resume` to start over")
+    if not all(p.exists() for p in staged):
+        return None
     return st
 
 

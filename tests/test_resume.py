@@ -95,6 +95,9 @@ def test_resume_refuses_other_options_and_starts_over_when_there_is_nothing(rast
     with pytest.raises(UsageError, match="different overlap"):
         predict_raster(raster, ConvModel(), tmp_path / "c.tif", probabilities=tmp_path / "p.tif", tile_size=32,
                        overlap=16, resume=True)
+    # an output the interrupted run did not write (no probabilities): named too ("nothing to resume here" before)
+    with pytest.raises(UsageError, match="used a different probabilities; rerun"):
+        predict_raster(raster, ConvModel(), tmp_path / "c.tif", probabilities=None, resume=True)
     # without --resume a new run starts over and cleans up
     run(raster, tmp_path, ConvModel())
     assert not list(tmp_path.glob(".*geoseg-tmp*"))
