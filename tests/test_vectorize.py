@@ -432,3 +432,21 @@ def test_a_second_vectorize_on_the_same_output_is_refused(tmp_path) -> None:
         assert not out.exists()
     vectorize(shared_file(MASK), out)
     assert out.exists() and not [p for p in tmp_path.iterdir() if p.name != "p.gpkg"]
+
+
+def test_a_tolerance_of_many_pixels_in_crs_units_is_pointed_out(make_raster) -> None:
+    """`--simplify 15` on a geographic raster is 15 degrees (55 762 px of PRODES): shapes were distorted
+    without a word."""
+    import warnings
+
+    from rasterio.transform import from_origin
+
+    a = np.zeros((20, 20), np.uint8)
+    a[5:15, 5:15] = 1
+    path = make_raster(a, crs="EPSG:4674", transform=from_origin(-55.0, -10.0, 0.00027, 0.00027))
+    with pytest.warns(UserWarning, match=r"`simplify` 15 in CRS units is 55,556 pixels.*15px"):
+        vectorize(path, simplify=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        vectorize(path, simplify="15px")
+        vectorize(path, simplify=0.0005)  # about two pixels

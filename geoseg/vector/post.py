@@ -128,4 +128,13 @@ def parse_tolerance(value: Any, pixel_size: float) -> tuple[float, str]:
                          "(e.g. 1.5px)") from None
     if not np.isfinite(v) or v < 0:
         raise UsageError(f"`simplify` {value!r}: tolerance must be a non-negative number")
+    if not s.endswith("px") and px > LARGE_TOLERANCE_PX:
+        import warnings
+
+        warnings.warn(f"`simplify` {v:g} in CRS units is {px:,.0f} pixels, which erases most shapes (degrees, in a "
+                      f"geographic CRS?); for pixels write {v:g}px", UserWarning, stacklevel=3)
     return px, (f"{v:g} px" if s.endswith("px") else f"{v:g} CRS units ({px:g} px)")
+
+
+#: a simplification tolerance in CRS units beyond this many pixels is almost surely a unit mistake
+LARGE_TOLERANCE_PX = 100
