@@ -32,8 +32,8 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
                                          ("`compile`", compile), ("`device`", device not in ("auto", "cpu")))
                  if used]
         if given:
-            raise UsageError(f"{', '.join(given)} apply to .pt checkpoints; an ONNX model runs on the CPU as "
-                             "exported")
+            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to .pt checkpoints; an ONNX "
+                             "model runs on the CPU as exported")
         return OnnxPredictor(onnx[0], threads=threads)
     from geoseg.predict.engine import TorchPredictor
 

@@ -69,6 +69,8 @@ class OnnxPredictor:
     """
 
     device = "cpu"
+    #: what runs the graph, in the place of a checkpoint's precision in reports ("on cpu onnxruntime")
+    precision = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
         p = model_file(path)
