@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 TORCH_FREE = ["geoseg", "geoseg.errors", "geoseg.classes", "geoseg.architectures", "geoseg.models",
-              "geoseg.models.meta", "geoseg.models.demo",
+              "geoseg.models.meta", "geoseg.models.demo", "geoseg.models.files",
               "geoseg.tiling", "geoseg.blend",
               "geoseg.io.raster", "geoseg.io.writer", "geoseg.io.atomic", "geoseg.io.stats", "geoseg.io.labels",
               "geoseg.io.gdalcache", "geoseg.pipeline",
