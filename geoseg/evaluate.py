@@ -161,7 +161,7 @@ def evaluate(prediction: str | os.PathLike[str], truth: str | os.PathLike[str], 
     if cm.sum() == 0:
         raise LabelError(f"{truth_path}: no labelled truth pixel overlaps a predicted pixel of {pred_path}; check "
                          "that they cover the same area (and their CRS)")
-    if not is_vector:
+    if isinstance(truth_reader, _RasterTruth):
         _warn_class_match(schema, truth_reader.schema, truth_path, cm, zero_scored=ignore_values is None)
     ids = sorted({int(i) for i in np.flatnonzero(cm.sum(axis=1))} | {int(i) for i in np.flatnonzero(cm.sum(axis=0))}
                  | (set(schema.ids) if schema else set()))
