@@ -450,3 +450,16 @@ def test_a_tolerance_of_many_pixels_in_crs_units_is_pointed_out(make_raster) -> 
         warnings.simplefilter("error", UserWarning)
         vectorize(path, simplify="15px")
         vectorize(path, simplify=0.0005)  # about two pixels
+
+
+def test_geojson_neighbours_stay_edge_to_edge_in_longitude_latitude(tmp_path) -> None:
+    """GeoJSON is reprojected to CRS84 vertex by vertex; a corner of one polygon on a straight edge of its
+    neighbour then fell off that edge: 14 377 overlapping pairs on this CDL subset (none in the other formats)."""
+    import geopandas as gpd
+
+    src = shared_file("usda_cdl_kansas/2021_30m_cdls_-106095_1807575_15000.tif")
+    vectorize(src, tmp_path / "c.geojson")
+    g = gpd.read_file(tmp_path / "c.geojson")
+    pairs = shapely.STRtree(g.geometry.values).query(g.geometry.values, predicate="overlaps")
+    assert pairs.shape[1] == 0
+    assert g.geometry.area.sum() == pytest.approx(shapely.union_all(g.geometry.values).area, rel=1e-9)

@@ -38,8 +38,13 @@ __all__ = ["EXTENSIONS", "FORMATS", "GEOPARQUET_VERSION", "SHAPEFILE_FIELDS", "F
 
 def write_batches(path: str | os.PathLike[str], schema: Any, batches: Iterable[Any], *, crs: Any,
                   overwrite: bool = False, geometry_type: str = "Polygon", checked: bool = False,
-                  layer: str | None = None, style: Callable[[], str] | None = None) -> int:
+                  layer: str | None = None, style: Callable[[], str] | None = None,
+                  grid_step: float | None = None) -> int:
     """Stream RecordBatches (WKB ``geometry`` column in ``crs``) to ``path``; returns rows written.
+
+    ``grid_step``: the side of the raster pixels the polygons were traced on; GeoJSON, reprojected to
+    longitude/latitude, then gets a vertex at each pixel corner along every edge, so that neighbours
+    stay edge to edge (:func:`geoseg.export.ogr.write_ogr`).
 
     An empty stream writes a valid empty layer with the schema and CRS. ``style`` (called once
     the batches are written) gives the layer's QGIS style (QML), stored where QGIS finds it:
@@ -54,7 +59,7 @@ def write_batches(path: str | os.PathLike[str], schema: Any, batches: Iterable[A
         if fmt.driver is None:
             count = write_parquet(tmp, schema, batches, crs, geometry_type)
         else:
-            count = write_ogr(tmp, fmt, schema, batches, crs, geometry_type, lname, dest)
+            count = write_ogr(tmp, fmt, schema, batches, crs, geometry_type, lname, dest, grid_step)
         if style is not None and fmt.name == "gpkg":
             gpkg_layer_style(tmp, lname, style())
     if style is not None and style_path(dest) is not None:

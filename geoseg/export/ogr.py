@@ -34,7 +34,7 @@ class _Capture:
 
 
 def write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: Any, geometry_type: str,
-               layer: str, dest: Path | None = None) -> int:
+               layer: str, dest: Path | None = None, grid_step: float | None = None) -> int:
     transform = None
     layer_options: dict[str, str] = {}
     out_crs = crs.to_wkt() if crs is not None and hasattr(crs, "to_wkt") else crs
@@ -46,6 +46,8 @@ def write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: 
         # GDAL's RFC 7946 mode reprojects to CRS84 (7 decimals), winds exteriors counter-clockwise and
         # splits at the antimeridian; the layer is declared in the raster's CRS for it to convert from
         layer_options["RFC7946"] = "YES"
+        if grid_step:
+            transform = _on_grid_vertices(grid_step)
     elif fmt.name == "shp":
         layer_options["ENCODING"] = "UTF-8"  # also writes the .cpg
         renames = {k: v for k, v in SHAPEFILE_FIELDS.items() if k in schema.names}
@@ -98,6 +100,31 @@ def _write(job: dict[str, Any], schema: Any, cap: _Capture, what: str) -> None:
         if isinstance(e, _WriteFailed):
             raise RasterWriteError(f"{what} failed: {e}") from None
         raise
+
+
+def _on_grid_vertices(step: float) -> Any:
+    """A batch transform: every polygon edge gets a vertex at each ``step`` (the raster's pixel side) along it.
+
+    Reprojection moves vertices only. Where one polygon's corner lies on a straight edge of its neighbour
+    (a T-junction, everywhere in a polygonized raster), that edge, reprojected as a straight line between
+    its own ends, no longer passes through the corner: neighbours overlapped by slivers (14 377 pairs of
+    a 500 x 500 CDL subset in longitude/latitude). With a vertex at every pixel corner along its edges,
+    each polygon has the points of its neighbours' corners, and the reprojected edges coincide. The step
+    is a hair above the pixel side so that an edge of k pixels gets exactly k parts despite rounding.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import shapely
+
+    tolerance = step * (1 + 1e-9)
+
+    def f(batch: Any) -> Any:
+        i = batch.schema.get_field_index("geometry")
+        geoms = shapely.from_wkb(np.asarray(batch.column(i).to_pylist(), dtype=object))
+        wkb = shapely.to_wkb(shapely.segmentize(geoms, tolerance))
+        return batch.set_column(i, batch.schema.field(i), pa.array(wkb, type=batch.schema.field(i).type))
+
+    return f
 
 
 def _renamed(schema: Any, renames: dict[str, str]) -> tuple[Any, Any]:

@@ -311,8 +311,10 @@ def vectorize(
                 schema = arrow_schema(conf_src is not None)
                 if dest is None:
                     return _to_geodataframe(list(batches), schema, src.crs)
+                t = src.transform  # the shorter pixel side: every pixel corner along an edge is a multiple of it
                 written = write_batches(dest[0], schema, batches, crs=src.crs, overwrite=overwrite, checked=True,
-                                        style=lambda: vector_qml(src.style_classes(report.class_counts)))
+                                        style=lambda: vector_qml(src.style_classes(report.class_counts)),
+                                        grid_step=min(float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))))
         finally:
             if conf_src is not None:
                 conf_src.close()
