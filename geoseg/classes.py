@@ -26,21 +26,40 @@ _PALETTE = [
 ]
 
 
-# Conventional land-cover colours for common class names (first matching keyword wins).
+# Conventional land-cover colours for common class names: the first group with a word of the name wins.
+# A keyword matches a whole word of the name (words split at anything not a letter or digit; a plural "s"
+# or "es" allowed), or, ending in "*", any word that starts with it: "sea" is not "seasonal", nor
+# "road" "broadleaf".
 _NAMED = [
-    (("water", "river", "lake", "sea", "reservoir", "ocean"), (31, 120, 220)),
-    (("wetland", "marsh", "swamp", "mangrove"), (90, 170, 170)),
-    (("forest", "tree", "wood"), (30, 110, 45)),
-    (("shrub", "bush", "scrub"), (120, 150, 60)),
-    (("grass", "pasture", "meadow", "herb"), (150, 205, 90)),
+    (("water", "river", "lake", "sea", "reservoir", "ocean", "pond"), (31, 120, 220)),
+    (("wetland", "marsh", "swamp", "mangrove*", "bog"), (90, 170, 170)),
+    (("forest*", "tree*", "wood*"), (30, 110, 45)),
+    (("shrub*", "bush*", "scrub*"), (120, 150, 60)),
+    (("grass*", "pasture*", "meadow*", "herb*"), (150, 205, 90)),
     (("fallow", "fallen", "dry"), (215, 130, 50)),
     (("cleared", "bare", "soil", "sand", "rock", "barren"), (225, 200, 150)),
-    (("crop", "cultivat", "agri", "field", "corn", "maize", "soy", "wheat", "rice", "cotton"), (235, 200, 40)),
-    (("urban", "built", "building", "artificial", "village", "developed", "settlement", "road"), (200, 50, 50)),
-    (("cloud", "snow", "ice"), (235, 235, 245)),
-    (("boundary", "edge"), (40, 40, 40)),
-    (("background", "other", "unknown"), (170, 170, 170)),
+    (("crop*", "cultivat*", "agri*", "field*", "corn", "maize", "soy*", "wheat", "rice", "cotton", "cereal*"),
+     (235, 200, 40)),
+    (("urban", "built", "building*", "artificial", "village*", "developed", "settlement*", "road*", "city",
+      "cities"), (200, 50, 50)),
+    (("cloud*", "snow", "ice"), (235, 235, 245)),
+    (("boundary", "boundaries", "edge*"), (40, 40, 40)),
+    (("background", "other*", "unknown"), (170, 170, 170)),
 ]
+
+
+def _named_colour(name: str) -> tuple[int, int, int] | None:
+    import re
+
+    words = [w for w in re.split(r"[^0-9a-z]+", name.lower()) if w]
+    for keys, colour in _NAMED:
+        for k in keys:
+            if k.endswith("*"):
+                if any(w.startswith(k[:-1]) for w in words):
+                    return colour
+            elif any(w in (k, k + "s", k + "es") for w in words):
+                return colour
+    return None
 
 
 def default_colour(index: int, name: str | None = None) -> tuple[int, int, int]:
@@ -48,17 +67,53 @@ def default_colour(index: int, name: str | None = None) -> tuple[int, int, int]:
 
     Common land-cover names get their conventional colour (water blue, forest green,
     crops yellow, built-up red...); others get Tableau 10, then evenly spread hues.
+    :func:`default_colours` gives a whole schema's, each one distinct.
     """
     if name:
-        low = name.lower()
-        for keys, colour in _NAMED:
-            if any(k in low for k in keys):
-                return colour
+        named = _named_colour(name)
+        if named is not None:
+            return named
     if index < len(_PALETTE):
         return _PALETTE[index]
     h = (index * 0.618033988749895) % 1.0
     r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.9)
     return (int(r * 255), int(g * 255), int(b * 255))
+
+
+def default_colours(names: Sequence[str]) -> list[tuple[int, int, int]]:
+    """Colours for classes ``names``, each told apart from the others: a conventional colour for a
+    common name (:data:`_NAMED`), in a lighter or darker shade when an earlier class took it (corn,
+    soybeans and winter wheat were one yellow); other names get the first palette colour not close to
+    one already used (a class "land" beside "water" got a blue a hair from water's)."""
+    named = [_named_colour(n) if n else None for n in names]
+    seen: dict[tuple[int, int, int], int] = {}
+    out: list[tuple[int, int, int] | None] = []
+    for c in named:  # first the conventional colours, so that the others keep clear of all of them
+        if c is None:
+            out.append(None)
+            continue
+        seen[c] = seen.get(c, 0) + 1
+        out.append(_shade(c, seen[c] - 1))
+    k = 0
+    for i, c in enumerate(out):
+        if c is not None:
+            continue
+        while not all(sum((a - b) ** 2 for a, b in zip(default_colour(k), u)) > 60 ** 2 for u in out if u):
+            k += 1
+        out[i] = default_colour(k)
+        k += 1
+    return [c for c in out if c is not None]
+
+
+def _shade(rgb: tuple[int, int, int], n: int) -> tuple[int, int, int]:
+    """The ``n``-th shade of ``rgb``: itself, then alternately darker and lighter, hue kept."""
+    if n == 0:
+        return rgb
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    step = (n + 1) // 2 * 0.22
+    v2 = max(0.25, v - step) if n % 2 else min(1.0, v + step)
+    s2 = s if n % 2 else max(0.25, s - step)
+    return tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s2, v2))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -110,8 +165,8 @@ class ClassSchema:
         ids = list(range(len(names))) if ids is None else list(ids)
         if len(ids) != len(names):
             raise UsageError(f"{len(names)} class names but {len(ids)} class ids")
-        return cls(tuple(ClassInfo(int(i), str(n), default_colour(k, str(n)))
-                         for k, (i, n) in enumerate(zip(ids, names))), nodata)
+        return cls(tuple(ClassInfo(int(i), str(n), c)
+                         for i, n, c in zip(ids, names, default_colours([str(n) for n in names]))), nodata)
 
     @classmethod
     def default(cls, num_classes: int) -> "ClassSchema":

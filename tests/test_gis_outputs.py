@@ -221,3 +221,19 @@ def test_readers_skip_the_style_table(inferred, tmp_path) -> None:
     pyogrio.write_dataframe(pyogrio.read_dataframe(gpkg, layer="field_polygons"), styles_first, layer="fields")
     assert data_layer(styles_first) == "fields" and data_layer(d / "field_classes.tif") is None
     assert len(read_vector(styles_first)) > 0 and "class_id" in read_vector(styles_first).columns
+
+
+def test_default_class_colours_are_told_apart_and_match_whole_words() -> None:
+    """corn, soybeans and winter_wheat were one yellow; "broadleaf" took urban red (it holds "road"),
+    "seasonal_pasture" water blue ("sea"); "land" beside "water" got a blue a hair from water's."""
+    from geoseg.classes import ClassSchema, default_colours
+
+    crops = default_colours(["corn", "soybeans", "winter_wheat", "broadleaf", "seasonal_pasture"])
+    assert len(set(crops)) == 5
+    assert crops[0] == (235, 200, 40) and crops[4] == (150, 205, 90)  # crop yellow, pasture green
+    assert crops[3] != (200, 50, 50)  # not urban red
+    land, water = default_colours(["land", "water"])
+    assert water == (31, 120, 220) and sum((a - b) ** 2 for a, b in zip(land, water)) > 60 ** 2
+    assert default_colours(["urban_roads"]) == [(200, 50, 50)] and default_colours(["lakes"]) == [(31, 120, 220)]
+    schema = ClassSchema.from_names([f"class_{i}" for i in range(40)])
+    assert len({c.colour for c in schema.classes}) == 40

@@ -66,7 +66,10 @@ def write_ogr(tmp: Path, fmt: Format, schema: Any, batches: Iterable[Any], crs: 
     what = f"{dest or tmp.name}: writing {fmt.driver}"
     with gdal_safe_path(tmp) as path:  # a folder named with ';' or a newline, which pyogrio would mangle
         job = {"path": path, "layer": layer, "driver": fmt.driver, "geometry_type": geometry_type,
-               "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg"}
+               "crs": out_crs, "layer_options": layer_options or None, "rtree": fmt.name == "gpkg",
+               # GeoPackage 1.2, not the 1.4 of a recent GDAL: older GDAL (QGIS 3.22's 3.6) warned at every
+               # layer load that a 1.4 file "may only be partially supported"; nothing here needs 1.3/1.4
+               "dataset_options": {"VERSION": "1.2"} if fmt.name == "gpkg" else None}
         try:
             _write(job, schema, cap, what)
         except RasterWriteError as e:
@@ -231,7 +234,7 @@ def _write_job(job: dict[str, Any], reader: Any) -> None:
         try:
             pyogrio.write_arrow(reader, str(path), layer=job["layer"], driver=job["driver"],
                                 geometry_name="geometry", geometry_type=job["geometry_type"], crs=job["crs"],
-                                layer_options=job["layer_options"])
+                                layer_options=job["layer_options"], dataset_options=job.get("dataset_options"))
         except BaseException as exc:  # noqa: BLE001
             # GDAL only says "Error while accessing batch from stream": the boxes' own error says why
             e = boxes.error if boxes is not None and boxes.error is not None else exc

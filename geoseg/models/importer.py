@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from geoseg.architectures import ARCHITECTURES, arch_args, from_torchgeo
-from geoseg.classes import ClassInfo, ClassSchema, default_colour
+from geoseg.classes import ClassInfo, ClassSchema, default_colours
 from geoseg.errors import CheckpointError, UsageError
 from geoseg.io.atomic import check_destination
 from geoseg.models.files import checkpoint_destination
@@ -227,7 +227,7 @@ def _schema(opts: ImportOptions, preset: Preset | None, k: int) -> ClassSchema:
         raise UsageError(f"{len(names)} class names for a model with {k} output classes")
     if opts.colours is not None and len(opts.colours) != k:
         raise UsageError(f"{len(opts.colours)} colours for {k} classes")
-    colours = list(opts.colours) if opts.colours else [default_colour(i, n) for i, n in enumerate(names)]
+    colours = list(opts.colours) if opts.colours else default_colours([str(n) for n in names])
     return ClassSchema(tuple(ClassInfo(i, str(n), (int(c[0]), int(c[1]), int(c[2])))
                              for i, (n, c) in enumerate(zip(names, colours))))
 

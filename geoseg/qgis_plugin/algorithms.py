@@ -109,7 +109,8 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
 
         def on_message(line):
             messages.append(line)
-            (feedback.reportError if line.startswith("error:") else feedback.pushInfo)(line)
+            if not line.startswith("error:"):  # an error is raised below: QGIS shows it (reported too, it
+                feedback.pushInfo(line)          # was printed five times by qgis_process)
 
         code, canceled = runner.run(command, list(args), on_progress=on_progress, on_message=on_message,
                                     is_canceled=feedback.isCanceled, progress=self.PROGRESS)

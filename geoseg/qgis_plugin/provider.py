@@ -12,6 +12,15 @@ from .options import VECTOR_EXTENSIONS
 COMMAND_SETTING = "GEOSEG_COMMAND"
 
 
+def _qgis_reads_parquet():
+    """Whether QGIS's own GDAL has the (Geo)Parquet driver."""
+    try:
+        from osgeo import ogr
+    except ImportError:
+        return False
+    return ogr.GetDriverByName("Parquet") is not None
+
+
 def command_setting():
     """The configured geoseg command ('' when unset)."""
     try:
@@ -60,7 +69,9 @@ class GeosegProvider(QgsProcessingProvider):
         return ["tif"]
 
     def supportedOutputVectorLayerExtensions(self):
-        return list(VECTOR_EXTENSIONS)
+        # GeoParquet only where this QGIS can open it (GDAL >= 3.5 built with Arrow; Debian's QGIS 3.22 with
+        # GDAL 3.6 is not): geoseg would write a file the layer could not be loaded from
+        return [e for e in VECTOR_EXTENSIONS if e != "parquet" or _qgis_reads_parquet()]
 
     def defaultVectorFileExtension(self, hasGeometry=True):
         return VECTOR_EXTENSIONS[0]

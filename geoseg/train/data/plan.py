@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.classes import ClassInfo, ClassSchema, default_colour
+from geoseg.classes import ClassInfo, ClassSchema, default_colours
 from geoseg.errors import LabelError, UsageError
 from geoseg.io.labels import check_label_raster, class_key, no_overlap, polygons_inside, raster_overlaps, read_polygons
 from geoseg.io.raster import open_raster
@@ -93,9 +93,10 @@ def build_schema(keys: Sequence[str], class_map: dict[str, str], *, numeric_ids:
         entries = [(i, name, groups[name]) for i, name in enumerate(sorted(groups))]
     classes = []
     lut: dict[str, int] = {}
-    for idx, (cid, name, ks) in enumerate(entries):
-        nice = f"class_{name}" if as_int(name) is not None and all_int else name
-        col = (colours or {}).get(int(cid)) or default_colour(idx, nice)
+    nice_names = [f"class_{name}" if as_int(name) is not None and all_int else name for _, name, _ in entries]
+    defaults = default_colours(nice_names)  # each class its own colour
+    for idx, ((cid, name, ks), nice) in enumerate(zip(entries, nice_names)):
+        col = (colours or {}).get(int(cid)) or defaults[idx]
         classes.append(ClassInfo(int(cid), nice, (int(col[0]), int(col[1]), int(col[2]))))
         for k in ks:
             lut[k] = idx
