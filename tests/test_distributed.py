@@ -254,6 +254,27 @@ def test_one_raster_in_four_blocks_equals_one_run(tmp_path: Path, cluster: Clust
     _same_polygons(tmp_path / "one.gpkg", tmp_path / "v.gpkg")
 
 
+def test_a_remote_raster_in_blocks_equals_one_run(tmp_path: Path, cluster: Cluster) -> None:
+    """A URL or /vsi input split into blocks failed the whole run: its resume key hashed the path as a local file
+    (pathlib folds 'http://' to 'http:/'): "unexpected FileNotFoundError"."""
+    import zipfile
+
+    src = _large_raster(tmp_path)
+    with zipfile.ZipFile(tmp_path / "large.zip", "w") as z:
+        z.write(src, "large.tif")
+    opts = ["--tile-size", "64", "--overlap", "16", "--no-vector", "-q"]
+    seq = _cli("infer", src, "-o", tmp_path / "seq", *opts, "--threads", "1")
+    assert seq.returncode == 0, seq.stderr
+    args = ["infer", f"/vsizip/{tmp_path / 'large.zip'}/large.tif", "--classes-out", tmp_path / "dask" / "c.tif",
+            *opts, "--scheduler", cluster.address, "--block-rows", "48"]
+    r = _cli(*args)  # its folder does not exist: one line, as without a cluster ("unexpected FileNotFoundError")
+    assert r.returncode == 1 and "dask: output directory does not exist; create it first" in r.stderr, r.stderr
+    (tmp_path / "dask").mkdir()
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "dask" / "c.tif").read_bytes() == (tmp_path / "seq" / "large_classes.tif").read_bytes()
+
+
 def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path, cluster: Cluster) -> None:
     from distributed import Client
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from geoseg.errors import GeosegError, UsageError
+from geoseg.errors import GeosegError, RasterWriteError, UsageError
 
 #: how long connecting to a scheduler may take before the command gives up, seconds
 CONNECT_TIMEOUT_S = 30
@@ -108,7 +108,13 @@ def check_storage(client: Any, readable: Sequence[str], writable: Sequence[str])
     made = []
     try:
         for d in writable:
-            (Path(d) / probe).write_bytes(b"")
+            if not Path(d).is_dir():  # as check_destination says it, before the probe (FileNotFoundError)
+                raise RasterWriteError(f"{d}: output directory does not exist; create it first")
+            try:
+                (Path(d) / probe).write_bytes(b"")
+            except OSError as e:
+                raise RasterWriteError(f"{d}: output directory is not writable ({e.strerror}); choose another "
+                                       "with -o") from None
             made.append(Path(d) / probe)
         found = client.run(storage_problems, list(readable), [(d, probe) for d in writable])
     finally:

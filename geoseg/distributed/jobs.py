@@ -224,10 +224,17 @@ def _meta(model: Sequence[str]) -> Any:
 
 def _prepare_blocks(job: InferJob, model: Sequence[str], options: dict[str, Any], resume: bool) -> set[int]:
     """Create the block folder; with ``resume``, the blocks already complete there (same run only)."""
+    from geoseg.io.paths import gdal_path, is_virtual, remote_fingerprint
+    from geoseg.io.raster import open_raster
     from geoseg.resume import file_fingerprint
 
     d = job.blocks_dir()
-    key = {"source": file_fingerprint(job.source), "model": [file_fingerprint(m) for m in model],
+    if is_virtual(job.source):  # a URL or /vsi path: no file to hash (pathlib would fold its '//')
+        with open_raster(job.source) as ds:
+            source = remote_fingerprint(gdal_path(job.source), ds)
+    else:
+        source = file_fingerprint(job.source)
+    key = {"source": source, "model": [file_fingerprint(m) for m in model],
            "options": options, "bounds": job.bounds, "probabilities": job.probabilities is not None}
     key = json.loads(json.dumps(key, default=str))
     record = d / "run.json"
@@ -237,8 +244,11 @@ def _prepare_blocks(job: InferJob, model: Sequence[str], options: dict[str, Any]
         except (OSError, ValueError):
             old = {}
         if old.get("key") != key:
-            raise UsageError(f"{job.classes}: the interrupted run used a different input, model or options; rerun "
-                             "with the same ones, or without `resume` to start over")
+            was, now = old.get("key") or {}, key
+            was, now = {**was, **(was.get("options") or {})}, {**now, **now["options"]}
+            diff = sorted(k for k in set(was) | set(now) if k != "options" and was.get(k) != now.get(k))
+            raise UsageError(f"{job.classes}: the interrupted run used a different {', '.join(diff) or 'run'}; "
+                             "rerun with the same input, model and options, or without `resume` to start over")
         done = {b for b in range(len(job.bounds)) if all(job.part(o, b).exists() for o in range(len(job.outputs)))}
         # one block always runs: its result carries the outputs' creation arguments for the assembly
         return done - {max(done, key=lambda b: -(job.bounds[b][1] - job.bounds[b][0]))} if len(done) == len(
