@@ -388,3 +388,17 @@ def test_local_cluster_workers_run_without_the_sampling_profiler_or_a_malloc_thr
                                   for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")})
     assert list(sampling.values()) == [False]
     assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1"}]
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8787", "notaurl"])
+def test_what_is_not_a_scheduler_address_is_one_line_at_once(tmp_path: Path, address: str) -> None:
+    """The dashboard's http:// URL or a typo: "unexpected ValueError", a traceback from Client.__del__, and a
+    60 s wait for a client that never was."""
+    import time
+
+    t = time.perf_counter()
+    r = _cli("infer", ROOT / "sample_data" / "field.tif", "-o", tmp_path / "o", "--scheduler", address, "-q")
+    assert r.returncode == 2 and time.perf_counter() - t < 30
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not a Dask scheduler address" in lines[0], r.stderr
+    assert not (tmp_path / "o").exists()

@@ -34,6 +34,7 @@ def client_for(scheduler: str | None, workers: int | None) -> Iterator[Any]:
     if scheduler is not None and workers is not None:
         raise UsageError("`scheduler` and `workers` exclude each other: the scheduler's cluster has its own workers")
     if scheduler is not None:
+        check_address(scheduler)
         try:
             client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError) as e:
@@ -87,6 +88,22 @@ def dashboard(client: Any) -> str | None:
         return client.dashboard_link
     except Exception:  # noqa: BLE001 - no dashboard is not an error
         return None
+
+
+#: Dask's schemes for a scheduler address (``tcp://host:8786``; a bare ``host:port`` is tcp)
+ADDRESS_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_address(address: str) -> None:
+    """Refuse what is not a scheduler address in one line (the dashboard's ``http://`` URL, a typo): Dask
+    raised an unexpected ValueError, then waited 60 s for a client it never had."""
+    import re
+
+    m = re.fullmatch(r"(?:([a-z]+)://)?(\[[0-9a-fA-F:]+\]|[^/:\s]+)(?::(\d+))?/?", address.strip())
+    scheme = m.group(1) if m else None
+    if m is None or (scheme is not None and scheme not in ADDRESS_SCHEMES) or (scheme is None and not m.group(3)):
+        raise UsageError(f"`scheduler` {address!r}: not a Dask scheduler address; give the scheduler's own, e.g. "
+                         "tcp://10.0.0.5:8786 (the one 'dask scheduler' prints, not its dashboard's http:// URL)")
 
 
 def check_storage(client: Any, readable: Sequence[str], writable: Sequence[str]) -> None:
