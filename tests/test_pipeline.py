@@ -326,3 +326,38 @@ def test_nodata_value_marks_an_undeclared_collar(make_raster, tmp_path):
     assert (ca[:, :16] != 255).all()
     assert (cb[:, :16] == 255).all()
     assert (ca[:, 16:] == cb[:, 16:]).mean() > 0.99  # away from the collar, the same classes
+
+
+@pytest.mark.parametrize("bad", [dict(accumulate="float16"), dict(bands="1,2,3"), dict(tile_size=0), dict(threads=0),
+                                 dict(read_threads=0), dict(checkpoint_seconds=-1), dict(prefetch=0),
+                                 dict(output="c.png")])
+def test_bad_options_are_one_clear_error_before_any_work(make_raster, tmp_path, bad):
+    """They raised KeyError/TypeError, ran with the default (tile_size=0), or wrote a GeoTIFF named .png."""
+    from geoseg.errors import GeosegError
+
+    src = make_raster(np.zeros((3, 20, 20), np.float32))
+    kw = dict(bad)
+    out = tmp_path / kw.pop("output", "c.tif")
+    with pytest.raises(GeosegError) as e:
+        predict_raster(src, PointwiseModel(3, 2), out, **kw)
+    assert str(e.value).count("\n") == 0
+    assert not out.exists()
+
+
+def test_a_batch_larger_than_the_run_and_a_model_with_other_classes(make_raster, tmp_path):
+    """batch_size 100 000 allocated its whole buffer (183 GB: an unexpected RuntimeError); a model that gives
+    3 classes for a 2-class schema failed deep in the blending ("The size of tensor a (2) must match")."""
+    from geoseg.errors import CheckpointError
+
+    src = make_raster(np.random.default_rng(0).normal(size=(3, 40, 40)).astype(np.float32))
+    rep = predict_raster(src, PointwiseModel(3, 2), tmp_path / "c.tif", batch_size=100_000)
+    assert rep.tiles_run > 1
+
+    class ThreeForTwo(PointwiseModel):
+        def predict(self, batch):
+            return np.concatenate([super().predict(batch), np.zeros_like(batch[:, :1])], axis=1)
+
+    model = ThreeForTwo(3, 2)
+    with pytest.raises(CheckpointError, match="gave 3 class probabilities a pixel, but its metadata lists 2"):
+        predict_raster(src, model, tmp_path / "d.tif")
+    assert not (tmp_path / "d.tif").exists()

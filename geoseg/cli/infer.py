@@ -99,9 +99,6 @@ def infer(
         if given:
             raise UsageError(f"{', '.join(given)} name{'s' if len(given) == 1 else ''} one file but there are several "
                              "inputs; use -o DIR (and --vector-format)")
-    for name, raster_out in (("--classes-out", classes_out), ("--probabilities-out", probabilities_out)):
-        if raster_out is not None and raster_out.suffix.lower() not in (".tif", ".tiff"):
-            raise UsageError(f"{name} {raster_out}: rasters are written as GeoTIFF (COG); name it .tif")
     probabilities = probabilities or probabilities_out is not None
     options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), nodata=nodata, tile_size=tile_size,
                    overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,

@@ -233,6 +233,19 @@ def predict_raster(
         raise UsageError("`batch_size` must be >= 1")
     if probability_dtype not in ("uint8", "float32"):
         raise UsageError("probability dtype must be uint8 or float32")
+    if accumulate not in ("auto", "float32", "float64"):
+        raise UsageError(f"`accumulate` {accumulate!r}: choose auto, float32 or float64")
+    if bands is not None and (isinstance(bands, (str, bytes)) or not all(isinstance(b, (int, np.integer))
+                                                                        for b in bands)):
+        raise UsageError(f"`bands` {bands!r}: give 1-based band numbers as integers, e.g. [4, 3, 2, 8]")
+    for name, value, low in (("tile_size", tile_size, 16), ("overlap", overlap, 0), ("threads", threads, 1),
+                             ("read_threads", read_threads, 1), ("checkpoint_seconds", checkpoint_seconds, 0),
+                             ("prefetch", prefetch, 1)):
+        if value is not None and value < low:  # 0 meant "the default" by accident (`or`), or went unchecked
+            raise UsageError(f"`{name}` {value}: must be >= {low}")
+    for path in (output, probabilities):
+        if path is not None and Path(path).suffix.lower() not in (".tif", ".tiff"):
+            raise UsageError(f"{path}: rasters are written as GeoTIFF (COG); name it .tif")
     out_path = Path(output) if output is not None else default_output_paths(source, None)["classes"]
     check_destination(out_path, overwrite=overwrite, inputs=[source])
     prob_path = Path(probabilities) if probabilities is not None else None

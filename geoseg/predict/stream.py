@@ -204,7 +204,8 @@ class StreamRunner:
         self.weights = WeightCache(blend, self.grid.overlap)
         self._wt: dict[tuple[Any, ...], torch.Tensor] = {}
         self._pad_index: dict[tuple[int, int], torch.Tensor] = {}
-        self.batch_size = batch_size
+        # never more tiles a batch than the run has: its buffer is allocated whole (100 000 asked 183 GB)
+        self.batch_size = max(1, min(batch_size, plan.tiles))
         self._batch: torch.Tensor | None = None  # CPU: the batch's tiles, written in place (_slot)
         self.lut = torch.as_tensor(np.asarray(lut, np.uint8), device=self.device)
         self.nodata = int(nodata)
@@ -394,6 +395,11 @@ class StreamRunner:
                 if self.cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 probs = self.forward(x)[:n]
+                if probs.shape[1] != self.k:
+                    from geoseg.errors import CheckpointError
+
+                    raise CheckpointError(f"the model gave {probs.shape[1]} class probabilities a pixel, but its "
+                                          f"metadata lists {self.k} classes; fix the model's class list")
             self.tiles_run += n
         i = 0
         for job, j, t, v in self.pending:
