@@ -275,6 +275,40 @@ def test_a_remote_raster_in_blocks_equals_one_run(tmp_path: Path, cluster: Clust
     assert (tmp_path / "dask" / "c.tif").read_bytes() == (tmp_path / "seq" / "large_classes.tif").read_bytes()
 
 
+def test_an_interrupted_client_stops_the_tasks_it_started(tmp_path: Path, cluster: Cluster) -> None:
+    """SIGTERM (or Ctrl-C) while an external cluster works: the command said "partial outputs were removed", the
+    worker ran its task to the end and published the outputs after the command had exited, and an immediate
+    --resume was refused ("another geoseg run is writing this output now")."""
+    import signal
+
+    import numpy as np
+
+    with rasterio.open(SAMPLE / "field.tif") as src:
+        data, profile = src.read(), src.profile
+    big = tmp_path / "big.tif"
+    with rasterio.open(big, "w", **dict(profile, height=1240, width=1160)) as o:
+        o.write(np.tile(data, (1, 4, 4))[:, :1240, :1160])
+    out = tmp_path / "out"
+    args = ["infer", big, "-o", out, "--tile-size", "32", "--overlap", "8", "--batch-size", "1", "--no-vector", "-q",
+            "--scheduler", cluster.address]
+    proc = subprocess.Popen([sys.executable, "-m", "geoseg", *map(str, args)], env=_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + WAIT_S
+    while not list(out.glob(".big_classes.tif.geoseg-tmp-partial*")):  # the task has started writing
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 130 and "the cluster's tasks stop within seconds" in err and "--resume" in err, err
+    time.sleep(3)  # the worker sees the stop at its next batch: nothing is published after the command exited
+    assert not (out / "big_classes.tif").exists()
+    r = _cli("infer", *args[1:], "--resume")
+    assert r.returncode == 0, r.stderr
+    seq = _cli("infer", big, "-o", tmp_path / "seq", *args[4:-2], "--threads", "1")
+    assert seq.returncode == 0, seq.stderr
+    assert (out / "big_classes.tif").read_bytes() == (tmp_path / "seq" / "big_classes.tif").read_bytes()
+
+
 def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path, cluster: Cluster) -> None:
     from distributed import Client
 

@@ -12,15 +12,16 @@ others run again. A failure of one input is recorded with its name; the others g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from geoseg.batch import BatchSummary
-from geoseg.errors import GeosegError, UsageError
+from geoseg.errors import GeosegError, Interrupted, UsageError
 
 #: inputs above this many pixels are split into blocks of about this many pixels (64 M pixels:
 #: a few minutes of a GPU each, a few hundred MB of parts)
@@ -52,6 +53,13 @@ class InferJob:
 
     def blocks_dir(self) -> Path:
         return self.classes.with_name(f".{self.classes.name}.geoseg-tmp-blocks")
+
+    def stop_flag(self, since_ns: int) -> Path:
+        """The file that tells this job's running tasks to stop (the client was interrupted); a temporary
+        name of the class output, which its next run removes (:func:`geoseg.resume.remove_leftovers`)."""
+        from geoseg.io.atomic import TMP_MARKER
+
+        return self.classes.parent / f".{self.classes.stem}{TMP_MARKER}-stop-{since_ns}"
 
     def part(self, out: int, b: int) -> Path:
         r0, r1 = self.bounds[b]
@@ -96,15 +104,42 @@ def infer_many(client: Any, jobs: Sequence[InferJob], model: Sequence[str], opti
             f = client.submit(infer_task, job.source, model, str(job.part(0, b) if split else job.classes),
                               str(job.part(1, b) if split else job.probabilities) if job.probabilities else None,
                               options, overwrite or split, resume and not split, since, rows if split else None,
-                              pure=False, key=f"geoseg-infer-{Path(job.source).name}-{i}-{b}-{since}")
+                              str(job.stop_flag(since)), pure=False,
+                              key=f"geoseg-infer-{Path(job.source).name}-{i}-{b}-{since}")
             futures[f] = (job, b)
             job.futures.append(f)
     total = len(futures)
-    finished = 0
     pending_vectors: dict[Any, InferJob] = {}
     if on_task is not None:
         on_task(0, total)
     seq = as_completed(list(futures), loop=client.loop)
+    with _stopping(client, [j.stop_flag(since) for j in jobs], lambda: [*futures, *pending_vectors]):
+        _collect_all(client, seq, futures, summary, pending_vectors, total, overwrite, on_task, on_done)
+    return summary
+
+
+@contextlib.contextmanager
+def _stopping(client: Any, flags: Sequence[Path], futures: Callable[[], list[Any]]) -> Iterator[None]:
+    """Ctrl-C / SIGTERM while the cluster works: tell the running tasks to stop (they keep what ``resume``
+    continues from; before, they ran to the end and published outputs after the command had exited), drop
+    the waiting ones, and say how to continue."""
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        for flag in flags:  # removed by the next run of that output (a leftover temporary name)
+            with contextlib.suppress(OSError):
+                flag.touch()
+        with contextlib.suppress(Exception):  # a cluster already gone has nothing left to cancel
+            client.cancel(futures())
+        raise Interrupted("interrupted; the cluster's tasks stop within seconds, and the rows and blocks they "
+                          "finished are kept: run the same command with --resume to continue") from None
+
+
+def _collect_all(client: Any, seq: Any, futures: dict[Any, tuple[InferJob, int]], summary: BatchSummary,
+                 pending_vectors: dict[Any, InferJob], total: int, overwrite: bool,
+                 on_task: Callable[[int, int], None] | None,
+                 on_done: Callable[[InferJob, dict[str, Any]], None] | None) -> None:
+    finished = 0
     for f in seq:
         if f in pending_vectors:
             job = pending_vectors.pop(f)
@@ -126,7 +161,6 @@ def infer_many(client: Any, jobs: Sequence[InferJob], model: Sequence[str], opti
             continue
         if len(job.results) == len(job.bounds):
             _finish(client, job, summary, pending_vectors, seq, overwrite, on_done)
-    return summary
 
 
 def _finish(client: Any, job: InferJob, summary: BatchSummary, pending_vectors: dict[Any, InferJob], seq: Any,

@@ -77,9 +77,27 @@ def _done_earlier(paths: Sequence[Path], since_ns: int) -> bool:
         return False
 
 
+def stop_checker(flag: str | None) -> Any:
+    """An ``on_progress`` callback that raises :class:`~geoseg.errors.Interrupted` once the file ``flag``
+    exists: the client was interrupted, and a task already running would otherwise run to its end and
+    publish its outputs after the command had exited. The flag lies beside the outputs, on storage every
+    worker sees (:func:`geoseg.distributed.cluster.check_storage`); a stat a batch costs nothing."""
+    if flag is None:
+        return None
+    from geoseg.errors import Interrupted
+
+    def check(*_: Any) -> None:
+        if os.path.exists(flag):
+            raise Interrupted("stopped: the client that started this task was interrupted")
+
+    return check
+
+
 def infer_task(source: str, model: Sequence[str], classes: str, probabilities: str | None, options: dict[str, Any],
-               overwrite: bool, resume: bool, since_ns: int, rows: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Run ``predict_raster`` on a whole input (or on its block ``rows``, as parts); a small summary."""
+               overwrite: bool, resume: bool, since_ns: int, rows: tuple[int, int] | None = None,
+               stop: str | None = None) -> dict[str, Any]:
+    """Run ``predict_raster`` on a whole input (or on its block ``rows``, as parts); a small summary. It stops
+    (keeping what ``resume`` continues from) once the file ``stop`` exists (:func:`stop_checker`)."""
     from geoseg.pipeline import predict_raster
     from geoseg.predict import load
 
@@ -89,7 +107,8 @@ def infer_task(source: str, model: Sequence[str], classes: str, probabilities: s
     held: list[threading.Lock] = []
     try:
         rep = predict_raster(source, list(model), classes, probabilities=probabilities, overwrite=overwrite,
-                             resume=resume, rows=rows, load_model=_loader(held), **options)
+                             resume=resume, rows=rows, load_model=_loader(held), on_progress=stop_checker(stop),
+                             **options)
     finally:
         for lk in held:
             lk.release()
