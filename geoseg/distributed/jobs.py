@@ -90,6 +90,7 @@ def infer_many(client: Any, jobs: Sequence[InferJob], model: Sequence[str], opti
                 check_destination(dest, overwrite=overwrite, inputs=[job.source])
             job.bounds = _bounds(job, model, options, block_rows)
             if len(job.bounds) > 1:
+                _check_bands(job, model, options)  # here, not in each block's task (and no block folder left)
                 done_blocks = _prepare_blocks(job, model, options, resume)
             else:
                 done_blocks = set()
@@ -240,6 +241,15 @@ def _bounds(job: InferJob, model: Sequence[str], options: dict[str, Any], block_
     if h <= rows:
         return [(0, h)]
     return block_bounds(tile_grid(h, w, _meta(model), options.get("tile_size"), options.get("overlap")), rows)
+
+
+def _check_bands(job: InferJob, model: Sequence[str], options: dict[str, Any]) -> None:
+    """The input's bands against the model's (:func:`geoseg.io.raster.resolve_bands`, as the run checks them)."""
+    from geoseg.io.raster import open_raster, resolve_bands
+
+    meta = _meta(model)
+    with open_raster(job.source) as ds:
+        resolve_bands(ds, options.get("bands"), meta.num_bands, meta.bands)
 
 
 def _meta(model: Sequence[str]) -> Any:
