@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -138,7 +139,9 @@ def _distinct_names(paths: list[str]) -> list[str]:
     common = 0
     while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
         common += 1
-    return ["_".join(q.strip("/") or "root" for q in p[common:]) for p in parts]
+    # parts of a URL or a /vsi path hold ':' (a host's port) and the like, which no file name on Windows
+    # may: each such character becomes '_' ("127.0.0.1:8000_field_classes.tif")
+    return [re.sub(r'[<>:"|?*\\]', "_", "_".join(q.strip("/") or "root" for q in p[common:])) for p in parts]
 
 
 @dataclass

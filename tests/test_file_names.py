@@ -59,3 +59,12 @@ def test_infer_and_preview_write_any_legal_name(tmp_path: Path, name: str) -> No
     assert png.stat().st_size > 1000
     left = [p for p in [*tmp_path.iterdir(), *out.iterdir()] if "geoseg-tmp" in p.name or p.name.startswith(".")]
     assert not left
+
+
+def test_output_names_made_from_urls_hold_no_colon() -> None:
+    """Two inputs named field.tif on two servers gave "127.0.0.1:40353_field_classes.tif" (no valid name on
+    Windows, and a drive-letter look elsewhere)."""
+    from geoseg.batch import plan_outputs
+
+    items = plan_outputs(["http://127.0.0.1:8000/a/field.tif", "http://127.0.0.1:9000/a/field.tif"], "out")
+    assert [i.stem for i in items] == ["127.0.0.1_8000_a_field", "127.0.0.1_9000_a_field"]
