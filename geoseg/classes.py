@@ -98,8 +98,12 @@ def default_colours(names: Sequence[str]) -> list[tuple[int, int, int]]:
     for i, c in enumerate(out):
         if c is not None:
             continue
-        while not all(sum((a - b) ** 2 for a, b in zip(default_colour(k), u)) > 60 ** 2 for u in out if u):
-            k += 1
+        # the next palette colour clear of those taken; among many classes there may be none within a bounded
+        # look ahead (a fixed saturation and value hold ~25 colours 60 apart): then simply the next one
+        for ahead in range(32):
+            if all(sum((a - b) ** 2 for a, b in zip(default_colour(k + ahead), u)) > 60 ** 2 for u in out if u):
+                k += ahead
+                break
         out[i] = default_colour(k)
         k += 1
     return [c for c in out if c is not None]

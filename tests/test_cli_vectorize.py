@@ -260,3 +260,16 @@ def test_resume_of_one_input_skips_a_complete_output_and_makes_a_missing_one(tmp
     r = run("vectorize", str(cls), "-o", str(out), "-q", "--resume")
     assert r.returncode == 0, r.stderr[-500:]
     assert "already complete" in r.stderr and out.stat().st_mtime_ns == before
+
+
+def test_an_image_passed_as_probabilities_is_refused(tmp_path: Path, make_raster) -> None:
+    """A uint16 image of the same grid was read as confidence (its last band, unscaled): a meaningless
+    confidence_mean on every polygon."""
+    import numpy as np
+
+    classes = make_raster(np.ones((20, 20), np.uint8), "c.tif", nodata=255)
+    image = make_raster(np.full((4, 20, 20), 900, np.uint16), "image.tif")
+    line = one_line_error(run("vectorize", str(classes), "-o", str(tmp_path / "o.gpkg"), "--probabilities",
+                              str(image)))
+    assert "not a probability raster" in line
+    assert not (tmp_path / "o.gpkg").exists()

@@ -170,7 +170,8 @@ class ClassSource:
 
 
 class ConfidenceSource:
-    """The ``confidence`` band of a probability raster written by ``geoseg infer``.
+    """The ``confidence`` band of a probability raster written by ``geoseg infer`` (a raster without a band
+    of that name is refused).
 
     uint8 rasters are scaled by 1/255 (their ``scale`` tag), float32 ones are used as is;
     masked and non-finite pixels are ignored.
@@ -185,7 +186,11 @@ class ConfidenceSource:
                              f"{like.width}x{like.height} (or the georeference differs); pass the matching "
                              "probabilities file")
         descs = [d or "" for d in ds.descriptions]
-        self.band = descs.index("confidence") + 1 if "confidence" in descs else ds.count
+        if "confidence" not in descs:  # an image passed by mistake: its last band was read as confidence
+            self.ds.close()
+            raise UsageError(f"{path}: not a probability raster of geoseg's (no band named 'confidence'); pass the "
+                             "file 'geoseg infer --probabilities' wrote")
+        self.band = descs.index("confidence") + 1
         dt = np.dtype(ds.dtypes[self.band - 1])
         scale_tag = ds.tags().get("scale", "")
         self.scale = 1 / 255 if (scale_tag == "1/255" or (dt == np.uint8 and scale_tag != "1")) else 1.0
