@@ -234,14 +234,14 @@ def predict_raster(
     if probability_dtype not in ("uint8", "float32"):
         raise UsageError("probability dtype must be uint8 or float32")
     if accumulate not in ("auto", "float32", "float64"):
-        raise UsageError(f"`accumulate` {accumulate!r}: choose auto, float32 or float64")
+        raise UsageError(f"accumulate={accumulate!r}: choose auto, float32 or float64")
     if bands is not None and (isinstance(bands, (str, bytes)) or not all(isinstance(b, (int, np.integer))
                                                                         for b in bands)):
         raise UsageError(f"`bands` {bands!r}: give 1-based band numbers as integers, e.g. [4, 3, 2, 8]")
-    for name, value, low in (("tile_size", tile_size, 16), ("overlap", overlap, 0), ("threads", threads, 1),
+    for name, value, low in (("tile_size", tile_size, 1), ("overlap", overlap, 0), ("threads", threads, 1),
                              ("read_threads", read_threads, 1), ("checkpoint_seconds", checkpoint_seconds, 0),
                              ("prefetch", prefetch, 1)):
-        if value is not None and value < low:  # 0 meant "the default" by accident (`or`), or went unchecked
+        if value is not None and value < low:  # a 0 meant "the default" by accident, or went unchecked
             raise UsageError(f"`{name}` {value}: must be >= {low}")
     for path in (output, probabilities):
         if path is not None and Path(path).suffix.lower() not in (".tif", ".tiff"):
