@@ -83,7 +83,7 @@ def _crafted_pickle(path: Path, marker: Path) -> None:
 @pytest.mark.parametrize("case", ["missing", "text", "empty", "bands", "trunc_model", "pickle", "arch",
                                   "outdir", "readonly_dir", "tile", "model_missing", "onnx_missing", "model_dir",
                                   "model_url", "out_url", "classes_url", "classes_png",
-                                  "same_file"])
+                                  "same_file", "block_rows_alone"])
 def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
     src = shared_file("ftw_baselines/inference-img.tif")
     model = model8
@@ -136,6 +136,8 @@ def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
         args = ["infer", src, "-m", model, "--classes-out", "/vsimem/c.tif", "-o", out]
     elif case == "classes_png":  # a GeoTIFF was written under that name
         args = ["infer", src, "-m", model, "--classes-out", out / "c.png"]
+    elif case == "block_rows_alone":  # ignored without a word
+        args = ["infer", src, "-m", model, "-o", out, "--block-rows", "100"]
     elif case == "same_file":  # "output path is the same as an input"
         args = ["infer", src, "-m", model, "--classes-out", out / "c.tif", "--vector-out", out / "c.tif"]
     before = sorted(p.name for p in out.iterdir())
@@ -158,6 +160,8 @@ def test_bad_inputs_one_line(tmp_path, capsys, model8, case):
         assert "name it .tif" in err
     if case == "same_file":
         assert "would be the same file" in err
+    if case == "block_rows_alone":
+        assert "add --workers N or --scheduler" in err
     if case.endswith("_url") and case != "model_url":
         assert "outputs are written to local files" in err
         assert not Path("s3:").exists()  # nothing made in the working directory either

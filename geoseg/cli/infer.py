@@ -99,6 +99,9 @@ def infer(
         if given:
             raise UsageError(f"{', '.join(given)} name{'s' if len(given) == 1 else ''} one file but there are several "
                              "inputs; use -o DIR (and --vector-format)")
+    if block_rows is not None and scheduler is None and workers is None:
+        raise UsageError("--block-rows splits an input into tasks for a cluster; add --workers N or --scheduler "
+                         "ADDRESS (one process reads any raster in bounded memory without it)")
     probabilities = probabilities or probabilities_out is not None
     options = dict(probability_dtype=probability_dtype.value, bands=parse_bands(bands), nodata=nodata, tile_size=tile_size,
                    overlap=overlap, blend=blend.value, batch_size=batch_size, device=device, tta=tta.value,
