@@ -67,6 +67,22 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return fp
 
 
+def source_fingerprint(source: str | os.PathLike[str], ds: Any) -> dict[str, Any]:
+    """What identifies an input for resuming: :func:`file_fingerprint` of a local file, or, for a URL or a
+    GDAL ``/vsi`` path (no file to hash; :class:`~pathlib.Path` would fold its ``//``), its path, grid and
+    first block row read through the open dataset ``ds`` (:func:`geoseg.io.paths.remote_fingerprint`)."""
+    from geoseg.io.paths import gdal_path, is_virtual, remote_fingerprint
+
+    return remote_fingerprint(gdal_path(source), ds) if is_virtual(source) else file_fingerprint(source)
+
+
+def changed_options(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The entries of two run keys that differ, options (``key["options"]``) named one by one: what an
+    interrupted run used differently, for the message that refuses to resume it."""
+    was, now = {**old, **(old.get("options") or {})}, {**new, **(new.get("options") or {})}
+    return sorted(k for k in set(was) | set(now) if k != "options" and was.get(k) != now.get(k))
+
+
 @dataclass
 class RunState:
     """Progress of one run: strips before ``strip`` are done, and rows ``[0, rows_done)`` of it."""
@@ -104,10 +120,8 @@ def find_resume_state(dest: Path, key: dict[str, Any], staged: list[Path]) -> Ru
     if st is None:
         return None
     if st.key != key:  # before the staging files: a run asked for another output (probabilities) has other ones
-        old, new = {**st.key, **st.key.get("options", {})}, {**key, **key.get("options", {})}
-        diff = sorted(k for k in set(old) | set(new) if k != "options" and old.get(k) != new.get(k))
-        raise UsageError(f"{dest}: the interrupted run used a different {', '.join(diff)}; rerun with the same "
-                         "input, model and options, or without `resume` to start over")
+        raise UsageError(f"{dest}: the interrupted run used a different {', '.join(changed_options(st.key, key))}; "
+                         "rerun with the same input, model and options, or without `resume` to start over")
     if not all(p.exists() for p in staged):
         return None
     return st

@@ -302,8 +302,10 @@ def test_an_interrupted_client_stops_the_tasks_it_started(tmp_path: Path, cluste
     assert proc.returncode == 130 and "the cluster's tasks stop within seconds" in err and "--resume" in err, err
     time.sleep(3)  # the worker sees the stop at its next batch: nothing is published after the command exited
     assert not (out / "big_classes.tif").exists()
+    assert list(out.glob(".big_classes.geoseg-tmp-stop-*"))  # the flag the task stopped at
     r = _cli("infer", *args[1:], "--resume")
     assert r.returncode == 0, r.stderr
+    assert not list(out.glob(".*geoseg-tmp*"))  # the flag went with the run's other temporary files
     seq = _cli("infer", big, "-o", tmp_path / "seq", *args[4:-2], "--threads", "1")
     assert seq.returncode == 0, seq.stderr
     assert (out / "big_classes.tif").read_bytes() == (tmp_path / "seq" / "big_classes.tif").read_bytes()

@@ -114,20 +114,21 @@ def infer_many(client: Any, jobs: Sequence[InferJob], model: Sequence[str], opti
     if on_task is not None:
         on_task(0, total)
     seq = as_completed(list(futures), loop=client.loop)
-    with _stopping(client, [j.stop_flag(since) for j in jobs], lambda: [*futures, *pending_vectors]):
+    with _stopping(client, lambda: [j.stop_flag(since) for j in jobs if any(not f.done() for f in j.futures)],
+                   lambda: [*futures, *pending_vectors]):
         _collect_all(client, seq, futures, summary, pending_vectors, total, overwrite, on_task, on_done)
     return summary
 
 
 @contextlib.contextmanager
-def _stopping(client: Any, flags: Sequence[Path], futures: Callable[[], list[Any]]) -> Iterator[None]:
+def _stopping(client: Any, flags: Callable[[], list[Path]], futures: Callable[[], list[Any]]) -> Iterator[None]:
     """Ctrl-C / SIGTERM while the cluster works: tell the running tasks to stop (they keep what ``resume``
     continues from; before, they ran to the end and published outputs after the command had exited), drop
     the waiting ones, and say how to continue."""
     try:
         yield
     except (KeyboardInterrupt, Interrupted):
-        for flag in flags:  # removed by the next run of that output (a leftover temporary name)
+        for flag in flags():  # the jobs still running; removed by the next run of that output (a leftover)
             with contextlib.suppress(OSError):
                 flag.touch()
         with contextlib.suppress(Exception):  # a cluster already gone has nothing left to cancel
@@ -168,6 +169,7 @@ def _finish(client: Any, job: InferJob, summary: BatchSummary, pending_vectors: 
             overwrite: bool, on_done: Callable[[InferJob, dict[str, Any]], None] | None) -> None:
     """All of ``job``'s tasks are done: join its blocks, then send its polygons to the cluster."""
     from geoseg.distributed.tasks import vectorize_task
+    from geoseg.resume import remove_leftovers
 
     try:
         if len(job.bounds) > 1:
@@ -177,6 +179,7 @@ def _finish(client: Any, job: InferJob, summary: BatchSummary, pending_vectors: 
             assemble_blocks(job.outputs, specs, [[job.part(o, b) for b in range(len(job.bounds))]
                                                  for o in range(len(job.outputs))], job.bounds, overwrite)
             shutil.rmtree(job.blocks_dir(), ignore_errors=True)
+            remove_leftovers(job.classes)  # an interrupted run's stop flag (a whole input's task removes its own)
     except GeosegError as e:
         summary.fail(job.source, e)
         return
@@ -268,16 +271,12 @@ def _meta(model: Sequence[str]) -> Any:
 
 def _prepare_blocks(job: InferJob, model: Sequence[str], options: dict[str, Any], resume: bool) -> set[int]:
     """Create the block folder; with ``resume``, the blocks already complete there (same run only)."""
-    from geoseg.io.paths import gdal_path, is_virtual, remote_fingerprint
     from geoseg.io.raster import open_raster
-    from geoseg.resume import file_fingerprint
+    from geoseg.resume import changed_options, file_fingerprint, source_fingerprint
 
     d = job.blocks_dir()
-    if is_virtual(job.source):  # a URL or /vsi path: no file to hash (pathlib would fold its '//')
-        with open_raster(job.source) as ds:
-            source = remote_fingerprint(gdal_path(job.source), ds)
-    else:
-        source = file_fingerprint(job.source)
+    with open_raster(job.source) as ds:
+        source = source_fingerprint(job.source, ds)
     key = {"source": source, "model": [file_fingerprint(m) for m in model],
            "options": options, "bounds": job.bounds, "probabilities": job.probabilities is not None}
     key = json.loads(json.dumps(key, default=str))
@@ -288,9 +287,7 @@ def _prepare_blocks(job: InferJob, model: Sequence[str], options: dict[str, Any]
         except (OSError, ValueError):
             old = {}
         if old.get("key") != key:
-            was, now = old.get("key") or {}, key
-            was, now = {**was, **(was.get("options") or {})}, {**now, **now["options"]}
-            diff = sorted(k for k in set(was) | set(now) if k != "options" and was.get(k) != now.get(k))
+            diff = changed_options(old.get("key") or {}, key)
             raise UsageError(f"{job.classes}: the interrupted run used a different {', '.join(diff) or 'run'}; "
                              "rerun with the same input, model and options, or without `resume` to start over")
         done = {b for b in range(len(job.bounds)) if all(job.part(o, b).exists() for o in range(len(job.outputs)))}

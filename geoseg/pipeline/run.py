@@ -46,13 +46,13 @@ from geoseg.io.raster import inspect, open_raster, resolve_bands
 from geoseg.io.threads import Prefetcher
 from geoseg.io.writer import GeoTiffSink
 from geoseg.models.meta import ModelMeta
-from geoseg.io.paths import beside, gdal_path, is_virtual, name_stem, remote_fingerprint
+from geoseg.io.paths import beside, is_virtual, name_stem
 from geoseg.pipeline.budget import check_disk, fit_strip_width
 from geoseg.pipeline.plan import plan_block, plan_run, tile_grid
 from geoseg.pipeline.read import GDAL_DECODE, RowBandReader, block_cache_bytes, default_read_threads
 from geoseg.pipeline.write import RowWriter
 from geoseg.resume import (RunState, check_staging, clear_state, file_fingerprint, find_resume_state, remove_leftovers,
-                           staging_path, state_path)
+                           source_fingerprint, staging_path, state_path)
 from geoseg.styles import raster_qml, write_qml
 from geoseg.tiling import column_strips
 
@@ -292,7 +292,7 @@ def predict_raster(
             check_disk(out_path, prob_path, info.width, r1 - r0, meta.num_classes, probability_dtype, resume)
             # a remote source's fingerprint reads through ``ds``, which the reader thread is about to use
             # (a GDAL handle serves one thread at a time)
-            source_key = remote_fingerprint(gdal_path(source), ds) if is_virtual(source) else None
+            source_key = source_fingerprint(source, ds) if is_virtual(source) else None
             reading.enter_context(block_cache(cache))  # process-wide in GDAL: the reader threads' handles too
             start_reading = partial(_start_reading, reading, ds, band_idx, threads=threads, prefetch=prefetch,
                                     on_gpu=on_gpu, nodata=nodata)
@@ -303,7 +303,7 @@ def predict_raster(
 
             staged = [staging_path(out_path)] + ([staging_path(prob_path)] if prob_path else [])
             key = {
-                "source": source_key or file_fingerprint(source),
+                "source": source_key or source_fingerprint(source, ds),  # a local file: hashed, not read via ds
                 "model": (file_fingerprint(model) if isinstance(model, (str, os.PathLike))
                           else [file_fingerprint(p) for p in paths] if paths is not None
                           else {"type": type(predictor).__qualname__, "meta": meta.to_dict()}),
@@ -475,7 +475,7 @@ def _stream(ds: Any, reader: RowBandReader, bands: Prefetcher, predictor: Any, *
         n = stats["overflow"]
         warnings.warn(f"{ds.name}: {n} pixel{'s hold' if n != 1 else ' holds'} values beyond float32's range "
                       "after normalization; nodata there", NodataWarning, stacklevel=3)
-    if stats.get("nonfinite"):
+    if stats["nonfinite"]:
         n = stats["nonfinite"]
         warnings.warn(f"{ds.name}: the model gave NaN or infinite probabilities for {n} pixel{'s' if n != 1 else ''} "
                       "(usually near extreme input values, such as an undeclared fill value); nodata there: declare "
