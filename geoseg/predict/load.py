@@ -22,8 +22,6 @@ def load_predictor(paths: Sequence[str | os.PathLike[str]], *, device: str = "au
     ONNX models run on the CPU as exported: ``tta``, ``precision``, ``compile`` and a GPU
     ``device`` apply to checkpoints only and are refused for them.
     """
-    for p in paths:
-        model_file(p)  # one clear line for a missing file, a directory or a URL, whatever the format
     onnx = [p for p in paths if is_onnx(p)]
     if onnx:
         if len(paths) > 1:
