@@ -128,7 +128,9 @@ def tune(base: TrainConfig, *, trials: int = 20, folds: int = 3, sampler: str = 
     study = open_study()
     before = study.user_attrs.get("setup")
     if before is not None and before != setup:  # a study of other data or options: never resumed as this one
-        changed = sorted(k for k in set(before) | set(setup) if before.get(k) != setup.get(k))
+        from geoseg.resume import changed_options
+
+        changed = changed_options(before, setup)
         if not base.overwrite:
             raise UsageError(f"{db}: holds a study of other options ({', '.join(changed[:6])} changed); pass "
                              "`overwrite=True` to start a new one, or the same options to resume it")
